@@ -1,0 +1,19 @@
+"""Fused attention-with-statistics kernels and their PyTorch references.
+
+* ``attention_with_stats`` -- the public entry point (Triton on CUDA, chunked torch on CPU).
+* ``naive.attention_with_stats_naive`` -- materialised definition, for tests only.
+
+Set ``TRITON_INTERPRET=1`` before importing to run the Triton kernel on the CPU.
+"""
+
+from .interface import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, attention_with_stats
+from .naive import attention_with_stats_naive
+from .stats import AttentionStats
+
+__all__ = [
+    "AttentionStats",
+    "attention_with_stats",
+    "attention_with_stats_naive",
+    "SUPPORTED_DTYPES",
+    "SUPPORTED_HEAD_DIMS",
+]

@@ -1,0 +1,42 @@
+"""circuit-stats: fused attention statistics for interpretability at scale.
+
+One import package, ``circuit_stats``. The top-level folders ``kernels/`` and ``models/``
+install as ``circuit_stats.kernels`` and ``circuit_stats.models`` (see ``package_dir``),
+so nothing generic lands in site-packages.
+"""
+
+from setuptools import setup
+
+setup(
+    name="circuit-stats",
+    version="0.1.0",
+    description=(
+        "Fused Triton kernels for per-head attention statistics (sink, previous-token, "
+        "induction, duplicate, entropy) inside a flash-attention forward, with Hugging Face "
+        "integration, head scoring and training-checkpoint scans."
+    ),
+    python_requires=">=3.10",
+    packages=["circuit_stats", "circuit_stats.kernels", "circuit_stats.models"],
+    package_dir={
+        "circuit_stats": "circuit_stats",
+        "circuit_stats.kernels": "kernels",
+        "circuit_stats.models": "models",
+    },
+    package_data={"circuit_stats": ["data/*", "data/**/*"]},
+    include_package_data=True,
+    install_requires=[
+        # torch is deliberately unpinned: install the wheel you want first (CI installs the
+        # 2.13.0 CPU wheel) so that pip does not pull a multi-GB CUDA build.
+        "torch>=2.4",
+        "triton>=3.0",
+        "transformers>=5.0",
+        "huggingface_hub>=0.30",
+        "numpy",
+        "pandas>=2.0",
+        "pyarrow",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    entry_points={"console_scripts": ["circuit-stats=circuit_stats.cli:main"]},
+)

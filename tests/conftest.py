@@ -1,0 +1,51 @@
+"""Test setup. TRITON_INTERPRET must be set before any Triton kernel module is imported, so
+that the Triton kernels run on the CPU when no GPU is present."""
+
+import os
+import random
+import zlib
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+# bf16 tl.dot is wrong under the interpreter (triton issue 11584): bf16 is tested on GPU only.
+KERNEL_DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if HAS_CUDA else [])
+
+
+@pytest.fixture
+def poison_outputs(monkeypatch):
+    """Make every freshly allocated tensor NaN / garbage, so that an output element the code
+    forgets to write cannot pass for a correct one."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def fill(t):
+        if t.dtype.is_floating_point:
+            t.fill_(float("nan"))
+        elif t.dtype != torch.bool:
+            t.fill_(-12345)
+        return t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(real_empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(real_empty_like(*a, **k)))
+    yield
+
+
+# Fresh random inputs every run; set CIRCUIT_STATS_SEED to replay a failing run.
+BASE_SEED = int(os.environ.get("CIRCUIT_STATS_SEED", random.randrange(2**31)))
+
+
+def pytest_report_header(config):
+    return f"circuit-stats: CIRCUIT_STATS_SEED={BASE_SEED} (set it to replay this run)"
+
+
+@pytest.fixture
+def seed(request):
+    """Per-test seed: the run's base seed mixed with the test id."""
+    s = (BASE_SEED + zlib.crc32(request.node.nodeid.encode())) % (2**31)
+    torch.manual_seed(s)
+    return s

@@ -1,0 +1,130 @@
+"""Fused kernel vs chunked torch backend vs a float64 materialised reference."""
+
+import pytest
+import torch
+
+from conftest import DEVICE, KERNEL_DTYPES
+from circuit_stats.kernels import attention_with_stats, attention_with_stats_naive
+
+STAT_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-3}
+OUT_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+# (B, Hq, Hkv, Nq, Nk, padding)
+CASES = {
+    "odd-square": (2, 2, 2, 37, 37, None),
+    "gqa-odd": (1, 4, 2, 45, 45, None),
+    "mqa-decode-1": (2, 4, 1, 1, 29, None),
+    "chunk-prefill": (1, 2, 1, 19, 50, None),
+    "left-pad": (3, 2, 2, 41, 41, "left"),
+    "right-pad": (3, 2, 1, 33, 33, "right"),
+    "decode-left-pad": (3, 2, 2, 5, 38, "left"),
+}
+
+
+def make_inputs(B, Hq, Hkv, Nq, Nk, D, dtype, padding, vocab=6):
+    """Random q/k/v as transformers hands them over: [B, N, H, D] transposed (non-contiguous)."""
+    q = torch.randn(B, Nq, Hq, D, device=DEVICE, dtype=dtype).transpose(1, 2)
+    k = torch.randn(B, Nk, Hkv, D, device=DEVICE, dtype=dtype).transpose(1, 2)
+    v = torch.randn(B, Nk, Hkv, D, device=DEVICE, dtype=dtype).transpose(1, 2)
+    # Sharpen a few rows so that point probabilities are not all ~1/N.
+    q = q * (1 + 3 * torch.rand(B, Hq, Nq, 1, device=DEVICE, dtype=dtype))
+    tok = torch.randint(0, vocab, (B, Nk), device=DEVICE)
+    mask = None
+    if padding:
+        mask = torch.ones(B, Nk, dtype=torch.bool, device=DEVICE)
+        lengths = torch.randint(1, Nk, (B,)).tolist()  # real tokens per row
+        lengths[-1] = 0  # one fully padded row: no attendable key anywhere
+        for b, n in enumerate(lengths):
+            if padding == "left":
+                mask[b, : Nk - n] = False
+            else:
+                mask[b, n:] = False
+    return q, k, v, tok, mask
+
+
+def check_close(got, want, dtype, what):
+    for name, ref in want.as_dict().items():
+        val = getattr(got, name)
+        assert val is not None, f"{what}: {name} missing"
+        assert val.dtype == torch.float32 and val.shape == ref.shape, f"{what}: {name} {val.shape}"
+        if name == "lse":  # -inf on rows without keys: compare the finite part, match the infs
+            assert torch.equal(torch.isinf(val), torch.isinf(ref)), f"{what}: lse inf pattern"
+            fin = torch.isfinite(ref)
+            val, ref = val[fin], ref[fin]
+        assert not torch.isnan(val).any(), f"{what}: NaN in {name}"
+        err = (val.double() - ref).abs().max().item() if ref.numel() else 0.0
+        assert err <= STAT_TOL[dtype], f"{what}: {name} off by {err:.3g} (tol {STAT_TOL[dtype]})"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("D", [16, 32, 64, 128, 256])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+def test_all_statistics_match_float64(case, D, dtype, seed, poison_outputs):
+    B, Hq, Hkv, Nq, Nk, padding = CASES[case]
+    q, k, v, tok, mask = make_inputs(B, Hq, Hkv, Nq, Nk, D, dtype, padding)
+    kw = dict(key_padding_mask=mask, offsets=(0, 1, 3, Nk + 2), token_ids=tok, entropy=True)
+    ref_out, ref = attention_with_stats_naive(q.double(), k.double(), v.double(), **kw)
+    for backend in ("triton", "torch"):
+        out, stats = attention_with_stats(q, k, v, backend=backend, **kw)
+        what = f"{backend} {case} D={D} {dtype} seed={seed}"
+        assert out.dtype == dtype and out.shape == (B, Hq, Nq, D)
+        assert not torch.isnan(out).any(), f"{what}: NaN in output"
+        err = (out.double() - ref_out).abs().max().item()
+        assert err <= OUT_TOL[dtype], f"{what}: output off by {err:.3g}"
+        check_close(stats, ref, dtype, what)
+        if padding:  # rows with no attendable key: all zeros, never NaN
+            empty = ~torch.isfinite(ref.lse)
+            assert empty.any()
+            assert (out.float().abs().amax(-1)[empty] == 0).all()
+            assert (stats.sink[empty] == 0).all() and (stats.entropy[empty] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+def test_output_matches_sdpa(dtype, seed):
+    q, k, v, _, _ = make_inputs(2, 4, 4, 57, 57, 64, dtype, None)
+    want = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    for backend in ("triton", "torch"):
+        out, _ = attention_with_stats(q, k, v, backend=backend)
+        assert (out.float() - want).abs().max().item() <= OUT_TOL[dtype]
+
+
+def test_unrequested_statistics_are_none(seed):
+    q, k, v, _, _ = make_inputs(1, 2, 2, 20, 20, 32, torch.float32, None)
+    for backend in ("triton", "torch"):
+        _, stats = attention_with_stats(q, k, v, backend=backend)
+        assert stats.offsets is None and stats.induction is None and stats.entropy is None
+        assert set(stats.as_dict()) == {"lse", "sink"}
+
+
+def test_repeated_sequence_offsets_find_planted_pattern(seed):
+    """A hand-built 'induction head': each query in the second copy looks at key i-(L-1).
+    The offset statistic, token-match induction and the float64 reference must all agree."""
+    L, D = 11, 32
+    N = 2 * L
+    tok = torch.randperm(50)[:L].repeat(2)[None].to(DEVICE)
+    k = torch.randn(1, 1, N, D, device=DEVICE)
+    q = torch.zeros(1, 1, N, D, device=DEVICE)
+    q[0, 0, L:] = 8 * k[0, 0, 1 : L + 1]  # query i attends key i-(L-1)
+    q[0, 0, :L] = torch.randn(L, D)
+    v = torch.randn(1, 1, N, D, device=DEVICE)
+    for backend in ("triton", "torch"):
+        _, stats = attention_with_stats(q, k, v, offsets=(L - 1, L), token_ids=tok, backend=backend)
+        second = slice(L, N)
+        assert stats.offsets[0, 0, second, 0].mean() > 0.9
+        torch.testing.assert_close(stats.induction[0, 0, second], stats.offsets[0, 0, second, 0])
+        torch.testing.assert_close(stats.duplicate[0, 0, second], stats.offsets[0, 0, second, 1])
+
+
+def test_block_shapes_do_not_change_results(seed):
+    """Different tile shapes exercise different stage-1/stage-2 splits and left-pad skips."""
+    q, k, v, tok, mask = make_inputs(2, 2, 1, 70, 70, 32, torch.float32, "left")
+    from circuit_stats.kernels.triton_attention import attention_with_stats_triton
+    from circuit_stats.kernels.interface import first_attendable_key, previous_token_ids
+
+    kw = dict(scale=32 ** -0.5, key_padding_mask=mask, first_key=first_attendable_key(mask, 2, 70, q.device),
+              offsets=(1, 5), token_ids=tok, prev_token_ids=previous_token_ids(tok, mask), entropy=True)
+    o1, s1 = attention_with_stats_triton(q, k, v, block=(16, 16), **kw)
+    o2, s2 = attention_with_stats_triton(q, k, v, block=(32, 16), **kw)
+    torch.testing.assert_close(o1, o2)
+    for name, val in s1.as_dict().items():
+        torch.testing.assert_close(val, getattr(s2, name), atol=1e-6, rtol=0)
