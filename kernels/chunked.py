@@ -27,6 +27,7 @@ def attention_with_stats_chunked(
     key_padding_mask: Optional[torch.Tensor],
     first_key: torch.Tensor,
     offsets: Sequence[int],
+    probe_keys: Optional[torch.Tensor],
     token_ids: Optional[torch.Tensor],
     prev_token_ids: Optional[torch.Tensor],
     entropy: bool,
@@ -51,6 +52,8 @@ def attention_with_stats_chunked(
     lse = torch.empty(B, Hq, Nq, dtype=f32, device=dev)
     sink = torch.empty_like(lse)
     offs = torch.empty(B, Hq, Nq, len(offsets), dtype=f32, device=dev) if len(offsets) else None
+    n_probe = probe_keys.shape[1] if probe_keys is not None else 0
+    probes = torch.empty(B, Hq, Nq, n_probe, dtype=f32, device=dev) if n_probe else None
     ind = torch.empty_like(lse) if token_ids is not None else None
     dup = torch.empty_like(lse) if token_ids is not None else None
     ent = torch.empty_like(lse) if entropy else None
@@ -85,6 +88,10 @@ def attention_with_stats_chunked(
             val = p.gather(-1, idx)  # masked keys already carry probability 0
             offs[:, :, c0:c1] = torch.where(key[None, None, None] >= 0, val, 0.0).reshape(B, Hq, C, -1)
 
+        if probes is not None:
+            idx = probe_keys[:, None, None, None, :].expand(B, Hkv, G, C, n_probe)
+            probes[:, :, c0:c1] = p.gather(-1, idx).reshape(B, Hq, C, n_probe)
+
         if token_ids is not None:
             tq = token_ids[:, Nk - Nq + c0 : Nk - Nq + c1]  # [B, C]
             dup_mask = (token_ids[:, None, :] == tq[:, :, None]) & (k_pos[None, None, :] < q_pos[None, :, None])
@@ -96,4 +103,4 @@ def attention_with_stats_chunked(
             plogp = torch.where(p > 0, p * (s - safe_lse[..., None]), 0.0)
             ent[:, :, c0:c1] = (-plogp.sum(-1)).reshape(B, Hq, C)
 
-    return out, AttentionStats(lse=lse, sink=sink, offsets=offs, induction=ind, duplicate=dup, entropy=ent)
+    return out, AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup, entropy=ent)

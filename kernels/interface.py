@@ -60,8 +60,18 @@ def _check_offsets(offsets: Sequence[int]) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _check_side_inputs(q, k, key_padding_mask, token_ids) -> None:
+def _check_side_inputs(q, k, key_padding_mask, token_ids, probe_keys) -> None:
     B, Nk = q.shape[0], k.shape[2]
+    if probe_keys is not None:
+        if not isinstance(probe_keys, torch.Tensor) or probe_keys.dtype.is_floating_point or probe_keys.dtype == torch.bool:
+            raise TypeError("probe_keys must be an integer tensor [batch, n_probes] of key positions")
+        if probe_keys.dim() != 2 or probe_keys.shape[0] != B or probe_keys.shape[1] == 0:
+            raise ValueError(f"probe_keys must have shape ({B}, n_probes >= 1), got {tuple(probe_keys.shape)}")
+        if probe_keys.device != q.device:
+            raise ValueError(f"probe_keys is on {probe_keys.device}, q on {q.device}")
+        if int(probe_keys.min()) < 0 or int(probe_keys.max()) >= Nk:
+            raise ValueError(f"probe_keys must be key positions in [0, {Nk}), got values in "
+                             f"[{int(probe_keys.min())}, {int(probe_keys.max())}]")
     if key_padding_mask is not None:
         if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
             raise TypeError("key_padding_mask must be a bool tensor [batch, k_len] (True = attend)")
@@ -118,6 +128,7 @@ def attention_with_stats(
     scale: Optional[float] = None,
     key_padding_mask: Optional[torch.Tensor] = None,
     offsets: Sequence[int] = (),
+    probe_keys: Optional[torch.Tensor] = None,
     token_ids: Optional[torch.Tensor] = None,
     entropy: bool = False,
     backend: str = "auto",
@@ -130,6 +141,8 @@ def attention_with_stats(
         scale: score scale, default ``D ** -0.5``.
         key_padding_mask: ``[B, Nk]`` bool, True where a key may be attended.
         offsets: fixed diagonal offsets ``o >= 0``; returns the probability on key ``i - o``.
+        probe_keys: ``[B, P]`` absolute key positions (per batch row); returns every query's
+            probability on each of them (0 where the query may not attend that key).
         token_ids: ``[B, Nk]`` token ids; when given, token-match induction and duplicate mass.
         entropy: also return each row's entropy (nats).
         backend: ``"triton"``, ``"torch"`` (chunked, O(chunk x Nk) memory) or ``"auto"``
@@ -140,7 +153,7 @@ def attention_with_stats(
     """
     _check_qkv(q, k, v)
     offsets = _check_offsets(offsets)
-    _check_side_inputs(q, k, key_padding_mask, token_ids)
+    _check_side_inputs(q, k, key_padding_mask, token_ids, probe_keys)
     if not isinstance(entropy, bool):
         raise TypeError(f"entropy must be a bool, got {type(entropy).__name__}")
     B, _, _, D = q.shape
@@ -154,7 +167,7 @@ def attention_with_stats(
     first = first_attendable_key(key_padding_mask, B, Nk, q.device)
     prev = previous_token_ids(token_ids, key_padding_mask) if token_ids is not None else None
     kwargs = dict(
-        scale=float(scale), key_padding_mask=key_padding_mask, first_key=first, offsets=offsets,
+        scale=float(scale), key_padding_mask=key_padding_mask, first_key=first, offsets=offsets, probe_keys=probe_keys,
         token_ids=token_ids, prev_token_ids=prev, entropy=entropy,
     )
     if backend == "triton":

@@ -23,6 +23,7 @@ def attention_with_stats_naive(
     scale: Optional[float] = None,
     key_padding_mask: Optional[torch.Tensor] = None,
     offsets: Sequence[int] = (),
+    probe_keys: Optional[torch.Tensor] = None,
     token_ids: Optional[torch.Tensor] = None,
     entropy: bool = False,
 ) -> tuple[torch.Tensor, AttentionStats]:
@@ -64,6 +65,11 @@ def attention_with_stats_naive(
             cols.append(torch.where(valid.view(1, 1, Nq), p.gather(-1, idx)[..., 0], 0.0))
         offs = torch.stack(cols, -1)
 
+    probes = None
+    if probe_keys is not None:
+        idx = probe_keys[:, None, None, :].expand(B, Hq, Nq, probe_keys.shape[1])
+        probes = p.gather(-1, idx)  # p is already 0 on keys a row may not attend
+
     ind = dup = None
     if token_ids is not None:
         tok_k = token_ids  # [B, Nk]
@@ -86,5 +92,5 @@ def attention_with_stats_naive(
     zero = torch.zeros((), dtype=s.dtype, device=dev)
     lse = torch.where(has_key, lse, torch.full((), -math.inf, dtype=s.dtype, device=dev))
     sink = torch.where(has_key, sink, zero)
-    stats = AttentionStats(lse=lse, sink=sink, offsets=offs, induction=ind, duplicate=dup, entropy=ent)
+    stats = AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup, entropy=ent)
     return out, stats

@@ -17,6 +17,7 @@ class AttentionStats:
     ``sink``       probability on the row's first attendable key (key 0, or the first
                    unpadded key).
     ``offsets``    ``[B, Hq, Nq, len(offsets)]``: probability on key ``i - o`` per offset.
+    ``probes``     ``[B, Hq, Nq, P]``: probability on the absolute key ``probe_keys[b, t]``.
     ``induction``  token-match induction mass (keys j with ``tok[j-1] == tok[i]``, j-1 < i).
     ``duplicate``  token-match duplicate mass (keys j < i with ``tok[j] == tok[i]``).
     ``entropy``    Shannon entropy of the row, in nats.
@@ -28,6 +29,7 @@ class AttentionStats:
     lse: torch.Tensor
     sink: torch.Tensor
     offsets: Optional[torch.Tensor] = None
+    probes: Optional[torch.Tensor] = None
     induction: Optional[torch.Tensor] = None
     duplicate: Optional[torch.Tensor] = None
     entropy: Optional[torch.Tensor] = None

@@ -124,15 +124,15 @@ def _point_prob(q, K, key, valid, stride_kn, stride_kd, offs_d, qk_scale, lse2):
 
 @triton.jit
 def _attn_stats_fwd(
-    Q, K, V, Out, LSE, SINK, OFFS, IND, DUP, ENT,
-    TOK, TOKP, KPM, FIRST, OFFSET_VALUES,
+    Q, K, V, Out, LSE, SINK, OFFS, PRB, IND, DUP, ENT,
+    TOK, TOKP, KPM, FIRST, OFFSET_VALUES, PROBE_KEYS,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_mb, stride_mn,
     Hq, GROUP, Nq, Nk, qk_scale, NQ_BUCKET,
-    HEAD_DIM: tl.constexpr, N_OFFSETS: tl.constexpr, HAS_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, N_OFFSETS: tl.constexpr, N_PROBES: tl.constexpr, HAS_PAD: tl.constexpr,
     HAS_TOK: tl.constexpr, HAS_ENT: tl.constexpr, FP32_IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -217,6 +217,15 @@ def _attn_stats_fwd(
                  _point_prob(q, Kb, key, ok, stride_kn, stride_kd, offs_d, qk_scale, lse2),
                  mask=row_ok)
 
+    for t in tl.static_range(N_PROBES):
+        key = tl.zeros([BLOCK_M], dtype=tl.int32) + tl.load(PROBE_KEYS + b * N_PROBES + t)
+        ok = has_key & row_ok & (key <= q_pos)
+        if HAS_PAD:
+            ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
+        tl.store(PRB + row * N_PROBES + t,
+                 _point_prob(q, Kb, key, ok, stride_kn, stride_kd, offs_d, qk_scale, lse2),
+                 mask=row_ok)
+
     if HAS_TOK:
         tl.store(IND + row, ind_acc / l_safe, mask=row_ok)
         tl.store(DUP + row, dup_acc / l_safe, mask=row_ok)
@@ -250,7 +259,7 @@ _GPU_CONFIGS = [
 
 _attn_stats_fwd_tuned = triton.autotune(
     configs=_GPU_CONFIGS,
-    key=["HEAD_DIM", "N_OFFSETS", "HAS_PAD", "HAS_TOK", "HAS_ENT", "FP32_IEEE", "NQ_BUCKET"],
+    key=["HEAD_DIM", "N_OFFSETS", "N_PROBES", "HAS_PAD", "HAS_TOK", "HAS_ENT", "FP32_IEEE", "NQ_BUCKET"],
     prune_configs_by={"early_config_prune": _prune},
 )(_attn_stats_fwd)
 
@@ -267,6 +276,7 @@ def attention_with_stats_triton(
     key_padding_mask: Optional[torch.Tensor],
     first_key: torch.Tensor,
     offsets: Sequence[int],
+    probe_keys: Optional[torch.Tensor],
     token_ids: Optional[torch.Tensor],
     prev_token_ids: Optional[torch.Tensor],
     entropy: bool,
@@ -285,6 +295,9 @@ def attention_with_stats_triton(
     sink = torch.empty_like(lse)
     n_off = len(offsets)
     offs = torch.empty(B, Hq, Nq, n_off, dtype=f32, device=dev) if n_off else None
+    n_probe = probe_keys.shape[1] if probe_keys is not None else 0
+    probes = torch.empty(B, Hq, Nq, n_probe, dtype=f32, device=dev) if n_probe else None
+    probe_vals = probe_keys.to(torch.int32).contiguous() if n_probe else None
     has_tok = token_ids is not None
     ind = torch.empty_like(lse) if has_tok else None
     dup = torch.empty_like(lse) if has_tok else None
@@ -299,14 +312,14 @@ def attention_with_stats_triton(
     first = first_key.to(torch.int32).contiguous()
 
     args = (
-        q, k, v, out, lse, sink, offs if offs is not None else lse,
+        q, k, v, out, lse, sink, offs if offs is not None else lse, probes if n_probe else lse,
         ind if has_tok else lse, dup if has_tok else lse, ent if entropy else lse,
-        tok, tokp, kpm, first, off_vals,
+        tok, tokp, kpm, first, off_vals, probe_vals if n_probe else off_vals,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *kpm.stride(),
         Hq, Hq // Hkv, Nq, Nk, scale * LOG2E, 0 if Nq <= 16 else (1 if Nq <= 256 else 2),
     )
     flags = dict(
-        HEAD_DIM=D, N_OFFSETS=n_off, HAS_PAD=key_padding_mask is not None, HAS_TOK=has_tok,
+        HEAD_DIM=D, N_OFFSETS=n_off, N_PROBES=n_probe, HAS_PAD=key_padding_mask is not None, HAS_TOK=has_tok,
         HAS_ENT=entropy, FP32_IEEE=q.dtype == torch.float32,
     )
     if block is None and not _interpreting():
@@ -315,5 +328,5 @@ def attention_with_stats_triton(
     else:
         bm, bn = block or (INTERPRET_BLOCK, INTERPRET_BLOCK)
         _attn_stats_fwd[(triton.cdiv(Nq, bm), B * Hq)](*args, **flags, BLOCK_M=bm, BLOCK_N=bn)
-    stats = AttentionStats(lse=lse, sink=sink, offsets=offs, induction=ind, duplicate=dup, entropy=ent)
+    stats = AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup, entropy=ent)
     return out, stats

@@ -62,7 +62,9 @@ def check_close(got, want, dtype, what):
 def test_all_statistics_match_float64(case, D, dtype, seed, poison_outputs):
     B, Hq, Hkv, Nq, Nk, padding = CASES[case]
     q, k, v, tok, mask = make_inputs(B, Hq, Hkv, Nq, Nk, D, dtype, padding)
-    kw = dict(key_padding_mask=mask, offsets=(0, 1, 3, Nk + 2), token_ids=tok, entropy=True)
+    probes = torch.randint(0, Nk, (B, 3), device=DEVICE)
+    probes[:, 0] = Nk - 1  # the last key: attendable only by the last query
+    kw = dict(key_padding_mask=mask, offsets=(0, 1, 3, Nk + 2), probe_keys=probes, token_ids=tok, entropy=True)
     ref_out, ref = attention_with_stats_naive(q.double(), k.double(), v.double(), **kw)
     for backend in ("triton", "torch"):
         out, stats = attention_with_stats(q, k, v, backend=backend, **kw)
@@ -122,7 +124,7 @@ def test_block_shapes_do_not_change_results(seed):
     from circuit_stats.kernels.interface import first_attendable_key, previous_token_ids
 
     kw = dict(scale=32 ** -0.5, key_padding_mask=mask, first_key=first_attendable_key(mask, 2, 70, q.device),
-              offsets=(1, 5), token_ids=tok, prev_token_ids=previous_token_ids(tok, mask), entropy=True)
+              offsets=(1, 5), probe_keys=torch.tensor([[3, 60], [0, 69]]), token_ids=tok, prev_token_ids=previous_token_ids(tok, mask), entropy=True)
     o1, s1 = attention_with_stats_triton(q, k, v, block=(16, 16), **kw)
     o2, s2 = attention_with_stats_triton(q, k, v, block=(32, 16), **kw)
     torch.testing.assert_close(o1, o2)
