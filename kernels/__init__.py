@@ -7,13 +7,14 @@ Set ``TRITON_INTERPRET=1`` before importing to run the Triton kernel on the CPU.
 """
 
 from .interface import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, attention_with_stats
-from .naive import attention_with_stats_naive
+from .naive import attention_with_stats_naive, stats_from_probabilities
 from .stats import AttentionStats
 
 __all__ = [
     "AttentionStats",
     "attention_with_stats",
     "attention_with_stats_naive",
+    "stats_from_probabilities",
     "SUPPORTED_DTYPES",
     "SUPPORTED_HEAD_DIMS",
 ]

@@ -1,8 +1,8 @@
 """Materialised reference: the definitions, written as plainly as possible.
 
-This builds the full ``[B, Hq, Nq, Nk]`` probability matrix, so it is for tests and tiny
-inputs only (run it in float64 to get an oracle). ``chunked.py`` is the memory-safe torch
-backend; ``triton_attention.py`` is the fused kernel.
+This builds the full ``[B, Hq, Nq, Nk]`` probability matrix, so it is for tests, eager
+baselines and tiny inputs only (run it in float64 to get an oracle). ``chunked.py`` is the
+memory-safe torch backend; ``triton_attention.py`` is the fused kernel.
 """
 
 from __future__ import annotations
@@ -13,6 +13,73 @@ from typing import Optional, Sequence
 import torch
 
 from .stats import AttentionStats
+
+
+def stats_from_probabilities(
+    p: torch.Tensor,
+    *,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    offsets: Sequence[int] = (),
+    probe_keys: Optional[torch.Tensor] = None,
+    token_ids: Optional[torch.Tensor] = None,
+    entropy: bool = False,
+    lse: Optional[torch.Tensor] = None,
+) -> AttentionStats:
+    """Every statistic from a materialised causal probability matrix ``p [B, H, Nq, Nk]``
+    (e.g. eager attention's ``output_attentions``); query ``i`` sits at key ``Nk - Nq + i``.
+    ``lse`` is passed through (NaN-filled when not given)."""
+    B, H, Nq, Nk = p.shape
+    dev = p.device
+    q_pos = torch.arange(Nq, device=dev) + (Nk - Nq)
+    k_pos = torch.arange(Nk, device=dev)
+    allowed = (k_pos[None, :] <= q_pos[:, None])[None]  # [1, Nq, Nk]
+    if key_padding_mask is not None:
+        allowed = allowed & key_padding_mask[:, None, :]
+    has_key = allowed.any(-1)[:, None].expand(B, H, Nq)  # [B, H, Nq]
+    p = torch.where(allowed[:, None], p, torch.zeros((), dtype=p.dtype, device=dev))
+
+    if key_padding_mask is None:
+        first = torch.zeros(B, dtype=torch.long, device=dev)
+    else:
+        first = key_padding_mask.long().argmax(-1)  # first True; rows with none have no key
+    sink = p.gather(-1, first.view(B, 1, 1, 1).expand(B, H, Nq, 1))[..., 0]
+
+    offs = None
+    if len(offsets):
+        cols = []
+        for o in offsets:
+            key = q_pos - o
+            idx = key.clamp(min=0).view(1, 1, Nq, 1).expand(B, H, Nq, 1)
+            cols.append(torch.where((key >= 0).view(1, 1, Nq), p.gather(-1, idx)[..., 0], 0.0))
+        offs = torch.stack(cols, -1)
+
+    probes = None
+    if probe_keys is not None:
+        probes = p.gather(-1, probe_keys[:, None, None, :].expand(B, H, Nq, probe_keys.shape[1]))
+
+    ind = dup = None
+    if token_ids is not None:
+        tok_q = token_ids[:, Nk - Nq:]  # [B, Nq]
+        same = tok_q[:, :, None] == token_ids[:, None, :]  # [B, Nq, Nk]: tok[i] == tok[j]
+        dup_mask = same & (k_pos[None, None, :] < q_pos[None, :, None])
+        # induction: key j whose predecessor j-1 holds the query token and is attendable
+        prev_ok = torch.zeros_like(token_ids, dtype=torch.bool)
+        prev_ok[:, 1:] = True if key_padding_mask is None else key_padding_mask[:, :-1]
+        ind_mask = torch.zeros_like(same)
+        ind_mask[:, :, 1:] = same[:, :, :-1] & (k_pos[None, None, :-1] < q_pos[None, :, None])
+        ind_mask = ind_mask & prev_ok[:, None, :]
+        dup = (p * dup_mask[:, None]).sum(-1)
+        ind = (p * ind_mask[:, None]).sum(-1)
+
+    ent = None
+    if entropy:
+        ent = -(torch.where(p > 0, p * torch.log(p), torch.zeros((), dtype=p.dtype, device=dev))).sum(-1)
+
+    zero = torch.zeros((), dtype=p.dtype, device=dev)
+    if lse is None:
+        lse = torch.full((B, H, Nq), math.nan, dtype=p.dtype, device=dev)
+    return AttentionStats(lse=lse, sink=torch.where(has_key, sink, zero), offsets=offs, probes=probes,
+                          induction=ind, duplicate=dup, entropy=ent)
 
 
 def attention_with_stats_naive(
@@ -36,61 +103,15 @@ def attention_with_stats_naive(
     dev = q.device
 
     q_pos = torch.arange(Nq, device=dev) + (Nk - Nq)  # bottom-right causal alignment
-    k_pos = torch.arange(Nk, device=dev)
-    allowed = (k_pos[None, :] <= q_pos[:, None])[None, None]  # [1, 1, Nq, Nk]
+    allowed = (torch.arange(Nk, device=dev)[None, :] <= q_pos[:, None])[None, None]  # [1, 1, Nq, Nk]
     if key_padding_mask is not None:
         allowed = allowed & key_padding_mask[:, None, None, :]
-    allowed = allowed.expand(B, Hq, Nq, Nk)
 
     s = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
     s = s.masked_fill(~allowed, -math.inf)
-    lse = torch.logsumexp(s, dim=-1)
-    has_key = allowed.any(-1)
+    lse = torch.logsumexp(s, dim=-1)  # -inf on rows with no attendable key
     p = torch.where(allowed, torch.exp(s - lse[..., None]), torch.zeros((), dtype=s.dtype, device=dev))
     out = torch.einsum("bhqk,bhkd->bhqd", p, v)
-
-    if key_padding_mask is None:
-        first = torch.zeros(B, dtype=torch.long, device=dev)
-    else:
-        first = key_padding_mask.long().argmax(-1)  # first True; rows with none have no key
-    sink = p.gather(-1, first.view(B, 1, 1, 1).expand(B, Hq, Nq, 1))[..., 0]
-
-    offs = None
-    if len(offsets):
-        cols = []
-        for o in offsets:
-            key = q_pos - o
-            valid = key >= 0
-            idx = key.clamp(min=0).view(1, 1, Nq, 1).expand(B, Hq, Nq, 1)
-            cols.append(torch.where(valid.view(1, 1, Nq), p.gather(-1, idx)[..., 0], 0.0))
-        offs = torch.stack(cols, -1)
-
-    probes = None
-    if probe_keys is not None:
-        idx = probe_keys[:, None, None, :].expand(B, Hq, Nq, probe_keys.shape[1])
-        probes = p.gather(-1, idx)  # p is already 0 on keys a row may not attend
-
-    ind = dup = None
-    if token_ids is not None:
-        tok_k = token_ids  # [B, Nk]
-        tok_q = token_ids[:, Nk - Nq:]  # [B, Nq]
-        same = tok_q[:, :, None] == tok_k[:, None, :]  # [B, Nq, Nk]: tok[i] == tok[j]
-        dup_mask = same & (k_pos[None, None, :] < q_pos[None, :, None])
-        # induction: key j whose predecessor j-1 holds the query token and is attendable
-        prev_ok = torch.zeros_like(tok_k, dtype=torch.bool)
-        prev_ok[:, 1:] = True if key_padding_mask is None else key_padding_mask[:, :-1]
-        ind_mask = torch.zeros_like(same)
-        ind_mask[:, :, 1:] = same[:, :, :-1] & (k_pos[None, None, :-1] < q_pos[None, :, None])
-        ind_mask = ind_mask & prev_ok[:, None, :]
-        dup = (p * dup_mask[:, None]).sum(-1)
-        ind = (p * ind_mask[:, None]).sum(-1)
-
-    ent = None
-    if entropy:
-        ent = -(torch.where(p > 0, p * torch.log(p), torch.zeros((), dtype=p.dtype, device=dev))).sum(-1)
-
-    zero = torch.zeros((), dtype=s.dtype, device=dev)
-    lse = torch.where(has_key, lse, torch.full((), -math.inf, dtype=s.dtype, device=dev))
-    sink = torch.where(has_key, sink, zero)
-    stats = AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup, entropy=ent)
+    stats = stats_from_probabilities(p, key_padding_mask=key_padding_mask, offsets=offsets, probe_keys=probe_keys,
+                                     token_ids=token_ids, entropy=entropy, lse=lse)
     return out, stats

@@ -1,0 +1,271 @@
+"""``record()``: collect per-(layer, head) attention statistics from a Hugging Face model.
+
+While a recording is active, every attention layer of the model computes the requested
+statistics in its fused forward and hands them here, where they are reduced on the layer's
+own device to sums over the selected queries. Nothing of size ``Nq`` (let alone ``Nq x Nk``)
+outlives a layer call, so memory is O(layers x heads x batch).
+
+A forward that starts fresh (no cache, or an empty one) starts new sequences; a forward that
+extends a KV cache (``generate()``) continues the current ones: its token ids are appended to
+theirs and its per-sample sums go to the same rows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Sequence
+
+import pandas as pd
+import torch
+
+from ..kernels.interface import _check_offsets
+from ..kernels.stats import AttentionStats
+
+IMPLEMENTATION = "circuit_stats"
+_ACTIVE: Optional["Recording"] = None
+
+
+def _uses_circuit_stats(model: torch.nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    impl = getattr(config, "_attn_implementation", None)
+    if isinstance(impl, dict):
+        return bool(impl) and all(v == IMPLEMENTATION for v in impl.values())
+    return impl == IMPLEMENTATION
+
+
+@dataclass
+class _Block:
+    """Per-sample sums for one batch of sequences: ``{layer: {name: [B, H, C]}}``."""
+
+    sums: dict = field(default_factory=lambda: defaultdict(dict))
+    counts: dict = field(default_factory=dict)  # layer -> [B]
+
+
+class _Request:
+    """What one attention call must compute, and where its statistics go."""
+
+    def __init__(self, rec: "Recording", layer: int, query_weight: torch.Tensor, kernel_kwargs: dict):
+        self.rec, self.layer, self.weight, self.kernel_kwargs = rec, layer, query_weight, kernel_kwargs
+
+    def deliver(self, stats: AttentionStats) -> None:
+        self.rec._reduce(self.layer, stats, self.weight)
+
+
+class Recording:
+    """Accumulates statistic sums per (layer, head); see ``record()``."""
+
+    def __init__(self, model, offsets, token_ids, token_match, entropy, query_mask, per_sample, probe_keys):
+        self.model = model
+        self.offsets = _check_offsets(offsets)
+        self.token_match = bool(token_match or token_ids is not None)
+        self.entropy = bool(entropy)
+        self.per_sample_enabled = bool(per_sample)
+        self._user_tokens = token_ids
+        self._user_query_mask = query_mask
+        self._probe_keys = probe_keys
+        self._module_ids = {id(m) for m in model.modules()}
+        self._tokens: Optional[torch.Tensor] = None  # ids of all keys of the current sequences
+        self._sums: dict = defaultdict(dict)  # layer -> name -> [H, C]
+        self._counts: dict = {}  # layer -> scalar
+        self._blocks: list[_Block] = []
+        self._n_forward = 0
+        text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.n_layers = int(text_config.num_hidden_layers)
+        self._hook = model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+
+    # ---------------------------------------------------------------- forward hooks
+    def _before_forward(self, module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is None and args and isinstance(args[0], torch.Tensor) and not args[0].is_floating_point():
+            ids = args[0]
+        past = kwargs.get("past_key_values")
+        continuing = past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0
+        if continuing and self._tokens is not None and ids is not None:
+            self._tokens = torch.cat([self._tokens, ids.to(self._tokens.device)], dim=1)
+        else:
+            self._tokens = ids
+        if not continuing or not self._blocks:
+            self._blocks.append(_Block())
+        self._n_forward += 1
+
+    def _request(self, module, query, key, kpm) -> _Request:
+        layer = getattr(module, "layer_idx", None)
+        if layer is None:
+            raise RuntimeError(f"{type(module).__name__} has no layer_idx; circuit_stats cannot tell its layer")
+        B, _, Nq, _ = query.shape
+        Nk = key.shape[2]
+        dev = query.device
+        if self._user_query_mask is not None:
+            qm = self._user_query_mask
+            if tuple(qm.shape) != (B, Nq):
+                raise ValueError(f"query_mask must have shape (batch, q_len) = {(B, Nq)} for this forward, got {tuple(qm.shape)}")
+            weight = qm.to(device=dev, dtype=torch.float32)
+        elif kpm is not None:
+            weight = kpm[:, Nk - Nq:].to(torch.float32)  # default: every non-padded query
+        else:
+            weight = torch.ones(B, Nq, device=dev)
+        kw: dict = {"offsets": self.offsets, "entropy": self.entropy}
+        if self.token_match:
+            tokens = self._user_tokens if self._user_tokens is not None else self._tokens
+            if tokens is None:
+                raise ValueError("token-match statistics need token ids: pass token_ids= to record() "
+                                 "(the forward was called without input_ids)")
+            if tokens.shape[0] != B or tokens.shape[1] < Nk:
+                raise ValueError(f"token_ids must cover every key: need shape ({B}, {Nk}), got {tuple(tokens.shape)}")
+            kw["token_ids"] = tokens[:, tokens.shape[1] - Nk:].to(dev)
+        if self._probe_keys is not None:
+            kw["probe_keys"] = self._probe_keys.to(dev)
+        return _Request(self, int(layer), weight, kw)
+
+    # ---------------------------------------------------------------- reduction
+    def _channels(self, stats: AttentionStats) -> Iterator[tuple[str, torch.Tensor]]:
+        """(column name, [B, H, Nq, C] tensor) for every recorded statistic."""
+        yield "sink", stats.sink[..., None]
+        if stats.offsets is not None:
+            yield "offsets", stats.offsets
+        if stats.probes is not None:
+            yield "probes", stats.probes
+        for name in ("induction", "duplicate", "entropy"):
+            val = getattr(stats, name)
+            if val is not None:
+                yield name, val[..., None]
+
+    def _reduce(self, layer: int, stats: AttentionStats, weight: torch.Tensor) -> None:
+        w = weight.to(torch.float64)
+        block = self._blocks[-1]
+        for name, t in self._channels(stats):
+            per_seq = torch.einsum("bhqc,bq->bhc", t.to(torch.float64), w)  # [B, H, C]
+            tot = self._sums[layer]
+            tot[name] = tot[name] + per_seq.sum(0) if name in tot else per_seq.sum(0)
+            if self.per_sample_enabled:
+                bs = block.sums[layer]
+                bs[name] = bs[name] + per_seq if name in bs else per_seq
+        n = w.sum(1)
+        self._counts[layer] = self._counts.get(layer, 0) + n.sum()
+        if self.per_sample_enabled:
+            block.counts[layer] = block.counts[layer] + n if layer in block.counts else n
+
+    # ---------------------------------------------------------------- results
+    def _columns(self, name: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        if name == "offsets":
+            return {f"offset_{o}": t[..., i] for i, o in enumerate(self.offsets)}
+        if name == "probes":
+            return {f"probe_{i}": t[..., i] for i in range(t.shape[-1])}
+        return {name: t[..., 0]}
+
+    def _check_complete(self) -> None:
+        if self._n_forward == 0 or not self._counts:
+            raise RuntimeError("no forward pass of the model was recorded inside this record() block")
+        missing = sorted(set(range(self.n_layers)) - set(self._counts))
+        if missing:
+            raise RuntimeError(f"layers {missing} produced no statistics (did the forward run every layer?)")
+        empty = [layer for layer, c in self._counts.items() if float(c) == 0]
+        if empty:
+            raise RuntimeError("query_mask selected no query: the means are undefined")
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """``{statistic: Tensor[n_layers, n_heads]}``: means over the selected queries and rows."""
+        self._check_complete()
+        out: dict[str, list] = defaultdict(list)
+        for layer in range(self.n_layers):
+            for name, s in self._sums[layer].items():
+                mean = (s / self._counts[layer]).to(torch.float32).cpu()
+                for col, val in self._columns(name, mean).items():
+                    out[col].append(val)
+        return {col: torch.stack(vals) for col, vals in out.items()}
+
+    def per_sample(self) -> dict[str, torch.Tensor]:
+        """``{statistic: Tensor[n_sequences, n_layers, n_heads]}`` (needs ``per_sample=True``).
+
+        Sequences are the batch rows of every fresh forward, in order; a sequence none of whose
+        queries was selected holds NaN."""
+        if not self.per_sample_enabled:
+            raise RuntimeError("record(..., per_sample=True) is needed for per-sample statistics")
+        self._check_complete()
+        out: dict[str, list] = defaultdict(list)
+        for block in self._blocks:
+            if not block.counts:
+                continue
+            per_layer: dict[str, list] = defaultdict(list)
+            for layer in range(self.n_layers):
+                cnt = block.counts[layer].cpu()[:, None, None]
+                for name, s in block.sums[layer].items():
+                    mean = (s.cpu() / cnt).to(torch.float32)
+                    for col, val in self._columns(name, mean).items():
+                        per_layer[col].append(val)
+            for col, vals in per_layer.items():
+                out[col].append(torch.stack(vals, dim=1))  # [B, L, H]
+        return {col: torch.cat(vals) for col, vals in out.items()}
+
+    def summary(self) -> pd.DataFrame:
+        """One row per (layer, head): ``layer``, ``head`` and one column per statistic."""
+        t = self.tensors()
+        n_layers, n_heads = next(iter(t.values())).shape
+        df = pd.DataFrame({
+            "layer": torch.arange(n_layers).repeat_interleave(n_heads).numpy(),
+            "head": torch.arange(n_heads).repeat(n_layers).numpy(),
+        })
+        for col, val in t.items():
+            df[col] = val.reshape(-1).numpy()
+        return df
+
+    def close(self) -> None:
+        self._hook.remove()
+
+
+def request_for(module, query, key, kpm) -> Optional[_Request]:
+    """The active recording's request for this attention module, or None (plain forward)."""
+    rec = _ACTIVE
+    if rec is None or id(module) not in rec._module_ids:
+        return None
+    return rec._request(module, query, key, kpm)
+
+
+@contextmanager
+def record(
+    model: torch.nn.Module,
+    offsets: Sequence[int] = (),
+    token_ids: Optional[torch.Tensor] = None,
+    entropy: bool = False,
+    query_mask: Optional[torch.Tensor] = None,
+    per_sample: bool = False,
+    *,
+    token_match: bool = False,
+    probe_keys: Optional[torch.Tensor] = None,
+) -> Iterator[Recording]:
+    """Record per-(layer, head) attention statistics of every forward inside the block.
+
+    Args:
+        model: a transformers model loaded with ``attn_implementation="circuit_stats"``.
+        offsets: fixed diagonal offsets (``1`` = previous token) -> columns ``offset_<o>``.
+        token_ids: ``[B, N]`` ids for token-match ``induction`` / ``duplicate``; defaults to the
+            forward's ``input_ids`` when ``token_match=True``.
+        entropy: also record row entropy (nats).
+        query_mask: ``[B, Nq]`` bool, the queries to average over (default: every non-padded one).
+        per_sample: also keep per-sequence means (``rec.per_sample()``).
+        token_match: record ``induction`` and ``duplicate`` (implied by ``token_ids``).
+        probe_keys: ``[B, P]`` absolute key positions -> columns ``probe_<t>``.
+
+    ``sink`` is always recorded. Results: ``rec.tensors()``, ``rec.summary()``.
+    """
+    global _ACTIVE
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"record() needs a transformers model, got {type(model).__name__}")
+    if not _uses_circuit_stats(model):
+        raise ValueError(
+            f"record() needs the model to use attn_implementation='circuit_stats' (it uses "
+            f"{getattr(model.config, '_attn_implementation', None)!r}). Load it with "
+            "AutoModelForCausalLM.from_pretrained(..., attn_implementation='circuit_stats') or call "
+            "model.set_attn_implementation('circuit_stats') after `import circuit_stats`."
+        )
+    if _ACTIVE is not None:
+        raise RuntimeError("record() blocks cannot be nested: a recording is already active")
+    rec = Recording(model, offsets, token_ids, token_match, entropy, query_mask, per_sample, probe_keys)
+    _ACTIVE = rec
+    try:
+        yield rec
+    finally:
+        _ACTIVE = None
+        rec.close()
