@@ -24,6 +24,8 @@ from ..kernels.interface import _check_offsets
 from ..kernels.stats import AttentionStats
 
 IMPLEMENTATION = "circuit_stats"
+# Statistic groups a query mask can be given for (see record(query_mask=...)).
+CHANNELS = ("sink", "offsets", "probes", "induction", "duplicate", "entropy")
 _ACTIVE: Optional["Recording"] = None
 
 
@@ -40,17 +42,17 @@ class _Block:
     """Per-sample sums for one batch of sequences: ``{layer: {name: [B, H, C]}}``."""
 
     sums: dict = field(default_factory=lambda: defaultdict(dict))
-    counts: dict = field(default_factory=dict)  # layer -> [B]
+    counts: dict = field(default_factory=lambda: defaultdict(dict))  # layer -> name -> [B]
 
 
 class _Request:
     """What one attention call must compute, and where its statistics go."""
 
-    def __init__(self, rec: "Recording", layer: int, query_weight: torch.Tensor, kernel_kwargs: dict):
-        self.rec, self.layer, self.weight, self.kernel_kwargs = rec, layer, query_weight, kernel_kwargs
+    def __init__(self, rec: "Recording", layer: int, weights: dict, kernel_kwargs: dict):
+        self.rec, self.layer, self.weights, self.kernel_kwargs = rec, layer, weights, kernel_kwargs
 
     def deliver(self, stats: AttentionStats) -> None:
-        self.rec._reduce(self.layer, stats, self.weight)
+        self.rec._reduce(self.layer, stats, self.weights)
 
 
 class Recording:
@@ -63,17 +65,27 @@ class Recording:
         self.entropy = bool(entropy)
         self.per_sample_enabled = bool(per_sample)
         self._user_tokens = token_ids
-        self._user_query_mask = query_mask
+        self._query_masks = _normalise_query_mask(query_mask)
         self._probe_keys = probe_keys
         self._module_ids = {id(m) for m in model.modules()}
         self._tokens: Optional[torch.Tensor] = None  # ids of all keys of the current sequences
         self._sums: dict = defaultdict(dict)  # layer -> name -> [H, C]
-        self._counts: dict = {}  # layer -> scalar
+        self._counts: dict = defaultdict(dict)  # layer -> name -> number of selected queries
         self._blocks: list[_Block] = []
         self._n_forward = 0
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.n_layers = int(text_config.num_hidden_layers)
         self._hook = model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+
+    def set_inputs(self, *, query_mask=None, probe_keys: Optional[torch.Tensor] = None,
+                   token_ids: Optional[torch.Tensor] = None) -> None:
+        """Replace the per-forward inputs (query mask, probe keys, token ids) for the forwards
+        that follow, e.g. between batches of different sizes; sums keep accumulating."""
+        self._query_masks = _normalise_query_mask(query_mask)
+        self._probe_keys = probe_keys
+        self._user_tokens = token_ids
+        if token_ids is not None:
+            self.token_match = True
 
     # ---------------------------------------------------------------- forward hooks
     def _before_forward(self, module, args, kwargs):
@@ -97,15 +109,18 @@ class Recording:
         B, _, Nq, _ = query.shape
         Nk = key.shape[2]
         dev = query.device
-        if self._user_query_mask is not None:
-            qm = self._user_query_mask
+        if kpm is not None:
+            default = kpm[:, Nk - Nq:].to(torch.float32)  # every non-padded query
+        else:
+            default = torch.ones(B, Nq, device=dev)
+        weights = {name: default for name in CHANNELS}
+        for name, qm in self._query_masks.items():
             if tuple(qm.shape) != (B, Nq):
                 raise ValueError(f"query_mask must have shape (batch, q_len) = {(B, Nq)} for this forward, got {tuple(qm.shape)}")
-            weight = qm.to(device=dev, dtype=torch.float32)
-        elif kpm is not None:
-            weight = kpm[:, Nk - Nq:].to(torch.float32)  # default: every non-padded query
-        else:
-            weight = torch.ones(B, Nq, device=dev)
+            for channel in (CHANNELS if name == "default" else (name,)):
+                if name == "default" and channel in self._query_masks:
+                    continue  # a statistic's own mask wins over the default
+                weights[channel] = qm.to(device=dev, dtype=torch.float32)
         kw: dict = {"offsets": self.offsets, "entropy": self.entropy}
         if self.token_match:
             tokens = self._user_tokens if self._user_tokens is not None else self._tokens
@@ -117,7 +132,7 @@ class Recording:
             kw["token_ids"] = tokens[:, tokens.shape[1] - Nk:].to(dev)
         if self._probe_keys is not None:
             kw["probe_keys"] = self._probe_keys.to(dev)
-        return _Request(self, int(layer), weight, kw)
+        return _Request(self, int(layer), weights, kw)
 
     # ---------------------------------------------------------------- reduction
     def _channels(self, stats: AttentionStats) -> Iterator[tuple[str, torch.Tensor]]:
@@ -132,20 +147,19 @@ class Recording:
             if val is not None:
                 yield name, val[..., None]
 
-    def _reduce(self, layer: int, stats: AttentionStats, weight: torch.Tensor) -> None:
-        w = weight.to(torch.float64)
+    def _reduce(self, layer: int, stats: AttentionStats, weights: dict) -> None:
         block = self._blocks[-1]
         for name, t in self._channels(stats):
+            w = weights[name].to(torch.float64)
             per_seq = torch.einsum("bhqc,bq->bhc", t.to(torch.float64), w)  # [B, H, C]
-            tot = self._sums[layer]
+            n = w.sum(1)  # [B]
+            tot, cnt = self._sums[layer], self._counts[layer]
             tot[name] = tot[name] + per_seq.sum(0) if name in tot else per_seq.sum(0)
+            cnt[name] = cnt[name] + n.sum() if name in cnt else n.sum()
             if self.per_sample_enabled:
-                bs = block.sums[layer]
+                bs, bc = block.sums[layer], block.counts[layer]
                 bs[name] = bs[name] + per_seq if name in bs else per_seq
-        n = w.sum(1)
-        self._counts[layer] = self._counts.get(layer, 0) + n.sum()
-        if self.per_sample_enabled:
-            block.counts[layer] = block.counts[layer] + n if layer in block.counts else n
+                bc[name] = bc[name] + n if name in bc else n
 
     # ---------------------------------------------------------------- results
     def _columns(self, name: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -161,9 +175,9 @@ class Recording:
         missing = sorted(set(range(self.n_layers)) - set(self._counts))
         if missing:
             raise RuntimeError(f"layers {missing} produced no statistics (did the forward run every layer?)")
-        empty = [layer for layer, c in self._counts.items() if float(c) == 0]
+        empty = sorted({name for c in self._counts.values() for name, n in c.items() if float(n) == 0})
         if empty:
-            raise RuntimeError("query_mask selected no query: the means are undefined")
+            raise RuntimeError(f"query_mask selected no query for {empty}: the means are undefined")
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """``{statistic: Tensor[n_layers, n_heads]}``: means over the selected queries and rows."""
@@ -171,7 +185,7 @@ class Recording:
         out: dict[str, list] = defaultdict(list)
         for layer in range(self.n_layers):
             for name, s in self._sums[layer].items():
-                mean = (s / self._counts[layer]).to(torch.float32).cpu()
+                mean = (s / self._counts[layer][name]).to(torch.float32).cpu()
                 for col, val in self._columns(name, mean).items():
                     out[col].append(val)
         return {col: torch.stack(vals) for col, vals in out.items()}
@@ -190,8 +204,8 @@ class Recording:
                 continue
             per_layer: dict[str, list] = defaultdict(list)
             for layer in range(self.n_layers):
-                cnt = block.counts[layer].cpu()[:, None, None]
                 for name, s in block.sums[layer].items():
+                    cnt = block.counts[layer][name].cpu()[:, None, None]
                     mean = (s.cpu() / cnt).to(torch.float32)
                     for col, val in self._columns(name, mean).items():
                         per_layer[col].append(val)
@@ -213,6 +227,18 @@ class Recording:
 
     def close(self) -> None:
         self._hook.remove()
+
+
+def _normalise_query_mask(query_mask) -> dict[str, torch.Tensor]:
+    if query_mask is None:
+        return {}
+    masks = query_mask if isinstance(query_mask, dict) else {"default": query_mask}
+    for name, qm in masks.items():
+        if name != "default" and name not in CHANNELS:
+            raise ValueError(f"query_mask keys must be 'default' or one of {CHANNELS}, got {name!r}")
+        if not isinstance(qm, torch.Tensor) or qm.dim() != 2:
+            raise TypeError(f"query_mask[{name!r}] must be a [batch, q_len] tensor")
+    return dict(masks)
 
 
 def request_for(module, query, key, kpm) -> Optional[_Request]:
@@ -243,7 +269,9 @@ def record(
         token_ids: ``[B, N]`` ids for token-match ``induction`` / ``duplicate``; defaults to the
             forward's ``input_ids`` when ``token_match=True``.
         entropy: also record row entropy (nats).
-        query_mask: ``[B, Nq]`` bool, the queries to average over (default: every non-padded one).
+        query_mask: ``[B, Nq]`` bool, the queries to average over (default: every non-padded one);
+            or a dict from statistic group (``"sink"``, ``"offsets"``, ``"probes"``, ``"induction"``,
+            ``"duplicate"``, ``"entropy"``, ``"default"``) to such a mask.
         per_sample: also keep per-sequence means (``rec.per_sample()``).
         token_match: record ``induction`` and ``duplicate`` (implied by ``token_ids``).
         probe_keys: ``[B, P]`` absolute key positions -> columns ``probe_<t>``.

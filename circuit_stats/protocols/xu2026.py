@@ -1,0 +1,123 @@
+"""The "xu2026" protocol (arXiv 2606.02378), reproduced exactly.
+
+2000 synthetic sequences of 256 token ids in [100, 10000), each with one planted bigram
+``a b`` at ``ab, ab+1`` and ``a`` again at the end. Attention is read from the last query
+only, at six targets, and compared with a 50-position baseline. The attention on each target
+comes from the fused pass as a probe-key probability ``exp(s - lse)`` of the last query; no
+matrix is materialised.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .common import Batch, check_token_range, flat, head_frame, prepend_bos, run_batches
+
+CLASSES = ("induction", "duplicate-token", "previous-token", "self", "first-token", "local")
+LOW, HIGH = 100, 10000
+DEFAULTS = dict(n_sequences=2000, seq_len=256, seed=42, baseline_seed=0, n_baseline=50,
+                class_threshold=30.0, induction_screen=50.0, first_token_screen=50.0,
+                previous_token_screen=100.0)
+
+
+def make_sequences(n_sequences: int = 2000, seq_len: int = 256, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+    """The published recipe: ``(seqs [n, T] int64, ab [n])``, in the published RNG order."""
+    if seq_len < 130:
+        raise ValueError(f"seq_len must be >= 130 (ab is drawn from [20, 128) and ab+1 < T-6), got {seq_len}")
+    rng = np.random.RandomState(seed)
+    seqs = np.empty((n_sequences, seq_len), dtype=np.int64)
+    abs_ = np.empty(n_sequences, dtype=np.int64)
+    for n in range(n_sequences):
+        seq = rng.randint(LOW, HIGH, size=seq_len)
+        a, b = rng.choice(np.arange(LOW, HIGH), size=2, replace=False)
+        ab = rng.randint(20, 128)
+        seq[ab] = a
+        seq[ab + 1] = b
+        for i in range(seq_len):  # every other position holding a is redrawn, left to right
+            if i != ab and seq[i] == a:
+                seq[i] = rng.randint(LOW, HIGH)
+        for i in range(seq_len):  # then likewise for b
+            if i != ab + 1 and seq[i] == b:
+                seq[i] = rng.randint(LOW, HIGH)
+        seq[-1] = a
+        seqs[n], abs_[n] = seq, ab
+    return seqs, abs_
+
+
+def baseline_positions(seq_len: int = 256, n_baseline: int = 50, seed: int = 0) -> list[int]:
+    """50 key positions from ``RandomState(0).randint(1, T-1)``, skipping the target
+    neighbourhood {0, T-1, ..., T-6} and repeats."""
+    T = seq_len
+    excluded = {0, T - 1, T - 2, T - 3, T - 4, T - 5, T - 6}
+    if len(set(range(1, T - 1)) - excluded) < n_baseline:
+        raise ValueError(f"seq_len {T} leaves fewer than {n_baseline} baseline positions")
+    rng = np.random.RandomState(seed)
+    out: list[int] = []
+    while len(out) < n_baseline:
+        p = int(rng.randint(1, T - 1))
+        if p not in excluded and p not in out:
+            out.append(p)
+    return out
+
+
+def target_keys(ab: np.ndarray, seq_len: int, baseline: list[int]) -> np.ndarray:
+    """Per-sequence probe keys: the six class targets (local = T-3..T-6), then the baseline."""
+    T = seq_len
+    n = len(ab)
+    fixed = np.array([T - 2, T - 1, 0, T - 3, T - 4, T - 5, T - 6] + list(baseline))
+    return np.concatenate([ab[:, None] + 1, ab[:, None], np.broadcast_to(fixed, (n, len(fixed)))], axis=1)
+
+
+def _batches(seqs, keys, batch_size, bos) -> Iterator[Batch]:
+    shift = 0 if bos is None else 1
+    for s in range(0, len(seqs), batch_size):
+        ids = prepend_bos(torch.from_numpy(seqs[s : s + batch_size]), bos)
+        probe = torch.from_numpy(keys[s : s + batch_size] + shift)
+        if bos is not None:
+            probe[:, 4] = 0  # the first-token target is the BOS itself
+        qm = torch.zeros(ids.shape, dtype=torch.bool)
+        qm[:, -1] = True  # the last query only
+        yield Batch(ids, None, qm, probe)
+
+
+def score(model, *, batch_size: int = 32, device=None, bos_token_id: Optional[int] = None,
+          progress: bool = True, **options) -> pd.DataFrame:
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown xu2026 options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    o = {**DEFAULTS, **options}
+    check_token_range(model, LOW, HIGH, "xu2026")
+    T = o["seq_len"]
+    seqs, ab = make_sequences(o["n_sequences"], T, o["seed"])
+    baseline = baseline_positions(T, o["n_baseline"], o["baseline_seed"])
+    keys = target_keys(ab, T, baseline)
+    n_batches = -(-len(seqs) // batch_size)
+    res = run_batches(model, _batches(seqs, keys, batch_size, bos_token_id), total=n_batches,
+                      device=device, desc="xu2026", progress=progress)
+    probes = [res.means[f"probe_{i}"] for i in range(keys.shape[1])]
+    attn = {
+        "induction": probes[0], "duplicate-token": probes[1], "previous-token": probes[2],
+        "self": probes[3], "first-token": probes[4], "local": torch.stack(probes[5:9]).mean(0),
+    }
+    base = torch.stack(probes[9:]).mean(0)
+    L, H = base.shape
+    df = head_frame(L, H)
+    for c in CLASSES:
+        df[f"attn_{c.replace('-', '_')}"] = flat(attn[c])
+    df["baseline"] = flat(base)
+    denom = np.maximum(df["baseline"].to_numpy(), 1e-8)
+    sel_cols = [f"sel_{c.replace('-', '_')}" for c in CLASSES]
+    for c, col in zip(CLASSES, sel_cols):
+        df[col] = df[f"attn_{c.replace('-', '_')}"].to_numpy() / denom
+    sel = df[sel_cols].to_numpy()
+    best = sel.argmax(1)
+    df["label"] = [CLASSES[b] if sel[i, b] >= o["class_threshold"] else "unclassified" for i, b in enumerate(best)]
+    df["screen_induction"] = df["sel_induction"] >= o["induction_screen"]
+    df["screen_first_token"] = df["sel_first_token"] >= o["first_token_screen"]
+    df["screen_previous_token"] = df["sel_previous_token"] >= o["previous_token_screen"]
+    df.attrs.update(settings=dict(o, baseline_positions=baseline, bos_token_id=bos_token_id, vocab=[LOW, HIGH]))
+    return df

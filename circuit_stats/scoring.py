@@ -1,0 +1,68 @@
+"""``score_heads``: one call from a model to a per-(layer, head) table of scores and labels."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import pandas as pd
+import torch
+
+from .models.recording import _uses_circuit_stats
+from .protocols import PROTOCOLS
+from .protocols.common import model_device
+
+
+def score_heads(
+    model: torch.nn.Module,
+    protocol: str,
+    *,
+    tokenizer=None,
+    texts: Optional[Sequence[Union[str, Sequence[int]]]] = None,
+    batch_size: Optional[int] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    bos_token_id: Optional[int] = None,
+    progress: bool = True,
+    **protocol_options,
+) -> pd.DataFrame:
+    """Score every attention head of ``model`` with ``protocol``, through the fused kernel.
+
+    Args:
+        model: a transformers causal LM using ``attn_implementation="circuit_stats"``.
+        protocol: ``"xu2026"``, ``"repeat"``, ``"sink"`` or ``"natural"`` (see the README).
+        tokenizer, texts: natural-text input for ``"sink"`` / ``"natural"``: strings (tokenized
+            with ``tokenizer``, or as UTF-8 bytes without one) or token-id lists. Default: the
+            bundled sample.
+        batch_size: sequences per forward (protocol default when None).
+        device: where to run (default: the model's device; the model is moved there).
+        bos_token_id: prepend this token to every sequence, to tell a real BOS sink from a
+            position-0 sink.
+        **protocol_options: e.g. ``n_sequences``, ``seq_len``, ``seed``, thresholds; see each
+            protocol's ``DEFAULTS``.
+
+    Returns:
+        A DataFrame with ``layer``, ``head``, the protocol's score columns and ``label``;
+        ``df.attrs`` records the protocol, its exact settings, the dtype and the model.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+    if not _uses_circuit_stats(model):
+        raise ValueError("score_heads needs a model loaded with attn_implementation='circuit_stats' "
+                         "(or switched with model.set_attn_implementation('circuit_stats'))")
+    if device is not None:
+        model.to(device)
+    kwargs = dict(device=model_device(model), bos_token_id=bos_token_id, progress=progress, **protocol_options)
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        kwargs["batch_size"] = int(batch_size)
+    if protocol in ("sink", "natural"):
+        kwargs.update(tokenizer=tokenizer, texts=texts)
+    elif texts is not None or tokenizer is not None:
+        raise ValueError(f"protocol {protocol!r} generates its own sequences; texts/tokenizer are not used")
+    df = PROTOCOLS[protocol].score(model, **kwargs)
+    df.attrs.update(
+        protocol=protocol,
+        dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+        model=getattr(model.config, "_name_or_path", "") or type(model).__name__,
+    )
+    return df
