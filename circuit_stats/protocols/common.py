@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Iterable, Mapping, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -89,12 +90,13 @@ def label_heads(scores: pd.DataFrame, thresholds: Mapping[str, float], names: Ma
     passing class with the highest score, else ``unclassified``. ``names`` maps score columns
     to class labels."""
     out = scores.copy()
-    passing = pd.DataFrame({col: scores[col] >= thresholds[col] for col in names})
-    for col, label in names.items():
-        out[f"is_{label.replace('-', '_')}"] = passing[col]
-    masked = scores[list(names)].where(passing)
-    best = masked.idxmax(axis=1, skipna=True) if passing.any(axis=None) else pd.Series(None, index=scores.index)
-    out["label"] = [names[b] if isinstance(b, str) and passing.loc[i].any() else UNCLASSIFIED for i, b in best.items()]
+    cols = list(names)
+    vals = scores[cols].to_numpy(dtype=float)
+    passing = vals >= np.array([thresholds[c] for c in cols])
+    for j, col in enumerate(cols):
+        out[f"is_{names[col].replace('-', '_')}"] = passing[:, j]
+    best = np.where(passing, vals, -np.inf).argmax(1)
+    out["label"] = [names[cols[b]] if passing[i].any() else UNCLASSIFIED for i, b in enumerate(best)]
     return out
 
 
