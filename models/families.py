@@ -44,10 +44,11 @@ FAMILIES = {
 
 def tiny_pythia_config(vocab_size: int = 128, hidden: int = 64, layers: int = 2, heads: int = 4, **kw) -> GPTNeoXConfig:
     """GPT-NeoX with Pythia's quirks: partial rotary (25%) and parallel residual."""
+    kw.setdefault("intermediate_size", 4 * hidden)
     return GPTNeoXConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                         num_attention_heads=heads, intermediate_size=4 * hidden, rotary_pct=0.25,
-                         use_parallel_residual=True, max_position_embeddings=2048, bos_token_id=0,
-                         eos_token_id=0, tie_word_embeddings=False, **kw)
+                         num_attention_heads=heads, rotary_pct=0.25, use_parallel_residual=True,
+                         max_position_embeddings=2048, bos_token_id=0, eos_token_id=0,
+                         tie_word_embeddings=False, **kw)
 
 
 def tiny_olmo_config(vocab_size: int = 128, hidden: int = 64, layers: int = 2, heads: int = 4,
