@@ -1,0 +1,144 @@
+"""``circuit-stats``: scan training checkpoints, write reports, run the bundled demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .protocols import PROTOCOLS
+
+
+def _options(pairs: Sequence[str]) -> dict:
+    """``--option key=value`` pairs; values are parsed as JSON when they can be."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise SystemExit(f"--option expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def cmd_scan(a) -> int:
+    from .report import write_report
+    from .scan import scan
+
+    t0 = time.time()
+    df = scan(a.model, a.out, revisions_spec=a.revisions, protocol=a.protocol, refine=a.refine,
+              limit_tokens=a.limit_tokens, protocol_options=_options(a.option), dtype=a.dtype, device=a.device,
+              batch_size=a.batch_size, delete_after=a.delete_after, tokens_per_step=a.tokens_per_step)
+    n = df["revision"].nunique() if len(df) else 0
+    print(f"scanned {n} revisions in {time.time() - t0:.1f}s -> {Path(a.out) / 'results.parquet'}")
+    if a.report and n:
+        write_report(a.out)
+        print(f"report -> {Path(a.out) / 'report'}")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from .report import write_report
+
+    screens = {}
+    if a.induction_min_heads is not None:
+        screens["induction_min_heads"] = a.induction_min_heads
+    if a.first_token_min_fraction is not None:
+        screens["first_token_min_fraction"] = a.first_token_min_fraction
+    summary = write_report(a.dir, a.out, screens)
+    out = Path(a.out) if a.out else Path(a.dir) / "report"
+    print((out / "summary.md").read_text())
+    print(f"report -> {out}")
+    del summary
+    return 0
+
+
+def cmd_revisions(a) -> int:
+    from .models.revisions import revisions, select_revisions
+
+    catalog = revisions(a.model, tokens_per_step=a.tokens_per_step, offline=a.offline or None)
+    for r in select_revisions(catalog, a.revisions, str(a.model)):
+        print(f"{r.revision}\t{r.step}\t{'' if r.tokens is None else r.tokens}")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from .demo.series import DEMO_REPEAT_OPTIONS, demo_series_dir
+    from .report import write_report
+    from .scan import scan
+
+    out = Path(a.out)
+    t0 = time.time()
+    print(f"scanning the bundled demo series ({demo_series_dir()}) with the fused kernel, protocol 'repeat'")
+    scan(demo_series_dir(), out, revisions_spec="all", protocol="repeat", protocol_options=dict(DEMO_REPEAT_OPTIONS),
+         dtype="float32", device=a.device)
+    summary = write_report(out)
+    onset = summary["classes"]["induction"]["onset"]
+    print((out / "report" / "summary.md").read_text())
+    print(f"induction onset: {onset['revision'] if onset else 'not reached'}; "
+          f"done in {time.time() - t0:.1f}s; report in {out / 'report'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="circuit-stats", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("scan", help="score every head at every selected revision")
+    s.add_argument("model", help="hub model id (e.g. EleutherAI/pythia-1b) or a local checkpoint directory")
+    s.add_argument("--revisions", default="paper",
+                   help="all | paper | every:N | log:K | comma list of revision names (default: paper)")
+    s.add_argument("--protocol", default="xu2026", choices=sorted(PROTOCOLS))
+    s.add_argument("--out", required=True, help="output directory (resumable)")
+    s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="load weights in this dtype (default: the checkpoint's)")
+    s.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu")
+    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--refine", action="store_true", help="bisect the sharpest class-fraction jump")
+    s.add_argument("--delete-after", action="store_true", help="delete each downloaded revision once scanned")
+    s.add_argument("--limit-tokens", type=float, default=None, help="skip revisions trained on more tokens")
+    s.add_argument("--tokens-per-step", type=int, default=None, help="for local checkpoints without token counts")
+    s.add_argument("--option", action="append", metavar="KEY=VALUE", help="protocol option, e.g. n_sequences=500")
+    s.add_argument("--report", action="store_true", help="write the report when the scan ends")
+    s.set_defaults(func=cmd_scan)
+
+    r = sub.add_parser("report", help="write summary.json, summary.md and plots for a scan")
+    r.add_argument("dir", help="a scan output directory")
+    r.add_argument("--out", default=None, help="report directory (default DIR/report)")
+    r.add_argument("--induction-min-heads", type=int, default=None)
+    r.add_argument("--first-token-min-fraction", type=float, default=None)
+    r.set_defaults(func=cmd_report)
+
+    v = sub.add_parser("revisions", help="list a model's checkpoint catalog")
+    v.add_argument("model")
+    v.add_argument("--revisions", default="all")
+    v.add_argument("--tokens-per-step", type=int, default=None)
+    v.add_argument("--offline", action="store_true", help="use the built-in schedule, do not ask the hub")
+    v.set_defaults(func=cmd_revisions)
+
+    d = sub.add_parser("demo", help="scan the bundled tiny checkpoint series and write its report")
+    d.add_argument("--out", default="circuit-stats-demo")
+    d.add_argument("--device", default=None)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"circuit-stats {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
