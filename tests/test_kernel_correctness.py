@@ -113,8 +113,10 @@ def test_repeated_sequence_offsets_find_planted_pattern(seed):
         _, stats = attention_with_stats(q, k, v, offsets=(L - 1, L), token_ids=tok, backend=backend)
         second = slice(L, N)
         assert stats.offsets[0, 0, second, 0].mean() > 0.9
-        torch.testing.assert_close(stats.induction[0, 0, second], stats.offsets[0, 0, second, 0])
-        torch.testing.assert_close(stats.duplicate[0, 0, second], stats.offsets[0, 0, second, 1])
+        # Scores here are ~65 in log2 units, where fp32 spacing alone is ~8e-6: the loop's
+        # accumulated mass and the epilogue's point probability agree to a few 1e-5.
+        torch.testing.assert_close(stats.induction[0, 0, second], stats.offsets[0, 0, second, 0], atol=5e-5, rtol=0)
+        torch.testing.assert_close(stats.duplicate[0, 0, second], stats.offsets[0, 0, second, 1], atol=5e-5, rtol=0)
 
 
 def test_block_shapes_do_not_change_results(seed):
