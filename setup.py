@@ -5,7 +5,11 @@ install as ``circuit_stats.kernels`` and ``circuit_stats.models`` (see ``package
 so nothing generic lands in site-packages.
 """
 
-from setuptools import setup
+from setuptools import find_namespace_packages, setup
+
+# Every sub-package of circuit_stats/ (data folders included, so that their files ship), plus the
+# two top-level folders that install under it.
+SUBPACKAGES = ["circuit_stats." + p for p in find_namespace_packages("circuit_stats")]
 
 setup(
     name="circuit-stats",
@@ -16,13 +20,13 @@ setup(
         "integration, head scoring and training-checkpoint scans."
     ),
     python_requires=">=3.10",
-    packages=["circuit_stats", "circuit_stats.kernels", "circuit_stats.models"],
+    packages=["circuit_stats", *SUBPACKAGES, "circuit_stats.kernels", "circuit_stats.models"],
     package_dir={
         "circuit_stats": "circuit_stats",
         "circuit_stats.kernels": "kernels",
         "circuit_stats.models": "models",
     },
-    package_data={"circuit_stats": ["data/*", "data/**/*"]},
+    package_data={"circuit_stats.data": ["*.txt", "demo_series/*/*"]},
     include_package_data=True,
     install_requires=[
         # torch is deliberately unpinned: install the wheel you want first (CI installs the
