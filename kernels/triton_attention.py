@@ -234,16 +234,20 @@ def _attn_stats_fwd(
         tl.store(ENT + row, tl.where(has_key, ent, 0.0), mask=row_ok)
 
 
-def _smem_ok(cfg: triton.Config, head_dim: int) -> bool:
-    """Prune configs whose K/V tiles (times pipeline stages) cannot fit in ~200 KB smem."""
+def _smem_ok(cfg: triton.Config, head_dim: int, elt_bytes: int) -> bool:
+    """Prune configs whose Q tile and K/V tiles (times pipeline stages) cannot fit in ~200 KB
+    of shared memory (Hopper has 228 KB per SM)."""
     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
-    tile_bytes = 2 * (bm * head_dim + 2 * bn * head_dim * max(cfg.num_stages - 1, 1))
+    tile_bytes = elt_bytes * (bm * head_dim + 2 * bn * head_dim * max(cfg.num_stages - 1, 1))
     return tile_bytes <= 200 * 1024
 
 
 def _prune(configs, named_args, **kwargs):
+    """Early pruning for the autotuner (which also keys on argument dtypes, so fp16, bf16 and
+    fp32 are tuned separately)."""
     d = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
-    kept = [c for c in configs if _smem_ok(c, d)]
+    elt = named_args["Q"].element_size() if "Q" in named_args else 2
+    kept = [c for c in configs if _smem_ok(c, d, elt)]
     if d >= 256:  # large head dims: keep register pressure sane
         kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 128] or kept
     return kept or configs[:1]

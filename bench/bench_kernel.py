@@ -1,0 +1,188 @@
+"""Kernel microbenchmark: fused statistics vs plain attention, SDPA, FlexAttention and eager.
+
+    python bench/bench_kernel.py                 # the full sweep (needs a CUDA GPU)
+    python bench/bench_kernel.py --quick         # tiny CPU-sized check of the harness
+
+Variants (causal, self-attention, Nq = Nk = N):
+  a  ours-plain         our kernel, no statistics
+  b  ours-sink-offsets  sink + 3 offsets (1, 2, 3)
+  c  ours-all           sink + 3 offsets + token-match induction/duplicate + entropy
+  d  sdpa-flash         torch SDPA, flash backend, no statistics
+  e  flex-lse-gather    compiled FlexAttention returning the log-sum-exp, then a gather for
+                        the sink/offset probabilities exp(q.k * scale - lse)
+  f  eager              materialised softmax and the statistics from it (the path of
+                        TransformerLens, nnsight and the study) until it runs out of memory
+
+Each row: median ms, TFLOP/s with FLOPs = 2 * 2 * B * H * N * N * D / 2, peak extra memory, and
+for b, c, e, f the max |sink - sink_ours| as a correctness cross-check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import environment, is_oom, median_ms, peak_memory, write_results  # noqa: E402
+from circuit_stats.kernels import attention_with_stats, stats_from_probabilities  # noqa: E402
+
+OFFSETS = (1, 2, 3)
+VARIANTS = ["ours-plain", "ours-sink-offsets", "ours-all", "sdpa-flash", "flex-lse-gather", "eager"]
+COLUMNS = ["variant", "dtype", "D", "N", "median_ms", "tflops", "peak_mem_mib", "sink_err", "status"]
+
+
+def causal_flops(B, H, N, D) -> float:
+    return 2 * 2 * B * H * N * N * D / 2
+
+
+def make_variant(name: str, q, k, v, tok, backend: str):
+    scale = q.shape[-1] ** -0.5
+    if name == "ours-plain":
+        return lambda: attention_with_stats(q, k, v, backend=backend)
+    if name == "ours-sink-offsets":
+        return lambda: attention_with_stats(q, k, v, offsets=OFFSETS, backend=backend)
+    if name == "ours-all":
+        return lambda: attention_with_stats(q, k, v, offsets=OFFSETS, token_ids=tok, entropy=True, backend=backend)
+    if name == "sdpa-flash":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def run():
+            if q.is_cuda:
+                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+        return run
+    if name == "flex-lse-gather":
+        return _flex(q, k, v, scale)
+    if name == "eager":
+        def run():
+            N = q.shape[2]
+            s = (q @ k.transpose(-1, -2)).float() * scale
+            s = s.masked_fill(~torch.ones(N, N, dtype=torch.bool, device=q.device).tril(), -math.inf)
+            p = torch.softmax(s, dim=-1)
+            out = (p.to(v.dtype) @ v)
+            return out, stats_from_probabilities(p, offsets=OFFSETS, token_ids=tok, entropy=True)
+
+        return run
+    raise ValueError(name)
+
+
+def _flex(q, k, v, scale):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    B, H, N, D = q.shape
+    mask = create_block_mask(lambda b, h, qi, ki: qi >= ki, None, None, N, N, device=q.device)
+    flex = torch.compile(flex_attention, dynamic=False)
+    pos = torch.arange(N, device=q.device)
+    keys = torch.stack([torch.zeros_like(pos)] + [(pos - o).clamp(min=0) for o in OFFSETS], -1)  # [N, 4]
+
+    def run():
+        try:
+            from torch.nn.attention.flex_attention import AuxRequest
+
+            out, aux = flex(q, k, v, block_mask=mask, scale=scale, return_aux=AuxRequest(lse=True))
+            lse = aux.lse
+        except (ImportError, TypeError):
+            out, lse = flex(q, k, v, block_mask=mask, scale=scale, return_lse=True)
+        kg = k[:, :, keys]  # [B, H, N, 4, D]: one key row per statistic per query
+        s = (q[:, :, :, None, :].float() * kg.float()).sum(-1) * scale
+        p = torch.exp(s - lse[..., None].float())
+        p[..., 1:] = torch.where((pos[:, None] - torch.tensor(OFFSETS, device=q.device)) >= 0, p[..., 1:], 0.0)
+        return out, p
+
+    return run
+
+
+def sink_of(result) -> torch.Tensor:
+    out, extra = result if isinstance(result, tuple) else (result, None)
+    if extra is None:
+        return None
+    if hasattr(extra, "sink"):
+        return extra.sink.float()
+    return extra[..., 0].float()  # flex: column 0 is the sink probability
+
+
+def run_sweep(device, dtypes, head_dims, lengths, B, H, variants, backend, rep, log=print) -> list[dict]:
+    rows = []
+    for dtype in dtypes:
+        for D in head_dims:
+            eager_dead = False
+            for N in lengths:
+                g = torch.Generator(device="cpu").manual_seed(N * 7 + D)
+                q, k, v = (torch.randn(B, H, N, D, generator=g).to(device=device, dtype=dtype) for _ in range(3))
+                tok = torch.randint(0, 50000, (B, N), generator=g).to(device)
+                ref_sink = None
+                for name in variants:
+                    row = {"variant": name, "dtype": str(dtype).replace("torch.", ""), "D": D, "N": N, "B": B, "H": H}
+                    if name == "eager" and eager_dead:
+                        rows.append({**row, "status": "oom (at a smaller N)"})
+                        continue
+                    try:
+                        fn = make_variant(name, q, k, v, tok, backend)
+                        result = fn()  # compile / autotune outside the timing
+                        sink = sink_of(result)
+                        if name == "ours-all":
+                            ref_sink = sink
+                        del result
+                        ms = median_ms(fn, device, rep=rep)
+                        mem = peak_memory(fn, device)
+                        row.update(median_ms=ms, tflops=causal_flops(B, H, N, D) / (ms * 1e-3) / 1e12,
+                                   peak_mem_mib=None if mem is None else mem / 2**20, status="ok")
+                        if sink is not None and ref_sink is not None and name != "ours-all":
+                            row["sink_err"] = float((sink - ref_sink).abs().max())
+                    except Exception as err:  # noqa: BLE001 - a benchmark row records what happened
+                        if is_oom(err):
+                            row["status"] = "oom"
+                            eager_dead = eager_dead or name == "eager"
+                        else:
+                            row["status"] = f"error: {type(err).__name__}: {str(err)[:200]}"
+                    finally:
+                        if device.startswith("cuda"):
+                            torch.cuda.empty_cache()
+                    rows.append(row)
+                    log(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny CPU-sized sizes (harness check)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtypes", default=None, help="comma list, e.g. bfloat16,float16")
+    p.add_argument("--head-dims", default=None)
+    p.add_argument("--lengths", default=None)
+    p.add_argument("--variants", default=None)
+    p.add_argument("--out-dir", default=None)
+    p.add_argument("--name", default="kernel")
+    a = p.parse_args(argv)
+    if a.quick:
+        defaults = dict(dtypes="float32", head_dims="16,32", lengths="64,96", B=1, H=2, rep=3,
+                        variants="ours-plain,ours-sink-offsets,ours-all,sdpa-flash,eager")
+    else:
+        if not a.device.startswith("cuda"):
+            print("the full sweep needs a CUDA GPU; use --quick for a CPU harness check", file=sys.stderr)
+            return 2
+        defaults = dict(dtypes="bfloat16,float16", head_dims="64,128,256",
+                        lengths="1024,2048,4096,8192,16384,32768", B=4, H=16, rep=20, variants=",".join(VARIANTS))
+    # ours-all first: it is the reference for the sink cross-check
+    variants = (a.variants or defaults["variants"]).split(",")
+    variants = sorted(variants, key=lambda v: v != "ours-all")
+    dtypes = [getattr(torch, d) for d in (a.dtypes or defaults["dtypes"]).split(",")]
+    backend = "triton" if a.device.startswith("cuda") else "torch"
+    rows = run_sweep(a.device, dtypes, [int(x) for x in (a.head_dims or defaults["head_dims"]).split(",")],
+                     [int(x) for x in (a.lengths or defaults["lengths"]).split(",")], defaults["B"], defaults["H"],
+                     variants, backend, defaults["rep"])
+    env = environment(a.device)
+    jpath, mpath = write_results(a.name + ("-quick" if a.quick else ""), env, rows, COLUMNS, a.out_dir,
+                                 extra={"backend": backend, "quick": a.quick, "offsets": list(OFFSETS)})
+    print(f"wrote {jpath} and {mpath}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""The benchmark harness runs at tiny sizes on the CPU and writes well-formed results.
+(Timings here mean nothing; the real runs need a GPU.)"""
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import bench_kernel, bench_model, plot_results  # noqa: E402
+
+
+def test_kernel_harness_quick(tmp_path):
+    assert bench_kernel.main(["--quick", "--lengths", "48", "--head-dims", "16", "--out-dir", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("kernel-quick-*.json")
+    data = json.loads(path.read_text())
+    for key in ("device", "torch", "triton", "transformers", "date"):
+        assert data["environment"][key]
+    rows = {r["variant"]: r for r in data["results"]}
+    assert set(rows) == {"ours-plain", "ours-sink-offsets", "ours-all", "sdpa-flash", "eager"}
+    assert all(r["status"] == "ok" and r["median_ms"] > 0 and r["tflops"] > 0 for r in rows.values())
+    assert rows["eager"]["sink_err"] < 1e-5 and rows["ours-sink-offsets"]["sink_err"] < 1e-6
+    assert path.with_suffix(".md").read_text().count("|") > 20
+    assert plot_results.plot(path).stat().st_size > 0
+
+
+def test_full_sweep_refuses_to_run_without_a_gpu(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    assert bench_kernel.main(["--device", "cpu"]) == 2
+    assert bench_model.main(["--device", "cpu"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_model_harness_quick(tmp_path):
+    assert bench_model.main(["--quick", "--lengths", "48", "--xu-sequences", "4", "--out-dir", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("model-quick-*.json")
+    data = json.loads(path.read_text())
+    assert {r["path"] for r in data["results"]} == set(bench_model.PATHS)
+    assert all(r["status"] == "ok" for r in data["results"])
+    xu = data["xu2026_end_to_end"]
+    assert xu["fused_s"] > 0 and xu["eager_s"] > 0 and xu["max_abs_diff_induction_attn"] < 1e-5
