@@ -89,6 +89,7 @@ def _flex(q, k, v, scale):
             lse = aux.lse
         except (ImportError, TypeError):
             out, lse = flex(q, k, v, block_mask=mask, scale=scale, return_lse=True)
+        # flex computes in log2 space but returns a natural-log LSE (torch converts it back)
         kg = k[:, :, keys]  # [B, H, N, 4, D]: one key row per statistic per query
         s = (q[:, :, :, None, :].float() * kg.float()).sum(-1) * scale
         p = torch.exp(s - lse[..., None].float())

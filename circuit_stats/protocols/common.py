@@ -156,6 +156,15 @@ def tokenize_texts(texts, tokenizer, model) -> list[list[int]]:
     return out
 
 
+def text_batches(seqs: Sequence[Sequence[int]], batch_size: int, bos_token_id: Optional[int]) -> Iterable[Batch]:
+    """Right-padded batches of token-id lists, each optionally behind a BOS-like token."""
+    for s in range(0, len(seqs), batch_size):
+        ids, mask = pad_right(seqs[s : s + batch_size])
+        if bos_token_id is not None:
+            ids, mask = prepend_bos(ids, bos_token_id), prepend_bos(mask, 1)
+        yield Batch(ids, mask)
+
+
 def pad_right(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and attention mask for a list of token-id lists."""
     n = max(len(s) for s in seqs)

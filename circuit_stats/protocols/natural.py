@@ -12,7 +12,7 @@ from typing import Optional
 
 import pandas as pd
 
-from .common import Batch, flat, head_frame, label_heads, pad_right, prepend_bos, run_batches, tokenize_texts
+from .common import flat, head_frame, label_heads, run_batches, text_batches, tokenize_texts
 
 DEFAULTS = dict(max_tokens=None,
                 thresholds={"induction": 0.3, "duplicate": 0.3, "previous_token": 0.4, "sink": 0.5})
@@ -30,14 +30,7 @@ def score(model, *, tokenizer=None, texts=None, batch_size: int = 1, device=None
     if o["max_tokens"]:
         seqs = [s[: int(o["max_tokens"])] for s in seqs]
 
-    def batches():
-        for s in range(0, len(seqs), batch_size):
-            ids, mask = pad_right(seqs[s : s + batch_size])
-            if bos_token_id is not None:
-                ids, mask = prepend_bos(ids, bos_token_id), prepend_bos(mask, 1)
-            yield Batch(ids, mask)
-
-    res = run_batches(model, batches(), total=-(-len(seqs) // batch_size), offsets=(1,), token_match=True,
+    res = run_batches(model, text_batches(seqs, batch_size, bos_token_id), total=-(-len(seqs) // batch_size), offsets=(1,), token_match=True,
                       entropy=True, device=device, desc="natural", progress=progress)
     m = res.means
     df = head_frame(*m["sink"].shape)

@@ -12,8 +12,7 @@ from typing import Optional
 
 import pandas as pd
 
-from .common import Batch, flat, head_frame, pad_right, prepend_bos, run_batches, tokenize_texts
-import torch
+from .common import flat, head_frame, run_batches, text_batches, tokenize_texts
 
 DEFAULTS = dict(seq_len=64, n_sequences=None, eps=0.3)
 
@@ -39,14 +38,7 @@ def score(model, *, tokenizer=None, texts=None, batch_size: int = 16, device=Non
     o = {**DEFAULTS, **options}
     prompts = windows(tokenize_texts(texts, tokenizer, model), int(o["seq_len"]), o["n_sequences"])
 
-    def batches():
-        for s in range(0, len(prompts), batch_size):
-            ids, mask = pad_right(prompts[s : s + batch_size])
-            if bos_token_id is not None:
-                ids, mask = prepend_bos(ids, bos_token_id), prepend_bos(mask, 1)
-            yield Batch(ids, mask)
-
-    res = run_batches(model, batches(), total=-(-len(prompts) // batch_size), per_sample=True,
+    res = run_batches(model, text_batches(prompts, batch_size, bos_token_id), total=-(-len(prompts) // batch_size), per_sample=True,
                       device=device, desc="sink", progress=progress)
     alpha0 = res.means["sink"]
     df = head_frame(*alpha0.shape)
