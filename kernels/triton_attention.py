@@ -20,7 +20,6 @@ Statistics that were not requested are compiled out (``tl.constexpr`` flags).
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional, Sequence
 

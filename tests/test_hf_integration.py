@@ -6,7 +6,6 @@ from transformers import AutoModelForCausalLM
 
 import circuit_stats
 from circuit_stats.models import set_backend, tiny_model
-from conftest import HAS_CUDA
 from hf_helpers import FAMILIES, eager_means, model_pair, random_batch
 
 BACKENDS = ["torch", "triton"]

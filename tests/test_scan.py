@@ -10,7 +10,6 @@ import circuit_stats.scan as scan_mod
 from circuit_stats.cli import main
 from circuit_stats.models.families import tiny_model
 from circuit_stats.models.revisions import Revision
-from circuit_stats.report import write_report
 from circuit_stats.scan import Scan, largest_jump
 
 CATALOG = [Revision(f"step{s}", s, s * 1000) for s in range(0, 100)]

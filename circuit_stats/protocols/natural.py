@@ -30,8 +30,9 @@ def score(model, *, tokenizer=None, texts=None, batch_size: int = 1, device=None
     if o["max_tokens"]:
         seqs = [s[: int(o["max_tokens"])] for s in seqs]
 
-    res = run_batches(model, text_batches(seqs, batch_size, bos_token_id), total=-(-len(seqs) // batch_size), offsets=(1,), token_match=True,
-                      entropy=True, device=device, desc="natural", progress=progress)
+    batches = text_batches(seqs, batch_size, bos_token_id)
+    res = run_batches(model, batches, total=-(-len(seqs) // batch_size), offsets=(1,),
+                      token_match=True, entropy=True, device=device, desc="natural", progress=progress)
     m = res.means
     df = head_frame(*m["sink"].shape)
     df["induction"] = flat(m["induction"])

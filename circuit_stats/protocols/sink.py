@@ -38,7 +38,8 @@ def score(model, *, tokenizer=None, texts=None, batch_size: int = 16, device=Non
     o = {**DEFAULTS, **options}
     prompts = windows(tokenize_texts(texts, tokenizer, model), int(o["seq_len"]), o["n_sequences"])
 
-    res = run_batches(model, text_batches(prompts, batch_size, bos_token_id), total=-(-len(prompts) // batch_size), per_sample=True,
+    batches = text_batches(prompts, batch_size, bos_token_id)
+    res = run_batches(model, batches, total=-(-len(prompts) // batch_size), per_sample=True,
                       device=device, desc="sink", progress=progress)
     alpha0 = res.means["sink"]
     df = head_frame(*alpha0.shape)
