@@ -41,6 +41,6 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "accelerate"]},
     entry_points={"console_scripts": ["circuit-stats=circuit_stats.cli:main"]},
 )

@@ -184,3 +184,18 @@ def test_errors_say_what_to_do():
     with pytest.raises(ValueError, match="query_mask must have shape"):
         with torch.no_grad(), circuit_stats.record(ours, query_mask=torch.ones(1, 3, dtype=torch.bool)):
             ours(ids)
+
+
+def test_device_map_loading(tmp_path):
+    """from_pretrained(device_map=...) (accelerate's dispatch hooks) keeps working with record().
+    Placement across several GPUs needs hardware this suite does not have."""
+    pytest.importorskip("accelerate")
+    ours, eager = model_pair("olmo")
+    ours.save_pretrained(tmp_path)
+    mapped = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="circuit_stats", device_map="cpu")
+    ids, mask = random_batch(padding="left")
+    with torch.no_grad(), circuit_stats.record(mapped, offsets=(1,), token_match=True) as rec:
+        mapped(ids, attention_mask=mask)
+    want = eager_means(eager, ids, mask, offsets=(1,), token_match=True)
+    for name, val in want.items():
+        torch.testing.assert_close(rec.tensors()[name], val, atol=1e-5, rtol=1e-4)
