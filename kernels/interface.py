@@ -60,7 +60,7 @@ def _check_offsets(offsets: Sequence[int]) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _check_side_inputs(q, k, key_padding_mask, token_ids, probe_keys) -> None:
+def _check_side_inputs(q, k, key_padding_mask, token_ids, probe_keys, check_values: bool) -> None:
     B, Nk = q.shape[0], k.shape[2]
     if probe_keys is not None:
         if not isinstance(probe_keys, torch.Tensor) or probe_keys.dtype.is_floating_point or probe_keys.dtype == torch.bool:
@@ -69,7 +69,7 @@ def _check_side_inputs(q, k, key_padding_mask, token_ids, probe_keys) -> None:
             raise ValueError(f"probe_keys must have shape ({B}, n_probes >= 1), got {tuple(probe_keys.shape)}")
         if probe_keys.device != q.device:
             raise ValueError(f"probe_keys is on {probe_keys.device}, q on {q.device}")
-        if int(probe_keys.min()) < 0 or int(probe_keys.max()) >= Nk:
+        if check_values and (int(probe_keys.min()) < 0 or int(probe_keys.max()) >= Nk):
             raise ValueError(f"probe_keys must be key positions in [0, {Nk}), got values in "
                              f"[{int(probe_keys.min())}, {int(probe_keys.max())}]")
     if key_padding_mask is not None:
@@ -86,7 +86,7 @@ def _check_side_inputs(q, k, key_padding_mask, token_ids, probe_keys) -> None:
             raise ValueError(f"token_ids must have shape {(B, Nk)} (one id per key), got {tuple(token_ids.shape)}")
         if token_ids.device != q.device:
             raise ValueError(f"token_ids is on {token_ids.device}, q on {q.device}")
-        if token_ids.numel() and int(token_ids.min()) < 0:
+        if check_values and token_ids.numel() and int(token_ids.min()) < 0:
             raise ValueError("token_ids must be non-negative token ids")
 
 
@@ -132,6 +132,7 @@ def attention_with_stats(
     token_ids: Optional[torch.Tensor] = None,
     entropy: bool = False,
     backend: str = "auto",
+    check_values: bool = True,
 ) -> tuple[torch.Tensor, AttentionStats]:
     """Causal attention that also returns per-row attention statistics, in one pass.
 
@@ -147,13 +148,16 @@ def attention_with_stats(
         entropy: also return each row's entropy (nats).
         backend: ``"triton"``, ``"torch"`` (chunked, O(chunk x Nk) memory) or ``"auto"``
             (Triton for CUDA tensors, torch otherwise).
+        check_values: also check values of ``token_ids`` (>= 0) and ``probe_keys`` (in range).
+            These reads synchronise a GPU; callers that validated once (the HF integration
+            does, once per forward) pass False.
 
     Returns:
         ``(out [B, Hq, Nq, D] in q.dtype, AttentionStats)``; never the ``Nq x Nk`` matrix.
     """
     _check_qkv(q, k, v)
     offsets = _check_offsets(offsets)
-    _check_side_inputs(q, k, key_padding_mask, token_ids, probe_keys)
+    _check_side_inputs(q, k, key_padding_mask, token_ids, probe_keys, check_values)
     if not isinstance(entropy, bool):
         raise TypeError(f"entropy must be a bool, got {type(entropy).__name__}")
     B, _, _, D = q.shape

@@ -73,6 +73,7 @@ class Recording:
         self._counts: dict = defaultdict(dict)  # layer -> name -> number of selected queries
         self._blocks: list[_Block] = []
         self._n_forward = 0
+        self._checked_forward = -1
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.n_layers = int(text_config.num_hidden_layers)
         self._hook = model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
@@ -132,6 +133,9 @@ class Recording:
             kw["token_ids"] = tokens[:, tokens.shape[1] - Nk:].to(dev)
         if self._probe_keys is not None:
             kw["probe_keys"] = self._probe_keys.to(dev)
+        # Value checks read GPU memory (a synchronisation): once per forward, not per layer.
+        kw["check_values"] = self._checked_forward != self._n_forward
+        self._checked_forward = self._n_forward
         return _Request(self, int(layer), weights, kw)
 
     # ---------------------------------------------------------------- reduction

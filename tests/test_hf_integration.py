@@ -199,3 +199,24 @@ def test_device_map_loading(tmp_path):
     want = eager_means(eager, ids, mask, offsets=(1,), token_match=True)
     for name, val in want.items():
         torch.testing.assert_close(rec.tensors()[name], val, atol=1e-5, rtol=1e-4)
+
+
+def test_value_checks_run_once_per_forward(monkeypatch):
+    """Checks that read tensor values synchronise a GPU: inside record() they run in the first
+    layer of each forward only."""
+    import circuit_stats.models.attention as att
+
+    flags = []
+    real = att.attention_with_stats
+    monkeypatch.setattr(att, "attention_with_stats", lambda *a, **k: flags.append(k.get("check_values")) or real(*a, **k))
+    ours = tiny_model("pythia", layers=3)
+    ids = random_batch()[0]
+    with torch.no_grad(), circuit_stats.record(ours, token_match=True) as rec:
+        ours(ids)
+        ours(ids)
+    assert flags == [True, False, False, True, False, False]
+    bad = ids.clone()
+    bad[0, 0] = -5
+    with pytest.raises((ValueError, IndexError)):
+        with torch.no_grad(), circuit_stats.record(ours, token_ids=bad):
+            ours(ids)
