@@ -55,6 +55,15 @@ def circuit_stats_mask(
             "this call asked for another mask pattern (packed sequences, sliding window or a custom "
             "mask function). Use attn_implementation='sdpa' for it."
         )
+    # The kernel places query i at key position kv_length - q_length + i: the queries must be
+    # the last positions of the keys, as with no cache or the default dynamic cache. A static
+    # cache pads the keys to its maximum length, which would silently break causality.
+    if int(q_offset) + q_length != kv_length:
+        raise NotImplementedError(
+            f"attn_implementation='circuit_stats' needs the queries to be the last keys (query offset "
+            f"{int(q_offset)} + {q_length} queries != {kv_length} keys): static, offloaded-static and "
+            "sliding-window caches are not supported; use the default dynamic cache."
+        )
     return flash_attention_mask(
         batch_size, q_length, kv_length, q_offset, kv_offset, mask_function, attention_mask, **kwargs
     )

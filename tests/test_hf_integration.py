@@ -220,3 +220,11 @@ def test_value_checks_run_once_per_forward(monkeypatch):
     with pytest.raises((ValueError, IndexError)):
         with torch.no_grad(), circuit_stats.record(ours, token_ids=bad):
             ours(ids)
+
+
+def test_static_cache_is_refused_not_miscomputed():
+    ours = tiny_model("pythia")
+    ids = random_batch(B=1, N=16)[0]
+    with pytest.raises(NotImplementedError, match="dynamic cache"):
+        with torch.no_grad():
+            ours.generate(ids, max_new_tokens=3, do_sample=False, cache_implementation="static", pad_token_id=1)
