@@ -119,9 +119,12 @@ def circuit_stats_attention(
             "output_attentions=True is not supported. Use `with circuit_stats.record(model, ...) as rec:` "
             "to collect per-head statistics, or attn_implementation='eager' for full matrices."
         )
-    for unsupported in ("sliding_window", "softcap"):
+    # Extra score terms some models pass; ignoring any of them would silently change attention.
+    for unsupported in ("sliding_window", "softcap", "s_aux", "position_bias", "cu_seq_lens_q", "cu_seq_lens_k"):
         if kwargs.get(unsupported) is not None:
-            raise NotImplementedError(f"attn_implementation='circuit_stats' does not support {unsupported}")
+            raise NotImplementedError(
+                f"attn_implementation='circuit_stats' does not support {unsupported!r} (a model-specific attention "
+                "term or packed/varlen input); use attn_implementation='sdpa' for this model")
     if not getattr(module, "is_causal", True):
         raise NotImplementedError("attn_implementation='circuit_stats' supports causal (decoder) attention only")
 

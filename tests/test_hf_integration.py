@@ -228,3 +228,14 @@ def test_static_cache_is_refused_not_miscomputed():
     with pytest.raises(NotImplementedError, match="dynamic cache"):
         with torch.no_grad():
             ours.generate(ids, max_new_tokens=3, do_sample=False, cache_implementation="static", pad_token_id=1)
+
+
+@pytest.mark.parametrize("extra", ["sliding_window", "softcap", "s_aux", "position_bias"])
+def test_attention_terms_we_cannot_honour_are_refused(extra):
+    from circuit_stats.models.attention import circuit_stats_attention
+
+    module = tiny_model("llama-gqa").model.layers[0].self_attn
+    q = torch.randn(1, 4, 5, 16)
+    kv = torch.randn(1, 2, 5, 16)
+    with pytest.raises(NotImplementedError, match=extra):
+        circuit_stats_attention(module, q, kv, kv, None, **{extra: torch.zeros(1)})
