@@ -27,5 +27,6 @@ def test_natural_scores_8k_tokens_in_bounded_memory():
     res = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     extra = int(res.stdout.strip().splitlines()[-1])
-    one_eager_layer = 4 * 8192 * 8192 * 4
-    assert extra < one_eager_layer / 4, f"peak extra {extra / 2**20:.0f} MiB"
+    one_eager_layer = 4 * 8192 * 8192 * 4  # 1 GiB; eager keeps one per layer
+    # Observed 65-125 MiB (RSS is noisy); anything quadratic needs >= 1 GiB.
+    assert extra < one_eager_layer / 2, f"peak extra {extra / 2**20:.0f} MiB"
