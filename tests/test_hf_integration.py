@@ -51,7 +51,7 @@ def test_recorded_statistics_match_eager_probabilities(family, backend):
 
 @pytest.mark.parametrize("padding", ["left", "right"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_padded_batch_equals_each_sequence_alone(family, padding):
+def test_padded_batch_equals_each_sequence_alone(family, padding, backend):
     ours = tiny_model(family, seed=4, initializer_range=0.3)
     ids, mask = random_batch(padding=padding, seed=5)
     with torch.no_grad(), circuit_stats.record(ours, offsets=(1,), token_match=True, entropy=True, per_sample=True) as rec:
@@ -66,7 +66,7 @@ def test_padded_batch_equals_each_sequence_alone(family, padding):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_generate_matches_sdpa_and_records_every_position(family):
+def test_generate_matches_sdpa_and_records_every_position(family, backend):
     ours = tiny_model(family, seed=6, initializer_range=0.3)
     sdpa = tiny_model(family, attn_implementation="sdpa", seed=6, initializer_range=0.3)
     ids, mask = random_batch(B=2, N=12, padding="left", seed=7)
@@ -86,7 +86,7 @@ def test_generate_matches_sdpa_and_records_every_position(family):
 
 
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
-def test_grad_modes(mode):
+def test_grad_modes(mode, backend):
     ours, eager = model_pair("pythia")
     ids, mask = random_batch(padding="right")
     ctx = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
