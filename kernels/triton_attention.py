@@ -246,10 +246,12 @@ def _prune(configs, named_args, **kwargs):
     fp32 are tuned separately)."""
     d = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
     elt = named_args["Q"].element_size() if "Q" in named_args else 2
-    kept = [c for c in configs if _smem_ok(c, d, elt)]
+    # Decode-sized query blocks (Nq <= 16) get 16-row tiles; everything else the big ones.
+    decode = named_args.get("NQ_BUCKET", kwargs.get("NQ_BUCKET", 1)) == 0
+    kept = [c for c in configs if (c.kwargs["BLOCK_M"] == 16) == decode and _smem_ok(c, d, elt)]
     if d >= 256:  # large head dims: keep register pressure sane
         kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 128] or kept
-    return kept or configs[:1]
+    return kept or [c for c in configs if _smem_ok(c, d, elt)][:1] or configs[:1]
 
 
 _GPU_CONFIGS = [
@@ -258,6 +260,10 @@ _GPU_CONFIGS = [
     for bn in (32, 64, 128)
     for w in (4, 8)
     for s in (2, 3, 4)
+] + [  # decode: one query row per sequence, so a 16-row tile (the smallest tl.dot takes)
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": bn}, num_warps=4, num_stages=s)
+    for bn in (64, 128)
+    for s in (2, 3)
 ]
 
 _attn_stats_fwd_tuned = triton.autotune(
