@@ -43,6 +43,11 @@ def pytest_report_header(config):
     return f"circuit-stats: CIRCUIT_STATS_SEED={BASE_SEED} (set it to replay this run)"
 
 
+def pytest_terminal_summary(terminalreporter):
+    # Also at the end: -q hides the header, and a failing run must be replayable from the log.
+    terminalreporter.write_line(f"random inputs: CIRCUIT_STATS_SEED={BASE_SEED} (set it to replay this run)")
+
+
 @pytest.fixture
 def seed(request):
     """Per-test seed: the run's base seed mixed with the test id."""
