@@ -119,6 +119,7 @@ class Scan:
         self.catalog = list(catalog) if catalog is not None else revisions(model_or_dir, tokens_per_step=tokens_per_step)
         self.score_fn = score_fn or self._load_and_score
         self.manifest = self._open_manifest()
+        self._parts: Optional[dict[str, pd.DataFrame]] = None
 
     # -- bookkeeping
     @property
@@ -146,10 +147,15 @@ class Scan:
     def failed(self) -> dict[str, str]:
         return {r: v.get("error", "") for r, v in self.manifest["revisions"].items() if v.get("status") == "failed"}
 
+    def _finished_parts(self) -> dict[str, pd.DataFrame]:
+        """Finished revisions' tables, read from disk once and then kept up to date in memory
+        (results() runs after every revision: re-reading every part would be quadratic I/O)."""
+        if self._parts is None:
+            self._parts = {r: pd.read_parquet(self.out / "revisions" / f"{_safe_name(r)}.parquet") for r in self.done()}
+        return self._parts
+
     def results(self) -> pd.DataFrame:
-        parts = sorted((self.out / "revisions").glob("*.parquet")) if (self.out / "revisions").exists() else []
-        done = {_safe_name(r) for r in self.done()}
-        frames = [pd.read_parquet(p) for p in parts if p.stem in done]
+        frames = list(self._finished_parts().values())
         if not frames:
             return pd.DataFrame(columns=META_COLUMNS + ["layer", "head", "label"])
         df = pd.concat(frames, ignore_index=True)
@@ -188,6 +194,7 @@ class Scan:
             df.insert(i, k, v)
         df["tokens"] = df["tokens"].astype("Int64")
         _write_parquet(self.out / "revisions" / f"{_safe_name(rev.revision)}.parquet", df)
+        self._finished_parts()[rev.revision] = df
         self.manifest["revisions"][rev.revision] = {"status": "done", "step": rev.step, "tokens": rev.tokens,
                                                     "seconds": round(time.time() - t0, 3)}
         _write_json(self.manifest_path, self.manifest)
