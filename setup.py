@@ -32,9 +32,11 @@ setup(
         # torch is deliberately unpinned: install the wheel you want first (CI installs the
         # 2.13.0 CPU wheel) so that pip does not pull a multi-GB CUDA build.
         "torch>=2.4",
-        "triton>=3.0",
-        "transformers>=5.0",
-        "huggingface_hub>=0.30",
+        "triton>=3.0,<3.10",
+        # Tested at both ends by CI: the oldest (5.2, where attention functions first receive
+        # output_attentions) in a second environment, and the newest.
+        "transformers>=5.2,<5.25",
+        "huggingface_hub>=1.3,<3",
         "numpy",
         "pandas>=2.0",
         "pyarrow",

@@ -33,7 +33,7 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 # A finite "minus infinity" for the running max, so that a tile in which a row has no
 # attendable key yields alpha = exp2(0) = 1 instead of exp2(-inf + inf) = NaN.
-NEG_BIG = -1.0e30
+NEG_BIG = tl.constexpr(-1.0e30)
 
 
 def _interpreting() -> bool:

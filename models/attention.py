@@ -40,33 +40,41 @@ def get_backend() -> str:
 
 def circuit_stats_mask(
     batch_size: int,
-    q_length: int,
-    kv_length: int,
-    q_offset: int = 0,
-    kv_offset: int = 0,
+    *args,
     mask_function=causal_mask_function,
     attention_mask: Optional[torch.Tensor] = None,
     **kwargs,
 ) -> Optional[torch.Tensor]:
-    """Key padding mask ``[B, kv_len]`` (True = attend) or ``None``; causality is the kernel's."""
+    """Key padding mask ``[B, kv_len]`` (True = attend) or ``None``; causality is the kernel's.
+
+    transformers calls mask functions by keyword; the query window is ``q_length`` / ``q_offset``
+    from 5.?? on and ``cache_position`` before (both are accepted)."""
+    call = dict(kwargs, mask_function=mask_function, attention_mask=attention_mask)
+    names = ("q_length", "kv_length", "q_offset", "kv_offset") if "cache_position" not in kwargs else (
+        "cache_position", "kv_length", "kv_offset")
+    call.update(zip(names, args))
     if mask_function is not causal_mask_function:
         raise NotImplementedError(
             "attn_implementation='circuit_stats' supports causal attention with left/right padding only; "
             "this call asked for another mask pattern (packed sequences, sliding window or a custom "
             "mask function). Use attn_implementation='sdpa' for it."
         )
+    kv_length = int(call["kv_length"])
+    if "cache_position" in call:
+        positions = call["cache_position"]
+        q_length, q_offset = int(positions.shape[0]), int(positions[0]) if positions.numel() else 0
+    else:
+        q_length, q_offset = int(call["q_length"]), int(call.get("q_offset", 0))
     # The kernel places query i at key position kv_length - q_length + i: the queries must be
     # the last positions of the keys, as with no cache or the default dynamic cache. A static
     # cache pads the keys to its maximum length, which would silently break causality.
-    if int(q_offset) + q_length != kv_length:
+    if q_offset + q_length != kv_length:
         raise NotImplementedError(
             f"attn_implementation='circuit_stats' needs the queries to be the last keys (query offset "
-            f"{int(q_offset)} + {q_length} queries != {kv_length} keys): static, offloaded-static and "
+            f"{q_offset} + {q_length} queries != {kv_length} keys): static, offloaded-static and "
             "sliding-window caches are not supported; use the default dynamic cache."
         )
-    return flash_attention_mask(
-        batch_size, q_length, kv_length, q_offset, kv_offset, mask_function, attention_mask, **kwargs
-    )
+    return flash_attention_mask(batch_size, **call)
 
 
 def _key_padding_mask(attention_mask: Optional[torch.Tensor], key: torch.Tensor) -> Optional[torch.Tensor]:

@@ -37,6 +37,19 @@ def _uses_circuit_stats(model: torch.nn.Module) -> bool:
     return impl == IMPLEMENTATION
 
 
+# The keyword under which a model's forward receives the KV cache: transformers < 5.24 calls it
+# ``past_key_values``; 5.24 renamed it ``cache`` (the old name is deprecated, still accepted).
+CACHE_KEYWORDS = ("cache", "past_key_values")
+
+
+def _cache_argument(kwargs: dict):
+    """The KV cache passed to a model's forward, under whichever keyword transformers used."""
+    for name in CACHE_KEYWORDS:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return None
+
+
 @dataclass
 class _Block:
     """Per-sample sums for one batch of sequences: ``{layer: {name: [B, H, C]}}``."""
@@ -93,7 +106,7 @@ class Recording:
         ids = kwargs.get("input_ids")
         if ids is None and args and isinstance(args[0], torch.Tensor) and not args[0].is_floating_point():
             ids = args[0]
-        past = kwargs.get("past_key_values")
+        past = _cache_argument(kwargs)
         continuing = past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0
         if continuing and self._tokens is not None and ids is not None:
             self._tokens = torch.cat([self._tokens, ids.to(self._tokens.device)], dim=1)

@@ -8,6 +8,8 @@ import circuit_stats
 from circuit_stats.models import set_backend, tiny_model
 from hf_helpers import FAMILIES, eager_means, model_pair, random_batch
 
+pytestmark = pytest.mark.hf  # also run against the oldest supported transformers (.ci/run)
+
 BACKENDS = ["torch", "triton"]
 
 

@@ -10,6 +10,8 @@ from circuit_stats.protocols import repeat, sink, xu2026
 from circuit_stats.protocols.common import ByteTokenizer, default_texts, label_heads
 from hf_helpers import model_pair
 
+pytestmark = pytest.mark.hf  # also run against the oldest supported transformers (.ci/run)
+
 FAMILIES3 = ["pythia", "olmo", "olmoe"]
 
 

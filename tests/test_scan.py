@@ -12,6 +12,8 @@ from circuit_stats.models.families import tiny_model
 from circuit_stats.models.revisions import Revision
 from circuit_stats.scan import Scan, largest_jump
 
+pytestmark = pytest.mark.hf  # also run against the oldest supported transformers (.ci/run)
+
 CATALOG = [Revision(f"step{s}", s, s * 1000) for s in range(0, 100)]
 
 

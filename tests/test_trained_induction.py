@@ -11,6 +11,8 @@ import circuit_stats
 from circuit_stats.demo.series import DEMO_REPEAT_OPTIONS, demo_series_dir
 from circuit_stats.demo.train import synthetic_batch
 
+pytestmark = pytest.mark.hf  # also run against the oldest supported transformers (.ci/run)
+
 
 def load(step: int):
     return AutoModelForCausalLM.from_pretrained(demo_series_dir() / f"checkpoint-{step}",
