@@ -1,7 +1,7 @@
 """Kernel microbenchmark: fused statistics vs plain attention, SDPA, FlexAttention and eager.
 
-    python bench/bench_kernel.py                 # the full sweep (needs a CUDA GPU)
-    python bench/bench_kernel.py --quick         # tiny CPU-sized check of the harness
+    python -m bench.bench_kernel                 # the full sweep (needs a CUDA GPU)
+    python -m bench.bench_kernel --quick         # tiny CPU-sized check of the harness
 
 Variants (causal, self-attention, Nq = Nk = N):
   a  ours-plain         our kernel, no statistics
@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import environment, is_oom, median_ms, peak_memory, write_results  # noqa: E402
-from circuit_stats.kernels import attention_with_stats, stats_from_probabilities  # noqa: E402
+from circuit_stats.kernels import attention_with_stats, stats_from_probabilities
+
+from bench.common import environment, is_oom, median_ms, peak_memory, write_results
 
 OFFSETS = (1, 2, 3)
 VARIANTS = ["ours-plain", "ours-sink-offsets", "ours-all", "sdpa-flash", "flex-lse-gather", "eager"]

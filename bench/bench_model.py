@@ -1,7 +1,7 @@
 """Model-level benchmark: random weights in the real shapes of Pythia-1B and OLMo-1B.
 
-    python bench/bench_model.py              # full run (needs a CUDA GPU)
-    python bench/bench_model.py --quick      # tiny CPU-sized check of the harness
+    python -m bench.bench_model              # full run (needs a CUDA GPU)
+    python -m bench.bench_model --quick      # tiny CPU-sized check of the harness
 
 Forward passes at 2k, 8k and 32k tokens (batch 1): tokens/s and peak memory for
   sdpa                  torch SDPA, no statistics
@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import circuit_stats  # noqa: E402
-from bench.common import environment, is_oom, median_ms, peak_memory, write_results  # noqa: E402
-from circuit_stats.protocols import xu2026  # noqa: E402
+import circuit_stats
+from bench.common import environment, is_oom, median_ms, peak_memory, write_results
+from circuit_stats.protocols import xu2026
 
 COLUMNS = ["model", "path", "N", "median_ms", "tokens_per_s", "peak_mem_mib", "status"]
 PATHS = ["sdpa", "circuit_stats", "circuit_stats-record", "eager-attentions"]

@@ -1,6 +1,6 @@
 """Plot TFLOP/s vs N per variant from a kernel benchmark JSON (one panel per dtype x D).
 
-    python bench/plot_results.py bench/results/kernel-<device>-<date>.json
+    python -m bench.plot_results bench/results/kernel-<device>-<date>.json
 """
 
 from __future__ import annotations

@@ -13,12 +13,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .labels import FIRST_TOKEN, INDUCTION, UNCLASSIFIED  # noqa: E402
+from .protocols import PROTOCOLS  # noqa: E402
 from .scan import _atomic_write, _write_json, class_fractions, largest_jump  # noqa: E402
 
 DEFAULT_SCREENS = {"induction_min_heads": 3, "first_token_min_fraction": 0.5, "recall_target": 2 / 3}
-SCORE_COLUMN = {  # the per-head score to plot for the final induction circuit, by protocol
-    "xu2026": "sel_induction", "repeat": "induction", "natural": "induction",
-}
 
 
 # ---------------------------------------------------------------- per-revision views
@@ -29,8 +28,11 @@ def revisions_table(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def induction_heads(rows: pd.DataFrame) -> set[tuple[int, int]]:
-    """Heads counted as induction heads: the xu2026 screen (>= 50x) when present, else the label."""
-    flag = rows["screen_induction"] if "screen_induction" in rows else rows["label"] == "induction"
+    """Heads counted as induction heads: the protocol's induction flag (xu2026: the >= 50x
+    screen) when it declares one, else the label."""
+    protocol = PROTOCOLS.get(str(rows["protocol"].iloc[0])) if "protocol" in rows and len(rows) else None
+    flag_col = protocol.induction_flag if protocol else None
+    flag = rows[flag_col] if flag_col in rows else rows["label"] == INDUCTION
     return {(int(r.layer), int(r.head)) for r, f in zip(rows.itertuples(), flag) if f}
 
 
@@ -59,7 +61,7 @@ def summarise(results: pd.DataFrame, screens: Optional[dict] = None) -> dict:
     total_tokens = revs.tokens.dropna().max() if revs.tokens.notna().any() else None
 
     classes: dict = {}
-    for label in [c for c in frac.columns if c != "unclassified"]:
+    for label in [c for c in frac.columns if c != UNCLASSIFIED]:
         jump = largest_jump(results, label=label)
         if jump:
             jump = {"before": _rev_info(revs, jump["before"]), "after": _rev_info(revs, jump["after"]),
@@ -67,10 +69,10 @@ def summarise(results: pd.DataFrame, screens: Optional[dict] = None) -> dict:
         classes[label] = {"fraction": {r: float(frac.loc[r, label]) for r in revs.revision}, "sharpest_jump": jump}
 
     ind_onset = _first(revs, lambda r: len(induction_heads(by_rev[r])) >= sc["induction_min_heads"])
-    sink_onset = _first(revs, lambda r: "first-token" in frac.columns
-                        and frac.loc[r, "first-token"] >= sc["first_token_min_fraction"])
-    classes.setdefault("induction", {"fraction": {}, "sharpest_jump": None})["onset"] = ind_onset
-    classes.setdefault("first-token", {"fraction": {}, "sharpest_jump": None})["onset"] = sink_onset
+    sink_onset = _first(revs, lambda r: FIRST_TOKEN in frac.columns
+                        and frac.loc[r, FIRST_TOKEN] >= sc["first_token_min_fraction"])
+    classes.setdefault(INDUCTION, {"fraction": {}, "sharpest_jump": None})["onset"] = ind_onset
+    classes.setdefault(FIRST_TOKEN, {"fraction": {}, "sharpest_jump": None})["onset"] = sink_onset
 
     ratio = None
     if ind_onset and sink_onset and ind_onset["tokens"] and sink_onset["tokens"]:
@@ -83,7 +85,7 @@ def summarise(results: pd.DataFrame, screens: Optional[dict] = None) -> dict:
         first_recall["fraction_of_total_tokens"] = first_recall["tokens"] / float(total_tokens)
 
     layers = sorted(results.layer.unique().tolist())
-    sink_layers = set(results.loc[results.label == "first-token", "layer"].unique().tolist())
+    sink_layers = set(results.loc[results.label == FIRST_TOKEN, "layer"].unique().tolist())
     return {
         "model": str(results.model.iloc[0]),
         "protocol": str(results.protocol.iloc[0]),
@@ -151,7 +153,8 @@ def plot_heatmaps(results: pd.DataFrame, revisions: list[str], path: Path) -> No
 
 
 def plot_trajectories(results: pd.DataFrame, summary: dict, revs: pd.DataFrame, path: Path) -> bool:
-    col = SCORE_COLUMN.get(summary["protocol"])
+    protocol = PROTOCOLS.get(summary["protocol"])
+    col = protocol.induction_score if protocol else None
     heads = summary["final_induction_circuit"]
     if col is None or col not in results or not heads:
         return False
@@ -228,7 +231,7 @@ def write_report(scan_dir: Union[str, Path], out: Optional[Union[str, Path]] = N
     plots = ["class_fractions.png"]
     plot_fractions(summary, revs, out / plots[0])
     names = list(revs.revision)
-    transition = summary["classes"]["induction"].get("sharpest_jump") or next(
+    transition = summary["classes"][INDUCTION].get("sharpest_jump") or next(
         (c["sharpest_jump"] for c in summary["classes"].values() if c.get("sharpest_jump")), None)
     picks = [names[0]] + ([transition["before"]["revision"], transition["after"]["revision"]] if transition else []) + [names[-1]]
     plot_heatmaps(results, list(dict.fromkeys(picks)), out / "heatmaps.png")

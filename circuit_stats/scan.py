@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .labels import UNCLASSIFIED
 from .models.revisions import Revision, revisions, select_revisions
 from .scoring import score_heads
 
@@ -252,7 +253,7 @@ def largest_jump(results: pd.DataFrame, label: Optional[str] = None) -> Optional
     frac = class_fractions(results)
     if len(frac) < 2:
         return None
-    cols = [c for c in frac.columns if c != "unclassified"] if label is None else [label]
+    cols = [c for c in frac.columns if c != UNCLASSIFIED] if label is None else [label]
     cols = [c for c in cols if c in frac.columns]
     best = None
     revs = [r for _, r in frac.index]

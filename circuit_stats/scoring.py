@@ -7,8 +7,8 @@ from typing import Optional, Sequence, Union
 import pandas as pd
 import torch
 
-from .models.recording import _uses_circuit_stats
-from .protocols import PROTOCOLS
+from .models import uses_circuit_stats
+from .protocols import get_protocol
 from .protocols.common import model_device
 
 
@@ -43,9 +43,8 @@ def score_heads(
         A DataFrame with ``layer``, ``head``, the protocol's score columns and ``label``;
         ``df.attrs`` records the protocol, its exact settings, the dtype and the model.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
-    if not _uses_circuit_stats(model):
+    spec = get_protocol(protocol)
+    if not uses_circuit_stats(model):
         raise ValueError("score_heads needs a model loaded with attn_implementation='circuit_stats' "
                          "(or switched with model.set_attn_implementation('circuit_stats'))")
     if device is not None:
@@ -55,11 +54,11 @@ def score_heads(
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         kwargs["batch_size"] = int(batch_size)
-    if protocol in ("sink", "natural"):
+    if spec.takes_texts:
         kwargs.update(tokenizer=tokenizer, texts=texts)
     elif texts is not None or tokenizer is not None:
         raise ValueError(f"protocol {protocol!r} generates its own sequences; texts/tokenizer are not used")
-    df = PROTOCOLS[protocol].score(model, **kwargs)
+    df = spec.score(model, **kwargs)
     df.attrs.update(
         protocol=protocol,
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""),

@@ -6,12 +6,14 @@
 Set ``TRITON_INTERPRET=1`` before importing to run the Triton kernel on the CPU.
 """
 
-from .interface import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, attention_with_stats
+from .dispatch import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, attention_with_stats
 from .naive import attention_with_stats_naive, stats_from_probabilities
+from .side_inputs import SideInputs
 from .stats import AttentionStats
 
 __all__ = [
     "AttentionStats",
+    "SideInputs",
     "attention_with_stats",
     "attention_with_stats_naive",
     "stats_from_probabilities",

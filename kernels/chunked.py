@@ -2,7 +2,7 @@
 
 Queries are processed ``chunk_size`` at a time; each chunk materialises only its own
 ``[B, Hq, chunk, Nk]`` float32 scores. This is the CPU fallback and a test oracle for the
-Triton kernel. Inputs are assumed validated by ``interface.attention_with_stats``.
+Triton kernel. Inputs are assumed validated by ``dispatch.attention_with_stats``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .side_inputs import SideInputs
 from .stats import AttentionStats
 
 # Elements of one [B, Hq, chunk, Nk] float32 temporary (4 MiB); a chunk holds ~10 of them.
@@ -24,18 +25,17 @@ def attention_with_stats_chunked(
     v: torch.Tensor,
     *,
     scale: float,
-    key_padding_mask: Optional[torch.Tensor],
-    first_key: torch.Tensor,
+    side: SideInputs,
     offsets: Sequence[int],
-    probe_keys: Optional[torch.Tensor],
-    token_ids: Optional[torch.Tensor],
-    prev_token_ids: Optional[torch.Tensor],
     entropy: bool,
     chunk_size: Optional[int] = None,
 ) -> tuple[torch.Tensor, AttentionStats]:
-    """See ``attention_with_stats``. ``first_key [B]`` is the first attendable key (Nk if
-    none); ``prev_token_ids [B, Nk]`` holds ``tok[j-1]`` where ``j-1`` is attendable, else -1.
-    ``chunk_size`` defaults to as many queries as fit ``CHUNK_BUDGET_ELEMENTS`` scores."""
+    """See ``attention_with_stats``; ``side`` holds the padding mask, first keys, token ids and
+    probe keys. ``chunk_size`` defaults to as many queries as fit ``CHUNK_BUDGET_ELEMENTS`` scores."""
+    key_padding_mask, probe_keys, token_ids = side.key_padding_mask, side.probe_keys, side.token_ids
+    first_key, prev_token_ids = side.first_key.long(), side.prev_token_ids
+    if probe_keys is not None:
+        probe_keys = probe_keys.long()
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     G = Hq // Hkv

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .side_inputs import SideInputs
 from .stats import AttentionStats
 
 LOG2E = 1.4426950408889634
@@ -282,12 +283,8 @@ def attention_with_stats_triton(
     v: torch.Tensor,
     *,
     scale: float,
-    key_padding_mask: Optional[torch.Tensor],
-    first_key: torch.Tensor,
+    side: SideInputs,
     offsets: Sequence[int],
-    probe_keys: Optional[torch.Tensor],
-    token_ids: Optional[torch.Tensor],
-    prev_token_ids: Optional[torch.Tensor],
     entropy: bool,
     block: Optional[tuple[int, int]] = None,
 ) -> tuple[torch.Tensor, AttentionStats]:
@@ -297,6 +294,7 @@ def attention_with_stats_triton(
     autotuner picks one on GPU and ``INTERPRET_BLOCK`` is used under the interpreter."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
+    key_padding_mask, probe_keys, token_ids = side.key_padding_mask, side.probe_keys, side.token_ids
     dev = q.device
     f32 = torch.float32
     out = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=dev)
@@ -306,19 +304,18 @@ def attention_with_stats_triton(
     offs = torch.empty(B, Hq, Nq, n_off, dtype=f32, device=dev) if n_off else None
     n_probe = probe_keys.shape[1] if probe_keys is not None else 0
     probes = torch.empty(B, Hq, Nq, n_probe, dtype=f32, device=dev) if n_probe else None
-    probe_vals = probe_keys.to(torch.int32).contiguous() if n_probe else None
+    probe_vals = probe_keys if n_probe else None
     has_tok = token_ids is not None
     ind = torch.empty_like(lse) if has_tok else None
     dup = torch.empty_like(lse) if has_tok else None
     ent = torch.empty_like(lse) if entropy else None
     off_vals = torch.tensor(list(offsets) or [0], dtype=torch.int32, device=dev)
     if has_tok:
-        tok = token_ids.to(torch.int32).contiguous()
-        tokp = prev_token_ids.to(torch.int32).contiguous()
+        tok, tokp = token_ids, side.prev_token_ids  # int32, contiguous
     else:
         tok = tokp = off_vals  # never read
     kpm = key_padding_mask.to(torch.int8) if key_padding_mask is not None else off_vals[:1].view(1, 1)
-    first = first_key.to(torch.int32).contiguous()
+    first = side.first_key
 
     args = (
         q, k, v, out, lse, sink, offs if offs is not None else lse, probes if n_probe else lse,

@@ -16,12 +16,17 @@ from typing import Optional
 
 import torch
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, flash_attention_mask
+from transformers.masking_utils import (
+    AttentionMaskInterface,
+    causal_mask_function,
+    flash_attention_mask,
+)
 
 from ..kernels import attention_with_stats
+from ..kernels.dispatch import BACKENDS
 from . import recording
+from .recording import IMPLEMENTATION
 
-IMPLEMENTATION = "circuit_stats"
 _BACKEND = "auto"
 
 
@@ -29,13 +34,9 @@ def set_backend(backend: str) -> None:
     """Kernel backend for the HF integration: ``"auto"`` (default: Triton on CUDA, chunked torch
     otherwise), ``"triton"`` or ``"torch"``."""
     global _BACKEND
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     _BACKEND = backend
-
-
-def get_backend() -> str:
-    return _BACKEND
 
 
 def circuit_stats_mask(
@@ -144,13 +145,13 @@ def circuit_stats_attention(
         out = _sdpa_for_grad(query, key, value, kpm, scaling, dropout)
         if request is not None:
             with torch.no_grad():
-                _, stats = attention_with_stats(query, key, value, scale=scaling, key_padding_mask=kpm,
-                                                backend=_BACKEND, **request.kernel_kwargs)
+                _, stats = attention_with_stats(query, key, value, scale=scaling, backend=_BACKEND,
+                                                **request.kernel_kwargs)
             request.deliver(stats)
     else:
-        kernel_kwargs = request.kernel_kwargs if request is not None else {}
-        out, stats = attention_with_stats(query, key, value, scale=scaling, key_padding_mask=kpm,
-                                          backend=_BACKEND, **kernel_kwargs)
+        # Inside record() the request carries the padding mask in its side inputs.
+        kernel_kwargs = request.kernel_kwargs if request is not None else {"key_padding_mask": kpm}
+        out, stats = attention_with_stats(query, key, value, scale=scaling, backend=_BACKEND, **kernel_kwargs)
         if request is not None:
             request.deliver(stats)
     return out.transpose(1, 2).contiguous(), None

@@ -1,12 +1,11 @@
 """Per-family facts and tiny random-weight models that keep each family's attention quirks.
 
-The tiny configs are what tests and the demo use (no weights can be downloaded there); the
-``FAMILIES`` table holds the real models' facts from the study the project reproduces.
+The tiny configs are what tests and the demo use (no weights can be downloaded there). The real
+models' facts are in ``docs/science.md``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -18,28 +17,6 @@ from transformers import (
     OlmoeConfig,
     PretrainedConfig,
 )
-
-
-@dataclass(frozen=True)
-class Family:
-    hf_class: str
-    model_id: str
-    layers: int
-    heads: int
-    head_dim: int
-    context: int
-    dtype: torch.dtype  # the dtype the study ran it in
-    quirks: str
-
-
-FAMILIES = {
-    "pythia": Family("GPTNeoXForCausalLM", "EleutherAI/pythia-1b", 16, 8, 256, 2048, torch.float32,
-                     "rotary on 25% of head dims, parallel residual"),
-    "olmo": Family("OlmoForCausalLM", "allenai/OLMo-1B-0724-hf", 16, 16, 128, 4096, torch.float16,
-                   "clip_qkv = 8.0, non-parametric LayerNorm"),
-    "olmoe": Family("OlmoeForCausalLM", "allenai/OLMoE-1B-7B-0924", 16, 16, 128, 4096, torch.float16,
-                    "RMSNorm on q and k over the full width, 64 experts top-8"),
-}
 
 
 def tiny_pythia_config(vocab_size: int = 128, hidden: int = 64, layers: int = 2, heads: int = 4, **kw) -> GPTNeoXConfig:

@@ -20,16 +20,28 @@ from typing import Iterator, Optional, Sequence
 import pandas as pd
 import torch
 
-from ..kernels.interface import _check_offsets
-from ..kernels.stats import AttentionStats
+from ..kernels import AttentionStats, SideInputs
+from ..kernels.side_inputs import check_offsets
 
+# The name registered with transformers' AttentionInterface / AttentionMaskInterface.
 IMPLEMENTATION = "circuit_stats"
+def offset_column(offset: int) -> str:
+    """The result column of the fixed offset ``offset`` (``offset_1`` = previous token)."""
+    return f"offset_{offset}"
+
+
+def probe_column(index: int) -> str:
+    """The result column of the ``index``-th probe key."""
+    return f"probe_{index}"
+
+
 # Statistic groups a query mask can be given for (see record(query_mask=...)).
 CHANNELS = ("sink", "offsets", "probes", "induction", "duplicate", "entropy")
 _ACTIVE: Optional["Recording"] = None
 
 
-def _uses_circuit_stats(model: torch.nn.Module) -> bool:
+def uses_circuit_stats(model: torch.nn.Module) -> bool:
+    """Whether every attention layer of ``model`` dispatches to ``attn_implementation=\"circuit_stats\"``."""
     config = getattr(model, "config", None)
     impl = getattr(config, "_attn_implementation", None)
     if isinstance(impl, dict):
@@ -73,7 +85,7 @@ class Recording:
 
     def __init__(self, model, offsets, token_ids, token_match, entropy, query_mask, per_sample, probe_keys):
         self.model = model
-        self.offsets = _check_offsets(offsets)
+        self.offsets = check_offsets(offsets)
         self.token_match = bool(token_match or token_ids is not None)
         self.entropy = bool(entropy)
         self.per_sample_enabled = bool(per_sample)
@@ -86,7 +98,9 @@ class Recording:
         self._counts: dict = defaultdict(dict)  # layer -> name -> number of selected queries
         self._blocks: list[_Block] = []
         self._n_forward = 0
-        self._checked_forward = -1
+        # (forward number, device, q_len, k_len) -> _Request: every layer of one forward on one
+        # device shares its side inputs and query weights, built and validated once.
+        self._requests: dict = {}
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.n_layers = int(text_config.num_hidden_layers)
         self._hook = model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
@@ -123,6 +137,17 @@ class Recording:
         B, _, Nq, _ = query.shape
         Nk = key.shape[2]
         dev = query.device
+        cache_key = (self._n_forward, dev, Nq, Nk)
+        shared = self._requests.get(cache_key)
+        if shared is None:
+            if next(iter(self._requests), (None,))[0] != self._n_forward:
+                self._requests = {}  # a new forward: drop the previous one's
+            shared = self._requests[cache_key] = self._shared_request(B, Nq, Nk, dev, kpm)
+        weights, kernel_kwargs = shared
+        return _Request(self, int(layer), weights, kernel_kwargs)
+
+    def _shared_request(self, B: int, Nq: int, Nk: int, dev: torch.device, kpm) -> tuple[dict, dict]:
+        """Query weights and kernel arguments for every layer of this forward on ``dev``."""
         if kpm is not None:
             default = kpm[:, Nk - Nq:].to(torch.float32)  # every non-padded query
         else:
@@ -135,7 +160,7 @@ class Recording:
                 if name == "default" and channel in self._query_masks:
                     continue  # a statistic's own mask wins over the default
                 weights[channel] = qm.to(device=dev, dtype=torch.float32)
-        kw: dict = {"offsets": self.offsets, "entropy": self.entropy}
+        tokens = None
         if self.token_match:
             tokens = self._user_tokens if self._user_tokens is not None else self._tokens
             if tokens is None:
@@ -143,13 +168,10 @@ class Recording:
                                  "(the forward was called without input_ids)")
             if tokens.shape[0] != B or tokens.shape[1] < Nk:
                 raise ValueError(f"token_ids must cover every key: need shape ({B}, {Nk}), got {tuple(tokens.shape)}")
-            kw["token_ids"] = tokens[:, tokens.shape[1] - Nk:].to(dev)
-        if self._probe_keys is not None:
-            kw["probe_keys"] = self._probe_keys.to(dev)
-        # Value checks read GPU memory (a synchronisation): once per forward, not per layer.
-        kw["check_values"] = self._checked_forward != self._n_forward
-        self._checked_forward = self._n_forward
-        return _Request(self, int(layer), weights, kw)
+            tokens = tokens[:, tokens.shape[1] - Nk:]
+        side = SideInputs.build(batch=B, k_len=Nk, device=dev, key_padding_mask=kpm, token_ids=tokens,
+                                probe_keys=self._probe_keys)
+        return weights, {"offsets": self.offsets, "entropy": self.entropy, "side_inputs": side}
 
     # ---------------------------------------------------------------- reduction
     def _channels(self, stats: AttentionStats) -> Iterator[tuple[str, torch.Tensor]]:
@@ -181,9 +203,9 @@ class Recording:
     # ---------------------------------------------------------------- results
     def _columns(self, name: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
         if name == "offsets":
-            return {f"offset_{o}": t[..., i] for i, o in enumerate(self.offsets)}
+            return {offset_column(o): t[..., i] for i, o in enumerate(self.offsets)}
         if name == "probes":
-            return {f"probe_{i}": t[..., i] for i in range(t.shape[-1])}
+            return {probe_column(i): t[..., i] for i in range(t.shape[-1])}
         return {name: t[..., 0]}
 
     def _check_complete(self) -> None:
@@ -298,7 +320,7 @@ def record(
     global _ACTIVE
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise TypeError(f"record() needs a transformers model, got {type(model).__name__}")
-    if not _uses_circuit_stats(model):
+    if not uses_circuit_stats(model):
         raise ValueError(
             f"record() needs the model to use attn_implementation='circuit_stats' (it uses "
             f"{getattr(model.config, '_attn_implementation', None)!r}). Load it with "

@@ -54,8 +54,3 @@ def seed(request):
     s = (BASE_SEED + zlib.crc32(request.node.nodeid.encode())) % (2**31)
     torch.manual_seed(s)
     return s
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "hf: exercises Hugging Face transformers; CI runs these against the oldest supported release too")

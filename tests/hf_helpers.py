@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from circuit_stats.kernels import stats_from_probabilities
-from circuit_stats.models import tiny_model
+from circuit_stats.models import offset_column, tiny_model
 
 FAMILIES = ["pythia", "olmo", "olmoe", "llama-gqa"]
 
@@ -49,7 +48,7 @@ def eager_means(eager, ids, mask, offsets=(), token_match=False, entropy=False, 
                                       token_ids=ids if token_match else None, entropy=entropy)
         cols = {"sink": st.sink}
         for i, o in enumerate(offsets):
-            cols[f"offset_{o}"] = st.offsets[..., i]
+            cols[offset_column(o)] = st.offsets[..., i]
         if token_match:
             cols["induction"], cols["duplicate"] = st.induction, st.duplicate
         if entropy:

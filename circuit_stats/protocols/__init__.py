@@ -1,7 +1,16 @@
-"""Head-scoring protocols. Each module has ``DEFAULTS`` and ``score(model, ...) -> DataFrame``."""
+"""Head-scoring protocols. Each module declares a ``PROTOCOL`` (see ``spec.Protocol``)."""
 
 from . import natural, repeat, sink, xu2026
+from .spec import Protocol
 
-PROTOCOLS = {"xu2026": xu2026, "repeat": repeat, "sink": sink, "natural": natural}
+PROTOCOLS: dict[str, Protocol] = {m.PROTOCOL.name: m.PROTOCOL for m in (xu2026, repeat, sink, natural)}
 
-__all__ = ["PROTOCOLS", "natural", "repeat", "sink", "xu2026"]
+
+def get_protocol(name: str) -> Protocol:
+    """The protocol called ``name``; a clear error naming the known ones otherwise."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {name!r}")
+    return PROTOCOLS[name]
+
+
+__all__ = ["PROTOCOLS", "Protocol", "get_protocol"]

@@ -6,14 +6,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Iterable, Mapping, Optional, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from ..models.recording import record
-
-UNCLASSIFIED = "unclassified"
 
 
 @dataclass
@@ -83,21 +80,6 @@ def check_token_range(model: torch.nn.Module, low: int, high: int, what: str) ->
     v = vocab_size(model)
     if high > v or low < 0:
         raise ValueError(f"{what}: token ids in [{low}, {high}) do not fit the model's vocabulary of {v}")
-
-
-def label_heads(scores: pd.DataFrame, thresholds: Mapping[str, float], names: Mapping[str, str]) -> pd.DataFrame:
-    """Multi-label flags ``is_<label>`` (score >= threshold) and one primary ``label``: the
-    passing class with the highest score, else ``unclassified``. ``names`` maps score columns
-    to class labels."""
-    out = scores.copy()
-    cols = list(names)
-    vals = scores[cols].to_numpy(dtype=float)
-    passing = vals >= np.array([thresholds[c] for c in cols])
-    for j, col in enumerate(cols):
-        out[f"is_{names[col].replace('-', '_')}"] = passing[:, j]
-    best = np.where(passing, vals, -np.inf).argmax(1)
-    out["label"] = [names[cols[b]] if passing[i].any() else UNCLASSIFIED for i, b in enumerate(best)]
-    return out
 
 
 def head_frame(n_layers: int, n_heads: int) -> pd.DataFrame:

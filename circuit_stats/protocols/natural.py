@@ -12,12 +12,21 @@ from typing import Optional
 
 import pandas as pd
 
-from .common import flat, head_frame, label_heads, run_batches, text_batches, tokenize_texts
+from ..labels import (
+    DUPLICATE_TOKEN,
+    FIRST_TOKEN,
+    INDUCTION,
+    PREVIOUS_TOKEN,
+    label_heads,
+)
+from ..models import offset_column
+from .common import flat, head_frame, run_batches, text_batches, tokenize_texts
+from .spec import Protocol
 
 DEFAULTS = dict(max_tokens=None,
                 thresholds={"induction": 0.3, "duplicate": 0.3, "previous_token": 0.4, "sink": 0.5})
-NAMES = {"induction": "induction", "previous_token": "previous-token", "duplicate": "duplicate-token",
-         "sink": "first-token"}
+NAMES = {"induction": INDUCTION, "previous_token": PREVIOUS_TOKEN, "duplicate": DUPLICATE_TOKEN,
+         "sink": FIRST_TOKEN}
 
 
 def score(model, *, tokenizer=None, texts=None, batch_size: int = 1, device=None,
@@ -37,7 +46,7 @@ def score(model, *, tokenizer=None, texts=None, batch_size: int = 1, device=None
     df = head_frame(*m["sink"].shape)
     df["induction"] = flat(m["induction"])
     df["duplicate"] = flat(m["duplicate"])
-    df["previous_token"] = flat(m["offset_1"])
+    df["previous_token"] = flat(m[offset_column(1)])
     df["sink"] = flat(m["sink"])
     df["entropy"] = flat(m["entropy"])
     df = label_heads(df, o["thresholds"], NAMES)
@@ -45,3 +54,7 @@ def score(model, *, tokenizer=None, texts=None, batch_size: int = 1, device=None
                                   bos_token_id=bos_token_id,
                                   tokenizer=type(tokenizer).__name__ if tokenizer else "bytes"))
     return df
+
+
+PROTOCOL = Protocol(name="natural", score=score, defaults=DEFAULTS, takes_texts=True,
+                    induction_score="induction", induction_flag="is_induction")

@@ -13,12 +13,29 @@ from typing import Iterator, Optional
 import pandas as pd
 import torch
 
-from .common import Batch, check_token_range, flat, head_frame, label_heads, prepend_bos, run_batches, vocab_size
+from ..labels import (
+    DUPLICATE_TOKEN,
+    FIRST_TOKEN,
+    INDUCTION,
+    PREVIOUS_TOKEN,
+    label_heads,
+)
+from ..models import offset_column
+from .common import (
+    Batch,
+    check_token_range,
+    flat,
+    head_frame,
+    prepend_bos,
+    run_batches,
+    vocab_size,
+)
+from .spec import Protocol
 
 DEFAULTS = dict(n_sequences=64, seq_len=64, seed=0, vocab_range=None,
                 thresholds={"induction": 0.4, "previous_token": 0.4, "duplicate": 0.4, "sink": 0.5})
-NAMES = {"induction": "induction", "previous_token": "previous-token", "duplicate": "duplicate-token",
-         "sink": "first-token"}
+NAMES = {"induction": INDUCTION, "previous_token": PREVIOUS_TOKEN, "duplicate": DUPLICATE_TOKEN,
+         "sink": FIRST_TOKEN}
 
 
 def default_vocab_range(vocab: int) -> tuple[int, int]:
@@ -57,10 +74,14 @@ def score(model, *, batch_size: int = 16, device=None, bos_token_id: Optional[in
                       offsets=(1, L - 1, L), device=device, desc="repeat", progress=progress)
     m = res.means
     df = head_frame(*m["sink"].shape)
-    df["previous_token"] = flat(m["offset_1"])
-    df["induction"] = flat(m[f"offset_{L - 1}"])
-    df["duplicate"] = flat(m[f"offset_{L}"])
+    df["previous_token"] = flat(m[offset_column(1)])
+    df["induction"] = flat(m[offset_column(L - 1)])
+    df["duplicate"] = flat(m[offset_column(L)])
     df["sink"] = flat(m["sink"])
     df = label_heads(df, o["thresholds"], NAMES)
     df.attrs.update(settings=dict(o, vocab_range=[low, high], bos_token_id=bos_token_id))
     return df
+
+
+PROTOCOL = Protocol(name="repeat", score=score, defaults=DEFAULTS, takes_texts=False,
+                    induction_score="induction", induction_flag="is_induction")

@@ -12,7 +12,9 @@ from typing import Optional
 
 import pandas as pd
 
+from ..labels import FIRST_TOKEN, UNCLASSIFIED
 from .common import flat, head_frame, run_batches, text_batches, tokenize_texts
+from .spec import Protocol
 
 DEFAULTS = dict(seq_len=64, n_sequences=None, eps=0.3)
 
@@ -45,7 +47,7 @@ def score(model, *, tokenizer=None, texts=None, batch_size: int = 16, device=Non
     df = head_frame(*alpha0.shape)
     df["alpha0"] = flat(alpha0)
     df["is_sink"] = df["alpha0"] > o["eps"]
-    df["label"] = df["is_sink"].map({True: "first-token", False: "unclassified"})
+    df["label"] = df["is_sink"].map({True: FIRST_TOKEN, False: UNCLASSIFIED})
     per = res.per_sample["sink"]  # [samples, L, H]
     df.attrs.update(
         sink_rate=float((per > o["eps"]).double().mean().item() * 100),
@@ -53,3 +55,6 @@ def score(model, *, tokenizer=None, texts=None, batch_size: int = 16, device=Non
                       tokenizer=type(tokenizer).__name__ if tokenizer else "bytes"),
     )
     return df
+
+
+PROTOCOL = Protocol(name="sink", score=score, defaults=DEFAULTS, takes_texts=True)

@@ -15,9 +15,20 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..labels import (
+    DUPLICATE_TOKEN,
+    FIRST_TOKEN,
+    INDUCTION,
+    LOCAL,
+    PREVIOUS_TOKEN,
+    SELF,
+    UNCLASSIFIED,
+)
+from ..models import probe_column
 from .common import Batch, check_token_range, flat, head_frame, prepend_bos, run_batches
+from .spec import Protocol
 
-CLASSES = ("induction", "duplicate-token", "previous-token", "self", "first-token", "local")
+CLASSES = (INDUCTION, DUPLICATE_TOKEN, PREVIOUS_TOKEN, SELF, FIRST_TOKEN, LOCAL)
 LOW, HIGH = 100, 10000
 DEFAULTS = dict(n_sequences=2000, seq_len=256, seed=42, baseline_seed=0, n_baseline=50,
                 class_threshold=30.0, induction_screen=50.0, first_token_screen=50.0,
@@ -98,10 +109,10 @@ def score(model, *, batch_size: int = 32, device=None, bos_token_id: Optional[in
     n_batches = -(-len(seqs) // batch_size)
     res = run_batches(model, _batches(seqs, keys, batch_size, bos_token_id), total=n_batches,
                       device=device, desc="xu2026", progress=progress)
-    probes = [res.means[f"probe_{i}"] for i in range(keys.shape[1])]
+    probes = [res.means[probe_column(i)] for i in range(keys.shape[1])]
     attn = {
-        "induction": probes[0], "duplicate-token": probes[1], "previous-token": probes[2],
-        "self": probes[3], "first-token": probes[4], "local": torch.stack(probes[5:9]).mean(0),
+        INDUCTION: probes[0], DUPLICATE_TOKEN: probes[1], PREVIOUS_TOKEN: probes[2],
+        SELF: probes[3], FIRST_TOKEN: probes[4], LOCAL: torch.stack(probes[5:9]).mean(0),
     }
     base = torch.stack(probes[9:]).mean(0)
     L, H = base.shape
@@ -115,9 +126,13 @@ def score(model, *, batch_size: int = 32, device=None, bos_token_id: Optional[in
         df[col] = df[f"attn_{c.replace('-', '_')}"].to_numpy() / denom
     sel = df[sel_cols].to_numpy()
     best = sel.argmax(1)
-    df["label"] = [CLASSES[b] if sel[i, b] >= o["class_threshold"] else "unclassified" for i, b in enumerate(best)]
+    df["label"] = [CLASSES[b] if sel[i, b] >= o["class_threshold"] else UNCLASSIFIED for i, b in enumerate(best)]
     df["screen_induction"] = df["sel_induction"] >= o["induction_screen"]
     df["screen_first_token"] = df["sel_first_token"] >= o["first_token_screen"]
     df["screen_previous_token"] = df["sel_previous_token"] >= o["previous_token_screen"]
     df.attrs.update(settings=dict(o, baseline_positions=baseline, bos_token_id=bos_token_id, vocab=[LOW, HIGH]))
     return df
+
+
+PROTOCOL = Protocol(name="xu2026", score=score, defaults=DEFAULTS, takes_texts=False,
+                    induction_score="sel_induction", induction_flag="screen_induction")

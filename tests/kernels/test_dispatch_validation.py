@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from circuit_stats.kernels import attention_with_stats
 
 

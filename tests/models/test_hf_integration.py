@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from circuit_stats.models import set_backend, tiny_model
+from hf_helpers import FAMILIES, eager_means, model_pair, random_batch
 from transformers import AutoModelForCausalLM
 
 import circuit_stats
-from circuit_stats.models import set_backend, tiny_model
-from hf_helpers import FAMILIES, eager_means, model_pair, random_batch
 
 pytestmark = pytest.mark.hf  # also run against the oldest supported transformers (.ci/run)
 
@@ -207,16 +207,21 @@ def test_value_checks_run_once_per_forward(monkeypatch):
     """Checks that read tensor values synchronise a GPU: inside record() they run in the first
     layer of each forward only."""
     import circuit_stats.models.attention as att
+    from circuit_stats.kernels import SideInputs
 
-    flags = []
+    built = []
+    real_build = SideInputs.build.__func__
+    monkeypatch.setattr(SideInputs, "build", classmethod(lambda cls, **k: built.append(1) or real_build(cls, **k)))
+    sides = []
     real = att.attention_with_stats
-    monkeypatch.setattr(att, "attention_with_stats", lambda *a, **k: flags.append(k.get("check_values")) or real(*a, **k))
+    monkeypatch.setattr(att, "attention_with_stats", lambda *a, **k: sides.append(id(k.get("side_inputs"))) or real(*a, **k))
     ours = tiny_model("pythia", layers=3)
     ids = random_batch()[0]
-    with torch.no_grad(), circuit_stats.record(ours, token_match=True) as rec:
+    with torch.no_grad(), circuit_stats.record(ours, token_match=True):
         ours(ids)
         ours(ids)
-    assert flags == [True, False, False, True, False, False]
+    assert built == [1, 1], "side inputs (and their value checks) are built once per forward"
+    assert len(sides) == 6 and len(set(sides[:3])) == 1 and len(set(sides[3:])) == 1 and sides[0] != sides[3]
     bad = ids.clone()
     bad[0, 0] = -5
     with pytest.raises((ValueError, IndexError)):

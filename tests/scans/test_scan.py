@@ -5,11 +5,11 @@ import json
 import pandas as pd
 import pytest
 import torch
+from circuit_stats.models.families import tiny_model
+from circuit_stats.models.revisions import Revision
 
 import circuit_stats.scan as scan_mod
 from circuit_stats.cli import main
-from circuit_stats.models.families import tiny_model
-from circuit_stats.models.revisions import Revision
 from circuit_stats.scan import Scan, largest_jump
 
 pytestmark = pytest.mark.hf  # also run against the oldest supported transformers (.ci/run)

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from circuit_stats.kernels import stats_from_probabilities
+from hf_helpers import model_pair
 
 import circuit_stats
-from circuit_stats.kernels import stats_from_probabilities
+from circuit_stats.labels import label_heads
 from circuit_stats.protocols import repeat, sink, xu2026
-from circuit_stats.protocols.common import ByteTokenizer, default_texts, label_heads
-from hf_helpers import model_pair
+from circuit_stats.protocols.common import ByteTokenizer, default_texts
 
 pytestmark = pytest.mark.hf  # also run against the oldest supported transformers (.ci/run)
 

@@ -2,13 +2,8 @@
 (Timings here mean nothing; the real runs need a GPU.)"""
 
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench import bench_kernel, bench_model, plot_results  # noqa: E402
+from bench import bench_kernel, bench_model, plot_results
 
 
 def test_kernel_harness_quick(tmp_path):

@@ -1,0 +1,131 @@
+"""The tensors the kernels read beside q, k and v, built and validated once.
+
+``attention_with_stats`` builds a :class:`SideInputs` from its arguments on every call; callers
+that run many attention calls over the same keys (the Hugging Face integration: every layer of
+one forward) build it once per forward and device with :meth:`SideInputs.build` and pass it as
+``side_inputs=``, so that validation, dtype conversion and derived tensors happen once.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+
+def check_offsets(offsets: Sequence[int]) -> tuple[int, ...]:
+    """Fixed diagonal offsets as a tuple of ints >= 0; a clear error otherwise."""
+    if isinstance(offsets, (str, bytes)) or not isinstance(offsets, Sequence):
+        raise TypeError(f"offsets must be a sequence of ints, got {type(offsets).__name__}")
+    out = []
+    for o in offsets:
+        if isinstance(o, bool) or not isinstance(o, numbers.Integral):
+            raise TypeError(f"offsets must hold ints, got {o!r}")
+        if o < 0:
+            raise ValueError(f"offsets must be >= 0 (key i - o for query i), got {o}")
+        out.append(int(o))
+    return tuple(out)
+
+
+def _is_int_tensor(t) -> bool:
+    return isinstance(t, torch.Tensor) and not t.dtype.is_floating_point and not t.dtype.is_complex and t.dtype != torch.bool
+
+
+@dataclass(frozen=True)
+class SideInputs:
+    """Per-key and per-row inputs of one batch of sequences, on one device.
+
+    Attributes:
+        batch, k_len: the ``B`` and ``Nk`` they were built for.
+        key_padding_mask: ``[B, Nk]`` bool (True = attend), or None when nothing is padded.
+        first_key: ``[B]`` int32, each row's first attendable key (``Nk`` where there is none).
+        token_ids: ``[B, Nk]`` int32 token ids (token-match statistics), or None.
+        prev_token_ids: ``[B, Nk]`` int32, ``token_ids[j-1]`` where key ``j-1`` exists and is
+            attendable, else -1 (matches no token); None without ``token_ids``.
+        probe_keys: ``[B, P]`` int32 absolute key positions, or None.
+    """
+
+    batch: int
+    k_len: int
+    key_padding_mask: Optional[torch.Tensor]
+    first_key: torch.Tensor
+    token_ids: Optional[torch.Tensor] = None
+    prev_token_ids: Optional[torch.Tensor] = None
+    probe_keys: Optional[torch.Tensor] = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        batch: int,
+        k_len: int,
+        device: torch.device,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        token_ids: Optional[torch.Tensor] = None,
+        probe_keys: Optional[torch.Tensor] = None,
+    ) -> "SideInputs":
+        """Validate and convert the side inputs of ``batch`` rows of ``k_len`` keys on ``device``.
+
+        The value checks (``token_ids`` >= 0, ``probe_keys`` in range) read tensor values, which
+        synchronises a GPU: build once per forward, not per layer."""
+        B, Nk = batch, k_len
+        if key_padding_mask is not None:
+            if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
+                raise TypeError("key_padding_mask must be a bool tensor [batch, k_len] (True = attend)")
+            if tuple(key_padding_mask.shape) != (B, Nk):
+                raise ValueError(f"key_padding_mask must have shape {(B, Nk)}, got {tuple(key_padding_mask.shape)}")
+            key_padding_mask = key_padding_mask.to(device)
+        if token_ids is not None:
+            if not _is_int_tensor(token_ids):
+                raise TypeError("token_ids must be an integer tensor [batch, k_len]")
+            if tuple(token_ids.shape) != (B, Nk):
+                raise ValueError(f"token_ids must have shape {(B, Nk)} (one id per key), got {tuple(token_ids.shape)}")
+            if token_ids.numel() and int(token_ids.min()) < 0:
+                raise ValueError("token_ids must be non-negative token ids")
+            if token_ids.numel() and int(token_ids.max()) > torch.iinfo(torch.int32).max:
+                raise ValueError("token_ids must fit in int32")
+            token_ids = token_ids.to(device=device, dtype=torch.int32).contiguous()
+        if probe_keys is not None:
+            if not _is_int_tensor(probe_keys):
+                raise TypeError("probe_keys must be an integer tensor [batch, n_probes] of key positions")
+            if probe_keys.dim() != 2 or probe_keys.shape[0] != B or probe_keys.shape[1] == 0:
+                raise ValueError(f"probe_keys must have shape ({B}, n_probes >= 1), got {tuple(probe_keys.shape)}")
+            if (int(probe_keys.min()) < 0 or int(probe_keys.max()) >= Nk):
+                raise ValueError(f"probe_keys must be key positions in [0, {Nk}), got values in "
+                                 f"[{int(probe_keys.min())}, {int(probe_keys.max())}]")
+            probe_keys = probe_keys.to(device=device, dtype=torch.int32).contiguous()
+        return cls(
+            batch=B, k_len=Nk, key_padding_mask=key_padding_mask,
+            first_key=first_attendable_key(key_padding_mask, B, Nk, device),
+            token_ids=token_ids,
+            prev_token_ids=previous_token_ids(token_ids, key_padding_mask) if token_ids is not None else None,
+            probe_keys=probe_keys,
+        )
+
+    def check_matches(self, q: torch.Tensor, k: torch.Tensor) -> None:
+        """Raise unless these side inputs were built for ``q``'s batch, ``k``'s keys and device."""
+        B, Nk = q.shape[0], k.shape[2]
+        if (self.batch, self.k_len) != (B, Nk):
+            raise ValueError(f"side_inputs were built for (batch, k_len) = {(self.batch, self.k_len)}, "
+                             f"this call has {(B, Nk)}")
+        if self.first_key.device != q.device:
+            raise ValueError(f"side_inputs are on {self.first_key.device}, q on {q.device}")
+
+
+def first_attendable_key(key_padding_mask: Optional[torch.Tensor], batch: int, k_len: int, device) -> torch.Tensor:
+    """``[B]`` int32: index of each row's first attendable key, ``k_len`` where there is none."""
+    if key_padding_mask is None:
+        return torch.zeros(batch, dtype=torch.int32, device=device)
+    first = key_padding_mask.long().argmax(-1)
+    return torch.where(key_padding_mask.any(-1), first, torch.full_like(first, k_len)).to(torch.int32)
+
+
+def previous_token_ids(token_ids: torch.Tensor, key_padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """``tok[j-1]`` where key j-1 exists and is attendable, else -1 (matches no token)."""
+    prev = torch.full_like(token_ids, -1)
+    prev[:, 1:] = token_ids[:, :-1]
+    if key_padding_mask is not None:
+        prev[:, 1:] = torch.where(key_padding_mask[:, :-1], prev[:, 1:], -1)
+    return prev
