@@ -9,7 +9,7 @@ import torch
 
 from .models import uses_circuit_stats
 from .protocols import get_protocol
-from .protocols.common import model_device
+from .protocols.engine import model_device
 
 
 def score_heads(
@@ -29,21 +29,24 @@ def score_heads(
     Args:
         model: a transformers causal LM using ``attn_implementation="circuit_stats"``.
         protocol: ``"xu2026"``, ``"repeat"``, ``"sink"`` or ``"natural"`` (see the README).
-        tokenizer, texts: natural-text input for ``"sink"`` / ``"natural"``: strings (tokenized
-            with ``tokenizer``, or as UTF-8 bytes without one) or token-id lists. Default: the
-            bundled sample.
+        tokenizer, texts: natural-text input for ``"sink"`` / ``"natural"``: token-id lists, or
+            strings tokenized with ``tokenizer`` (a transformers tokenizer, a callable, or
+            ``"bytes"`` for UTF-8 bytes; strings without a tokenizer are refused). Default texts:
+            the bundled sample (strings).
         batch_size: sequences per forward (protocol default when None).
         device: where to run (default: the model's device; the model is moved there).
         bos_token_id: prepend this token to every sequence, to tell a real BOS sink from a
             position-0 sink.
-        **protocol_options: e.g. ``n_sequences``, ``seq_len``, ``seed``, thresholds; see each
-            protocol's ``DEFAULTS``.
+        **protocol_options: e.g. ``n_sequences``, ``seq_len``, ``seed``, ``thresholds``,
+            ``convention``; see each protocol's ``DEFAULTS``. Unknown keys (also inside
+            ``thresholds``) and out-of-range values are refused before the model runs.
 
     Returns:
         A DataFrame with ``layer``, ``head``, the protocol's score columns and ``label``;
         ``df.attrs`` records the protocol, its exact settings, the dtype and the model.
     """
     spec = get_protocol(protocol)
+    protocol_options = spec.check_options(protocol_options)  # before any model work
     if not uses_circuit_stats(model):
         raise ValueError("score_heads needs a model loaded with attn_implementation='circuit_stats' "
                          "(or switched with model.set_attn_implementation('circuit_stats'))")

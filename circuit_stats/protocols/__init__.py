@@ -1,9 +1,11 @@
-"""Head-scoring protocols. Each module declares a ``PROTOCOL`` (see ``spec.Protocol``)."""
+"""Head-scoring protocols. Each module declares a ``PROTOCOL`` (see ``spec.Protocol``); adding a
+protocol is one new module plus its line in ``MODULES``."""
 
 from . import natural, repeat, sink, xu2026
 from .spec import Protocol
 
-PROTOCOLS: dict[str, Protocol] = {m.PROTOCOL.name: m.PROTOCOL for m in (xu2026, repeat, sink, natural)}
+MODULES = (xu2026, repeat, sink, natural)
+PROTOCOLS: dict[str, Protocol] = {m.PROTOCOL.name: m.PROTOCOL for m in MODULES}
 
 
 def get_protocol(name: str) -> Protocol:

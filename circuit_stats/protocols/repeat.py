@@ -1,9 +1,15 @@
-"""The "repeat" protocol: TransformerLens-style repeated random tokens.
+"""The "repeat" protocol: repeated random tokens, scored at fixed offsets on the second copy.
 
 Each sequence is ``L`` random token ids repeated twice (optionally after a BOS-like token).
-For queries in the second copy: ``previous_token`` = attention on key i-1, ``induction`` =
-on key i-(L-1) (the token after the query token's first occurrence), ``duplicate`` = on key
-i-L (the first occurrence). ``sink`` = attention on the first key, over all queries.
+For queries in the second copy: ``previous_token`` = attention on key i-1, ``induction_offset``
+= on key i-(L-1) (the token after the query token's first occurrence), ``duplicate_offset`` = on
+key i-L (the first occurrence). ``sink`` = attention on the first key, over all queries.
+
+This is not TransformerLens' ``detect_head`` number: that one averages every query (the first
+copy, which has nothing to copy, and the BOS included) and matches tokens rather than offsets,
+so on a clean induction head it is about half of ``induction_offset`` (at most ``L / (2L + 1)``).
+For that number, score the same sequences with ``natural`` and ``convention="transformerlens"``
+(see :func:`make_sequences`).
 """
 
 from __future__ import annotations
@@ -13,29 +19,31 @@ from typing import Iterator, Optional
 import pandas as pd
 import torch
 
-from ..labels import (
-    DUPLICATE_TOKEN,
-    FIRST_TOKEN,
-    INDUCTION,
-    PREVIOUS_TOKEN,
-    label_heads,
-)
+from ..labels import DUPLICATE_TOKEN, FIRST_TOKEN, INDUCTION, PREVIOUS_TOKEN, label_heads
 from ..models import offset_column
-from .common import (
-    Batch,
-    check_token_range,
-    flat,
-    head_frame,
-    prepend_bos,
-    run_batches,
-    vocab_size,
-)
-from .spec import Protocol
+from .engine import Batch, check_token_range, prepend_bos, run_batches, vocab_size
+from .frames import flat, head_frame
+from .spec import Protocol, require_int, require_thresholds
 
+# thresholds are keyed by kind of head; COLUMNS maps each key to its score column here
 DEFAULTS = dict(n_sequences=64, seq_len=64, seed=0, vocab_range=None,
                 thresholds={"induction": 0.4, "previous_token": 0.4, "duplicate": 0.4, "sink": 0.5})
-NAMES = {"induction": INDUCTION, "previous_token": PREVIOUS_TOKEN, "duplicate": DUPLICATE_TOKEN,
+COLUMNS = {"induction": "induction_offset", "previous_token": "previous_token", "duplicate": "duplicate_offset",
+           "sink": "sink"}
+NAMES = {"induction_offset": INDUCTION, "previous_token": PREVIOUS_TOKEN, "duplicate_offset": DUPLICATE_TOKEN,
          "sink": FIRST_TOKEN}
+
+
+def validate(o: dict) -> None:
+    require_int(o, "n_sequences", 1)
+    require_int(o, "seq_len", 2)
+    require_int(o, "seed", 0)
+    require_thresholds(o)
+    vr = o["vocab_range"]
+    if vr is not None and not (isinstance(vr, (list, tuple)) and len(vr) == 2
+                               and all(isinstance(v, int) and not isinstance(v, bool) for v in vr)
+                               and 0 <= vr[0] < vr[1]):
+        raise ValueError(f"option 'vocab_range' must be None or (low, high) ints with 0 <= low < high, got {vr!r}")
 
 
 def default_vocab_range(vocab: int) -> tuple[int, int]:
@@ -50,7 +58,8 @@ def make_sequences(n_sequences: int, seq_len: int, low: int, high: int, seed: in
     return torch.cat([first, first], dim=1)
 
 
-def _batches(seqs: torch.Tensor, L: int, batch_size: int, bos: Optional[int]) -> Iterator[Batch]:
+def second_copy_batches(seqs: torch.Tensor, L: int, batch_size: int, bos: Optional[int]) -> Iterator[Batch]:
+    """Batches whose offset statistics read the second copy's queries, ``sink`` every query."""
     for s in range(0, len(seqs), batch_size):
         ids = prepend_bos(seqs[s : s + batch_size], bos)
         second = torch.zeros(ids.shape, dtype=torch.bool)
@@ -60,28 +69,27 @@ def _batches(seqs: torch.Tensor, L: int, batch_size: int, bos: Optional[int]) ->
 
 def score(model, *, batch_size: int = 16, device=None, bos_token_id: Optional[int] = None,
           progress: bool = True, **options) -> pd.DataFrame:
-    unknown = set(options) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown repeat options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    o = {**DEFAULTS, **options, "thresholds": {**DEFAULTS["thresholds"], **options.get("thresholds", {})}}
-    L = int(o["seq_len"])
-    if L < 2:
-        raise ValueError(f"seq_len must be >= 2, got {L}")
+    """Per-(layer, head) ``previous_token``, ``induction_offset``, ``duplicate_offset``, ``sink``,
+    ``is_*`` and ``label``."""
+    o = PROTOCOL.check_options(options)
+    L = o["seq_len"]
     low, high = o["vocab_range"] or default_vocab_range(vocab_size(model))
     check_token_range(model, low, high, "repeat")
     seqs = make_sequences(o["n_sequences"], L, low, high, o["seed"])
-    res = run_batches(model, _batches(seqs, L, batch_size, bos_token_id), total=-(-len(seqs) // batch_size),
-                      offsets=(1, L - 1, L), device=device, desc="repeat", progress=progress)
+    res = run_batches(model, second_copy_batches(seqs, L, batch_size, bos_token_id),
+                      total=-(-len(seqs) // batch_size), offsets=(1, L - 1, L), device=device, desc="repeat",
+                      progress=progress)
     m = res.means
     df = head_frame(*m["sink"].shape)
     df["previous_token"] = flat(m[offset_column(1)])
-    df["induction"] = flat(m[offset_column(L - 1)])
-    df["duplicate"] = flat(m[offset_column(L)])
+    df["induction_offset"] = flat(m[offset_column(L - 1)])
+    df["duplicate_offset"] = flat(m[offset_column(L)])
     df["sink"] = flat(m["sink"])
-    df = label_heads(df, o["thresholds"], NAMES)
-    df.attrs.update(settings=dict(o, vocab_range=[low, high], bos_token_id=bos_token_id))
+    df = label_heads(df, {COLUMNS[k]: v for k, v in o["thresholds"].items()}, NAMES)
+    df.attrs.update(settings=dict(o, vocab_range=[low, high], bos_token_id=bos_token_id,
+                                  averaging="offsets: second-copy queries; sink: every query; pooled over sequences"))
     return df
 
 
 PROTOCOL = Protocol(name="repeat", score=score, defaults=DEFAULTS, takes_texts=False,
-                    induction_score="induction", induction_flag="is_induction")
+                    induction_score="induction_offset", induction_flag="is_induction", validate=validate)

@@ -1,9 +1,19 @@
-"""The "sink" protocol: Gu et al. (ICLR 2025) attention-sink metric on natural text.
+"""The "sink" protocol: the attention-sink metric of Gu et al. (ICLR 2025) on natural text.
 
 ``alpha0`` = mean over all queries of the attention on position 0 (queries i >= 0, so the
-first query, which can only attend to itself, counts too). A head is a sink head if
-``alpha0 > eps`` (default 0.3). The sink rate is the share of (sample, layer, head) triples
-over ``eps``, in ``df.attrs["sink_rate"]`` (percent).
+first query, which can only attend to itself, counts too). A head is a sink head in a prompt if
+``alpha0 > eps`` (default 0.3). The sink rate is the per-prompt share of (layer, head) pairs
+over ``eps``, averaged over prompts, in ``df.attrs["sink_rate"]`` (percent; per prompt in
+``df.attrs["sink_rate_per_prompt"]``).
+
+``convention="gu2025"`` is Gu et al.'s recipe: each text gives one prompt, its first ``seq_len``
+(64) tokens, a BOS (``bos_token_id``, or the tokenizer's) being the first of them (BOS + 63);
+texts shorter than that are refused (``drop_short=True`` drops and counts them).
+
+``convention="circuit_stats"`` (default) uses more of each text: consecutive ``seq_len``-token
+windows (a text shorter than ``seq_len`` is used whole, so ``alpha0`` weighs prompts by length),
+tokenized as the tokenizer does by default, with ``bos_token_id`` put in front of every window
+(``seq_len + 1`` tokens).
 """
 
 from __future__ import annotations
@@ -11,12 +21,26 @@ from __future__ import annotations
 from typing import Optional
 
 import pandas as pd
+import torch
 
-from ..labels import FIRST_TOKEN, UNCLASSIFIED
-from .common import flat, head_frame, run_batches, text_batches, tokenize_texts
-from .spec import Protocol
+from ..labels import FIRST_TOKEN, UNCLASSIFIED, flag_column
+from .engine import run_batches
+from .frames import flat, head_frame
+from .spec import Protocol, require_choice, require_int, require_open_unit
+from .texts import check_no_double_bos, text_batches, tokenize_texts, tokenizer_bos_id
 
-DEFAULTS = dict(seq_len=64, n_sequences=None, eps=0.3)
+CONVENTIONS = ("circuit_stats", "gu2025")
+DEFAULTS = dict(seq_len=64, n_sequences=None, eps=0.3, convention="circuit_stats", drop_short=False)
+FLAG = flag_column(FIRST_TOKEN)  # "is_first_token"
+
+
+def validate(o: dict) -> None:
+    require_int(o, "seq_len", 2)
+    require_int(o, "n_sequences", 1, optional=True)
+    require_open_unit(o, "eps")
+    require_choice(o, "convention", CONVENTIONS)
+    if o["drop_short"] and o["convention"] != "gu2025":
+        raise ValueError("drop_short is a convention='gu2025' option (the default convention keeps short texts)")
 
 
 def windows(token_lists, seq_len: int, n_sequences: Optional[int]) -> list[list[int]]:
@@ -32,29 +56,64 @@ def windows(token_lists, seq_len: int, n_sequences: Optional[int]) -> list[list[
     return out[:n_sequences] if n_sequences else out
 
 
+def gu_prompts(token_lists, seq_len: int, bos: Optional[int], drop_short: bool) -> tuple[list[list[int]], int]:
+    """Gu et al.'s prompts: ``[bos] + ids[: seq_len - 1]`` (or ``ids[:seq_len]`` without a BOS) of
+    every text; texts too short for ``seq_len`` tokens raise, or with ``drop_short`` are dropped.
+    Returns (prompts, number dropped)."""
+    head = [] if bos is None else [int(bos)]
+    full = [head + list(ids) for ids in token_lists]
+    short = [i for i, p in enumerate(full) if len(p) < seq_len]
+    if short and not drop_short:
+        raise ValueError(f"{len(short)} of {len(full)} texts have fewer than {seq_len} tokens"
+                         f"{' (BOS included)' if head else ''} (texts {short[:10]}{'...' if len(short) > 10 else ''}); "
+                         "Gu et al. use the first 64 tokens of each prompt: give longer texts or drop_short=True")
+    return [p[:seq_len] for p in full if len(p) >= seq_len], len(short)
+
+
+def sink_rate(alpha0_per_prompt: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-prompt sink rate (percent): the share of (layer, head) with ``alpha0 > eps``, for
+    ``alpha0_per_prompt [prompts, layers, heads]``; Gu et al. report its mean."""
+    return (alpha0_per_prompt > eps).double().mean((1, 2)) * 100
+
+
 def score(model, *, tokenizer=None, texts=None, batch_size: int = 16, device=None,
           bos_token_id: Optional[int] = None, progress: bool = True, **options) -> pd.DataFrame:
-    unknown = set(options) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown sink options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    o = {**DEFAULTS, **options}
-    prompts = windows(tokenize_texts(texts, tokenizer, model), int(o["seq_len"]), o["n_sequences"])
+    """Per-(layer, head) ``alpha0``, ``is_first_token`` and ``label``; sink rates in ``df.attrs``."""
+    o = PROTOCOL.check_options(options)
+    gu = o["convention"] == "gu2025"
+    enc = tokenize_texts(texts, tokenizer, model, add_special_tokens=False if gu else None)
+    n_dropped = 0
+    if gu:
+        bos = bos_token_id if bos_token_id is not None else tokenizer_bos_id(tokenizer)
+        prompts, n_dropped = gu_prompts(enc.seqs, o["seq_len"], bos, o["drop_short"])
+        prompts = prompts[: o["n_sequences"]] if o["n_sequences"] else prompts
+        if not prompts:
+            raise ValueError(f"no text has {o['seq_len']} tokens: nothing to score")
+        batch_bos = None  # already in the prompts
+    else:
+        check_no_double_bos(enc, bos_token_id)
+        bos = batch_bos = bos_token_id
+        prompts = windows(enc.seqs, o["seq_len"], o["n_sequences"])
 
-    batches = text_batches(prompts, batch_size, bos_token_id)
-    res = run_batches(model, batches, total=-(-len(prompts) // batch_size), per_sample=True,
-                      device=device, desc="sink", progress=progress)
-    alpha0 = res.means["sink"]
+    res = run_batches(model, text_batches(prompts, batch_size, batch_bos), total=-(-len(prompts) // batch_size),
+                      per_sample=True, device=device, desc="sink", progress=progress)
+    per = res.per_sample["sink"]  # [prompts, L, H]
+    alpha0 = per.double().mean(0) if gu else res.means["sink"]  # equal-length prompts: the same
     df = head_frame(*alpha0.shape)
     df["alpha0"] = flat(alpha0)
-    df["is_sink"] = df["alpha0"] > o["eps"]
-    df["label"] = df["is_sink"].map({True: FIRST_TOKEN, False: UNCLASSIFIED})
-    per = res.per_sample["sink"]  # [samples, L, H]
+    df[FLAG] = df["alpha0"] > o["eps"]
+    df["label"] = df[FLAG].map({True: FIRST_TOKEN, False: UNCLASSIFIED})
+    rates = sink_rate(per, o["eps"])
     df.attrs.update(
-        sink_rate=float((per > o["eps"]).double().mean().item() * 100),
-        settings=dict(o, n_prompts=len(prompts), bos_token_id=bos_token_id,
-                      tokenizer=type(tokenizer).__name__ if tokenizer else "bytes"),
+        sink_rate=float(rates.mean()),
+        sink_rate_per_prompt=[float(r) for r in rates],
+        settings=dict(o, n_prompts=len(prompts), n_dropped_short=n_dropped, bos_token_id=bos,
+                      prompt_lengths=sorted({len(p) + (batch_bos is not None) for p in prompts}),
+                      averaging=("per prompt, then the mean over prompts" if gu
+                                 else "pooled over every query of every window"),
+                      tokenizer=enc.tokenizer, special_tokens=enc.special_tokens),
     )
     return df
 
 
-PROTOCOL = Protocol(name="sink", score=score, defaults=DEFAULTS, takes_texts=True)
+PROTOCOL = Protocol(name="sink", score=score, defaults=DEFAULTS, takes_texts=True, validate=validate)

@@ -21,6 +21,8 @@ class Protocol:
             sequences it generates itself.
         induction_score: the column holding its per-head induction score (plots), if any.
         induction_flag: the boolean column that counts a head as an induction head (onsets).
+        validate: checks the resolved options' values (ranges, choices) and raises a clear error
+            naming the option; called by :meth:`check_options`, before any model work.
     """
 
     name: str
@@ -29,11 +31,13 @@ class Protocol:
     takes_texts: bool
     induction_score: Optional[str] = None
     induction_flag: Optional[str] = None
+    validate: Optional[Callable[[dict], None]] = None
 
     def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """Every option resolved against ``defaults``; raises before any work (no model needed)
-        on an unknown key, including inside dict-valued options such as ``thresholds``, or on a
-        value whose type does not match its default's."""
+        on an unknown key, including inside dict-valued options such as ``thresholds``, on a
+        value whose type does not match its default's, or on a value ``validate`` refuses.
+        Idempotent: resolved options resolve to themselves."""
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
             raise ValueError(f"unknown {self.name} options {unknown}; known: {sorted(self.defaults)}")
@@ -50,6 +54,8 @@ class Protocol:
             elif default is not None and not _same_kind(value, default):
                 raise TypeError(f"{self.name} option {key!r} must be {type(default).__name__}, got {value!r}")
             out[key] = value
+        if self.validate is not None:
+            self.validate(out)
         return out
 
 
@@ -61,3 +67,40 @@ def _same_kind(value: Any, default: Any) -> bool:
     if isinstance(default, float):
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     return isinstance(value, type(default))
+
+
+# ---------------------------------------------------------------- value checks for ``validate``
+def require_int(options: Mapping[str, Any], key: str, low: int, *, optional: bool = False) -> None:
+    """``options[key]`` is an int >= ``low`` (or None when ``optional``)."""
+    v = options[key]
+    if optional and v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ValueError(f"option {key!r} must be an int >= {low}{' or None' if optional else ''}, got {v!r}")
+
+
+def require_open_unit(options: Mapping[str, Any], key: str) -> None:
+    """``options[key]`` is a number strictly between 0 and 1."""
+    v = options[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+        raise ValueError(f"option {key!r} must be a number in (0, 1), got {v!r}")
+
+
+def require_number(options: Mapping[str, Any], key: str, low: float, high: float = float("inf")) -> None:
+    """``options[key]`` is a number in ``[low, high]``."""
+    v = options[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
+        raise ValueError(f"option {key!r} must be a number in [{low}, {high}], got {v!r}")
+
+
+def require_thresholds(options: Mapping[str, Any], key: str = "thresholds") -> None:
+    """Every value of ``options[key]`` is a number in [0, 1] (a share of attention)."""
+    for name, v in options[key].items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise ValueError(f"{key}[{name!r}] must be a number in [0, 1], got {v!r}")
+
+
+def require_choice(options: Mapping[str, Any], key: str, choices: tuple) -> None:
+    """``options[key]`` is one of ``choices``."""
+    if options[key] not in choices:
+        raise ValueError(f"option {key!r} must be one of {list(choices)}, got {options[key]!r}")

@@ -25,20 +25,35 @@ from ..labels import (
     UNCLASSIFIED,
 )
 from ..models import probe_column
-from .common import Batch, check_token_range, flat, head_frame, prepend_bos, run_batches
-from .spec import Protocol
+from .engine import Batch, check_token_range, prepend_bos, run_batches
+from .frames import flat, head_frame
+from .spec import Protocol, require_int, require_number
 
 CLASSES = (INDUCTION, DUPLICATE_TOKEN, PREVIOUS_TOKEN, SELF, FIRST_TOKEN, LOCAL)
 LOW, HIGH = 100, 10000
 DEFAULTS = dict(n_sequences=2000, seq_len=256, seed=42, baseline_seed=0, n_baseline=50,
                 class_threshold=30.0, induction_screen=50.0, first_token_screen=50.0,
                 previous_token_screen=100.0)
+MIN_SEQ_LEN = 130  # ab is drawn from [20, 128) and ab+1 < T-6
+
+
+def validate(o: dict) -> None:
+    require_int(o, "n_sequences", 1)
+    require_int(o, "seq_len", MIN_SEQ_LEN)
+    for key in ("seed", "baseline_seed"):
+        require_int(o, key, 0)
+    require_int(o, "n_baseline", 1)
+    for key in ("class_threshold", "induction_screen", "first_token_screen", "previous_token_screen"):
+        require_number(o, key, 0.0)
+    T = o["seq_len"]
+    if T - 7 < o["n_baseline"]:  # positions 1..T-2 minus the target neighbourhood T-6..T-2
+        raise ValueError(f"seq_len {T} leaves fewer than n_baseline={o['n_baseline']} baseline positions")
 
 
 def make_sequences(n_sequences: int = 2000, seq_len: int = 256, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
     """The published recipe: ``(seqs [n, T] int64, ab [n])``, in the published RNG order."""
-    if seq_len < 130:
-        raise ValueError(f"seq_len must be >= 130 (ab is drawn from [20, 128) and ab+1 < T-6), got {seq_len}")
+    if seq_len < MIN_SEQ_LEN:
+        raise ValueError(f"seq_len must be >= {MIN_SEQ_LEN} (ab is drawn from [20, 128) and ab+1 < T-6), got {seq_len}")
     rng = np.random.RandomState(seed)
     seqs = np.empty((n_sequences, seq_len), dtype=np.int64)
     abs_ = np.empty(n_sequences, dtype=np.int64)
@@ -83,7 +98,8 @@ def target_keys(ab: np.ndarray, seq_len: int, baseline: list[int]) -> np.ndarray
     return np.concatenate([ab[:, None] + 1, ab[:, None], np.broadcast_to(fixed, (n, len(fixed)))], axis=1)
 
 
-def _batches(seqs, keys, batch_size, bos) -> Iterator[Batch]:
+def probe_batches(seqs: np.ndarray, keys: np.ndarray, batch_size: int, bos: Optional[int]) -> Iterator[Batch]:
+    """Batches reading the last query only, at the per-sequence probe ``keys`` (shifted past a BOS)."""
     shift = 0 if bos is None else 1
     for s in range(0, len(seqs), batch_size):
         ids = prepend_bos(torch.from_numpy(seqs[s : s + batch_size]), bos)
@@ -97,17 +113,14 @@ def _batches(seqs, keys, batch_size, bos) -> Iterator[Batch]:
 
 def score(model, *, batch_size: int = 32, device=None, bos_token_id: Optional[int] = None,
           progress: bool = True, **options) -> pd.DataFrame:
-    unknown = set(options) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown xu2026 options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    o = {**DEFAULTS, **options}
+    o = PROTOCOL.check_options(options)
     check_token_range(model, LOW, HIGH, "xu2026")
     T = o["seq_len"]
     seqs, ab = make_sequences(o["n_sequences"], T, o["seed"])
     baseline = baseline_positions(T, o["n_baseline"], o["baseline_seed"])
     keys = target_keys(ab, T, baseline)
     n_batches = -(-len(seqs) // batch_size)
-    res = run_batches(model, _batches(seqs, keys, batch_size, bos_token_id), total=n_batches,
+    res = run_batches(model, probe_batches(seqs, keys, batch_size, bos_token_id), total=n_batches,
                       device=device, desc="xu2026", progress=progress)
     probes = [res.means[probe_column(i)] for i in range(keys.shape[1])]
     attn = {
@@ -135,4 +148,4 @@ def score(model, *, batch_size: int = 32, device=None, bos_token_id: Optional[in
 
 
 PROTOCOL = Protocol(name="xu2026", score=score, defaults=DEFAULTS, takes_texts=False,
-                    induction_score="sel_induction", induction_flag="screen_induction")
+                    induction_score="sel_induction", induction_flag="screen_induction", validate=validate)

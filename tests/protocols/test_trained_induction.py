@@ -55,10 +55,10 @@ def test_repeat_finds_exactly_the_induction_heads(ablation_induction_heads):
 
 
 def test_natural_finds_exactly_the_induction_heads(ablation_induction_heads):
-    df = circuit_stats.score_heads(load(1600), "natural", progress=False)
+    df = circuit_stats.score_heads(load(1600), "natural", tokenizer="bytes", progress=False)
     assert induction_set(df) == ablation_induction_heads
 
 
 def test_no_induction_heads_before_training():
-    for protocol, opts in (("repeat", DEMO_REPEAT_OPTIONS), ("natural", {})):
+    for protocol, opts in (("repeat", DEMO_REPEAT_OPTIONS), ("natural", {"tokenizer": "bytes"})):
         assert not induction_set(circuit_stats.score_heads(load(0), protocol, progress=False, **opts))

@@ -190,7 +190,7 @@ def test_cli_scan_on_a_local_directory(tmp_path):
 
     out = tmp_path / "scan"
     code = main(["scan", str(demo_series_dir()), "--revisions", "checkpoint-0,checkpoint-1600", "--protocol", "natural",
-                 "--out", str(out), "--option", "max_tokens=200", "--report"])
+                 "--out", str(out), "--option", "max_tokens=200", "--option", "tokenizer=bytes", "--report"])
     assert code == 0
     table = pd.read_parquet(out / "results.parquet")
     assert set(table.revision) == {"checkpoint-0", "checkpoint-1600"}

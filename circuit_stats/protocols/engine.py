@@ -1,0 +1,87 @@
+"""The batch engine: run a protocol's batches through the model inside one ``record()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..models.recording import record
+
+
+@dataclass
+class Batch:
+    """One forward's inputs and the per-forward recording inputs that go with it."""
+
+    input_ids: torch.Tensor
+    attention_mask: Optional[torch.Tensor] = None
+    query_mask: object = None  # tensor or {statistic: tensor}, see record()
+    probe_keys: Optional[torch.Tensor] = None
+
+
+@dataclass
+class RunResult:
+    means: dict[str, torch.Tensor]  # {statistic: [layers, heads]}
+    per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # {statistic: [seqs, L, H]}
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def vocab_size(model: torch.nn.Module) -> int:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(config.vocab_size)
+
+
+def check_token_range(model: torch.nn.Module, low: int, high: int, what: str) -> None:
+    """Raise unless token ids in ``[low, high)`` fit the model's vocabulary."""
+    v = vocab_size(model)
+    if high > v or low < 0:
+        raise ValueError(f"{what}: token ids in [{low}, {high}) do not fit the model's vocabulary of {v}")
+
+
+def prepend_bos(ids: torch.Tensor, bos_token_id: Optional[int]) -> torch.Tensor:
+    """Put ``bos_token_id`` in front of every row of ``ids [B, N]`` (no-op for None)."""
+    if bos_token_id is None:
+        return ids
+    return torch.cat([torch.full_like(ids[:, :1], int(bos_token_id)), ids], dim=1)
+
+
+@torch.no_grad()
+def run_batches(
+    model: torch.nn.Module,
+    batches: Iterable[Batch],
+    *,
+    total: Optional[int] = None,
+    offsets: Sequence[int] = (),
+    token_match: bool = False,
+    entropy: bool = False,
+    per_sample: bool = False,
+    device: Optional[torch.device] = None,
+    desc: str = "scoring",
+    progress: bool = True,
+) -> RunResult:
+    """Run every batch through the model inside one ``record()`` and return the means
+    (``[layers, heads]`` per statistic) and, with ``per_sample``, the per-row means
+    (``[rows, layers, heads]``, rows in batch order)."""
+    device = device or model_device(model)
+    was_training = model.training
+    model.eval()
+
+    def to_device(t):
+        return None if t is None else t.to(device)
+
+    try:
+        with record(model, offsets=offsets, token_match=token_match, entropy=entropy, per_sample=per_sample) as rec:
+            for batch in tqdm(batches, total=total, desc=desc, unit="batch", disable=not progress, leave=False):
+                qm = batch.query_mask
+                qm = {k: to_device(v) for k, v in qm.items()} if isinstance(qm, dict) else to_device(qm)
+                rec.set_inputs(query_mask=qm, probe_keys=to_device(batch.probe_keys))
+                model(input_ids=to_device(batch.input_ids), attention_mask=to_device(batch.attention_mask),
+                      use_cache=False)
+        return RunResult(rec.tensors(), rec.per_sample() if per_sample else {})
+    finally:
+        model.train(was_training)
