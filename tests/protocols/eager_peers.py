@@ -13,6 +13,12 @@ import torch
 
 
 @torch.no_grad()
+def eager_probs(eager, ids: torch.Tensor, mask=None) -> list[torch.Tensor]:
+    """Per layer, ``[B, H, N, N]`` float64 attention probabilities of a batch."""
+    return [a.double() for a in eager(ids, attention_mask=mask, output_attentions=True).attentions]
+
+
+@torch.no_grad()
 def eager_attention(eager, ids: list[int]) -> torch.Tensor:
     """``[layers, heads, N, N]`` float64 attention probabilities of one unpadded sequence."""
     out = eager(torch.tensor([ids]), output_attentions=True)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from circuit_stats.kernels import stats_from_probabilities
-from eager_peers import eager_attention, transformerlens_reference
+from eager_peers import eager_attention, eager_probs, transformerlens_reference
 from hf_helpers import model_pair
 
 import circuit_stats
@@ -17,10 +17,6 @@ FAMILIES3 = ["pythia", "olmo", "olmoe"]
 BOS = 1
 LENGTHS = (20, 150, 60, 300)  # the texts: pooling and per-text averaging differ
 
-
-def eager_probs(eager, ids, mask=None):
-    with torch.no_grad():
-        return [a.double() for a in eager(ids, attention_mask=mask, output_attentions=True).attentions]
 
 
 def token_texts(seed: int, lengths=LENGTHS) -> list[list[int]]:

@@ -4,6 +4,7 @@ and the TransformerLens number for the same sequences is a different, smaller on
 import numpy as np
 import pytest
 import torch
+from eager_peers import eager_probs
 from hf_helpers import model_pair
 from transformers import AutoModelForCausalLM
 
@@ -13,10 +14,6 @@ from circuit_stats.protocols import repeat
 
 pytestmark = pytest.mark.hf  # also run against the oldest supported transformers (.ci/run)
 
-
-def eager_probs(eager, ids):
-    with torch.no_grad():
-        return [a.double() for a in eager(ids, output_attentions=True).attentions]
 
 
 @pytest.mark.parametrize("family", ["pythia", "olmo", "olmoe"])

@@ -4,7 +4,7 @@ rate), both equal to eager attention."""
 import numpy as np
 import pytest
 import torch
-from eager_peers import gu_reference
+from eager_peers import eager_probs, gu_reference
 from hf_helpers import model_pair
 
 import circuit_stats
@@ -15,10 +15,6 @@ pytestmark = pytest.mark.hf  # also run against the oldest supported transformer
 
 BOS = 1
 
-
-def eager_probs(eager, ids):
-    with torch.no_grad():
-        return [a.double() for a in eager(ids, output_attentions=True).attentions]
 
 
 @pytest.mark.parametrize("family", ["pythia", "olmo", "olmoe"])

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from eager_peers import eager_probs
 from hf_helpers import model_pair
 
 import circuit_stats
@@ -12,10 +13,6 @@ pytestmark = pytest.mark.hf  # also run against the oldest supported transformer
 
 FAMILIES3 = ["pythia", "olmo", "olmoe"]
 
-
-def eager_probs(eager, ids, mask=None):
-    with torch.no_grad():
-        return [a.double() for a in eager(ids, attention_mask=mask, output_attentions=True).attentions]
 
 
 def test_xu2026_batch_follows_the_published_recipe():
