@@ -25,7 +25,7 @@ select those queries (``sink`` -> ``A[i, 0]``, ``offset_0`` -> ``A[i, i]``, prob
 
 Note: TransformerLens' ``detect_head(model, list_of_texts, name, exclude_bos=...)`` drops
 ``exclude_bos``, ``exclude_current_token`` and ``error_measure`` when it recurses over the list
-(its per-text calls use the defaults); here they apply to every text, which equals calling
+(its per-text calls use the defaults; read at TransformerLens commit 030a561); here they apply to every text, which equals calling
 ``detect_head`` on each text and averaging.
 """
 
