@@ -28,8 +28,8 @@ def _options(pairs: Sequence[str]) -> dict:
 
 
 def cmd_scan(a) -> int:
-    from .report import write_report
-    from .scan import scan
+    from .scans.report import write_report
+    from .scans.scan import scan
 
     t0 = time.time()
     df = scan(a.model, a.out, revisions_spec=a.revisions, protocol=a.protocol, refine=a.refine,
@@ -44,23 +44,22 @@ def cmd_scan(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from .report import write_report
+    from .scans.report import write_report
 
     screens = {}
     if a.induction_min_heads is not None:
         screens["induction_min_heads"] = a.induction_min_heads
     if a.first_token_min_fraction is not None:
         screens["first_token_min_fraction"] = a.first_token_min_fraction
-    summary = write_report(a.dir, a.out, screens)
+    write_report(a.dir, a.out, screens)
     out = Path(a.out) if a.out else Path(a.dir) / "report"
     print((out / "summary.md").read_text())
     print(f"report -> {out}")
-    del summary
     return 0
 
 
 def cmd_revisions(a) -> int:
-    from .models.revisions import revisions, select_revisions
+    from .scans.catalog import revisions, select_revisions
 
     catalog = revisions(a.model, tokens_per_step=a.tokens_per_step, offline=a.offline or None)
     for r in select_revisions(catalog, a.revisions, str(a.model)):
@@ -70,8 +69,8 @@ def cmd_revisions(a) -> int:
 
 def cmd_demo(a) -> int:
     from .demo.series import DEMO_REPEAT_OPTIONS, demo_series_dir
-    from .report import write_report
-    from .scan import scan
+    from .scans.report import write_report
+    from .scans.scan import scan
 
     out = Path(a.out)
     t0 = time.time()

@@ -1,4 +1,4 @@
-"""Scans: resumption, failures, refinement, the hub loading path, report and CLI."""
+"""Scans: resumption, failures, refinement, the hub loading path."""
 
 import json
 
@@ -6,11 +6,12 @@ import pandas as pd
 import pytest
 import torch
 from circuit_stats.models.families import tiny_model
-from circuit_stats.models.revisions import Revision
+from circuit_stats.scans.catalog import Revision
 
-import circuit_stats.scan as scan_mod
-from circuit_stats.cli import main
-from circuit_stats.scan import Scan, largest_jump
+import circuit_stats.scans.files as files_mod
+import circuit_stats.scans.loading as loading_mod
+from circuit_stats.scans.emergence import largest_jump
+from circuit_stats.scans.scan import Scan
 
 pytestmark = pytest.mark.hf  # also run against the oldest supported transformers (.ci/run)
 
@@ -61,14 +62,14 @@ def test_a_crash_while_writing_never_corrupts_the_table(tmp_path, monkeypatch):
     s = Scan("fake/model", tmp_path, "repeat", catalog=CATALOG, score_fn=score, progress=False)
     s.run(CATALOG[:2])
     before = pd.read_parquet(tmp_path / "results.parquet")
-    real = scan_mod.os.replace
+    real = files_mod.os.replace
 
     def crash(src, dst):
         if str(dst).endswith("results.parquet"):
             raise OSError("disk full")
         return real(src, dst)
 
-    monkeypatch.setattr(scan_mod.os, "replace", crash)
+    monkeypatch.setattr(files_mod.os, "replace", crash)
     with pytest.raises(OSError):
         s.scan_one(CATALOG[5])
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "results.parquet"), before)
@@ -120,7 +121,7 @@ def test_hub_loading_passes_the_revision(monkeypatch):
         return tiny_model("pythia", attn_implementation=kw["attn_implementation"])
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
-    scan_mod.load_revision("EleutherAI/pythia-1b", "step3000", dtype=torch.float16)
+    loading_mod.load_revision("EleutherAI/pythia-1b", "step3000", dtype=torch.float16)
     assert seen == {"name": "EleutherAI/pythia-1b", "revision": "step3000", "attn_implementation": "circuit_stats",
                     "dtype": torch.float16}
 
@@ -145,53 +146,5 @@ def test_delete_after_removes_the_cached_revision(monkeypatch):
             return Strategy()
 
     monkeypatch.setattr(huggingface_hub, "scan_cache_dir", lambda: Cache())
-    assert scan_mod.delete_cached_revision("EleutherAI/pythia-1b", "abc") == 123 and deleted
-    assert scan_mod.delete_cached_revision("EleutherAI/pythia-1b", "zzz") == 0
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out)]) == 0
-    return out
-
-
-def test_demo_report_finds_the_induction_onset(demo_run):
-    summary = json.loads((demo_run / "report" / "summary.json").read_text())
-    assert summary["classes"]["induction"]["onset"]["revision"] == "checkpoint-1050"
-    jump = summary["classes"]["induction"]["sharpest_jump"]
-    assert (jump["before"]["revision"], jump["after"]["revision"]) == ("checkpoint-1000", "checkpoint-1050")
-    assert summary["final_induction_circuit"] == [[1, 0], [1, 1], [1, 2], [1, 3]]
-    assert summary["early_screen_recall"]["first_reaching_target"]["revision"] == "checkpoint-1050"
-    assert summary["layers_never_first_token"] == [0, 1]
-    assert summary["classes"]["first-token"]["onset"] is None
-    for f in ["summary.md", "class_fractions.png", "heatmaps.png", "induction_trajectories.png"]:
-        assert (demo_run / "report" / f).stat().st_size > 0
-    assert "checkpoint-1050" in (demo_run / "report" / "summary.md").read_text()
-    table = pd.read_parquet(demo_run / "results.parquet")
-    assert table.revision.nunique() == 23 and len(table) == 23 * 8
-
-
-def test_rerunning_the_demo_skips_finished_revisions(demo_run, capsys):
-    assert main(["demo", "--out", str(demo_run)]) == 0
-    assert "induction onset: checkpoint-1050" in capsys.readouterr().out
-
-
-def test_cli_revisions_and_errors(capsys, tmp_path):
-    assert main(["revisions", "EleutherAI/pythia-1b", "--offline", "--revisions", "paper"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 10 and lines[0].split("\t") == ["step1", "1", "2097152"]
-    assert main(["report", str(tmp_path)]) == 2
-    assert "run `circuit-stats scan` first" in capsys.readouterr().err
-
-
-def test_cli_scan_on_a_local_directory(tmp_path):
-    from circuit_stats.demo.series import demo_series_dir
-
-    out = tmp_path / "scan"
-    code = main(["scan", str(demo_series_dir()), "--revisions", "checkpoint-0,checkpoint-1600", "--protocol", "natural",
-                 "--out", str(out), "--option", "max_tokens=200", "--report"])
-    assert code == 0
-    table = pd.read_parquet(out / "results.parquet")
-    assert set(table.revision) == {"checkpoint-0", "checkpoint-1600"}
-    assert (out / "report" / "summary.json").exists()
+    assert loading_mod.delete_cached_revision("EleutherAI/pythia-1b", "abc") == 123 and deleted
+    assert loading_mod.delete_cached_revision("EleutherAI/pythia-1b", "zzz") == 0

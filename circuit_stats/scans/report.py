@@ -1,4 +1,4 @@
-"""Emergence analytics and the scan report (``summary.json``, ``summary.md``, PNG plots)."""
+"""The scan report: ``summary.json``, ``summary.md`` and PNG plots."""
 
 from __future__ import annotations
 
@@ -13,93 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .labels import FIRST_TOKEN, INDUCTION, UNCLASSIFIED  # noqa: E402
-from .protocols import PROTOCOLS  # noqa: E402
-from .scan import _atomic_write, _write_json, class_fractions, largest_jump  # noqa: E402
-
-DEFAULT_SCREENS = {"induction_min_heads": 3, "first_token_min_fraction": 0.5, "recall_target": 2 / 3}
-
-
-# ---------------------------------------------------------------- per-revision views
-def revisions_table(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per scanned revision in training order: revision, step, tokens."""
-    cols = ["revision", "step", "tokens"]
-    return results[cols].drop_duplicates("revision").sort_values(["step", "revision"]).reset_index(drop=True)
-
-
-def induction_heads(rows: pd.DataFrame) -> set[tuple[int, int]]:
-    """Heads counted as induction heads: the protocol's induction flag (xu2026: the >= 50x
-    screen) when it declares one, else the label."""
-    protocol = PROTOCOLS.get(str(rows["protocol"].iloc[0])) if "protocol" in rows and len(rows) else None
-    flag_col = protocol.induction_flag if protocol else None
-    flag = rows[flag_col] if flag_col in rows else rows["label"] == INDUCTION
-    return {(int(r.layer), int(r.head)) for r, f in zip(rows.itertuples(), flag) if f}
-
-
-def _rev_info(revs: pd.DataFrame, revision: str) -> dict:
-    row = revs[revs.revision == revision].iloc[0]
-    return {"revision": revision, "step": int(row.step), "tokens": None if pd.isna(row.tokens) else int(row.tokens)}
-
-
-def _first(revs: pd.DataFrame, passes) -> Optional[dict]:
-    for rev in revs.revision:
-        if passes(rev):
-            return _rev_info(revs, rev)
-    return None
-
-
-def summarise(results: pd.DataFrame, screens: Optional[dict] = None) -> dict:
-    """Onsets, sharpest jumps, onset ratio, early-screen recall and sink-free layers."""
-    if results.empty:
-        raise ValueError("no finished revisions to summarise")
-    sc = {**DEFAULT_SCREENS, **(screens or {})}
-    revs = revisions_table(results)
-    by_rev = {r: g for r, g in results.groupby("revision")}
-    frac = class_fractions(results)
-    frac.index = [r for _, r in frac.index]
-    n_heads = len(by_rev[revs.revision.iloc[0]])
-    total_tokens = revs.tokens.dropna().max() if revs.tokens.notna().any() else None
-
-    classes: dict = {}
-    for label in [c for c in frac.columns if c != UNCLASSIFIED]:
-        jump = largest_jump(results, label=label)
-        if jump:
-            jump = {"before": _rev_info(revs, jump["before"]), "after": _rev_info(revs, jump["after"]),
-                    "fraction_before": jump["fraction_before"], "fraction_after": jump["fraction_after"]}
-        classes[label] = {"fraction": {r: float(frac.loc[r, label]) for r in revs.revision}, "sharpest_jump": jump}
-
-    ind_onset = _first(revs, lambda r: len(induction_heads(by_rev[r])) >= sc["induction_min_heads"])
-    sink_onset = _first(revs, lambda r: FIRST_TOKEN in frac.columns
-                        and frac.loc[r, FIRST_TOKEN] >= sc["first_token_min_fraction"])
-    classes.setdefault(INDUCTION, {"fraction": {}, "sharpest_jump": None})["onset"] = ind_onset
-    classes.setdefault(FIRST_TOKEN, {"fraction": {}, "sharpest_jump": None})["onset"] = sink_onset
-
-    ratio = None
-    if ind_onset and sink_onset and ind_onset["tokens"] and sink_onset["tokens"]:
-        ratio = sink_onset["tokens"] / ind_onset["tokens"]
-
-    final = induction_heads(by_rev[revs.revision.iloc[-1]])
-    recall = {r: (len(induction_heads(by_rev[r]) & final) / len(final) if final else None) for r in revs.revision}
-    first_recall = _first(revs, lambda r: recall[r] is not None and recall[r] >= sc["recall_target"])
-    if first_recall and total_tokens and first_recall["tokens"] is not None:
-        first_recall["fraction_of_total_tokens"] = first_recall["tokens"] / float(total_tokens)
-
-    layers = sorted(results.layer.unique().tolist())
-    sink_layers = set(results.loc[results.label == FIRST_TOKEN, "layer"].unique().tolist())
-    return {
-        "model": str(results.model.iloc[0]),
-        "protocol": str(results.protocol.iloc[0]),
-        "n_revisions": len(revs),
-        "n_heads": int(n_heads),
-        "screens": sc,
-        "revisions": [_rev_info(revs, r) for r in revs.revision],
-        "classes": classes,
-        "induction_to_sink_onset_ratio_tokens": ratio,
-        "final_induction_circuit": sorted([list(h) for h in final]),
-        "early_screen_recall": {"per_revision": recall, "first_reaching_target": first_recall},
-        "layers_never_first_token": [int(x) for x in layers if x not in sink_layers],
-    }
-
+from ..labels import INDUCTION  # noqa: E402
+from ..protocols import get_protocol  # noqa: E402
+from .emergence import revisions_table, summarise  # noqa: E402
+from .files import atomic_write, write_json  # noqa: E402
 
 # ---------------------------------------------------------------- plots
 def _x(revs: pd.DataFrame) -> tuple[np.ndarray, str]:
@@ -153,8 +70,7 @@ def plot_heatmaps(results: pd.DataFrame, revisions: list[str], path: Path) -> No
 
 
 def plot_trajectories(results: pd.DataFrame, summary: dict, revs: pd.DataFrame, path: Path) -> bool:
-    protocol = PROTOCOLS.get(summary["protocol"])
-    col = protocol.induction_score if protocol else None
+    col = get_protocol(summary["protocol"]).induction_score
     heads = summary["final_induction_circuit"]
     if col is None or col not in results or not heads:
         return False
@@ -176,7 +92,7 @@ def plot_trajectories(results: pd.DataFrame, summary: dict, revs: pd.DataFrame, 
 
 
 def _save(fig, path: Path) -> None:
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
@@ -239,8 +155,8 @@ def write_report(scan_dir: Union[str, Path], out: Optional[Union[str, Path]] = N
     if plot_trajectories(results, summary, revs, out / "induction_trajectories.png"):
         plots.append("induction_trajectories.png")
     summary["plots"] = plots
-    _write_json(out / "summary.json", _jsonable(summary))
-    _atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(markdown(summary, plots)))
+    write_json(out / "summary.json", _jsonable(summary))
+    atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(markdown(summary, plots)))
     return summary
 
 
