@@ -1,34 +1,58 @@
-"""Loading one checkpoint revision, and deleting a downloaded one from the Hugging Face cache."""
+"""Fetching one checkpoint revision (a download for hub models), loading it, and deleting a
+downloaded revision from the Hugging Face cache."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CONFIG_FILES = ["*.json"]
 
 
-def load_revision(model_or_dir: Union[str, Path], revision: str, *, dtype: Optional[torch.dtype] = None,
-                  device: Optional[str] = None):
-    """A checkpoint with ``attn_implementation="circuit_stats"``: a sub-folder of a local
-    directory, or a hub revision via ``from_pretrained(..., revision=...)``."""
+class Fetched(NamedTuple):
+    """A revision on local disk: its folder, and its commit hash when it came from the hub cache."""
+
+    path: Path
+    commit: Optional[str] = None
+
+
+def fetch_revision(model_or_dir: Union[str, Path], revision: str,
+                   weight_files: Optional[Sequence[str]] = None) -> Fetched:
+    """A local sub-folder as is; a hub revision downloaded into the Hugging Face cache with
+    ``huggingface_hub.snapshot_download`` (configs plus ``weight_files``, or every safetensors
+    and bin file when those are not known)."""
+    path = Path(model_or_dir)
+    if path.is_dir():
+        return Fetched(path / revision)
+    from huggingface_hub import snapshot_download
+
+    patterns = CONFIG_FILES + (list(weight_files) if weight_files else ["*.safetensors", "*.bin"])
+    folder = Path(snapshot_download(str(model_or_dir), revision=revision, allow_patterns=patterns))
+    return Fetched(folder, folder.name)  # the cache's snapshots/<commit hash> folder
+
+
+def load_checkpoint(folder: Union[str, Path], *, dtype: Optional[torch.dtype] = None, device: Optional[str] = None):
+    """A ``save_pretrained`` folder loaded with ``attn_implementation="circuit_stats"``."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the scan has its own progress bar
-    path = Path(model_or_dir)
     kwargs = dict(attn_implementation="circuit_stats")
     if dtype is not None:
         kwargs["dtype"] = dtype
-    if path.is_dir():
-        model = AutoModelForCausalLM.from_pretrained(path / revision, **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(model_or_dir), revision=revision, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(Path(folder), **kwargs)
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+def load_revision(model_or_dir: Union[str, Path], revision: str, *, dtype: Optional[torch.dtype] = None,
+                  device: Optional[str] = None):
+    """Fetch and load one revision of a local checkpoint directory or a hub model."""
+    return load_checkpoint(fetch_revision(model_or_dir, revision).path, dtype=dtype, device=device)
 
 
 def delete_cached_revision(model_id: str, commit_hash: Optional[str]) -> int:
