@@ -67,8 +67,20 @@ def _first(revs: pd.DataFrame, passes) -> Optional[dict]:
     return None
 
 
+def split_duplicates(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The rows of revisions with their own weights, and ``{revision: duplicate_of}`` for the
+    revisions that repeat another's weights (left out of onsets and jumps)."""
+    if "duplicate_of" not in results or results.empty:
+        return results, {}
+    marked = results["duplicate_of"].notna()
+    dups = results.loc[marked, ["revision", "duplicate_of"]].drop_duplicates("revision")
+    return results[~marked], {str(r): str(d) for r, d in zip(dups["revision"], dups["duplicate_of"])}
+
+
 def summarise(results: pd.DataFrame, screens: Optional[dict] = None) -> dict:
-    """Onsets, sharpest jumps, onset ratio, early-screen recall and sink-free layers."""
+    """Onsets, sharpest jumps, onset ratio, early-screen recall and sink-free layers, over the
+    revisions with their own weights (duplicates are listed under ``duplicates``)."""
+    results, duplicates = split_duplicates(results)
     if results.empty:
         raise ValueError("no finished revisions to summarise")
     sc = {**DEFAULT_SCREENS, **(screens or {})}
@@ -117,4 +129,5 @@ def summarise(results: pd.DataFrame, screens: Optional[dict] = None) -> dict:
         "final_induction_circuit": sorted([list(h) for h in final]),
         "early_screen_recall": {"per_revision": recall, "first_reaching_target": first_recall},
         "layers_never_first_token": [int(x) for x in layers if x not in sink_layers],
+        "duplicates": duplicates,
     }

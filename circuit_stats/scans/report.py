@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 
 from ..labels import INDUCTION  # noqa: E402
 from ..protocols import get_protocol  # noqa: E402
-from .emergence import revisions_table, summarise  # noqa: E402
+from .emergence import revisions_table, split_duplicates, summarise  # noqa: E402
 from .files import atomic_write, write_json  # noqa: E402
 
 # ---------------------------------------------------------------- plots
@@ -143,6 +143,7 @@ def write_report(scan_dir: Union[str, Path], out: Optional[Union[str, Path]] = N
     out = Path(out) if out else scan_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(results, screens)
+    results, _ = split_duplicates(results)
     revs = revisions_table(results)
     plots = ["class_fractions.png"]
     plot_fractions(summary, revs, out / plots[0])
