@@ -10,7 +10,9 @@
 from .catalog import Revision, revisions, select_revisions
 from .emergence import class_fractions, largest_jump, summarise
 from .report import write_report
-from .scan import Scan, scan
+from .scan import Scan, ScanOutcome
 
-__all__ = ["Revision", "Scan", "class_fractions", "largest_jump", "revisions", "scan", "select_revisions",
+# The scan() function stays in its module (circuit_stats.scans.scan.scan): re-exporting it here
+# would hide the module of the same name.
+__all__ = ["Revision", "Scan", "ScanOutcome", "class_fractions", "largest_jump", "revisions", "select_revisions",
            "summarise", "write_report"]

@@ -148,7 +148,7 @@ def plot_fractions(summary: dict, results: pd.DataFrame, revs: pd.DataFrame, pat
     fig.suptitle(f"{display_name(summary['model'])}: head classes over training (protocol {summary['protocol']})",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / 4) + 0.02, 1, 1))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_heatmaps(results: pd.DataFrame, panels: list[tuple[str, str]], summary: dict, path: Path) -> None:
@@ -175,7 +175,7 @@ def plot_heatmaps(results: pd.DataFrame, panels: list[tuple[str, str]], summary:
     fig.suptitle(f"{display_name(summary['model'])}: head classes by layer and head (protocol {summary['protocol']})",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_trajectories(results: pd.DataFrame, summary: dict, revs: pd.DataFrame, path: Path) -> bool:
@@ -214,11 +214,11 @@ def plot_trajectories(results: pd.DataFrame, summary: dict, revs: pd.DataFrame, 
     handles, labels = ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
     fig.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / 4) + 0.02, 1, 1))
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 

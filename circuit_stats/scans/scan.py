@@ -35,7 +35,7 @@ from ..scoring import score_heads
 from .catalog import Revision, revisions, select_revisions
 from .emergence import largest_jump
 from .files import parquet_parts, read_json, safe_name, write_json, write_parquet
-from .integrity import duplicate_groups, weights_digest
+from .integrity import duplicate_groups, hub_weight_hashes, weights_digest
 from .loading import DTYPES, Fetched, delete_cached_revision, fetch_revision, load_checkpoint
 from .prefetch import prefetched
 from .settings import SettingsError, check_settings, comparable, differences, normalised_model
@@ -214,7 +214,13 @@ class Scan:
 
     # -- one revision
     def _fetch(self, rev: Revision) -> Fetched:
-        return fetch_revision(self.model_id, rev.revision)
+        files = None
+        if not self.is_local:  # download the weight files the integrity check identified, not every format
+            try:
+                files = sorted(hub_weight_hashes(self.model_id, rev.revision))
+            except Exception as err:  # the download below reports what is wrong
+                logger.info("no file list for %s (%s); downloading every weight format", rev.revision, err)
+        return fetch_revision(self.model_id, rev.revision, files)
 
     def _load_and_score(self, rev: Revision, fetched: Fetched) -> pd.DataFrame:
         model = load_checkpoint(fetched.path, dtype=DTYPES.get(self.dtype) if self.dtype else None, device=self.device)

@@ -124,3 +124,20 @@ def test_refine_never_bisects_between_identical_weights(tmp_path):
     assert (jump["before"], jump["after"]) == ("step62", "step63")
     marked = results.drop_duplicates("revision").set_index("revision")["duplicate_of"].dropna()
     assert len(marked) and set(marked) == {"step80"}
+
+
+def test_hub_fetch_downloads_only_the_identified_weight_files(monkeypatch, tmp_path):
+    hub_answers(monkeypatch, PYTHIA)
+    asked = {}
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None, **kw):
+        asked.update(repo_id=repo_id, revision=revision, allow_patterns=allow_patterns)
+        return str(tmp_path / "snapshots" / "c0ffee")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    catalog = [r for r in pythia_schedule() if r.revision == "step2"]
+    s = Scan("EleutherAI/pythia-2.8b", tmp_path / "out", "repeat", catalog=catalog, progress=False)
+    fetched = s.fetch_fn(catalog[0])
+    assert asked == {"repo_id": "EleutherAI/pythia-2.8b", "revision": "step2",
+                     "allow_patterns": ["*.json", "model.safetensors"]}
+    assert fetched.commit == "c0ffee"

@@ -28,7 +28,7 @@ def figures(monkeypatch):
     import circuit_stats.scans.report as report_mod
 
     kept = {}
-    monkeypatch.setattr(report_mod, "_save", lambda fig, path: kept.__setitem__(path.name, fig))
+    monkeypatch.setattr(report_mod, "save_figure", lambda fig, path: kept.__setitem__(path.name, fig))
     return kept
 
 
@@ -44,7 +44,7 @@ def test_plots_name_the_model_mark_the_onset_and_jump_and_mute_unclassified(tmp_
     md = (tmp_path / "report" / "summary.md").read_text()
     assert md.startswith("# circuit-stats report: my_series\n")
     frac = figures["class_fractions.png"]
-    assert frac._suptitle.get_text() == "my_series: head classes over training (protocol xu2026)"
+    assert frac.get_suptitle() == "my_series: head classes over training (protocol xu2026)"
     ax = frac.axes[0]
     assert ax.get_xlabel() == "tokens seen in training" and ax.get_ylabel() == "share of heads in the class"
     lines = {line.get_label(): line for line in ax.lines}
@@ -56,7 +56,7 @@ def test_plots_name_the_model_mark_the_onset_and_jump_and_mute_unclassified(tmp_
     assert len(span) == 1 and span[0].get_label() == "sharpest induction jump"
     heat = figures["heatmaps.png"]
     assert [a.get_xlabel() for a in heat.axes] == ["head index"] * len(heat.axes)
-    assert "my_series" in heat._suptitle.get_text()
+    assert "my_series" in heat.get_suptitle()
     traj = figures["induction_trajectories.png"]
     assert traj.axes[0].get_ylabel() == "sel_induction (the protocol's induction score)" and "my_series" in traj.axes[0].get_title()
 
