@@ -38,7 +38,8 @@ def print_outcome(outcome, out: Path, seconds: float) -> int:
         notes.append(f"{len(outcome.failed)} failed")
     shard = f" (shard {outcome.shard})" if outcome.shard.count > 1 else ""
     print(f"scanned {len(outcome.scanned)} revisions{shard} in {seconds:.1f}s"
-          + (f" ({', '.join(notes)})" if notes else "") + f" -> {out / 'results.parquet'}")
+          + (f" ({', '.join(notes)})" if notes else "")
+          + (f" -> {out / 'results.parquet'}" if len(outcome.results) else f"; {out / 'results.parquet'} holds nothing yet"))
     if outcome.failed:
         print(f"failed revisions ({len(outcome.failed)}), recorded in {out / 'failed'}:", file=sys.stderr)
         for revision, error in outcome.failed.items():

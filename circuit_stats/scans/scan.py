@@ -198,11 +198,13 @@ class Scan:
             cache = read_json(path) or {}
             missing = [r for r in revs if r.revision not in cache]
 
+            errors: dict[str, str] = {}
+
             def one(rev: Revision) -> Optional[str]:
                 try:
                     return self.digest_fn(rev)
                 except Exception as err:  # unknown weights match nothing; loading will tell more
-                    logger.warning("cannot identify the weights of %s (%s)", rev.revision, err)
+                    errors[rev.revision] = f"{type(err).__name__}: {err}"
                     return None
 
             if missing:
@@ -210,6 +212,10 @@ class Scan:
                     found = dict(zip([r.revision for r in missing], pool.map(one, missing)))
                 cache.update({k: v for k, v in found.items() if v is not None})
                 write_json(path, cache)
+            if errors:
+                first = next(iter(errors))
+                logger.warning("cannot identify the weights of %d revision(s) (%s: %s); they are compared with none",
+                               len(errors), first, errors[first])
         return {r.revision: cache.get(r.revision) for r in revs}
 
     # -- one revision
