@@ -16,23 +16,17 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.ticker import EngFormatter, PercentFormatter  # noqa: E402
 
-from ..labels import (  # noqa: E402
-    DUPLICATE_TOKEN,
-    FIRST_TOKEN,
-    INDUCTION,
-    LOCAL,
-    PREVIOUS_TOKEN,
-    SELF,
-    UNCLASSIFIED,
-)
+from .. import labels  # noqa: E402
+from ..labels import FIRST_TOKEN, INDUCTION, UNCLASSIFIED  # noqa: E402
 from ..protocols import get_protocol  # noqa: E402
 from .emergence import class_fractions, revisions_table, split_duplicates, summarise  # noqa: E402
 from .files import atomic_write, write_json  # noqa: E402
 
 # ---------------------------------------------------------------- plots
 # One colour per head class everywhere; unclassified heads stay in the background.
-CLASS_COLOURS = {INDUCTION: "tab:blue", PREVIOUS_TOKEN: "tab:orange", DUPLICATE_TOKEN: "tab:green",
-                 FIRST_TOKEN: "tab:red", SELF: "tab:purple", LOCAL: "tab:brown", UNCLASSIFIED: "#d9d9d9"}
+CLASS_COLOURS = {labels.INDUCTION: "tab:blue", labels.PREVIOUS_TOKEN: "tab:orange", labels.DUPLICATE_TOKEN: "tab:green",
+                 labels.FIRST_TOKEN: "tab:red", labels.SELF: "tab:purple", labels.LOCAL: "tab:brown",
+                 labels.UNCLASSIFIED: "#d9d9d9"}
 LOG_SPAN = 100  # a token axis spanning more than this ratio is drawn on a log scale (plus a linear zoom)
 ZOOM_BELOW = 8  # on a linear axis, zoom on the sharpest jump when it is narrower than 1/8 of the axis
 
@@ -143,26 +137,26 @@ def plot_fractions(summary: dict, results: pd.DataFrame, revs: pd.DataFrame, pat
     if not classified:
         axes[0][0].text(0.5, 0.5, f"no head passed any class threshold\nin these {len(revs)} revisions",
                         transform=axes[0][0].transAxes, ha="center", va="center", fontsize=11, color="0.3")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8)
     fig.suptitle(f"{display_name(summary['model'])}: head classes over training (protocol {summary['protocol']})",
                  fontsize=10)
-    fig.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / 4) + 0.02, 1, 1))
+    fig.tight_layout(rect=(0, 0.06 * math.ceil(len(names) / 4) + 0.02, 1, 1))
     save_figure(fig, path)
 
 
 def plot_heatmaps(results: pd.DataFrame, panels: list[tuple[str, str]], summary: dict, path: Path) -> None:
     """Layer x head class maps at the given ``(revision, why)`` panels."""
-    labels = [c for c in CLASS_COLOURS if c in set(results.label)] + sorted(set(results.label) - set(CLASS_COLOURS))
-    code = {lab: i for i, lab in enumerate(labels)}
-    cmap = ListedColormap([CLASS_COLOURS.get(lab, "black") for lab in labels])
+    present = [c for c in CLASS_COLOURS if c in set(results.label)] + sorted(set(results.label) - set(CLASS_COLOURS))
+    code = {lab: i for i, lab in enumerate(present)}
+    cmap = ListedColormap([CLASS_COLOURS.get(lab, "black") for lab in present])
     n_layers, n_heads = int(results.layer.max()) + 1, int(results["head"].max()) + 1
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 0.35 * n_layers + 2.0), squeeze=False)
     for ax, (rev, why) in zip(axes[0], panels):
         g = results[results.revision == rev]
         grid = np.full((n_layers, n_heads), np.nan)
         grid[g.layer.to_numpy(), g["head"].to_numpy()] = [code[lab] for lab in g.label]
-        ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(labels) - 0.5, aspect="auto", interpolation="nearest")
+        ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(present) - 0.5, aspect="auto", interpolation="nearest")
         tokens = g.tokens.iloc[0] if len(g) else None
         tok = f"\n{EngFormatter(sep='')(float(tokens))} tokens" if tokens is not None and not pd.isna(tokens) else ""
         ax.set_title(f"{why}: {rev}{tok}", fontsize=8)
@@ -170,8 +164,8 @@ def plot_heatmaps(results: pd.DataFrame, panels: list[tuple[str, str]], summary:
         ax.set_yticks(range(n_layers))
         ax.set_xlabel("head index")
         ax.set_ylabel("layer index")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=CLASS_COLOURS.get(lab, "black")) for lab in labels]
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=CLASS_COLOURS.get(lab, "black")) for lab in present]
+    fig.legend(handles, present, loc="lower center", ncol=min(len(present), 7), fontsize=8)
     fig.suptitle(f"{display_name(summary['model'])}: head classes by layer and head (protocol {summary['protocol']})",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
@@ -211,9 +205,9 @@ def plot_trajectories(results: pd.DataFrame, summary: dict, revs: pd.DataFrame, 
     else:
         ax.set_ylabel(f"{col} (the protocol's induction score)")
     ax.set_title(f"{display_name(summary['model'])}: {title} (protocol {summary['protocol']})", fontsize=9)
-    handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
-    fig.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / 4) + 0.02, 1, 1))
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8)
+    fig.tight_layout(rect=(0, 0.06 * math.ceil(len(names) / 4) + 0.02, 1, 1))
     save_figure(fig, path)
     return True
 
