@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import huggingface_hub
 import pandas as pd
 import pytest
-from fakes import CATALOG, fake_scan, fake_scores
+from scan_fakes import CATALOG, fake_scan, fake_scores
 from huggingface_hub.hf_api import BlobLfsInfo, RepoSibling
 
 from circuit_stats.cli import main

@@ -4,7 +4,7 @@ import threading
 import time
 
 import pytest
-from fakes import CATALOG, fake_scan, fake_scores
+from scan_fakes import CATALOG, fake_scan, fake_scores
 
 from circuit_stats.scans.prefetch import prefetched
 

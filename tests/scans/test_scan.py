@@ -8,7 +8,7 @@ import threading
 import pandas as pd
 import pytest
 import torch
-from fakes import CATALOG, fake_scan, fake_scores
+from scan_fakes import CATALOG, fake_scan, fake_scores
 
 import circuit_stats.scans.files as files_mod
 import circuit_stats.scans.loading as loading_mod

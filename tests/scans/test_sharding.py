@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from fakes import CATALOG, fake_scan, fake_scores
+from scan_fakes import CATALOG, fake_scan, fake_scores
 
 from circuit_stats.demo.series import demo_series_dir
 from circuit_stats.scans.sharding import Shard, local_device, parse_shard, shard_from_env
