@@ -16,6 +16,8 @@ from circuit_stats.models.families import tiny_model
 from circuit_stats.scans.emergence import largest_jump
 from circuit_stats.scans.settings import SettingsError
 
+pytestmark = pytest.mark.hf  # builds a Hugging Face model (hub loading path); also run against the oldest transformers
+
 
 def table(out):
     return pd.read_parquet(out / "results.parquet")  # the parts read as one dataset

@@ -54,6 +54,7 @@ def test_shards_split_the_revisions_and_keep_duplicates_with_their_weights(tmp_p
     assert table.groupby("revision").size().eq(8).all() and table.revision.nunique() == 10
 
 
+@pytest.mark.hf  # loads the demo checkpoints with transformers
 def test_torchrun_two_processes_fill_one_directory(tmp_path):
     revisions = ["checkpoint-0", "checkpoint-50", "checkpoint-100", "checkpoint-200", "checkpoint-300", "checkpoint-400"]
     out = tmp_path / "scan"
