@@ -42,6 +42,7 @@ setup(
         "pyarrow",
         "matplotlib",
         "tqdm",
+        "filelock>=3.12,<5",
     ],
     extras_require={"test": ["pytest", "pytest-benchmark", "accelerate"]},
     entry_points={"console_scripts": ["circuit-stats=circuit_stats.cli:main"]},

@@ -27,57 +27,106 @@ def _options(pairs: Sequence[str]) -> dict:
     return out
 
 
+def print_outcome(outcome, out: Path, seconds: float) -> int:
+    """One line on what this run did, then what failed; the exit status (0 only if nothing failed)."""
+    notes = [f"{len(outcome.already_done)} already done"] if outcome.already_done else []
+    if outcome.duplicates:
+        notes.append(f"{len(outcome.duplicates)} written as duplicates of identical weights")
+    if outcome.busy:
+        notes.append(f"{len(outcome.busy)} being scanned by another process")
+    if outcome.failed:
+        notes.append(f"{len(outcome.failed)} failed")
+    shard = f" (shard {outcome.shard})" if outcome.shard.count > 1 else ""
+    print(f"scanned {len(outcome.scanned)} revisions{shard} in {seconds:.1f}s"
+          + (f" ({', '.join(notes)})" if notes else "")
+          + (f" -> {out / 'results.parquet'}" if len(outcome.results) else f"; {out / 'results.parquet'} holds nothing yet"))
+    if outcome.failed:
+        print(f"failed revisions ({len(outcome.failed)}), recorded in {out / 'failed'}:", file=sys.stderr)
+        for revision, error in outcome.failed.items():
+            print(f"  {revision}: {error}", file=sys.stderr)
+    if outcome.stopped:
+        print(outcome.stopped, file=sys.stderr)
+    return 0 if outcome.ok else 1
+
+
 def cmd_scan(a) -> int:
-    from .report import write_report
-    from .scan import scan
+    from .scans.report import write_report
+    from .scans.scan import scan
+    from .scans.sharding import parse_shard
 
     t0 = time.time()
-    df = scan(a.model, a.out, revisions_spec=a.revisions, protocol=a.protocol, refine=a.refine,
-              limit_tokens=a.limit_tokens, protocol_options=_options(a.option), dtype=a.dtype, device=a.device,
-              batch_size=a.batch_size, delete_after=a.delete_after, tokens_per_step=a.tokens_per_step)
-    n = df["revision"].nunique() if len(df) else 0
-    print(f"scanned {n} revisions in {time.time() - t0:.1f}s -> {Path(a.out) / 'results.parquet'}")
-    if a.report and n:
-        write_report(a.out)
-        print(f"report -> {Path(a.out) / 'report'}")
-    return 0
+    outcome = scan(a.model, a.out, revisions_spec=a.revisions, protocol=a.protocol, refine=a.refine,
+                   limit_tokens=a.limit_tokens, protocol_options=_options(a.option), dtype=a.dtype, device=a.device,
+                   batch_size=a.batch_size, tokenizer=a.tokenizer, delete_after=a.delete_after, tokens_per_step=a.tokens_per_step,
+                   prefetch=a.prefetch, max_consecutive_failures=a.max_consecutive_failures,
+                   shard=parse_shard(a.shard) if a.shard else None, check_weights=not a.no_weights_check)
+    status = print_outcome(outcome, Path(a.out), time.time() - t0)
+    if a.report and len(outcome.results):
+        if outcome.shard.count > 1:
+            print(f"shard {outcome.shard}: run `circuit-stats report {a.out}` once every shard has finished")
+        else:
+            write_report(a.out)
+            print(f"report -> {Path(a.out) / 'report'}")
+    return status
 
 
 def cmd_report(a) -> int:
-    from .report import write_report
+    from .scans.report import write_report
 
     screens = {}
     if a.induction_min_heads is not None:
         screens["induction_min_heads"] = a.induction_min_heads
     if a.first_token_min_fraction is not None:
         screens["first_token_min_fraction"] = a.first_token_min_fraction
-    summary = write_report(a.dir, a.out, screens)
+    write_report(a.dir, a.out, screens)
     out = Path(a.out) if a.out else Path(a.dir) / "report"
     print((out / "summary.md").read_text())
     print(f"report -> {out}")
-    del summary
     return 0
 
 
 def cmd_revisions(a) -> int:
-    from .models.revisions import revisions, select_revisions
+    from .scans.catalog import revisions, select_revisions
+    from .scans.integrity import duplicate_groups, weights_digest
 
     catalog = revisions(a.model, tokens_per_step=a.tokens_per_step, offline=a.offline or None)
-    for r in select_revisions(catalog, a.revisions, str(a.model)):
-        print(f"{r.revision}\t{r.step}\t{'' if r.tokens is None else r.tokens}")
-    return 0
+    selected = select_revisions(catalog, a.revisions, str(a.model))
+    if not a.check:
+        for r in selected:
+            print(f"{r.revision}\t{r.step}\t{'' if r.tokens is None else r.tokens}")
+        return 0
+    digests, unknown = {}, {}
+    for r in selected:
+        try:
+            digests[r.revision] = weights_digest(a.model, r.revision)
+        except Exception as err:  # report every revision it could not identify
+            unknown[r.revision] = f"{type(err).__name__}: {err}"
+    dup_of = duplicate_groups(digests, [r.revision for r in selected])
+    groups: dict[str, list[str]] = {}
+    for rev, kept in dup_of.items():
+        groups.setdefault(kept, []).append(rev)
+    for kept, dups in groups.items():
+        print(f"identical weights: {', '.join(dups)} = {kept} (a scan keeps {kept}, sha256 {digests[kept][:12]})")
+    print(f"{len(selected)} revisions checked: {len(dup_of)} duplicate{'s' if len(dup_of) != 1 else ''} in "
+          f"{len(groups)} group{'s' if len(groups) != 1 else ''}" + (f", {len(unknown)} not identified" if unknown else ""))
+    for rev, err in unknown.items():
+        print(f"  {rev}: {err}", file=sys.stderr)
+    return 1 if unknown else 0
 
 
 def cmd_demo(a) -> int:
     from .demo.series import DEMO_REPEAT_OPTIONS, demo_series_dir
-    from .report import write_report
-    from .scan import scan
+    from .scans.report import write_report
+    from .scans.scan import scan
+    from .scans.sharding import Shard
 
     out = Path(a.out)
     t0 = time.time()
     print(f"scanning the bundled demo series ({demo_series_dir()}) with the fused kernel, protocol 'repeat'")
-    scan(demo_series_dir(), out, revisions_spec="all", protocol="repeat", protocol_options=dict(DEMO_REPEAT_OPTIONS),
-         dtype="float32", device=a.device)
+    outcome = scan(demo_series_dir(), out, revisions_spec="all", protocol="repeat",
+                   protocol_options=dict(DEMO_REPEAT_OPTIONS), dtype="float32", device=a.device, shard=Shard())
+    if not outcome.ok:
+        return print_outcome(outcome, out, time.time() - t0)
     summary = write_report(out)
     onset = summary["classes"]["induction"]["onset"]
     print((out / "report" / "summary.md").read_text())
@@ -101,12 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load weights in this dtype (default: the checkpoint's)")
     s.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu")
     s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--tokenizer", default=None,
+                   help="text protocols (natural, sink): 'bytes' or a tokenizer name/path (default: each checkpoint's own)")
     s.add_argument("--refine", action="store_true", help="bisect the sharpest class-fraction jump")
     s.add_argument("--delete-after", action="store_true", help="delete each downloaded revision once scanned")
     s.add_argument("--limit-tokens", type=float, default=None, help="skip revisions trained on more tokens")
     s.add_argument("--tokens-per-step", type=int, default=None, help="for local checkpoints without token counts")
     s.add_argument("--option", action="append", metavar="KEY=VALUE", help="protocol option, e.g. n_sequences=500")
     s.add_argument("--report", action="store_true", help="write the report when the scan ends")
+    s.add_argument("--prefetch", type=int, default=0, metavar="N",
+                   help="download up to N next revisions in the background while one is scored (default 0)")
+    s.add_argument("--shard", default=None, metavar="I/N",
+                   help="scan shard I of N (0-based); default: from torchrun (RANK/WORLD_SIZE) or a SLURM array")
+    s.add_argument("--max-consecutive-failures", type=int, default=3, metavar="K",
+                   help="stop after K consecutive revisions fail with the same error (default 3)")
+    s.add_argument("--no-weights-check", action="store_true",
+                   help="do not identify identical weights across revisions (no hub metadata requests)")
     s.set_defaults(func=cmd_scan)
 
     r = sub.add_parser("report", help="write summary.json, summary.md and plots for a scan")
@@ -121,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--revisions", default="all")
     v.add_argument("--tokens-per-step", type=int, default=None)
     v.add_argument("--offline", action="store_true", help="use the built-in schedule, do not ask the hub")
+    v.add_argument("--check", action="store_true",
+                   help="group revisions holding identical weights (hub file metadata, or hashes of local files)")
     v.set_defaults(func=cmd_revisions)
 
     d = sub.add_parser("demo", help="scan the bundled tiny checkpoint series and write its report")

@@ -1,55 +1,15 @@
-"""Emergence analytics on a synthetic xu2026-style scan with known answers."""
+"""The report files written from a synthetic scan (see conftest.py)."""
 
 import json
 
-import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
 
-from circuit_stats.report import summarise, write_report
-
-# 5 revisions x 2 layers x 4 heads. Induction screen: 1, 3, 4, 4, 4 heads; first-token labels:
-# 0, 1, 3, 5, 6 heads (fractions 0, .125, .375, .625, .75), never in layer 0.
-REVS = [("s0", 0, 0), ("s10", 10, 100), ("s20", 20, 200), ("s40", 40, 400), ("s80", 80, 800)]
-INDUCTION = [{(0, 0)}, {(0, 0), (0, 1), (0, 2)}, {(0, 1), (0, 2), (0, 3), (1, 3)}, {(0, 0), (0, 1), (0, 2), (0, 3)},
-             {(0, 0), (0, 1), (0, 2), (0, 3)}]
-SINKS = [set(), {(1, 0)}, {(1, 0), (1, 1), (1, 2)}, {(1, 0), (1, 1), (1, 2), (1, 3), (0, 3)},
-         {(1, 0), (1, 1), (1, 2), (1, 3), (0, 3), (0, 2)}]
+from circuit_stats.scans.report import write_report
 
 
-def table():
-    rows = []
-    for (rev, step, tokens), ind, sinks in zip(REVS, INDUCTION, SINKS):
-        for layer in range(2):
-            for head in range(4):
-                h = (layer, head)
-                label = "first-token" if h in sinks else ("induction" if h in ind else "unclassified")
-                rows.append(dict(model="m", revision=rev, step=step, tokens=tokens, protocol="xu2026", layer=layer,
-                                 head=head, sel_induction=60.0 if h in ind else 2.0, screen_induction=h in ind,
-                                 label=label))
-    return pd.DataFrame(rows)
-
-
-def test_summary_numbers():
-    s = summarise(table())
-    assert s["classes"]["induction"]["onset"] == {"revision": "s10", "step": 10, "tokens": 100}
-    assert s["classes"]["first-token"]["onset"] == {"revision": "s40", "step": 40, "tokens": 400}
-    assert s["induction_to_sink_onset_ratio_tokens"] == pytest.approx(4.0)
-    jump = s["classes"]["first-token"]["sharpest_jump"]
-    assert (jump["before"]["revision"], jump["after"]["revision"]) == ("s10", "s20")
-    assert (jump["fraction_before"], jump["fraction_after"]) == (0.125, 0.375)
-    assert s["final_induction_circuit"] == [[0, 0], [0, 1], [0, 2], [0, 3]]
-    recall = s["early_screen_recall"]["per_revision"]
-    assert recall == {"s0": 0.25, "s10": 0.75, "s20": 0.75, "s40": 1.0, "s80": 1.0}
-    first = s["early_screen_recall"]["first_reaching_target"]
-    assert first["revision"] == "s10" and first["fraction_of_total_tokens"] == pytest.approx(100 / 800)
-    assert s["layers_never_first_token"] == []  # layer 0 gets a sink head at s40
-    s2 = summarise(table(), {"induction_min_heads": 4, "first_token_min_fraction": 0.7})
-    assert s2["classes"]["induction"]["onset"]["revision"] == "s20"
-    assert s2["classes"]["first-token"]["onset"]["revision"] == "s80"
-
-
-def test_layers_never_first_token_and_report_files(tmp_path):
-    df = table()
+def test_layers_never_first_token_and_report_files(tmp_path, synthetic_results):
+    df = synthetic_results
     df.loc[(df.layer == 0) & (df.label == "first-token"), "label"] = "unclassified"
     df.to_parquet(tmp_path / "results.parquet")
     summary = write_report(tmp_path)
@@ -60,3 +20,74 @@ def test_layers_never_first_token_and_report_files(tmp_path):
     assert "first-token onset / induction onset, in tokens: 4.0x" in md
     assert {p.name for p in (tmp_path / "report").glob("*.png")} == {
         "class_fractions.png", "heatmaps.png", "induction_trajectories.png"}
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The report's figures, kept instead of saved."""
+    import circuit_stats.scans.report as report_mod
+
+    kept = {}
+    monkeypatch.setattr(report_mod, "save_figure", lambda fig, path: kept.__setitem__(path.name, fig))
+    return kept
+
+
+def local_scan(tmp_path, df):
+    df = df.copy()
+    df["model"] = "/abs/path/to/my_series"  # a local scan stores the absolute directory
+    df.to_parquet(tmp_path / "results.parquet")
+    return tmp_path
+
+
+def test_plots_name_the_model_mark_the_onset_and_jump_and_mute_unclassified(tmp_path, synthetic_results, figures):
+    write_report(local_scan(tmp_path, synthetic_results))
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert md.startswith("# circuit-stats report: my_series\n")
+    frac = figures["class_fractions.png"]
+    assert frac.get_suptitle() == "my_series: head classes over training (protocol xu2026)"
+    ax = frac.axes[0]
+    assert ax.get_xlabel() == "tokens seen in training" and ax.get_ylabel() == "share of heads in the class"
+    lines = {line.get_label(): line for line in ax.lines}
+    onset = lines["induction onset (s10)"]
+    assert set(onset.get_xdata()) == {100.0}  # the induction onset's tokens
+    assert lines["first-token onset (s40)"].get_xdata()[0] == 400.0
+    assert to_hex(lines["unclassified"].get_color()) == "#d9d9d9"
+    span = [p for p in ax.patches if p.get_label().startswith("sharpest")]
+    assert len(span) == 1 and span[0].get_label() == "sharpest induction jump"
+    heat = figures["heatmaps.png"]
+    assert [a.get_xlabel() for a in heat.axes] == ["head index"] * len(heat.axes)
+    assert "my_series" in heat.get_suptitle()
+    traj = figures["induction_trajectories.png"]
+    assert traj.axes[0].get_ylabel() == "sel_induction (the protocol's induction score)" and "my_series" in traj.axes[0].get_title()
+
+
+def test_wide_token_range_gets_a_log_axis_and_a_linear_zoom(tmp_path, synthetic_results, figures):
+    df = synthetic_results.copy()
+    df["tokens"] = df["tokens"] * 10 ** df["step"].map({0: 0, 10: 1, 20: 2, 40: 3, 80: 4})  # 0 .. 8e6
+    write_report(local_scan(tmp_path, df))
+    main, zoom = figures["class_fractions.png"].axes[:2]
+    assert main.get_xscale() == "symlog" and "log scale" in main.get_xlabel()
+    assert zoom.get_xscale() == "linear" and "zoom" in zoom.get_title()
+    lo, hi = zoom.get_xlim()
+    assert lo < 0 < 1000 < hi < 20000  # the induction jump s0 (0 tokens) -> s10 (1,000 tokens), not beyond s20
+
+
+def test_a_scan_without_any_classified_head_says_so(tmp_path, synthetic_results, figures):
+    df = synthetic_results.copy()
+    df["label"] = "unclassified"
+    df["screen_induction"] = False
+    write_report(local_scan(tmp_path, df))
+    ax = figures["class_fractions.png"].axes[0]
+    assert any("no head passed any class threshold" in t.get_text() for t in ax.texts)
+    assert [line.get_label() for line in ax.lines] == ["unclassified"]
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "No head passed any class threshold in these 5 revisions" in md
+    assert "no induction circuit" in figures["induction_trajectories.png"].axes[0].get_title()
+
+
+def test_the_early_screen_sentence_reads_as_one_statement(tmp_path, synthetic_results):
+    write_report(local_scan(tmp_path, synthetic_results))
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert ("First revision where at least 67% of these heads already count as induction heads: `s10` "
+            "(step 10, 100 tokens). It comes 12.5% of the way through the scanned training, by tokens seen.") in md
+    assert "of the scanned tokens" not in md

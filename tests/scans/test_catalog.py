@@ -4,7 +4,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from circuit_stats.models import revisions as rv
+from circuit_stats.scans import catalog as rv
 from circuit_stats.models.families import tiny_model
 
 

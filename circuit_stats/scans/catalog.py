@@ -190,6 +190,8 @@ def select_revisions(catalog: Sequence[Revision], spec: str, model_id: str = "")
     if not catalog:
         raise ValueError("the revision catalog is empty")
     spec = spec.strip()
+    if not spec or not spec.strip(", "):
+        raise ValueError("the revision spec is empty; expected all, paper, every:N, log:K or a comma list of names")
     if spec == "all":
         return list(catalog)
     if spec == "paper":
@@ -226,9 +228,12 @@ def _by_names(catalog: Sequence[Revision], names: Sequence[str]) -> list[Revisio
 
 
 def _log_spaced(catalog: Sequence[Revision], k: int) -> list[Revision]:
-    """K revisions whose steps are closest to K log-spaced steps (first and last included)."""
+    """K revisions whose steps are closest to K log-spaced steps (first and last included when
+    K >= 2; ``log:1`` is the last revision)."""
     if k >= len(catalog):
         return list(catalog)
+    if k == 1:
+        return [catalog[-1]]
     lo = max(catalog[0].step, 1)
     hi = max(catalog[-1].step, lo)
     targets = [lo * (hi / lo) ** (i / max(k - 1, 1)) for i in range(k)]
