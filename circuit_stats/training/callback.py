@@ -33,6 +33,7 @@ from typing import Optional, Union
 
 from transformers import TrainerCallback
 
+from ..protocols import get_protocol
 from .monitor import Monitor, metrics
 
 DEFAULT_EVERY = 500
@@ -65,10 +66,8 @@ class CircuitStatsCallback(TrainerCallback):
         self.monitor_options = monitor_options
         self.trainer = None
         self.monitor: Optional[Monitor] = None
-        # Validate the protocol and its options now, before any training: a throwaway check
-        # without a model (the Monitor repeats it when training starts).
-        from ..protocols import get_protocol
-
+        # Validate the protocol and its options now, before any training (no model needed; the
+        # Monitor repeats the check when training starts).
         scoring_keys = {"model_name", "tokens_per_step", "texts", "tokenizer", "batch_size", "bos_token_id"}
         get_protocol(protocol).check_options({k: v for k, v in monitor_options.items() if k not in scoring_keys})
 

@@ -33,6 +33,7 @@ from .scoring import check_replicated, score_live_model, unwrap_model
 logger = logging.getLogger(__name__)
 
 LOG_PREFIX = "circuit_stats"
+NOT_SCORES = ("model", "revision", "step", "tokens", "protocol", "layer", "head", "label")
 LogFn = Callable[[dict, int], None]
 
 
@@ -51,16 +52,13 @@ def metrics(rows: pd.DataFrame, prefix: str = LOG_PREFIX) -> dict[str, float]:
     classes += sorted(set(rows["label"]) - set(classes))
     counts = rows["label"].value_counts()
     out = {f"{prefix}/heads/{c}": float(counts.get(c, 0)) for c in classes}
-    skip = set(META_AND_INDEX)
+    skip = set(NOT_SCORES)
     for col in rows.columns:
         if col in skip or not pd.api.types.is_numeric_dtype(rows[col]) or pd.api.types.is_bool_dtype(rows[col]):
             continue
         for layer, head, value in zip(rows["layer"], rows["head"], rows[col]):
             out[f"{prefix}/{col}/L{int(layer)}H{int(head)}"] = float(value)
     return out
-
-
-META_AND_INDEX = ("model", "revision", "step", "tokens", "protocol", "layer", "head", "label")
 
 
 class Monitor:
