@@ -26,7 +26,7 @@ setup(
         "circuit_stats.kernels": "kernels",
         "circuit_stats.models": "models",
     },
-    package_data={"circuit_stats.data": ["*.txt", "demo_series/*/*"]},
+    package_data={"circuit_stats.data": ["*.txt", "demo_series/*/*", "demo_series_live/*"]},
     include_package_data=True,
     install_requires=[
         # torch is deliberately unpinned: install the wheel you want first (CI installs the

@@ -11,6 +11,12 @@ previous-token head in layer 0 composing with an induction head in layer 1). Wit
 level until step ~1000 and collapses by ~1200: the induction phase change. Checkpoints are
 ``checkpoint-{step}`` folders (``save_pretrained`` plus a Trainer-style ``trainer_state.json``),
 stored in float16, dense around the transition.
+
+The run is watched live with :class:`circuit_stats.training.Monitor` (every 10 steps by default,
+``--every``): the table goes to ``<out>_live/results.parquet`` (the bundled
+``circuit_stats/data/demo_series_live``), in the checkpoint-scan format, so the induction onset is
+located to 10 steps rather than to the 50-step spacing of the checkpoints. The monitor does not
+perturb training: the checkpoints are the same bytes with or without it.
 """
 
 from __future__ import annotations
@@ -50,8 +56,24 @@ def default_schedule(total: int = 1600) -> list[int]:
     return sorted(s for s in set(steps) if s <= total)
 
 
-def train(out: Path, steps: int = 1600, schedule=None, seed: int = 0, lr: float = 1e-3, log=print) -> None:
+MONITOR_EVERY = 10
+MODEL_NAME = "circuit-stats demo (tiny GPT-NeoX)"
+
+
+def live_dir(out: Path) -> Path:
+    """Where the live table of a run saving checkpoints to ``out`` goes: ``<out>_live``."""
+    out = Path(out)
+    return out.parent / f"{out.name}_live"
+
+
+def train(out: Path, steps: int = 1600, schedule=None, seed: int = 0, lr: float = 1e-3, log=print,
+          monitor_every: int = MONITOR_EVERY, live_out=None) -> None:
+    """Train and save the checkpoints to ``out``; with ``monitor_every`` > 0 also score every head
+    every ``monitor_every`` steps into ``live_out`` (default ``live_dir(out)``)."""
     from transformers import GPTNeoXForCausalLM
+
+    from ..training import Monitor
+    from .series import DEMO_REPEAT_OPTIONS
 
     schedule = sorted(set(schedule or default_schedule(steps)))
     torch.manual_seed(seed)
@@ -60,9 +82,15 @@ def train(out: Path, steps: int = 1600, schedule=None, seed: int = 0, lr: float 
     model.config._attn_implementation = "sdpa"
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
+    live_out = Path(live_out) if live_out is not None else live_dir(out)
+    for d in (out, live_out) if monitor_every else (out,):
+        if d.exists():
+            shutil.rmtree(d)
     out.mkdir(parents=True)
+    monitor = None
+    if monitor_every:
+        monitor = Monitor(model, every=monitor_every, out=live_out, model_name=MODEL_NAME,
+                          tokens_per_step=BATCH * SEQ_LEN, **DEMO_REPEAT_OPTIONS)
 
     def save(step: int, loss: float) -> None:
         d = out / f"checkpoint-{step}"
@@ -77,6 +105,8 @@ def train(out: Path, steps: int = 1600, schedule=None, seed: int = 0, lr: float 
     for step in range(steps + 1):
         if step in schedule:
             save(step, loss_val)
+        if monitor is not None:  # after save: the saved float16 round trip is what training continues from
+            monitor.step(step)
         if step == steps:
             break
         ids = synthetic_batch(g)
@@ -94,9 +124,14 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=1600)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--every", type=int, default=MONITOR_EVERY,
+                   help=f"score every head every N steps into <out>_live (0: off; default {MONITOR_EVERY})")
+    p.add_argument("--live-out", type=Path, default=None, help="the live table's directory (default <out>_live)")
     a = p.parse_args(argv)
+    if a.every < 0:
+        p.error(f"--every must be >= 0, got {a.every}")
     torch.set_num_threads(1)  # the run is tiny: threads only add contention and nondeterminism
-    train(a.out, steps=a.steps, seed=a.seed)
+    train(a.out, steps=a.steps, seed=a.seed, monitor_every=a.every, live_out=a.live_out)
 
 
 if __name__ == "__main__":
