@@ -49,8 +49,8 @@ def plot(live: pd.DataFrame, checkpoints: pd.DataFrame, path: Path, window: tupl
         for h, color in zip(heads, plt.cm.tab10.colors):
             lv = live[(live.layer == layer) & (live["head"] == h)]
             ck = checkpoints[(checkpoints.layer == layer) & (checkpoints["head"] == h)]
-            top.plot(lv.step, lv.induction, "-", lw=1.2, color=color, label=f"L{layer}H{h} live (every 10 steps)")
-            top.plot(ck.step, ck.induction, "o", ms=5, mfc="none", color=color, label=f"L{layer}H{h} checkpoints")
+            top.plot(lv.step, lv.induction_offset, "-", lw=1.2, color=color, label=f"L{layer}H{h} live (every 10 steps)")
+            top.plot(ck.step, ck.induction_offset, "o", ms=5, mfc="none", color=color, label=f"L{layer}H{h} checkpoints")
         top.axhline(0.4, color="grey", ls=":", lw=1)
         top.set_ylabel("repeat-protocol induction score")
         n_live = live.groupby("step").label.apply(lambda s: (s == INDUCTION).sum())

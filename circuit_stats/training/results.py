@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Union
 
 import pandas as pd
+from ..scans.scan import META_COLUMNS  # the checkpoint scan's columns before the protocol's own
 
 logger = logging.getLogger(__name__)
 
-# The checkpoint scan's columns before the protocol's own (circuit_stats/scan.py META_COLUMNS).
-META_COLUMNS = ["model", "revision", "step", "tokens", "protocol"]
 TABLE_NAME = "results.parquet"
 SETTINGS_NAME = "monitor.json"
 

@@ -16,7 +16,7 @@ from training.helpers import OPTIONS, make_trainer, train_with_callback
 
 pytestmark = pytest.mark.hf
 
-SCORE_COLUMNS = ["layer", "head", "previous_token", "induction", "duplicate", "sink", "label"]
+SCORE_COLUMNS = ["layer", "head", "previous_token", "induction_offset", "duplicate_offset", "sink", "label"]
 
 
 class LogCapture(TrainerCallback):
@@ -75,7 +75,7 @@ def test_table_equals_scoring_the_saved_checkpoints_offline(run):
         live = table[table.step == step][SCORE_COLUMNS].reset_index(drop=True)
         pd.testing.assert_frame_equal(live, offline, check_exact=True)
     # the steps differ from each other (the check above is not comparing constants)
-    assert not table[table.step == 2].induction.equals(table[table.step == 6].induction)
+    assert not table[table.step == 2].induction_offset.equals(table[table.step == 6].induction_offset)
 
 
 def test_training_mode_and_attention_implementation_are_restored(run):
@@ -107,14 +107,14 @@ def test_trainer_receives_counts_and_per_head_scores(run):
         assert sum(v for k, v in logs.items() if k.startswith("circuit_stats/heads/")) == len(rows)
         assert logs["circuit_stats/heads/unclassified"] == (rows.label == "unclassified").sum()
         for r in rows.itertuples():
-            assert logs[f"circuit_stats/induction/L{r.layer}H{r.head}"] == r.induction
+            assert logs[f"circuit_stats/induction_offset/L{r.layer}H{r.head}"] == r.induction_offset
             assert logs[f"circuit_stats/sink/L{r.layer}H{r.head}"] == r.sink
     history = [h for h in trainer.state.log_history if "circuit_stats/heads/induction" in h]
     assert [h["step"] for h in history] == [0, 2, 4, 6]
 
 
 def test_report_works_on_the_live_table(run):
-    from circuit_stats.report import write_report
+    from circuit_stats.scans.report import write_report
 
     out = run[0] / "circuit_stats"
     summary = write_report(out)
@@ -138,15 +138,15 @@ def test_resumed_run_keeps_earlier_rows_and_replaces_later_ones(tmp_path):
             shutil.rmtree(extra)
     # Mark the rows so that we can tell kept from re-scored rows.
     marked = killed.copy()
-    marked.loc[marked.step.isin([2, 6]), "induction"] = -1.0
+    marked.loc[marked.step.isin([2, 6]), "induction_offset"] = -1.0
     marked.to_parquet(path, index=False)
 
     train_with_callback(tmp_path, every=2, max_steps=8, save_steps=4, resume=str(tmp_path / "checkpoint-4"))
     table = pd.read_parquet(path)
     assert sorted(table.step.unique()) == [0, 2, 4, 6, 8]
     assert not table.duplicated(["step", "layer", "head"]).any()
-    assert (table[table.step == 2].induction == -1.0).all()  # before the checkpoint: kept
-    assert (table[table.step == 6].induction >= 0).all()  # after it: scored again
+    assert (table[table.step == 2].induction_offset == -1.0).all()  # before the checkpoint: kept
+    assert (table[table.step == 6].induction_offset >= 0).all()  # after it: scored again
     # step 4 was re-scored from checkpoint-4's weights: the same numbers as the killed run's
     pd.testing.assert_frame_equal(table[table.step == 4][SCORE_COLUMNS].reset_index(drop=True),
                                   killed[killed.step == 4][SCORE_COLUMNS].reset_index(drop=True), check_exact=True)

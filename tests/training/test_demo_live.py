@@ -41,5 +41,5 @@ def test_step0_row_equals_scoring_the_bundled_checkpoint(live):
     model = AutoModelForCausalLM.from_pretrained(demo_series_dir() / "checkpoint-0", attn_implementation="circuit_stats",
                                                  dtype="float32")
     offline = circuit_stats.score_heads(model, "repeat", progress=False, **DEMO_REPEAT_OPTIONS)
-    cols = ["layer", "head", "previous_token", "induction", "duplicate", "sink", "label"]
+    cols = ["layer", "head", "previous_token", "induction_offset", "duplicate_offset", "sink", "label"]
     pd.testing.assert_frame_equal(live[live.step == 0][cols].reset_index(drop=True), offline[cols], rtol=1e-5)

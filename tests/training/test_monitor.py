@@ -44,8 +44,8 @@ def test_plain_loop_writes_the_grid_and_logs(tmp_path):
     assert table.tokens.tolist() == [s * 256 for s in table.step]
     assert table.model.iloc[0] == "GPTNeoXForCausalLM"
     assert [s for s, _ in seen] == [0, 3, 6]
-    assert seen[1][1]["circuit_stats/induction/L1H2"] == table[(table.step == 3) & (table.layer == 1)
-                                                               & (table["head"] == 2)].induction.item()
+    assert seen[1][1]["circuit_stats/induction_offset/L1H2"] == table[(table.step == 3) & (table.layer == 1)
+                                                               & (table["head"] == 2)].induction_offset.item()
     pd.testing.assert_frame_equal(mon.results, table)
     assert model.training and model.config._attn_implementation == "sdpa"
 
