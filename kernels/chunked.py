@@ -37,11 +37,14 @@ def attention_with_stats_chunked(
     distance: bool = False,
     local_window: Optional[int] = None,
     top1: bool = False,
+    window: Optional[int] = None,
+    softcap: Optional[float] = None,
+    sinks: Optional[torch.Tensor] = None,
     chunk_size: Optional[int] = None,
 ) -> tuple[torch.Tensor, AttentionStats]:
     """See ``attention_with_stats``; ``side`` holds the padding mask, first keys, token ids,
-    probe keys and span. ``chunk_size`` defaults to as many queries as fit
-    ``CHUNK_BUDGET_ELEMENTS`` scores of all ``Nk`` keys."""
+    probe keys and span; ``sinks`` is ``[Hq]`` float. ``chunk_size`` defaults to as many
+    queries as fit ``CHUNK_BUDGET_ELEMENTS`` scores of all ``Nk`` keys."""
     key_padding_mask, probe_keys, token_ids, span = side.key_padding_mask, side.probe_keys, side.token_ids, side.span
     first_key, prev_token_ids = side.first_key.long(), side.prev_token_ids
     if probe_keys is not None:
@@ -73,6 +76,10 @@ def attention_with_stats_chunked(
     top1_prob = torch.empty_like(lse) if top1 else None
     top1_index = torch.empty(B, Hq, Nq, dtype=torch.long, device=dev) if top1 else None
     span_mass = torch.empty_like(lse) if span is not None else None
+    learned = torch.empty_like(lse) if sinks is not None else None
+    sink_logit = sinks.to(f32).view(1, Hkv, G, 1) if sinks is not None else None
+    # softcap * tanh(s / softcap): fold 1 / softcap into the query scale
+    q_scale = scale if softcap is None else scale / softcap
     off_t = torch.as_tensor(list(offsets), dtype=torch.long, device=dev)
 
     def put(dst, c0, c1, val):  # [B, Hkv, G, C, ...] -> dst[:, :, c0:c1]
@@ -82,34 +89,51 @@ def attention_with_stats_chunked(
         c1 = min(Nq, c0 + chunk_size)
         C = c1 - c0
         k_lo, k_hi = 0, shift + c1  # keys this chunk can attend
+        if window is not None:
+            k_lo = max(0, shift + c0 - window + 1)
         K = k_hi - k_lo
         q_pos = torch.arange(c0, c1, device=dev) + shift  # [C]
         k_pos = torch.arange(k_lo, k_hi, device=dev)  # [K]
 
-        qc = q[:, :, c0:c1].to(f32).reshape(B, Hkv, G, C, D) * scale
+        qc = q[:, :, c0:c1].to(f32).reshape(B, Hkv, G, C, D) * q_scale
         s = qc @ kf[:, :, :, k_lo:k_hi].transpose(-1, -2)  # [B, Hkv, G, C, K]
-        allowed = (k_pos[None, :] <= q_pos[:, None])[None]  # [1, C, K]
+        if softcap is not None:
+            s.tanh_().mul_(softcap)
+        allowed = k_pos[None, :] <= q_pos[:, None]  # [C, K]
+        if window is not None:
+            allowed = allowed & (k_pos[None, :] > q_pos[:, None] - window)
+        allowed = allowed[None]  # [1, C, K]
         if key_padding_mask is not None:
             allowed = allowed & key_padding_mask[:, None, k_lo:k_hi]  # [B, C, K]
         s.masked_fill_(~allowed[:, None, None], NEG_BIG)
         has_key = allowed.any(-1)[:, None, None]  # [B or 1, 1, 1, C]
 
         if top1:
-            m, arg = s.max(-1)
+            m_keys, arg = s.max(-1)
         else:
-            m = s.amax(-1)
-        m = torch.where(has_key, m, 0.0)  # empty rows: every u underflows to 0
+            m_keys = s.amax(-1)
+        if sink_logit is None:
+            m = torch.where(has_key, m_keys, 0.0)  # empty rows: every u underflows to 0
+        else:
+            m = torch.maximum(m_keys, sink_logit)  # NaN-propagating
         t = s.sub_(m[..., None])  # log of the unnormalised probabilities
         u = t.exp()
         l_keys = u.sum(-1)
-        l = l_keys
+        if sink_logit is None:
+            l = l_keys
+        else:
+            t_sink = sink_logit - m
+            u_sink = t_sink.exp()
+            l = l_keys + u_sink
+            put(learned, c0, c1, u_sink / l)
         norm = torch.where(l > 0, l, 1.0)  # 1 / norm turns sums of u into probabilities
         put(out, c0, c1, (u @ vf[:, :, :, k_lo:k_hi]) / norm[..., None])
         row_lse = m + torch.log(l)  # -inf on empty rows
         put(lse, c0, c1, row_lse)
 
         idx = (first_key - k_lo).clamp(0, K - 1).view(B, 1, 1, 1, 1).expand(B, Hkv, G, C, 1)
-        put(sink, c0, c1, torch.where(has_key, u.gather(-1, idx)[..., 0] / norm, 0.0))
+        first_in = (first_key >= k_lo).view(B, 1, 1, 1) & has_key  # a first key left of a window: p = 0
+        put(sink, c0, c1, torch.where(first_in, u.gather(-1, idx)[..., 0] / norm, 0.0))
 
         if offs is not None:
             key = q_pos[:, None] - off_t[None, :]  # [C, n_off]
@@ -131,7 +155,10 @@ def attention_with_stats_chunked(
             put(ind, c0, c1, (u * ind_mask[:, None, None]).sum(-1) / norm)
 
         if ent is not None:  # H = log l - sum(u t) / l; masked keys give 0 * finite = 0
-            put(ent, c0, c1, torch.where(l > 0, torch.log(norm) - (u * t).sum(-1) / norm, 0.0))
+            ut = (u * t).sum(-1)
+            if sink_logit is not None:  # the learned sink is one more outcome
+                ut = ut + u_sink * t_sink
+            put(ent, c0, c1, torch.where(l > 0, torch.log(norm) - ut / norm, 0.0))
 
         if dist is not None:  # sum u (last - j) - (last - i) sum u: no large cancelling terms
             last = shift + c1 - 1
@@ -145,8 +172,8 @@ def attention_with_stats_chunked(
 
         if top1_index is not None:
             put(top1_index, c0, c1, torch.where(has_key, arg + k_lo, -1))
-            # the max key's t is 0: its probability is 1 / l
-            put(top1_prob, c0, c1, torch.where(has_key, 1.0 / norm, 0.0))
+            # the max key's t is m_keys - m (0 without sinks): its probability is exp(that) / l
+            put(top1_prob, c0, c1, torch.where(has_key, torch.exp(m_keys - m) / norm, 0.0))
 
         if span_mass is not None:
             in_span = ((k_pos[None, :] >= span[:, :1]) & (k_pos[None, :] < span[:, 1:])).to(f32)  # [B, K]
@@ -157,5 +184,5 @@ def attention_with_stats_chunked(
     row_nan |= out.isnan().any(-1)
     stats = AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup,
                            entropy=ent, distance=dist, local=local, top1_index=top1_index, top1_prob=top1_prob,
-                           span=span_mass)
+                           span=span_mass, learned_sink=learned)
     return out, stats.mark_nan_rows(row_nan)

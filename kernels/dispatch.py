@@ -23,7 +23,7 @@ BACKENDS = ("auto", "torch", "triton")
 # call there (with a warning, once per feature), backend="triton" raises NotImplementedError.
 # Extend this set as the kernel learns a feature.
 TRITON_SUPPORTED_FEATURES: frozenset[str] = frozenset()
-OPTIONAL_FEATURES = ("distance", "local_window", "top1", "span")
+OPTIONAL_FEATURES = ("window", "softcap", "sinks", "distance", "local_window", "top1", "span")
 _warned_features: set[str] = set()
 
 
@@ -60,6 +60,24 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
 def _check_positive_int(name: str, value) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
         raise ValueError(f"{name} must be an int >= 1 (or None), got {value!r}")
+
+
+def _check_softcap(softcap) -> None:
+    if softcap is not None and (isinstance(softcap, bool) or not isinstance(softcap, numbers.Real)
+                                or not math.isfinite(softcap) or softcap <= 0):
+        raise ValueError(f"softcap must be a finite float > 0 (or None), got {softcap!r}")
+
+
+def _check_sinks(sinks, q: torch.Tensor) -> None:
+    if sinks is None:
+        return
+    if not isinstance(sinks, torch.Tensor) or not sinks.dtype.is_floating_point:
+        raise TypeError(f"sinks must be a float tensor [{q.shape[1]}] (one logit per query head), "
+                        f"got {type(sinks).__name__ if not isinstance(sinks, torch.Tensor) else sinks.dtype}")
+    if tuple(sinks.shape) != (q.shape[1],):
+        raise ValueError(f"sinks must have shape ({q.shape[1]},) (one logit per query head), got {tuple(sinks.shape)}")
+    if sinks.device != q.device:
+        raise ValueError(f"sinks are on {sinks.device}, q on {q.device}")
 
 
 def _check_bool(name: str, value) -> None:
@@ -111,6 +129,9 @@ def attention_with_stats(
     local_window: Optional[int] = None,
     top1: bool = False,
     span: Optional[torch.Tensor] = None,
+    window: Optional[int] = None,
+    softcap: Optional[float] = None,
+    sinks: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, AttentionStats]:
     """Causal attention that also returns per-row attention statistics, in one pass.
 
@@ -129,6 +150,13 @@ def attention_with_stats(
         top1: also return each row's most probable key (``top1_index``, absolute position,
             ties to the smallest; -1 for a row with no key) and its probability (``top1_prob``).
         span: ``[B, 2]`` int key ranges ``[start, end)``: also return the mass on them.
+        window: sliding-window attention with transformers' semantics: query ``i`` attends key
+            ``j`` iff ``i - window < j <= i`` (``window`` keys, itself included), int >= 1.
+        softcap: attention-logit soft-capping (Gemma 2): the scaled score ``s`` becomes
+            ``softcap * tanh(s / softcap)`` before masking and softmax; float > 0.
+        sinks: ``[Hq]`` learned attention-sink logits (gpt-oss ``s_aux``): one extra logit per
+            query head in every row's softmax denominator, with no value vector; the mass it
+            takes is returned as ``learned_sink``.
         backend: ``"triton"``, ``"torch"`` (chunked, O(chunk x Nk) memory) or ``"auto"``
             (Triton for CUDA tensors, torch otherwise).
         side_inputs: ``key_padding_mask``, ``token_ids`` and ``probe_keys`` already built with
@@ -137,12 +165,18 @@ def attention_with_stats(
 
     Returns:
         ``(out [B, Hq, Nq, D] in q.dtype, AttentionStats)``; never the ``Nq x Nk`` matrix.
+
+    Every statistic is defined on the model's real probabilities (capped scores, window,
+    sinks); see ``AttentionStats``.
     """
     _check_qkv(q, k, v)
     offsets = check_offsets(offsets)
     for name, flag in (("entropy", entropy), ("distance", distance), ("top1", top1)):
         _check_bool(name, flag)
     _check_positive_int("local_window", local_window)
+    _check_positive_int("window", window)
+    _check_softcap(softcap)
+    _check_sinks(sinks, q)
     B, _, _, D = q.shape
     Nk = k.shape[2]
     if scale is None:
@@ -158,7 +192,8 @@ def attention_with_stats(
         if given:
             raise ValueError(f"pass {given} inside side_inputs, not beside it")
         side_inputs.check_matches(q, k)
-    used = {"distance": distance, "local_window": local_window is not None, "top1": top1,
+    used = {"window": window is not None, "softcap": softcap is not None, "sinks": sinks is not None,
+            "distance": distance, "local_window": local_window is not None, "top1": top1,
             "span": side_inputs.span is not None}
     backend = resolve_backend(backend, q.device, [f for f in OPTIONAL_FEATURES if used[f]])
 
@@ -167,4 +202,5 @@ def attention_with_stats(
 
         return attention_with_stats_triton(q, k, v, scale=float(scale), side=side_inputs, offsets=offsets, entropy=entropy)
     return attention_with_stats_chunked(q, k, v, scale=float(scale), side=side_inputs, offsets=offsets, entropy=entropy,
-                                        distance=distance, local_window=local_window, top1=top1)
+                                        distance=distance, local_window=local_window, top1=top1, window=window,
+                                        softcap=None if softcap is None else float(softcap), sinks=sinks)

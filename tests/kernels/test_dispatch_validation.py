@@ -51,6 +51,8 @@ def test_triton_backend_on_cpu_without_interpreter_explains(monkeypatch):
 
 
 @pytest.mark.parametrize("feature,kwargs", [("top1", {"top1": True}), ("distance", {"distance": True}),
+                                            ("window", {"window": 3}), ("softcap", {"softcap": 5.0}),
+                                            ("sinks", {"sinks": torch.zeros(2)}),
                                             ("local_window", {"local_window": 3}),
                                             ("span", {"span": torch.tensor([[0, 4]])})])
 def test_triton_backend_refuses_features_it_lacks(feature, kwargs):
