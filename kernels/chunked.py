@@ -155,7 +155,8 @@ def attention_with_stats_chunked(
             put(ind, c0, c1, (u * ind_mask[:, None, None]).sum(-1) / norm)
 
         if ent is not None:  # H = log l - sum(u t) / l; masked keys give 0 * finite = 0
-            ut = (u * t).sum(-1)
+            # clamp: a -inf score (infinite q or k) has u = 0 and must add 0, not 0 * -inf = NaN
+            ut = (u * t.clamp_(min=NEG_BIG)).sum(-1)
             if sink_logit is not None:  # the learned sink is one more outcome
                 ut = ut + u_sink * t_sink
             put(ent, c0, c1, torch.where(l > 0, torch.log(norm) - ut / norm, 0.0))
