@@ -12,6 +12,7 @@ probability matrix itself is never written.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -21,8 +22,45 @@ from .stats import AttentionStats
 
 # Elements of one [B, Hq, chunk, keys] float32 temporary (4 MiB); a chunk holds a few of them.
 CHUNK_BUDGET_ELEMENTS = 1 << 20
-# Masked scores: finite, so that 0 * score stays 0 in the entropy sum (never 0 * -inf = NaN).
+# Masked scores are -inf (a row whose attendable scores are all -inf must come out NaN, as in
+# the reference); the entropy sum clamps them here first, so that 0 * score stays 0.
 NEG_BIG = -1.0e30
+
+
+def attention_lse_sink_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, side: SideInputs,
+) -> Optional[tuple[torch.Tensor, AttentionStats]]:
+    """Output, ``lse`` and ``sink`` only, from PyTorch's CPU flash attention (the SDPA kernel,
+    which also returns the log-sum-exp); ``sink`` is one dot product per row on top. For the
+    calls that request no other statistic (a model outside ``record()``). Returns None where it
+    does not apply: not on the CPU, or queries that are neither all the keys nor a single one
+    (SDPA's causal mask is top-left aligned), or inputs holding NaN or inf."""
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    if q.device.type != "cpu" or not (Nq == Nk or Nq == 1):
+        return None
+    # SDPA's CPU kernel hides a NaN query row (output 0, lse 0): non-finite inputs take the
+    # chunked path, which reports them (one pass over q, k and v).
+    if not all(bool(t.sum(dtype=torch.float32).isfinite()) for t in (q, k, v)):
+        return None
+    kpm = side.key_padding_mask
+    mask = None
+    if kpm is not None:
+        mask = torch.zeros(B, 1, 1, Nk, dtype=q.dtype).masked_fill_(~kpm[:, None, None, :], -math.inf)
+    if Hkv != Hq:
+        k = k.repeat_interleave(Hq // Hkv, 1)
+        v = v.repeat_interleave(Hq // Hkv, 1)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, is_causal=Nq > 1, attn_mask=mask, scale=scale)
+    lse = lse.to(torch.float32)
+    q_pos = torch.arange(Nk - Nq, Nk)
+    first_key = side.first_key.long()
+    has_key = first_key[:, None, None] <= q_pos  # [B, 1, Nq]
+    lse = torch.where(has_key, lse, -math.inf)  # SDPA gives 0 (and output 0) on empty rows
+    k_first = k.gather(2, first_key.clamp(max=Nk - 1).view(B, 1, 1, 1).expand(B, Hq, 1, D))  # [B, Hq, 1, D]
+    s_first = (q.float() @ k_first.float().transpose(-1, -2))[..., 0] * scale  # [B, Hq, Nq]
+    sink = torch.where(has_key, torch.exp(s_first - lse), 0.0)
+    return out, AttentionStats(lse=lse, sink=sink)
 
 
 def attention_with_stats_chunked(
@@ -105,7 +143,7 @@ def attention_with_stats_chunked(
         allowed = allowed[None]  # [1, C, K]
         if key_padding_mask is not None:
             allowed = allowed & key_padding_mask[:, None, k_lo:k_hi]  # [B, C, K]
-        s.masked_fill_(~allowed[:, None, None], NEG_BIG)
+        s.masked_fill_(~allowed[:, None, None], -math.inf)
         has_key = allowed.any(-1)[:, None, None]  # [B or 1, 1, 1, C]
 
         if top1:
@@ -154,8 +192,8 @@ def attention_with_stats_chunked(
             put(dup, c0, c1, (u * dup_mask[:, None, None]).sum(-1) / norm)
             put(ind, c0, c1, (u * ind_mask[:, None, None]).sum(-1) / norm)
 
-        if ent is not None:  # H = log l - sum(u t) / l; masked keys give 0 * finite = 0
-            # clamp: a -inf score (infinite q or k) has u = 0 and must add 0, not 0 * -inf = NaN
+        if ent is not None:  # H = log l - sum(u t) / l
+            # clamp: a -inf score (masked, or infinite q/k) has u = 0 and adds 0, not 0 * -inf = NaN
             ut = (u * t.clamp_(min=NEG_BIG)).sum(-1)
             if sink_logit is not None:  # the learned sink is one more outcome
                 ut = ut + u_sink * t_sink

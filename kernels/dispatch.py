@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .chunked import attention_with_stats_chunked
+from .chunked import attention_lse_sink_sdpa, attention_with_stats_chunked
 from .side_inputs import SideInputs, check_offsets
 from .stats import AttentionStats
 
@@ -201,6 +201,12 @@ def attention_with_stats(
         from .triton_attention import attention_with_stats_triton
 
         return attention_with_stats_triton(q, k, v, scale=float(scale), side=side_inputs, offsets=offsets, entropy=entropy)
+    plain = not (offsets or entropy or any(used.values()) or side_inputs.token_ids is not None
+                 or side_inputs.probe_keys is not None)
+    if plain:  # output, lse and sink only (a model outside record()): PyTorch's SDPA kernel on the CPU
+        fast = attention_lse_sink_sdpa(q, k, v, scale=float(scale), side=side_inputs)
+        if fast is not None:
+            return fast
     return attention_with_stats_chunked(q, k, v, scale=float(scale), side=side_inputs, offsets=offsets, entropy=entropy,
                                         distance=distance, local_window=local_window, top1=top1, window=window,
                                         softcap=None if softcap is None else float(softcap), sinks=sinks)
