@@ -29,8 +29,12 @@ NEG_BIG = -1.0e30
 
 
 def all_finite(*tensors: torch.Tensor) -> bool:
-    """Whether no tensor holds NaN or inf (one reduction each)."""
-    return all(bool(t.sum(dtype=torch.float32).isfinite()) for t in tensors)
+    """Whether no tensor holds NaN or inf (one reduction each, over contiguous memory when the
+    tensor is a [B, N, H, D] -> [B, H, N, D] transpose, as transformers hands q/k/v over)."""
+    def flat(t):
+        return t.transpose(1, 2) if not t.is_contiguous() and t.transpose(1, 2).is_contiguous() else t
+
+    return all(bool(flat(t).sum(dtype=torch.float32).isfinite()) for t in tensors)
 
 
 def chunk_rows(budget: int, first_key_span: int, window: Optional[int] = None) -> int:
