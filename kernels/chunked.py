@@ -1,8 +1,13 @@
 """Pure-PyTorch backend: exact statistics with O(chunk x Nk) extra memory.
 
-Queries are processed ``chunk_size`` at a time; each chunk materialises only its own
-``[B, Hq, chunk, Nk]`` float32 scores. This is the CPU fallback and a test oracle for the
-Triton kernel. Inputs are assumed validated by ``dispatch.attention_with_stats``.
+Queries are processed ``chunk_size`` at a time; each chunk materialises only the
+``[B, Hq, chunk, keys]`` float32 scores of the keys it can attend: keys after the chunk's last
+query are never computed (causal tile skipping). This is the CPU fallback and a test oracle for
+the Triton kernel. Inputs are assumed validated by ``dispatch.attention_with_stats``.
+
+Per chunk the softmax is kept unnormalised: ``t = s - m`` (``m`` the row max), ``u = exp(t)``,
+``l = sum u``; every mass statistic is a sum of ``u`` divided by ``l`` once per row, so the
+probability matrix itself is never written.
 """
 
 from __future__ import annotations
@@ -15,8 +20,67 @@ import torch
 from .side_inputs import SideInputs
 from .stats import AttentionStats
 
-# Elements of one [B, Hq, chunk, Nk] float32 temporary (4 MiB); a chunk holds ~10 of them.
+# Elements of one [B, Hq, chunk, keys] float32 temporary (4 MiB); a chunk holds a few of them.
 CHUNK_BUDGET_ELEMENTS = 1 << 20
+# Masked scores, when q and k are finite: 0 * (NEG_BIG - m) stays 0 in the entropy sum. With
+# infinite q or k they are -inf instead (a row whose attendable scores are all -inf must come out
+# NaN, as in the reference, not attend masked keys) and the entropy sum clamps them.
+NEG_BIG = -1.0e30
+
+
+def all_finite(*tensors: torch.Tensor) -> bool:
+    """Whether no tensor holds NaN or inf (one reduction each, over contiguous memory when the
+    tensor is a [B, N, H, D] -> [B, H, N, D] transpose, as transformers hands q/k/v over)."""
+    def flat(t):
+        return t.transpose(1, 2) if not t.is_contiguous() and t.transpose(1, 2).is_contiguous() else t
+
+    return all(bool(flat(t).sum(dtype=torch.float32).isfinite()) for t in tensors)
+
+
+def chunk_rows(budget: int, first_key_span: int, window: Optional[int] = None) -> int:
+    """Queries per chunk so that ``chunk x keys <= budget``, where a chunk starting at key
+    position ``first_key_span`` attends ``first_key_span + chunk`` keys (fewer with a window):
+    early chunks of a causal pass get more queries, late ones fewer."""
+    a = first_key_span if window is None else min(first_key_span, window - 1)
+    # largest C with C * (a + C) <= budget
+    c = int((math.sqrt(a * a + 4 * budget) - a) // 2)
+    return max(16, c)
+
+
+def attention_lse_sink_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, side: SideInputs,
+) -> Optional[tuple[torch.Tensor, AttentionStats]]:
+    """Output, ``lse`` and ``sink`` only, from PyTorch's CPU flash attention (the SDPA kernel,
+    which also returns the log-sum-exp); ``sink`` is one dot product per row on top. For the
+    calls that request no other statistic (a model outside ``record()``). Returns None where it
+    does not apply: not on the CPU, or queries that are neither all the keys nor a single one
+    (SDPA's causal mask is top-left aligned), or inputs holding NaN or inf."""
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    if q.device.type != "cpu" or not (Nq == Nk or Nq == 1):
+        return None
+    # SDPA's CPU kernel hides a NaN query row (output 0, lse 0): non-finite inputs take the
+    # chunked path, which reports them (one pass over q, k and v).
+    if not all_finite(q, k, v):
+        return None
+    kpm = side.key_padding_mask
+    mask = None
+    if kpm is not None:
+        mask = torch.zeros(B, 1, 1, Nk, dtype=q.dtype).masked_fill_(~kpm[:, None, None, :], -math.inf)
+    if Hkv != Hq:
+        k = k.repeat_interleave(Hq // Hkv, 1)
+        v = v.repeat_interleave(Hq // Hkv, 1)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, is_causal=Nq > 1, attn_mask=mask, scale=scale)
+    lse = lse.to(torch.float32)
+    q_pos = torch.arange(Nk - Nq, Nk)
+    first_key = side.first_key.long()
+    has_key = first_key[:, None, None] <= q_pos  # [B, 1, Nq]
+    lse = torch.where(has_key, lse, -math.inf)  # SDPA gives 0 (and output 0) on empty rows
+    k_first = k.gather(2, first_key.clamp(max=Nk - 1).view(B, 1, 1, 1).expand(B, Hq, 1, D))  # [B, Hq, 1, D]
+    s_first = (q.float() @ k_first.float().transpose(-1, -2))[..., 0] * scale  # [B, Hq, Nq]
+    sink = torch.where(has_key, torch.exp(s_first - lse), 0.0)
+    return out, AttentionStats(lse=lse, sink=sink)
 
 
 def attention_with_stats_chunked(
@@ -28,27 +92,34 @@ def attention_with_stats_chunked(
     side: SideInputs,
     offsets: Sequence[int],
     entropy: bool,
+    distance: bool = False,
+    local_window: Optional[int] = None,
+    top1: bool = False,
+    window: Optional[int] = None,
+    softcap: Optional[float] = None,
+    sinks: Optional[torch.Tensor] = None,
     chunk_size: Optional[int] = None,
 ) -> tuple[torch.Tensor, AttentionStats]:
-    """See ``attention_with_stats``; ``side`` holds the padding mask, first keys, token ids and
-    probe keys. ``chunk_size`` defaults to as many queries as fit ``CHUNK_BUDGET_ELEMENTS`` scores."""
-    key_padding_mask, probe_keys, token_ids = side.key_padding_mask, side.probe_keys, side.token_ids
+    """See ``attention_with_stats``; ``side`` holds the padding mask, first keys, token ids,
+    probe keys and span; ``sinks`` is ``[Hq]`` float. ``chunk_size`` defaults to as many
+    queries as fit ``CHUNK_BUDGET_ELEMENTS`` scores of the keys the chunk attends."""
+    key_padding_mask, probe_keys, token_ids, span = side.key_padding_mask, side.probe_keys, side.token_ids, side.span
     first_key, prev_token_ids = side.first_key.long(), side.prev_token_ids
     if probe_keys is not None:
         probe_keys = probe_keys.long()
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     G = Hq // Hkv
-    if chunk_size is None:
-        chunk_size = max(1, min(Nq, CHUNK_BUDGET_ELEMENTS // (B * Hq * Nk)))
+    shift = Nk - Nq  # query c sits at key position shift + c
+    per_row = CHUNK_BUDGET_ELEMENTS // (B * Hq)  # scores per query chunk, over its keys
     dev = q.device
     f32 = torch.float32
     # Group query heads by their kv head so that k/v are never copied per query head.
     kf = k.to(f32)[:, :, None]  # [B, Hkv, 1, Nk, D]
     vf = v.to(f32)[:, :, None]
-    k_pos = torch.arange(Nk, device=dev)
 
     out = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=dev)
+    row_nan = torch.empty(B, Hq, Nq, dtype=torch.bool, device=dev)
     lse = torch.empty(B, Hq, Nq, dtype=f32, device=dev)
     sink = torch.empty_like(lse)
     offs = torch.empty(B, Hq, Nq, len(offsets), dtype=f32, device=dev) if len(offsets) else None
@@ -57,50 +128,155 @@ def attention_with_stats_chunked(
     ind = torch.empty_like(lse) if token_ids is not None else None
     dup = torch.empty_like(lse) if token_ids is not None else None
     ent = torch.empty_like(lse) if entropy else None
+    dist = torch.empty_like(lse) if distance else None
+    local = torch.empty_like(lse) if local_window is not None else None
+    top1_prob = torch.empty_like(lse) if top1 else None
+    top1_index = torch.empty(B, Hq, Nq, dtype=torch.long, device=dev) if top1 else None
+    span_mass = torch.empty_like(lse) if span is not None else None
+    learned = torch.empty_like(lse) if sinks is not None else None
+    sink_logit = sinks.to(f32).view(1, Hkv, G, 1) if sinks is not None else None
+    # softcap * tanh(s / softcap): fold 1 / softcap into the query scale
+    q_scale = scale if softcap is None else scale / softcap
     off_t = torch.as_tensor(list(offsets), dtype=torch.long, device=dev)
+    finite = all_finite(q, k)
+    mask_value = NEG_BIG if finite else -math.inf
+    if key_padding_mask is not None:  # attendable keys before each position, for has_key
+        n_keys = torch.nn.functional.pad(key_padding_mask.long().cumsum(-1), (1, 0))  # [B, Nk + 1]
 
-    for c0 in range(0, Nq, chunk_size):
-        c1 = min(Nq, c0 + chunk_size)
+    def put(dst, c0, c1, val):  # [B, Hkv, G, C, ...] -> dst[:, :, c0:c1]
+        dst[:, :, c0:c1] = val.reshape(B, Hq, c1 - c0, *val.shape[4:])
+
+    c0 = 0
+    while c0 < Nq:
+        C = chunk_size or chunk_rows(per_row, shift + c0, window)
+        c1 = min(Nq, c0 + C)
         C = c1 - c0
-        qc = q[:, :, c0:c1].to(f32).reshape(B, Hkv, G, C, D)
-        s = (qc @ kf.transpose(-1, -2)) * scale  # [B, Hkv, G, C, Nk]
-        q_pos = torch.arange(c0, c1, device=dev) + (Nk - Nq)
-        allowed = k_pos[None, :] <= q_pos[:, None]  # [C, Nk]
-        allowed = allowed[None].expand(B, C, Nk)
-        if key_padding_mask is not None:
-            allowed = allowed & key_padding_mask[:, None, :]
-        allowed5 = allowed[:, None, None]  # [B, 1, 1, C, Nk]
-        s = s.masked_fill(~allowed5, -math.inf)
-        row_lse = torch.logsumexp(s, dim=-1)  # -inf on empty rows
-        has_key = allowed.any(-1)[:, None, None]  # [B, 1, 1, C]
-        safe_lse = torch.where(has_key, row_lse, torch.zeros((), device=dev))
-        p = torch.exp(s - safe_lse[..., None])  # exactly 0 on masked keys
-        out[:, :, c0:c1] = (p @ vf).reshape(B, Hq, C, D).to(q.dtype)
-        lse[:, :, c0:c1] = row_lse.reshape(B, Hq, C)
+        k_lo, k_hi = 0, shift + c1  # keys this chunk can attend
+        if window is not None:
+            k_lo = max(0, shift + c0 - window + 1)
+        K = k_hi - k_lo
+        q_pos = torch.arange(c0, c1, device=dev) + shift  # [C]
+        k_pos = torch.arange(k_lo, k_hi, device=dev)  # [K]
 
-        idx = first_key.clamp(max=Nk - 1).view(B, 1, 1, 1, 1).expand(B, Hkv, G, C, 1)
-        p_first = p.gather(-1, idx)[..., 0]
-        sink[:, :, c0:c1] = torch.where(has_key, p_first, 0.0).reshape(B, Hq, C)
+        qc = q[:, :, c0:c1].to(f32).reshape(B, Hkv, G, C, D) * q_scale
+        s = qc @ kf[:, :, :, k_lo:k_hi].transpose(-1, -2)  # [B, Hkv, G, C, K]
+        if softcap is not None:
+            s.tanh_().mul_(softcap)
+        # Masks are built on the blocks where rows differ only: the causal diagonal block
+        # (keys shift + c0 ...) and a window's left block (the chunk's first C keys).
+        rows = torch.arange(C, device=dev)
+        diag = shift + c0 - k_lo
+        causal_block = rows[None, :] <= rows[:, None]  # [C, C]: key diag + c vs query r
+        s[..., diag:].masked_fill_(~causal_block, mask_value)
+        if window is not None and k_lo > 0:  # key k_lo + c is in query r's window iff c > r - 1
+            s[..., :C].masked_fill_(~(rows[None, :] >= rows[:, None])[:, : min(C, K)], mask_value)
+        elif window is not None:  # keys from 0: key c is in query r's window iff c > q_r - window
+            left = torch.arange(min(C, K), device=dev)
+            s[..., : min(C, K)].masked_fill_(~(left[None, :] > q_pos[:, None] - window), mask_value)
+        if key_padding_mask is not None:
+            s.masked_fill_(~key_padding_mask[:, None, None, None, k_lo:k_hi], mask_value)
+            lo_pos = (q_pos - window + 1).clamp(min=0) if window is not None else torch.zeros_like(q_pos)
+            has_key = (n_keys[:, q_pos + 1] - n_keys[:, lo_pos] > 0)[:, None, None]  # [B, 1, 1, C]
+        else:  # every query may attend itself
+            has_key = torch.ones(1, 1, 1, C, dtype=torch.bool, device=dev)
+
+        if top1:
+            m_keys, arg = s.max(-1)
+        else:
+            m_keys = s.amax(-1)
+        if sink_logit is None:
+            m = torch.where(has_key, m_keys, 0.0)  # empty rows: every u underflows to 0
+        else:
+            m = torch.maximum(m_keys, sink_logit)  # NaN-propagating
+        t = s.sub_(m[..., None])  # log of the unnormalised probabilities
+        u = t.exp()
+        l_keys = u.sum(-1)
+        if sink_logit is None:
+            l = l_keys
+        else:
+            t_sink = sink_logit - m
+            u_sink = t_sink.exp()
+            l = l_keys + u_sink
+            put(learned, c0, c1, u_sink / l)
+        norm = torch.where(l > 0, l, 1.0)  # 1 / norm turns sums of u into probabilities
+        put(out, c0, c1, (u @ vf[:, :, :, k_lo:k_hi]) / norm[..., None])
+        row_lse = m + torch.log(l)  # -inf on empty rows
+        put(lse, c0, c1, row_lse)
+
+        idx = (first_key - k_lo).clamp(0, K - 1).view(B, 1, 1, 1, 1).expand(B, Hkv, G, C, 1)
+        first_in = (first_key >= k_lo).view(B, 1, 1, 1) & has_key  # a first key left of a window: p = 0
+        put(sink, c0, c1, torch.where(first_in, u.gather(-1, idx)[..., 0] / norm, 0.0))
 
         if offs is not None:
             key = q_pos[:, None] - off_t[None, :]  # [C, n_off]
-            idx = key.clamp(min=0)[None, None, None].expand(B, Hkv, G, C, len(offsets))
-            val = p.gather(-1, idx)  # masked keys already carry probability 0
-            offs[:, :, c0:c1] = torch.where(key[None, None, None] >= 0, val, 0.0).reshape(B, Hq, C, -1)
+            idx = (key - k_lo).clamp(min=0)[None, None, None].expand(B, Hkv, G, C, len(offsets))
+            val = u.gather(-1, idx) / norm[..., None]  # masked keys carry u = 0
+            put(offs, c0, c1, torch.where(key[None, None, None] >= k_lo, val, 0.0))
 
         if probes is not None:
-            idx = probe_keys[:, None, None, None, :].expand(B, Hkv, G, C, n_probe)
-            probes[:, :, c0:c1] = p.gather(-1, idx).reshape(B, Hq, C, n_probe)
+            rel = probe_keys - k_lo  # [B, P]
+            idx = rel.clamp(0, K - 1)[:, None, None, None, :].expand(B, Hkv, G, C, n_probe)
+            ok = ((rel >= 0) & (rel < K))[:, None, None, None, :]
+            put(probes, c0, c1, torch.where(ok, u.gather(-1, idx) / norm[..., None], 0.0))
 
+        # Masses whose weights depend on the key only (span, distance, local): one matmul of
+        # u with weight columns, plus a small block correction for local.
+        cols, targets = [], []
+        if span_mass is not None:
+            cols.append(((k_pos[None, :] >= span[:, :1]) & (k_pos[None, :] < span[:, 1:])).to(f32))  # [B, K]
+            targets.append(("span", span_mass))
+        if dist is not None:  # sum u (last - j) - (last - i) sum u: no large cancelling terms
+            last = shift + c1 - 1
+            cols.append((last - k_pos).to(f32)[None].expand(B, K))
+            targets.append(("distance", dist))
+        if local is not None:  # ones from the first query's band start; rows r > 0 start r later
+            a_first = shift + c0 - local_window + 1
+            cols.append((k_pos >= a_first).to(f32)[None].expand(B, K))
+            targets.append(("local", local))
+        if cols:
+            weight = torch.stack(cols, -1)  # [B, K, R]
+            sums = (u.reshape(B, Hq * C, K) @ weight).reshape(B, Hkv, G, C, len(cols))
+            for r, (name, dst) in enumerate(targets):
+                val = sums[..., r]
+                if name == "distance":
+                    val = val - (last - q_pos).to(f32) * l_keys
+                elif name == "local":  # subtract keys a_first .. a_first + r - 1 of row r
+                    lo = a_first - k_lo
+                    c_lo, c_hi = max(lo, 0), min(lo + C, K)
+                    if c_hi > c_lo:
+                        over = (torch.arange(c_lo, c_hi, device=dev)[None, :] - lo) < rows[:, None]  # [C, cols]
+                        val = val - (u[..., c_lo:c_hi] * over).sum(-1)
+                put(dst, c0, c1, val / norm)
+
+        # Token-match masses: weights per (row, key), shared by every head; one batched matmul.
         if token_ids is not None:
-            tq = token_ids[:, Nk - Nq + c0 : Nk - Nq + c1]  # [B, C]
-            dup_mask = (token_ids[:, None, :] == tq[:, :, None]) & (k_pos[None, None, :] < q_pos[None, :, None])
-            ind_mask = prev_token_ids[:, None, :] == tq[:, :, None]  # j <= i comes from causality
-            dup[:, :, c0:c1] = (p * dup_mask[:, None, None]).sum(-1).reshape(B, Hq, C)
-            ind[:, :, c0:c1] = (p * ind_mask[:, None, None]).sum(-1).reshape(B, Hq, C)
+            tq = token_ids[:, c0 + shift : c1 + shift]  # [B, C]
+            w = torch.empty(B, C, 2, K, dtype=f32, device=dev)
+            torch.eq(token_ids[:, None, k_lo:k_hi], tq[:, :, None], out=w[:, :, 0])
+            w[:, :, 0, diag:] *= rows[None, :] < rows[:, None]  # duplicate: j < i
+            torch.eq(prev_token_ids[:, None, k_lo:k_hi], tq[:, :, None], out=w[:, :, 1])  # j <= i from causality
+            sums = torch.einsum("bhck,bcrk->bhcr", u.reshape(B, Hq, C, K), w).reshape(B, Hkv, G, C, 2) / norm[..., None]
+            put(dup, c0, c1, sums[..., 0])
+            put(ind, c0, c1, sums[..., 1])
 
-        if ent is not None:
-            plogp = torch.where(p > 0, p * (s - safe_lse[..., None]), 0.0)
-            ent[:, :, c0:c1] = (-plogp.sum(-1)).reshape(B, Hq, C)
+        if ent is not None:  # H = log l - sum(u t) / l
+            if not finite:  # a -inf score has u = 0 and must add 0, not 0 * -inf = NaN
+                t.clamp_(min=NEG_BIG)
+            ut = (u.unsqueeze(-2) @ t.unsqueeze(-1))[..., 0, 0]  # row-wise dot products
+            if sink_logit is not None:  # the learned sink is one more outcome
+                ut = ut + u_sink * t_sink
+            put(ent, c0, c1, torch.where(l > 0, torch.log(norm) - ut / norm, 0.0))
 
-    return out, AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup, entropy=ent)
+        if top1_index is not None:
+            put(top1_index, c0, c1, torch.where(has_key, arg + k_lo, -1))
+            # the max key's t is m_keys - m (0 without sinks): its probability is exp(that) / l
+            put(top1_prob, c0, c1, torch.where(has_key, torch.exp(m_keys - m) / norm, 0.0))
+
+        put(row_nan, c0, c1, row_lse.isnan())
+        c0 = c1
+
+    row_nan |= out.isnan().any(-1)
+    stats = AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup,
+                           entropy=ent, distance=dist, local=local, top1_index=top1_index, top1_prob=top1_prob,
+                           span=span_mass, learned_sink=learned)
+    return out, stats.mark_nan_rows(row_nan)
