@@ -1,6 +1,6 @@
 """Static compile report: what the fused kernel costs on an H100 (sm_90), without a GPU.
 
-    python -m bench.compile_report                 # every variant below, every config kept
+    python -m bench.compile_report                 # the default set, every config kept
     python -m bench.compile_report --quick         # D=64/128 bf16, one config per variant
     python -m bench.compile_report --d 128 --stats all --dtype bf16 --jobs 2
 
@@ -19,6 +19,7 @@ These are static compile figures: what the GPU will execute, not how fast it run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -52,16 +53,25 @@ TUTORIAL = [
 TUTORIAL_BEST = {64: 298.8, 128: 253.4}
 
 
-def default_variants(quick: bool, dims, dtypes, stats_sets, buckets) -> list[aot.CompileVariant]:
-    lengths = {"long": (4096, 4096), "short": (200, 200), "decode": (1, 4096)}
-    out = []
-    for d in dims:
-        for dt in dtypes:
-            for st in stats_sets:
-                for b in buckets:
-                    nq, nk = lengths[b]
-                    out.append(aot.CompileVariant(d, dt, st, q_len=nq, k_len=nk))
-    return out
+LENGTHS = {"long": (4096, 4096), "short": (200, 200), "decode": (1, 4096)}
+
+
+def grid_variants(dims, dtypes, stats_sets, buckets) -> list[aot.CompileVariant]:
+    return [aot.CompileVariant(d, dt, st, q_len=LENGTHS[b][0], k_len=LENGTHS[b][1])
+            for d in dims for dt in dtypes for st in stats_sets for b in buckets]
+
+
+def default_variants() -> list[aot.CompileVariant]:
+    """The committed report: bf16 prefill at every head-dim class with every statistics set (no
+    point statistics at D = 16/32), fp16 and fp32 at D = 128 (fp32 also 64), bf16 decode."""
+    return (grid_variants((64, 80, 128, 256), ["bf16"], STATS, ["long"])
+            + grid_variants((16, 32), ["bf16"], ["none", "all"], ["long"])
+            + grid_variants((128,), ["fp16"], ["none", "all"], ["long"])
+            + grid_variants((64, 128), ["fp32"], ["none", "all"], ["long"])
+            + grid_variants((64, 128), ["bf16"], ["none", "all"], ["decode"]))
+
+
+STATS = ["none", "point", "all"]
 
 
 def report_row(variant: aot.CompileVariant, config: triton.Config, arch: int, kept: bool = True) -> dict:
@@ -130,10 +140,11 @@ def _job(args):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", type=int, default=90, choices=aot.ARCHS)
-    ap.add_argument("--d", default="16,32,64,80,128,256", help="head dims (comma-separated)")
-    ap.add_argument("--dtype", default="bf16,fp16,fp32")
+    ap.add_argument("--d", default=None, help="head dims (comma-separated); with --dtype/--stats/--bucket "
+                    "a grid instead of the default set")
+    ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--stats", default="none,point,all")
-    ap.add_argument("--bucket", default="long,decode", help="long (Nq=Nk=4096), short (200), decode (Nq=1)")
+    ap.add_argument("--bucket", default="long", help="long (Nq=Nk=4096), short (200), decode (Nq=1)")
     ap.add_argument("--quick", action="store_true", help="D=64,128 bf16 long prefill, one config per variant")
     ap.add_argument("--all-configs", action="store_true", help="also compile the configs the pruner drops")
     ap.add_argument("--jobs", type=int, default=1)
@@ -143,8 +154,11 @@ def main(argv=None) -> int:
         ap.error("unset TRITON_INTERPRET: the interpreter replaces the kernel by a Python function")
     if a.quick:
         a.d, a.dtype, a.bucket = "64,128", "bf16", "long"
-    variants = default_variants(a.quick, [int(x) for x in a.d.split(",")], a.dtype.split(","), a.stats.split(","),
-                                a.bucket.split(","))
+    if a.d is None:
+        variants = default_variants()
+    else:
+        variants = grid_variants([int(x) for x in a.d.split(",")], a.dtype.split(","), a.stats.split(","),
+                                 a.bucket.split(","))
     jobs = []
     for v in variants:
         kept = aot.candidate_configs(v)
@@ -152,16 +166,14 @@ def main(argv=None) -> int:
         cfgs = kept[:1] if a.quick else (every if a.all_configs else kept)
         jobs += [(v, c, a.arch, any(c is k for k in kept)) for c in cfgs]
     print(f"compiling {len(jobs)} (variant, config) pairs for sm_{a.arch}", file=sys.stderr)
-    if a.jobs > 1:
-        with ProcessPoolExecutor(a.jobs) as pool:
-            rows = list(pool.map(_job, jobs))
-    else:
-        rows = [_job(j) for j in jobs]
-    for r in rows:
-        print(f"D{r['head_dim']:<3} {r['dtype']} {r['stats']:5s} Nq={r['q_len']:<4} {r['BLOCK_M']}x{r['BLOCK_N']} "
-              f"w{r['num_warps']} s{r['num_stages']}: " + (r["error"][:200] if "error" in r else
-              f"regs {r['registers']} spill {r['spill_store_bytes']} smem {r['shared_bytes']} "
-              f"loop/1k {r['hot_loop_per_1k_scores']}"), file=sys.stderr)
+    rows = []
+    with ProcessPoolExecutor(a.jobs) if a.jobs > 1 else contextlib.nullcontext() as pool:
+        for r in (pool.map(_job, jobs) if pool else map(_job, jobs)):  # print each row as it comes
+            rows.append(r)
+            print(f"[{len(rows)}/{len(jobs)}] D{r['head_dim']:<3} {r['dtype']} {r['stats']:5s} Nq={r['q_len']:<4} "
+                  f"{r['BLOCK_M']}x{r['BLOCK_N']} w{r['num_warps']} s{r['num_stages']}: " + (r["error"][:200] if "error" in r
+                  else f"regs {r['registers']} spill {r['spill_store_bytes']} smem {r['shared_bytes']} "
+                  f"loop/1k {r['hot_loop_per_1k_scores']}"), file=sys.stderr, flush=True)
     date = datetime.date.today().isoformat()
     doc = dict(kind="static compile report (not timings)", arch=a.arch, date=date, triton=triton.__version__,
                torch=torch.__version__, python=platform.python_version(), device="none (compiled on CPU)",

@@ -300,7 +300,7 @@ def smem_bytes(block_m: int, block_n: int, num_stages: int, block_d: int, elt_by
 PREFILL_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bm, bn, w, s in ((128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3),
-                         (64, 32, 4, 2))
+                         (64, 32, 4, 2), (64, 64, 8, 2), (64, 32, 8, 2))
 ]
 # Decode: a handful of query rows per sequence, so a 16-row tile (the smallest tl.dot takes).
 DECODE_CONFIGS = [
@@ -309,21 +309,47 @@ DECODE_CONFIGS = [
 ]
 
 
-def keep_config(cfg: triton.Config, *, block_d: int, elt_bytes: int, has_tok: bool, has_ent: bool,
+def _tiles(*specs: tuple[int, int, int, int]) -> frozenset:
+    return frozenset(specs)
+
+
+# Tiles that compile without register spills on sm_90 (triton 3.9), per the compile report
+# (bench/results/compile-sm90-*.json; `python -m bench.compile_report --all-configs` shows the
+# spilling ones): keyed by (head-dim tile, statistics in the loop, head dim padded, fp32 input).
+# Spilling is not monotone in the tile (at D = 128 with all statistics 128x64 w8 spills with 2
+# stages and not with 3), so this is a measured list rather than a register formula.
+_ALL_PREFILL = _tiles(*[(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in PREFILL_CONFIGS])
+NO_SPILL_TILES = {
+    (64, False, False): _ALL_PREFILL - {(64, 32, 8, 2), (64, 64, 8, 2)},
+    (64, True, False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)),
+    (128, False, False): _tiles((128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
+    (128, False, True): _tiles((128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
+    (128, True, False): _tiles((128, 64, 8, 3), (64, 32, 4, 2)),
+    (128, True, True): _tiles((64, 32, 4, 2)),
+    (256, False, False): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
+    (256, True, False): _tiles((64, 32, 8, 2)),
+}
+# fp32 inputs (3xTF32 holds two halves of every operand): the smallest tiles only.
+NO_SPILL_TILES_FP32 = {64: _tiles((64, 32, 4, 2)), 128: _tiles((64, 32, 8, 2)), 256: _tiles((64, 32, 8, 2))}
+
+
+def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int, has_tok: bool, has_ent: bool,
                 smem_limit: int = SMEM_LIMIT_BYTES) -> bool:
-    """Whether the autotuner may try ``cfg``: it fits shared memory and, per the compile report
-    (``python -m bench.compile_report``), compiles without register spills."""
-    bm, bn, w = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps
-    if smem_bytes(bm, bn, cfg.num_stages, block_d, elt_bytes) > smem_limit:
+    """Whether the autotuner may try ``cfg``: it fits shared memory and is a tile measured to
+    compile without register spills (``NO_SPILL_TILES``). Decode tiles (16 rows) are small
+    enough for every head dim."""
+    bm, bn, w, st = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages
+    bd = head_block(head_dim)
+    if smem_bytes(bm, bn, st, bd, elt_bytes) > smem_limit:
         return False
-    # fp32 accumulator + score tile per thread; the statistics add per-score temporaries.
-    per_thread = (bm * block_d + bm * bn * (2 if (has_tok or has_ent) else 1)) // (32 * w)
-    if elt_bytes == 4:  # 3xTF32 splits each operand in two
-        per_thread += bm * bn // (32 * w)
-    return per_thread <= REGISTER_BUDGET
-
-
-REGISTER_BUDGET = 128
+    if bm == 16:
+        return bd < 256 or (bn, st) == (64, 2)
+    tile_class = max(64, bd)
+    if elt_bytes == 4:
+        return (bm, bn, w, st) in NO_SPILL_TILES_FP32[tile_class]
+    padded = bd != head_dim and head_dim > 64
+    key = (tile_class, has_tok or has_ent, padded and tile_class == 128)
+    return (bm, bn, w, st) in NO_SPILL_TILES[key]
 
 
 def tuner_bucket(q_len: int) -> str:
@@ -336,7 +362,7 @@ def candidate_configs(bucket: str, *, head_dim: int, elt_bytes: int, has_tok: bo
     """The configs the autotuner tries for one launch (never empty)."""
     configs = DECODE_CONFIGS if bucket == "decode" else PREFILL_CONFIGS
     bd = head_block(head_dim)
-    kept = [c for c in configs if keep_config(c, block_d=bd, elt_bytes=elt_bytes, has_tok=has_tok, has_ent=has_ent)]
+    kept = [c for c in configs if keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes, has_tok=has_tok, has_ent=has_ent)]
     if kept:
         return kept
     fits = [c for c in configs if smem_bytes(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, bd, elt_bytes)
