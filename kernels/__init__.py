@@ -6,7 +6,7 @@
 Set ``TRITON_INTERPRET=1`` before importing to run the Triton kernel on the CPU.
 """
 
-from .dispatch import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, attention_with_stats
+from .dispatch import SUPPORTED_DTYPES, attention_with_stats
 from .naive import attention_with_stats_naive, stats_from_probabilities
 from .side_inputs import SideInputs
 from .stats import AttentionStats
@@ -18,5 +18,4 @@ __all__ = [
     "attention_with_stats_naive",
     "stats_from_probabilities",
     "SUPPORTED_DTYPES",
-    "SUPPORTED_HEAD_DIMS",
 ]

@@ -2,26 +2,35 @@
 
 The structure follows the Triton fused-attention tutorial: one program owns BLOCK_M query
 rows of one (batch, head), keeps the row max ``m_i``, row sum ``l_i`` and output accumulator
-on chip, and walks the key tiles left to right. Scores are kept in base-2 units
-(``s2 = s * log2(e)``) so that every exponential is an ``exp2``.
+on chip, and walks the key tiles left to right (``_attn_fwd_inner``). Scores are kept in
+base-2 units (``s2 = s * log2(e)``) so that every exponential is an ``exp2``.
 
-Statistics ride along at almost no cost:
+What each statistic costs in the hot loop (the unmasked key tiles):
 
-* ``lse`` falls out of ``m_i`` and ``l_i``.
-* Point probabilities (sink, fixed offsets) need one score each. Rather than fishing it out
-  of the score tile inside the loop, the epilogue recomputes it from one gathered key row,
-  ``p_ij = exp2(s2_ij - lse2_i)``: BLOCK_M x D multiply-adds per statistic instead of
-  BLOCK_M x BLOCK_N work on every tile.
-* Masked sums (token-match induction/duplicate mass, the entropy term) are accumulators
-  rescaled by the same ``alpha = exp2(m_old - m_new)`` as ``l_i``.
+* ``lse``, sink, fixed offsets and probes: nothing. ``lse`` falls out of ``m_i`` and ``l_i``;
+  a point probability is recomputed in the epilogue from one gathered key row and the row's
+  log-sum-exp, ``p_ij = exp2(s2_ij - lse2_i)`` (Q is reloaded there, so it is not kept live
+  through the loop).
+* entropy: one multiply-add per score, ``sum_j p_j * (s2_j - m)``, reusing the exponent
+  argument that ``exp2`` needs anyway, rescaled by the same ``alpha`` as ``l_i``.
+* token-match induction / duplicate mass: one integer compare and one select-add per score
+  each (the unmasked tiles hold only keys strictly before every query of the block, so no
+  position test is needed there).
+
+Any head dim from 1 to 256 runs: the tile is padded on chip to ``BLOCK_D`` (the next power of
+two, at least 16) with masked loads, so padding costs no HBM traffic. fp32 inputs run on the
+tensor cores as 3xTF32 (``input_precision="tf32x3"``), which keeps fp32-level accuracy.
 
 Statistics that were not requested are compiled out (``tl.constexpr`` flags).
+``launch_arguments`` builds a launch's argument list from tensors or from shape-only stand-ins
+(``kernels.aot``), so the ahead-of-time compile test compiles exactly what the launcher runs.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import torch
 import triton
@@ -30,95 +39,132 @@ import triton.language as tl
 from .side_inputs import SideInputs
 from .stats import AttentionStats
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+LOG2E = 1.4426950408889634  # host side: scale * log2(e) turns scores into log2 units
+LN2 = tl.constexpr(0.6931471805599453)  # kernel side: log2 units back to nats
 # A finite "minus infinity" for the running max, so that a tile in which a row has no
 # attendable key yields alpha = exp2(0) = 1 instead of exp2(-inf + inf) = NaN.
 NEG_BIG = tl.constexpr(-1.0e30)
+
+MAX_HEAD_DIM = 256
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def head_block(head_dim: int) -> int:
+    """On-chip head-dim tile: the next power of two, at least 16 (the smallest ``tl.dot`` K)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
 @triton.jit
-def _inner(
+def _attn_fwd_inner(
     acc, l_i, m_i, ind_acc, dup_acc, ent_acc,
     q, q_pos, q_tok,
     K, V, TOK, TOKP, KPM,
     stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
     lo, hi, Nk, qk_scale,
-    offs_d,
-    CAUSAL_MASK: tl.constexpr, HAS_PAD: tl.constexpr, HAS_TOK: tl.constexpr,
-    HAS_ENT: tl.constexpr, FP32_IEEE: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr, HAS_PAD: tl.constexpr, HAS_TOK: tl.constexpr,
+    HAS_ENT: tl.constexpr, FP32_INPUT: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Online-softmax sweep over key tiles [lo, hi).
 
-    With CAUSAL_MASK=False every key of every tile is known to be at or before every query
-    of the block and inside [0, Nk), so no mask is built (the bulk of the work)."""
+    With MASKED=False every key of every tile is strictly before every query of the block
+    and inside [0, Nk), so no causal or range mask is built (the bulk of the work)."""
+    offs_j = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    # In-tile offsets in int32, computed once; only the tile's base pointer moves (64-bit).
+    k_off = offs_j[None, :] * stride_kn + offs_d[:, None] * stride_kd  # [BLOCK_D, BLOCK_N]
+    v_off = offs_j[:, None] * stride_vn + offs_d[None, :] * stride_vd  # [BLOCK_N, BLOCK_D]
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
-        offs_n = start_n + tl.arange(0, BLOCK_N)
+        offs_n = start_n + offs_j
         in_range = offs_n < Nk
-        k_ptrs = K + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd
-        v_ptrs = V + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd
-        if CAUSAL_MASK:  # the ragged end of the keys lives in this stage only
-            k = tl.load(k_ptrs, mask=in_range[None, :], other=0.0)  # [D, BLOCK_N]
+        k_ptrs = K + start_n.to(tl.int64) * stride_kn + k_off
+        v_ptrs = V + start_n.to(tl.int64) * stride_vn + v_off
+        # Padded head dims (BLOCK_D > HEAD_DIM) are masked: zeros on chip, no HBM traffic.
+        if MASKED:  # the ragged end of the keys lives in this stage only
+            if BLOCK_D != HEAD_DIM:
+                k = tl.load(k_ptrs, mask=d_ok[:, None] & in_range[None, :], other=0.0)
+            else:
+                k = tl.load(k_ptrs, mask=in_range[None, :], other=0.0)
         else:
-            k = tl.load(k_ptrs)
-        if FP32_IEEE:
-            qk = tl.dot(q, k, input_precision="ieee")
+            if BLOCK_D != HEAD_DIM:
+                k = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
+            else:
+                k = tl.load(k_ptrs)
+        if FP32_INPUT:
+            qk = tl.dot(q, k, input_precision="tf32x3")
         else:
             qk = tl.dot(q, k)
-        s2 = qk * qk_scale  # scores in log2 units
 
-        if CAUSAL_MASK:
+        if MASKED:
             keep = (offs_n[None, :] <= q_pos[:, None]) & in_range[None, :]
             if HAS_PAD:
-                kpm = tl.load(KPM + offs_n.to(tl.int64) * stride_mn, mask=in_range, other=0)
+                kpm = tl.load(KPM + offs_n * stride_mn, mask=in_range, other=0)
                 keep = keep & (kpm[None, :] != 0)
-            s2 = tl.where(keep, s2, float("-inf"))
+            qk = tl.where(keep, qk, float("-inf"))
         elif HAS_PAD:
-            kpm = tl.load(KPM + offs_n.to(tl.int64) * stride_mn)
-            s2 = tl.where(kpm[None, :] != 0, s2, float("-inf"))
+            kpm = tl.load(KPM + offs_n * stride_mn)
+            qk = tl.where(kpm[None, :] != 0, qk, float("-inf"))
 
-        m_new = tl.maximum(m_i, tl.max(s2, 1))
+        # As the tutorial: scale the row max, not the tile (qk_scale > 0), and fold the scale
+        # into the exponent's multiply-add. d2 = s2 - m, with s2 the score in log2 units.
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s2 - m_new[:, None])  # 0 on masked keys
+        d2 = qk * qk_scale - m_new[:, None]
+        p = tl.math.exp2(d2)  # 0 on masked keys
 
         if HAS_ENT:
             # ent_acc = sum_j p_j * (s2_j - m): re-centre the old sum on the new max, then add.
             ent_acc = alpha * (ent_acc + l_i * (m_i - m_new))
-            ent_acc += tl.sum(p * tl.where(p > 0, s2 - m_new[:, None], 0.0), 1)
+            if MASKED or HAS_PAD:  # masked keys have d2 = -inf and p = 0
+                ent_acc += tl.sum(tl.where(p > 0, p * d2, 0.0), 1)
+            else:
+                ent_acc += tl.sum(p * d2, 1)
         if HAS_TOK:
-            k_tok = tl.load(TOK + offs_n, mask=in_range, other=-1)
-            k_prev = tl.load(TOKP + offs_n, mask=in_range, other=-1)
+            if MASKED:
+                k_tok = tl.load(TOK + offs_n, mask=in_range, other=-1)
+                k_prev = tl.load(TOKP + offs_n, mask=in_range, other=-1)
+                is_dup = (k_tok[None, :] == q_tok[:, None]) & (offs_n[None, :] < q_pos[:, None])
+            else:
+                k_tok = tl.load(TOK + offs_n)
+                k_prev = tl.load(TOKP + offs_n)
+                is_dup = k_tok[None, :] == q_tok[:, None]  # j < i holds for the whole tile
             # duplicate: same token strictly before the query; induction: the key's
             # predecessor holds the query token (j-1 < i follows from causality, j <= i).
-            is_dup = (k_tok[None, :] == q_tok[:, None]) & (offs_n[None, :] < q_pos[:, None])
             is_ind = k_prev[None, :] == q_tok[:, None]
             dup_acc = dup_acc * alpha + tl.sum(tl.where(is_dup, p, 0.0), 1)
             ind_acc = ind_acc * alpha + tl.sum(tl.where(is_ind, p, 0.0), 1)
 
         l_i = l_i * alpha + tl.sum(p, 1)
-        if CAUSAL_MASK:
-            v = tl.load(v_ptrs, mask=in_range[:, None], other=0.0)
+        if MASKED:
+            if BLOCK_D != HEAD_DIM:
+                v = tl.load(v_ptrs, mask=in_range[:, None] & d_ok[None, :], other=0.0)
+            else:
+                v = tl.load(v_ptrs, mask=in_range[:, None], other=0.0)
         else:
-            v = tl.load(v_ptrs)
-        if FP32_IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+            if BLOCK_D != HEAD_DIM:
+                v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+            else:
+                v = tl.load(v_ptrs)
+        acc = acc * alpha[:, None]
+        if FP32_INPUT:
+            acc = tl.dot(p, v, acc, input_precision="tf32x3")
         else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
     return acc, l_i, m_i, ind_acc, dup_acc, ent_acc
 
 
 @triton.jit
-def _point_prob(q, K, key, valid, stride_kn, stride_kd, offs_d, qk_scale, lse2):
+def _point_prob(q, K, key, valid, stride_kn, stride_kd, offs_d, d_ok, qk_scale, lse2):
     """Probability of each row on one key per row: exp2(q . k_key * scale - lse2)."""
     kk = tl.load(K + key[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
-                 mask=valid[:, None], other=0.0)
-    s2 = tl.sum(q.to(tl.float32) * kk.to(tl.float32), 1) * qk_scale
+                 mask=valid[:, None] & d_ok[None, :], other=0.0)
+    s2 = tl.sum(q * kk.to(tl.float32), 1) * qk_scale
     return tl.math.exp2(tl.where(valid, s2 - lse2, float("-inf")))
 
 
@@ -131,9 +177,9 @@ def _attn_stats_fwd(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_mb, stride_mn,
-    Hq, GROUP, Nq, Nk, qk_scale, NQ_BUCKET,
-    HEAD_DIM: tl.constexpr, N_OFFSETS: tl.constexpr, N_PROBES: tl.constexpr, HAS_PAD: tl.constexpr,
-    HAS_TOK: tl.constexpr, HAS_ENT: tl.constexpr, FP32_IEEE: tl.constexpr,
+    Hq, GROUP, Nq, Nk, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, N_OFFSETS: tl.constexpr, N_PROBES: tl.constexpr,
+    HAS_PAD: tl.constexpr, HAS_TOK: tl.constexpr, HAS_ENT: tl.constexpr, FP32_INPUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m = tl.program_id(0)
@@ -147,16 +193,17 @@ def _attn_stats_fwd(
     Vb = V + b * stride_vb + kvh * stride_vh
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
     row_ok = offs_m < Nq
     # Bottom-right causal alignment: query row i sits at absolute key position Nk - Nq + i.
     q_pos = (Nk - Nq) + offs_m
-    q = tl.load(Qb + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd,
-                mask=row_ok[:, None], other=0.0)
+    q_ptrs = Qb + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
 
     m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     ind_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     dup_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     ent_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -173,22 +220,23 @@ def _attn_stats_fwd(
     lo = 0
     if HAS_PAD:
         lo = (first // BLOCK_N) * BLOCK_N
-    # Stage 1: tiles entirely at or before the block's first query position need no causal
-    # mask. Stage 2: the tiles straddling the diagonal (and the ragged end of the keys).
+    # Stage 1: tiles entirely before the block's first query position (so strictly before
+    # every query of the block) need no mask. Stage 2: the tiles at the diagonal and the
+    # ragged end of the keys.
     q0 = Nk - Nq + start_m * BLOCK_M
-    mid = tl.maximum(((q0 + 1) // BLOCK_N) * BLOCK_N, lo)
+    mid = tl.maximum((q0 // BLOCK_N) * BLOCK_N, lo)
     hi = tl.minimum(q0 + BLOCK_M, Nk)
 
-    acc, l_i, m_i, ind_acc, dup_acc, ent_acc = _inner(
+    acc, l_i, m_i, ind_acc, dup_acc, ent_acc = _attn_fwd_inner(
         acc, l_i, m_i, ind_acc, dup_acc, ent_acc, q, q_pos, q_tok,
         Kb, Vb, TOKb, TOKPb, KPMb, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-        lo, mid, Nk, qk_scale, offs_d,
-        False, HAS_PAD, HAS_TOK, HAS_ENT, FP32_IEEE, BLOCK_N)
-    acc, l_i, m_i, ind_acc, dup_acc, ent_acc = _inner(
+        lo, mid, Nk, qk_scale,
+        False, HAS_PAD, HAS_TOK, HAS_ENT, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_N)
+    acc, l_i, m_i, ind_acc, dup_acc, ent_acc = _attn_fwd_inner(
         acc, l_i, m_i, ind_acc, dup_acc, ent_acc, q, q_pos, q_tok,
         Kb, Vb, TOKb, TOKPb, KPMb, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-        mid, hi, Nk, qk_scale, offs_d,
-        True, HAS_PAD, HAS_TOK, HAS_ENT, FP32_IEEE, BLOCK_N)
+        mid, hi, Nk, qk_scale,
+        True, HAS_PAD, HAS_TOK, HAS_ENT, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_N)
 
     # Epilogue. A row with no attendable key has l_i == 0: output 0, stats 0, lse -inf.
     has_key = l_i > 0
@@ -197,15 +245,17 @@ def _attn_stats_fwd(
     out = acc / l_safe[:, None]
     Ob = Out + b * stride_ob + h * stride_oh
     tl.store(Ob + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od,
-             out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+             out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
     row = bh * Nq + offs_m  # flat index into the contiguous [B, Hq, Nq] statistics
-    tl.store(LSE + row, tl.where(has_key, lse2 * 0.6931471805599453, float("-inf")), mask=row_ok)
+    tl.store(LSE + row, tl.where(has_key, lse2 * LN2, float("-inf")), mask=row_ok)
 
+    # Point probabilities: reload Q (in fp32) rather than keep it live through the loop.
+    q32 = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
     first_vec = tl.zeros([BLOCK_M], dtype=tl.int32) + first
     sink_ok = has_key & (first_vec <= q_pos)
-    tl.store(SINK + row, _point_prob(q, Kb, first_vec, sink_ok & row_ok, stride_kn, stride_kd,
-                                     offs_d, qk_scale, lse2), mask=row_ok)
+    tl.store(SINK + row, _point_prob(q32, Kb, first_vec, sink_ok & row_ok, stride_kn, stride_kd,
+                                     offs_d, d_ok, qk_scale, lse2), mask=row_ok)
 
     for t in tl.static_range(N_OFFSETS):
         o = tl.load(OFFSET_VALUES + t)
@@ -214,7 +264,7 @@ def _attn_stats_fwd(
         if HAS_PAD:
             ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
         tl.store(OFFS + row * N_OFFSETS + t,
-                 _point_prob(q, Kb, key, ok, stride_kn, stride_kd, offs_d, qk_scale, lse2),
+                 _point_prob(q32, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, lse2),
                  mask=row_ok)
 
     for t in tl.static_range(N_PROBES):
@@ -223,58 +273,208 @@ def _attn_stats_fwd(
         if HAS_PAD:
             ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
         tl.store(PRB + row * N_PROBES + t,
-                 _point_prob(q, Kb, key, ok, stride_kn, stride_kd, offs_d, qk_scale, lse2),
+                 _point_prob(q32, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, lse2),
                  mask=row_ok)
 
     if HAS_TOK:
         tl.store(IND + row, ind_acc / l_safe, mask=row_ok)
         tl.store(DUP + row, dup_acc / l_safe, mask=row_ok)
     if HAS_ENT:
-        ent = (tl.math.log2(l_safe) - ent_acc / l_safe) * 0.6931471805599453
+        ent = (tl.math.log2(l_safe) - ent_acc / l_safe) * LN2
         tl.store(ENT + row, tl.where(has_key, ent, 0.0), mask=row_ok)
 
 
-def _smem_ok(cfg: triton.Config, head_dim: int, elt_bytes: int) -> bool:
-    """Prune configs whose Q tile and K/V tiles (times pipeline stages) cannot fit in ~200 KB
-    of shared memory (Hopper has 228 KB per SM)."""
-    bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
-    tile_bytes = elt_bytes * (bm * head_dim + 2 * bn * head_dim * max(cfg.num_stages - 1, 1))
-    return tile_bytes <= 200 * 1024
+# ----------------------------------------------------------------------------------------------
+# Autotuning: which tiles a launch may use.
+
+# Shared memory a config needs, as triton 3.9 allocates it: the Q tile plus num_stages buffers
+# each of K and V (checked against the compiled kernels by bench.compile_report).
+SMEM_LIMIT_BYTES = 227 * 1024  # Hopper's per-block maximum (Ampere A100: 163 KB)
 
 
-def _prune(configs, named_args, **kwargs):
-    """Early pruning for the autotuner (which also keys on argument dtypes, so fp16, bf16 and
-    fp32 are tuned separately)."""
-    d = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
-    elt = named_args["Q"].element_size() if "Q" in named_args else 2
-    # Decode-sized query blocks (Nq <= 16) get 16-row tiles; everything else the big ones.
-    decode = named_args.get("NQ_BUCKET", kwargs.get("NQ_BUCKET", 1)) == 0
-    kept = [c for c in configs if (c.kwargs["BLOCK_M"] == 16) == decode and _smem_ok(c, d, elt)]
-    if d >= 256:  # large head dims: keep register pressure sane
-        kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 128] or kept
-    return kept or [c for c in configs if _smem_ok(c, d, elt)][:1] or configs[:1]
+def smem_bytes(block_m: int, block_n: int, num_stages: int, block_d: int, elt_bytes: int) -> int:
+    """Shared memory of one program: Q tile + ``num_stages`` K and V tiles."""
+    return elt_bytes * (block_m * block_d + 2 * block_n * block_d * num_stages)
 
 
-_GPU_CONFIGS = [
+PREFILL_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm in (64, 128)
-    for bn in (32, 64, 128)
-    for w in (4, 8)
-    for s in (2, 3, 4)
-] + [  # decode: one query row per sequence, so a 16-row tile (the smallest tl.dot takes)
+    for bm, bn, w, s in ((128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3),
+                         (64, 32, 4, 2), (64, 64, 8, 2), (64, 32, 8, 2))
+]
+# Decode: a handful of query rows per sequence, so a 16-row tile (the smallest tl.dot takes).
+DECODE_CONFIGS = [
     triton.Config({"BLOCK_M": 16, "BLOCK_N": bn}, num_warps=4, num_stages=s)
-    for bn in (64, 128)
-    for s in (2, 3)
+    for bn, s in ((64, 2), (64, 3), (128, 2))
 ]
 
-_attn_stats_fwd_tuned = triton.autotune(
-    configs=_GPU_CONFIGS,
-    key=["HEAD_DIM", "N_OFFSETS", "N_PROBES", "HAS_PAD", "HAS_TOK", "HAS_ENT", "FP32_IEEE", "NQ_BUCKET"],
-    prune_configs_by={"early_config_prune": _prune},
-)(_attn_stats_fwd)
+
+def _tiles(*specs: tuple[int, int, int, int]) -> frozenset:
+    return frozenset(specs)
+
+
+# Tiles that compile without register spills on sm_90 (triton 3.9), per the compile report
+# (bench/results/compile-sm90-*.json; `python -m bench.compile_report --all-configs` shows the
+# spilling ones): keyed by (head-dim tile, statistics in the loop, head dim padded, fp32 input).
+# Spilling is not monotone in the tile (at D = 128 with all statistics 128x64 w8 spills with 2
+# stages and not with 3), so this is a measured list rather than a register formula.
+_ALL_PREFILL = _tiles(*[(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in PREFILL_CONFIGS])
+NO_SPILL_TILES = {
+    (64, False, False): _ALL_PREFILL - {(64, 32, 8, 2), (64, 64, 8, 2)},
+    (64, True, False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)),
+    (128, False, False): _tiles((128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
+    (128, False, True): _tiles((128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
+    (128, True, False): _tiles((128, 64, 8, 3), (64, 32, 4, 2)),
+    (128, True, True): _tiles((64, 32, 4, 2)),
+    (256, False, False): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
+    (256, True, False): _tiles((64, 32, 8, 2)),
+}
+# fp32 inputs (3xTF32 holds two halves of every operand): the smallest tiles only. Spill-free at
+# D <= 64 without loop statistics; the least-spilling tile measured elsewhere (see the report).
+NO_SPILL_TILES_FP32 = {64: _tiles((64, 32, 4, 2)), 128: _tiles((64, 32, 4, 2)), 256: _tiles((64, 32, 8, 2))}
+
+
+def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int, has_tok: bool, has_ent: bool,
+                smem_limit: int = SMEM_LIMIT_BYTES) -> bool:
+    """Whether the autotuner may try ``cfg``: it fits shared memory and is a tile measured to
+    compile without register spills (``NO_SPILL_TILES``). Decode tiles (16 rows) are small
+    enough for every head dim."""
+    bm, bn, w, st = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages
+    bd = head_block(head_dim)
+    if smem_bytes(bm, bn, st, bd, elt_bytes) > smem_limit:
+        return False
+    if bm == 16:
+        return bd < 256 or (bn, st) == (64, 2)
+    tile_class = max(64, bd)
+    if elt_bytes == 4:
+        return (bm, bn, w, st) in NO_SPILL_TILES_FP32[tile_class]
+    padded = bd != head_dim and head_dim > 64
+    key = (tile_class, has_tok or has_ent, padded and tile_class == 128)
+    return (bm, bn, w, st) in NO_SPILL_TILES[key]
+
+
+def tuner_bucket(q_len: int) -> str:
+    """Autotune bucket of a launch (a real autotune key that is not a kernel parameter: each
+    bucket is its own autotuner): decode (Nq <= 16), short (<= 256) or long prefill."""
+    return "decode" if q_len <= 16 else ("short" if q_len <= 256 else "long")
+
+
+def candidate_configs(bucket: str, *, head_dim: int, elt_bytes: int, has_tok: bool, has_ent: bool) -> list:
+    """The configs the autotuner tries for one launch (never empty)."""
+    configs = DECODE_CONFIGS if bucket == "decode" else PREFILL_CONFIGS
+    bd = head_block(head_dim)
+    kept = [c for c in configs if keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes, has_tok=has_tok, has_ent=has_ent)]
+    if kept:
+        return kept
+    fits = [c for c in configs if smem_bytes(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, bd, elt_bytes)
+            <= SMEM_LIMIT_BYTES]
+    return (sorted(fits, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]) or configs)[:1]
+
+
+def _prune_for(bucket: str):
+    def prune(configs, named_args, **kwargs):
+        a = {**named_args, **kwargs}
+        return candidate_configs(bucket, head_dim=a["HEAD_DIM"], elt_bytes=a["Q"].element_size(),
+                                 has_tok=a["HAS_TOK"], has_ent=a["HAS_ENT"])
+    return prune
+
+
+# The autotuner also keys on argument dtypes, so fp16, bf16 and fp32 are tuned separately.
+AUTOTUNE_KEY = ["HEAD_DIM", "N_OFFSETS", "N_PROBES", "HAS_PAD", "HAS_TOK", "HAS_ENT", "FP32_INPUT"]
+_TUNERS = {
+    bucket: triton.autotune(
+        configs=DECODE_CONFIGS if bucket == "decode" else PREFILL_CONFIGS,
+        key=AUTOTUNE_KEY,
+        prune_configs_by={"early_config_prune": _prune_for(bucket)},
+    )(_attn_stats_fwd)
+    for bucket in ("decode", "short", "long")
+}
 
 # Fixed small tiles under TRITON_INTERPRET=1: programs run serially on the CPU there.
 INTERPRET_BLOCK = 16
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch arguments, shared by the launcher and the ahead-of-time compile (kernels.aot).
+
+class TorchTensors:
+    """Allocates a launch's outputs and small constant tensors on a device."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def empty(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(tuple(shape), dtype=dtype, device=self.device)
+
+    def values(self, values: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(list(values), dtype=dtype, device=self.device)
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """Everything one launch of ``_attn_stats_fwd`` needs except the tile config.
+
+    ``args``: positional kernel arguments; ``constexprs``: the feature flags (compile-time);
+    ``grid_rows``: ``(Nq, B * Hq)``, the grid is ``(cdiv(Nq, BLOCK_M), B * Hq)``;
+    ``bucket``: autotune bucket (``tuner_bucket``); ``out``/``stats``: the output tensors."""
+
+    args: tuple
+    constexprs: dict
+    grid_rows: tuple[int, int]
+    bucket: str
+    out: Any
+    stats: AttentionStats
+
+
+def launch_arguments(
+    q: Any, k: Any, v: Any, *, scale: float, side: SideInputs, offsets: Sequence[int], entropy: bool,
+    tensors: Optional[Any] = None,
+) -> KernelLaunch:
+    """Allocate the outputs and build the argument list of one launch.
+
+    ``q [B, Hq, Nq, D]``, ``k``/``v [B, Hkv, Nk, D]`` are tensors, or shape-only stand-ins
+    (``kernels.aot.TensorSpec``) together with ``tensors=kernels.aot.SpecTensors()``; by default
+    outputs are allocated with ``TorchTensors(q.device)``. Inputs are assumed validated."""
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    tensors = tensors or TorchTensors(q.device)
+    key_padding_mask, probe_keys, token_ids = side.key_padding_mask, side.probe_keys, side.token_ids
+    f32 = torch.float32
+    out = tensors.empty((B, Hq, Nq, D), q.dtype)
+    lse = tensors.empty((B, Hq, Nq), f32)
+    sink = tensors.empty((B, Hq, Nq), f32)
+    n_off = len(offsets)
+    offs = tensors.empty((B, Hq, Nq, n_off), f32) if n_off else None
+    n_probe = probe_keys.shape[1] if probe_keys is not None else 0
+    probes = tensors.empty((B, Hq, Nq, n_probe), f32) if n_probe else None
+    has_tok = token_ids is not None
+    ind = tensors.empty((B, Hq, Nq), f32) if has_tok else None
+    dup = tensors.empty((B, Hq, Nq), f32) if has_tok else None
+    ent = tensors.empty((B, Hq, Nq), f32) if entropy else None
+    off_vals = tensors.values(list(offsets) or [0], torch.int32)
+    first = side.first_key
+    tok, tokp = (token_ids, side.prev_token_ids) if has_tok else (off_vals, off_vals)  # never read when off
+    if key_padding_mask is not None:
+        kpm = key_padding_mask.to(torch.int8)
+        kpm_strides = tuple(kpm.stride())
+    else:
+        kpm, kpm_strides = first, (0, 0)  # never read
+
+    args = (
+        q, k, v, out, lse, sink, offs if n_off else lse, probes if n_probe else lse,
+        ind if has_tok else lse, dup if has_tok else lse, ent if entropy else lse,
+        tok, tokp, kpm, first, off_vals, probe_keys if n_probe else off_vals,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *kpm_strides,
+        Hq, Hq // Hkv, Nq, Nk, scale * LOG2E,
+    )
+    constexprs = dict(
+        HEAD_DIM=D, BLOCK_D=head_block(D), N_OFFSETS=n_off, N_PROBES=n_probe,
+        HAS_PAD=key_padding_mask is not None, HAS_TOK=has_tok, HAS_ENT=entropy,
+        FP32_INPUT=q.dtype == torch.float32,
+    )
+    stats = AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup, entropy=ent)
+    return KernelLaunch(args=args, constexprs=constexprs, grid_rows=(Nq, B * Hq), bucket=tuner_bucket(Nq),
+                        out=out, stats=stats)
 
 
 def attention_with_stats_triton(
@@ -292,47 +492,17 @@ def attention_with_stats_triton(
 
     ``block=(BLOCK_M, BLOCK_N)`` forces a tile shape (tests, benchmarks); otherwise the
     autotuner picks one on GPU and ``INTERPRET_BLOCK`` is used under the interpreter."""
-    B, Hq, Nq, D = q.shape
-    Hkv, Nk = k.shape[1], k.shape[2]
-    key_padding_mask, probe_keys, token_ids = side.key_padding_mask, side.probe_keys, side.token_ids
-    dev = q.device
-    f32 = torch.float32
-    out = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=dev)
-    lse = torch.empty(B, Hq, Nq, dtype=f32, device=dev)
-    sink = torch.empty_like(lse)
-    n_off = len(offsets)
-    offs = torch.empty(B, Hq, Nq, n_off, dtype=f32, device=dev) if n_off else None
-    n_probe = probe_keys.shape[1] if probe_keys is not None else 0
-    probes = torch.empty(B, Hq, Nq, n_probe, dtype=f32, device=dev) if n_probe else None
-    probe_vals = probe_keys if n_probe else None
-    has_tok = token_ids is not None
-    ind = torch.empty_like(lse) if has_tok else None
-    dup = torch.empty_like(lse) if has_tok else None
-    ent = torch.empty_like(lse) if entropy else None
-    off_vals = torch.tensor(list(offsets) or [0], dtype=torch.int32, device=dev)
-    if has_tok:
-        tok, tokp = token_ids, side.prev_token_ids  # int32, contiguous
-    else:
-        tok = tokp = off_vals  # never read
-    kpm = key_padding_mask.to(torch.int8) if key_padding_mask is not None else off_vals[:1].view(1, 1)
-    first = side.first_key
-
-    args = (
-        q, k, v, out, lse, sink, offs if offs is not None else lse, probes if n_probe else lse,
-        ind if has_tok else lse, dup if has_tok else lse, ent if entropy else lse,
-        tok, tokp, kpm, first, off_vals, probe_vals if n_probe else off_vals,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *kpm.stride(),
-        Hq, Hq // Hkv, Nq, Nk, scale * LOG2E, 0 if Nq <= 16 else (1 if Nq <= 256 else 2),
-    )
-    flags = dict(
-        HEAD_DIM=D, N_OFFSETS=n_off, N_PROBES=n_probe, HAS_PAD=key_padding_mask is not None, HAS_TOK=has_tok,
-        HAS_ENT=entropy, FP32_IEEE=q.dtype == torch.float32,
-    )
+    if q.shape[-1] > MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be at most {MAX_HEAD_DIM} for the Triton kernel, got {q.shape[-1]} "
+                         "(the torch backend takes any head_dim)")
+    if scale < 0:  # the loop scales the row max, not the tile: that needs scale >= 0
+        raise ValueError(f"scale must be >= 0 for the Triton kernel, got {scale}")
+    launch = launch_arguments(q, k, v, scale=scale, side=side, offsets=offsets, entropy=entropy)
+    n_rows, n_programs = launch.grid_rows
     if block is None and not _interpreting():
-        grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
-        _attn_stats_fwd_tuned[grid](*args, **flags)
+        grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), n_programs)  # noqa: E731
+        _TUNERS[launch.bucket][grid](*launch.args, **launch.constexprs)
     else:
         bm, bn = block or (INTERPRET_BLOCK, INTERPRET_BLOCK)
-        _attn_stats_fwd[(triton.cdiv(Nq, bm), B * Hq)](*args, **flags, BLOCK_M=bm, BLOCK_N=bn)
-    stats = AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup, entropy=ent)
-    return out, stats
+        _attn_stats_fwd[(triton.cdiv(n_rows, bm), n_programs)](*launch.args, **launch.constexprs, BLOCK_M=bm, BLOCK_N=bn)
+    return launch.out, launch.stats

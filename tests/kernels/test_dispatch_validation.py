@@ -13,7 +13,7 @@ def qkv(B=1, Hq=2, Hkv=2, Nq=8, Nk=8, D=16, dtype=torch.float32):
 @pytest.mark.parametrize(
     "make,kwargs,exc,needle",
     [
-        (lambda: qkv(D=48), {}, ValueError, "head_dim"),
+        (lambda: qkv(D=0), {}, ValueError, "head_dim"),
         (lambda: qkv(Hq=3, Hkv=2), {}, ValueError, "multiple"),
         (lambda: qkv(Nq=9, Nk=8), {}, ValueError, "q length"),
         (lambda: (qkv()[0].double(), *qkv()[1:]), {}, TypeError, "q must be float16"),
