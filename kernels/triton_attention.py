@@ -292,6 +292,13 @@ def attention_with_stats_triton(
 
     ``block=(BLOCK_M, BLOCK_N)`` forces a tile shape (tests, benchmarks); otherwise the
     autotuner picks one on GPU and ``INTERPRET_BLOCK`` is used under the interpreter."""
+    if block is None:  # decode (Nq <= 16) over long keys: split the keys over programs
+        from . import triton_decode
+
+        split_len = triton_decode.decode_split_len(q, k)
+        if split_len is not None:
+            return triton_decode.attention_with_stats_decode(
+                q, k, v, scale=scale, side=side, offsets=offsets, entropy=entropy, split_len=split_len)
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     key_padding_mask, probe_keys, token_ids = side.key_padding_mask, side.probe_keys, side.token_ids
