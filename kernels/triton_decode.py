@@ -7,9 +7,9 @@ most SMs idle while a long context is read by a handful of them. Here the keys a
 
 1. **Split kernel** (``_decode_split_fwd``), grid ``(n_splits, row_blocks, B * Hkv)``. Each
    program owns one key split ``[k_lo, k_hi)`` (``split_len`` keys, a multiple of the key tile)
-   and the rows of one KV head: the ``GROUP x Nq`` (query head, query) pairs that share it under
-   GQA/MQA are packed into the tile's rows, so K/V are read once per KV head, not once per query
-   head. It runs the usual online softmax over its split and writes *un-normalised* partials in
+   and 16 rows of one KV head: the ``GROUP x Nq`` (query head, query) pairs that share it under
+   GQA/MQA are packed into the tile's rows, so K/V are read once per KV head and row block, not
+   once per query head. It runs the usual online softmax over its split and writes *un-normalised* partials in
    base-2 units (``s2 = s * log2 e``), relative to its own running max ``m_s``:
 
    ======================  ==========================================================
@@ -23,8 +23,8 @@ most SMs idle while a long context is read by a handful of them. Here the keys a
                            it when ``m`` grows: ``e <- alpha (e + l (m_old - m_new))``)
    ======================  ==========================================================
 
-2. **Combine kernel** (``_decode_combine``), one program per (batch, head, query) row, merges
-   the splits exactly. With ``M = max_s m_s`` and ``w_s = 2^(m_s - M)``:
+2. **Combine kernel** (``_decode_combine``), one program per ``BLOCK_R`` flat (batch, head,
+   query) rows, merges the splits exactly. With ``M = max_s m_s`` and ``w_s = 2^(m_s - M)``:
 
    * ``L = sum_s w_s l_s``; ``lse = (M + log2 L) ln 2``.
    * ``out = sum_s w_s o_s / L``.
@@ -35,21 +35,30 @@ most SMs idle while a long context is read by a handful of them. Here the keys a
      split's sum re-centred from ``m_s`` to ``M``), then ``H = (log2 L - E / L) ln 2`` nats,
      since ``-sum_j p_j log2 p_j = log2 L - E / L`` with ``p_j = 2^(s2_j - M) / L``.
 
-   These are identities, not approximations: the result equals the unsplit computation up to
-   float32 rounding. Splits with no attendable key (left padding, ``m_s = -1e30``, ``l_s = 0``)
+   The kernel evaluates these in one pass over the splits, re-centring its running sums when
+   the running max grows exactly as the key loop does (a split acts as one "key" of weight
+   ``l_s`` at score ``m_s``). These are identities, not approximations: the result equals the
+   unsplit computation up to float32 rounding. Splits with no attendable key (left padding, ``m_s = -1e30``, ``l_s = 0``)
    get ``w_s = 0``; a row with no attendable key anywhere has ``L = 0`` and gets output 0,
    statistics 0 and ``lse = -inf``, like the fused kernel.
 
 The combine is a second small Triton kernel rather than a torch epilogue: one launch instead of
-a dozen torch ops per layer and decode step (decode is launch-bound), no temporaries, and the
-entropy and point columns are handled in the same pass.
+a dozen torch ops (and their temporaries) per layer and decode step, where each step is short
+enough for launches to matter, with the entropy and point columns handled in the same pass.
+The partials cost ``n_splits x B x Hq x Nq x (BLOCK_D + N_COLS)`` float32s, transient.
 
 Point probabilities are computed in the split that owns the key, from one gathered key row
 (``q . k_key``), as in the fused kernel's epilogue, but relative to the split's max instead of
 the final lse: so the split kernel needs no second pass and the combine needs no ``q`` or ``K``.
 
 Head dims that are not a power of two are padded on chip to ``BLOCK_D`` (masked loads, zeros in
-the padded columns); fp32 inputs use ``tf32x3`` tensor-core dots (about fp32 accuracy).
+the padded columns). fp32 inputs use exact fp32 dots (``input_precision="ieee"``, CUDA cores):
+a decode tile has 16 rows, so that is 16 FMAs per 4-byte K/V element read, which should leave
+the loop bound by memory (not measured); ``tf32x3`` tensor-core dots spilled on sm_90 at
+D >= 128 (the operand tiles and their tf32 halves stay in registers).
+
+Performance has not been measured (no GPU was available); the kernels compile for sm_90 without
+spills in the configurations the pruner keeps (checked ahead of time on a CPU).
 """
 
 from __future__ import annotations
@@ -66,7 +75,7 @@ from .side_inputs import SideInputs
 from .stats import AttentionStats
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+LN2 = tl.constexpr(0.6931471805599453)
 # A finite "minus infinity" for running maxima (exp2(NEG_BIG - NEG_BIG) = 1, never NaN).
 NEG_BIG = tl.constexpr(-1.0e30)
 
@@ -84,9 +93,11 @@ PROGRAMS_PER_SM = 2
 NOMINAL_SM_COUNT = 4
 # Fixed tiles under the interpreter (programs run serially on the CPU there).
 INTERPRET_BLOCK_N = 16
+# Packed (query head, query) rows per split program, the smallest tl.dot. Decode with Nq = 1 and
+# GQA groups up to 16 fits in one row block; sm_90 compiles of 32- and 64-row tiles with all
+# statistics spilled with 4 warps, so larger packs are split into more row blocks instead.
+ROWS_BLOCK = 16
 
-# Partial-statistics columns: m, l, then sink, offsets, probes, induction, duplicate, entropy.
-COL_M, COL_L, COL_SINK = 0, 1, 2
 
 
 def _interpreting() -> bool:
@@ -266,14 +277,14 @@ def _decode_split_fwd(
     ok = row_ok & (first_vec <= q_pos) & (first_vec >= k_lo) & (first_vec < k_hi)
     tl.store(S + 2, _point_partial(qe, Kb, first_vec, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, m_i),
              mask=row_ok)
-    for t in tl.static_range(N_OFFSETS):
+    for t in range(N_OFFSETS):  # a loop, not unrolled: one key row live at a time
         key = q_pos - tl.load(OFFSET_VALUES + t)
         ok = row_ok & (key >= 0) & (key >= k_lo) & (key < k_hi)
         if HAS_PAD:
             ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
         tl.store(S + 3 + t, _point_partial(qe, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, m_i),
                  mask=row_ok)
-    for t in tl.static_range(N_PROBES):
+    for t in range(N_PROBES):
         key = tl.zeros([BLOCK_M], dtype=tl.int32) + tl.load(PROBE_KEYS + b * N_PROBES + t)
         ok = row_ok & (key <= q_pos) & (key >= k_lo) & (key < k_hi)
         if HAS_PAD:
@@ -343,7 +354,7 @@ def _decode_combine(
 
     tl.store(Out + rows[:, None] * HEAD_DIM + offs_d[None, :], (acc_o / L_safe[:, None]).to(Out.dtype.element_ty),
              mask=r_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
-    tl.store(LSE + rows, tl.where(has_key, (M + tl.math.log2(L_safe)) * 0.6931471805599453, float("-inf")),
+    tl.store(LSE + rows, tl.where(has_key, (M + tl.math.log2(L_safe)) * LN2, float("-inf")),
              mask=r_ok)
     # Columns: 2 sink, then offsets, probes (one masked store each), induction, duplicate.
     tl.store(SINK + rows, tl.sum(tl.where(offs_c[None, :] == 2, stat, 0.0), 1), mask=r_ok)
@@ -360,7 +371,7 @@ def _decode_combine(
         tl.store(IND + rows, tl.sum(tl.where(offs_c[None, :] == c, stat, 0.0), 1), mask=r_ok)
         tl.store(DUP + rows, tl.sum(tl.where(offs_c[None, :] == c + 1, stat, 0.0), 1), mask=r_ok)
     if HAS_ENT:
-        ent = (tl.math.log2(L_safe) - E / L_safe) * 0.6931471805599453
+        ent = (tl.math.log2(L_safe) - E / L_safe) * LN2
         tl.store(ENT + rows, tl.where(has_key, ent, 0.0), mask=r_ok)
 
 
@@ -376,27 +387,37 @@ def _smem_ok(cfg: triton.Config, block_m: int, block_d: int, elt_bytes: int) -> 
     return elt_bytes * (block_m * block_d + 2 * bn * block_d * cfg.num_stages) <= 200 * 1024
 
 
-def _prune(configs, named_args, **kwargs):
-    """Keep configs that fit shared memory; at BLOCK_D = 256 keep register tiles small."""
+def prune_split_configs(configs: list[triton.Config], named_args: dict, **kwargs: Any) -> list[triton.Config]:
+    """Keep configs that fit shared memory and registers.
+
+    16-bit inputs: key tiles of 32 to 128 (BLOCK_M x BLOCK_N <= 64 x 64 at BLOCK_D = 256).
+    fp32 inputs (exact fp32 dots on the CUDA cores): BLOCK_N x BLOCK_D <= 2048, or 16 keys, i.e.
+    32 keys at D <= 64 and 16 above (sm_90 compiles of larger fp32 tiles spill)."""
     bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
     bm = kwargs.get("BLOCK_M", named_args.get("BLOCK_M"))
     elt = named_args["Q"].element_size() if hasattr(named_args.get("Q"), "element_size") else 2
     kept = [c for c in configs if _smem_ok(c, bm, bd, elt)]
-    if bd >= 256:
-        kept = [c for c in kept if bm * c.kwargs["BLOCK_N"] <= 64 * 64] or kept
+    if elt >= 4:
+        kept = [c for c in kept if c.kwargs["BLOCK_N"] * bd <= 2048 or c.kwargs["BLOCK_N"] == 16]
+    else:
+        kept = [c for c in kept if c.kwargs["BLOCK_N"] >= 32]
+        if bd >= 256:
+            kept = [c for c in kept if bm * c.kwargs["BLOCK_N"] <= 64 * 64] or kept
     return kept or [min(configs, key=lambda c: (c.kwargs["BLOCK_N"], c.num_stages))]
 
 
+# 4 warps: a decode tile has 16 to 64 rows (8 warps gave no fewer registers and spilled at D=128).
+# BLOCK_N = 16 is for fp32 only (see prune_split_configs).
 SPLIT_CONFIGS = [
-    triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bn, w in ((32, 4), (64, 4), (128, 4), (128, 8))
+    triton.Config({"BLOCK_N": bn}, num_warps=4, num_stages=s)
+    for bn in (16, 32, 64, 128)
     for s in (2, 3, 4)
 ]
 
 _decode_split_fwd_tuned = triton.autotune(
     configs=SPLIT_CONFIGS,
     key=["HEAD_DIM", "BLOCK_D", "N_COLS", "N_OFFSETS", "N_PROBES", "HAS_PAD", "HAS_TOK", "HAS_ENT", "BLOCK_M"],
-    prune_configs_by={"early_config_prune": _prune},
+    prune_configs_by={"early_config_prune": prune_split_configs},
 )(_decode_split_fwd)
 
 
@@ -414,16 +435,14 @@ def combine_rows_block(n_rows: int, sm_count: int) -> int:
     return min(16, 1 << (per_program.bit_length() - 1))
 
 
+def combine_warps(constexprs: dict) -> int:
+    """Warps for a combine program: one per 256 elements of its [BLOCK_R, BLOCK_D] tile, 1 to 4."""
+    return max(1, min(4, constexprs["BLOCK_R"] * constexprs["BLOCK_D"] // 256))
+
+
 def head_dim_block(head_dim: int) -> int:
     """On-chip head-dim tile: the next power of two, at least 16 (the smallest tl.dot)."""
     return max(16, triton.next_power_of_2(head_dim))
-
-
-def rows_block(group: int, n_queries: int) -> int:
-    """Rows per split program: the ``group x Nq`` packed rows of one KV head, 16 to 64."""
-    if _interpreting():
-        return 16
-    return min(max(16, triton.next_power_of_2(group * n_queries)), 64)
 
 
 def plan_split_len(batch: int, q_heads: int, kv_heads: int, n_queries: int, n_keys: int,
@@ -437,7 +456,7 @@ def plan_split_len(batch: int, q_heads: int, kv_heads: int, n_queries: int, n_ke
     if n_queries > DECODE_MAX_QUERIES or n_keys < 2 * MIN_SPLIT_KEYS:
         return None
     group = q_heads // kv_heads
-    base = batch * kv_heads * triton.cdiv(group * n_queries, rows_block(group, n_queries))
+    base = batch * kv_heads * triton.cdiv(group * n_queries, ROWS_BLOCK)
     want = min(triton.cdiv(PROGRAMS_PER_SM * sm_count, base), n_keys // MIN_SPLIT_KEYS, MAX_SPLITS)
     if want < 2:
         return None
@@ -481,7 +500,7 @@ def split_kernel_args(q: Any, k: Any, v: Any, part_o: Any, part_s: Any, tok: Any
     constexprs = dict(
         HEAD_DIM=D, BLOCK_D=head_dim_block(D), N_COLS=partial_columns(n_offsets, n_probes, token_match, entropy),
         N_OFFSETS=n_offsets, N_PROBES=n_probes, HAS_PAD=has_pad, HAS_TOK=token_match, HAS_ENT=entropy,
-        DOT_PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32", BLOCK_M=rows_block(group, Nq),
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", BLOCK_M=ROWS_BLOCK,
     )
     return args, constexprs
 
@@ -527,6 +546,8 @@ def attention_with_stats_decode(
     Hkv, Nk = k.shape[1], k.shape[2]
     if Nq > DECODE_MAX_QUERIES:
         raise ValueError(f"q length must be <= {DECODE_MAX_QUERIES} for the decode kernel, got {Nq}")
+    if B * Hkv > 65535:  # the grid's third axis
+        raise ValueError(f"batch x kv heads must be <= 65535 for the decode kernel, got {B} x {Hkv}")
     if block_n is None and _interpreting():
         block_n = INTERPRET_BLOCK_N
     if split_len is None:
@@ -575,6 +596,6 @@ def attention_with_stats_decode(
         ind if has_tok else lse, dup if has_tok else lse, ent if entropy else lse,
         n_splits=n_splits, n_offsets=n_off, n_probes=n_probe, token_match=has_tok, entropy=entropy,
         block_r=combine_rows_block(R, device_sm_count(dev)))
-    _decode_combine[(triton.cdiv(R, cconst["BLOCK_R"]),)](*cargs, **cconst)
+    _decode_combine[(triton.cdiv(R, cconst["BLOCK_R"]),)](*cargs, **cconst, num_warps=combine_warps(cconst))
     return out, AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup,
                                entropy=ent)
