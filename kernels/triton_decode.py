@@ -390,7 +390,9 @@ def _smem_ok(cfg: triton.Config, block_m: int, block_d: int, elt_bytes: int) -> 
 def prune_split_configs(configs: list[triton.Config], named_args: dict, **kwargs: Any) -> list[triton.Config]:
     """Keep configs that fit shared memory and registers.
 
-    16-bit inputs: key tiles of 32 to 128 (BLOCK_M x BLOCK_N <= 64 x 64 at BLOCK_D = 256).
+    16-bit inputs: key tiles of 32 to 128 (BLOCK_M x BLOCK_N <= 64 x 64 at BLOCK_D = 256), 3 or 4
+    stages (with all statistics and padding, 2-stage sm_90 compiles spilled 8-36 bytes outside
+    the key loop at D = 64, 128 and 256; 3 and 4 stages did not).
     fp32 inputs (exact fp32 dots on the CUDA cores): BLOCK_N x BLOCK_D <= 2048, or 16 keys, i.e.
     32 keys at D <= 64 and 16 above (sm_90 compiles of larger fp32 tiles spill)."""
     bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
@@ -400,7 +402,7 @@ def prune_split_configs(configs: list[triton.Config], named_args: dict, **kwargs
     if elt >= 4:
         kept = [c for c in kept if c.kwargs["BLOCK_N"] * bd <= 2048 or c.kwargs["BLOCK_N"] == 16]
     else:
-        kept = [c for c in kept if c.kwargs["BLOCK_N"] >= 32]
+        kept = [c for c in kept if c.kwargs["BLOCK_N"] >= 32 and c.num_stages >= 3]
         if bd >= 256:
             kept = [c for c in kept if bm * c.kwargs["BLOCK_N"] <= 64 * 64] or kept
     return kept or [min(configs, key=lambda c: (c.kwargs["BLOCK_N"], c.num_stages))]
