@@ -497,6 +497,13 @@ def attention_with_stats_triton(
                          "(the torch backend takes any head_dim)")
     if scale < 0:  # the loop scales the row max, not the tile: that needs scale >= 0
         raise ValueError(f"scale must be >= 0 for the Triton kernel, got {scale}")
+    if block is None:  # decode (Nq <= 16) over long keys: split the keys over programs
+        from . import triton_decode
+
+        split_len = triton_decode.decode_split_len(q, k)
+        if split_len is not None:
+            return triton_decode.attention_with_stats_decode(
+                q, k, v, scale=scale, side=side, offsets=offsets, entropy=entropy, split_len=split_len)
     launch = launch_arguments(q, k, v, scale=scale, side=side, offsets=offsets, entropy=entropy)
     n_rows, n_programs = launch.grid_rows
     if block is None and not _interpreting():

@@ -1,0 +1,603 @@
+"""Split-key ("flash-decoding") attention with statistics, for decode-sized query blocks.
+
+The fused kernel in ``triton_attention.py`` runs one program per (query block, batch, head).
+Generating with a KV cache gives ``Nq = 1`` (or a few speculative/chunked queries), so a batch
+of a few sequences has only ``B x Hq`` programs, each walking all ``Nk`` keys: on a 132-SM GPU
+most SMs idle while a long context is read by a handful of them. Here the keys are split:
+
+1. **Split kernel** (``_decode_split_fwd``), grid ``(n_splits, row_blocks, B * Hkv)``. Each
+   program owns one key split ``[k_lo, k_hi)`` (``split_len`` keys, a multiple of the key tile)
+   and 16 rows of one KV head: the ``GROUP x Nq`` (query head, query) pairs that share it under
+   GQA/MQA are packed into the tile's rows, so K/V are read once per KV head and row block, not
+   once per query head. It runs the usual online softmax over its split and writes *un-normalised* partials in
+   base-2 units (``s2 = s * log2 e``), relative to its own running max ``m_s``:
+
+   ======================  ==========================================================
+   ``m_s``                 max of ``s2_j`` over the split's attendable keys (-1e30 if none)
+   ``l_s``                 ``sum_j 2^(s2_j - m_s)``
+   ``o_s``  ``[D]``        ``sum_j 2^(s2_j - m_s) v_j``
+   ``x_s``  (per point)    ``2^(s2_key - m_s)`` if the point key (sink, offset, probe) lies in
+                           this split and is attendable, else 0
+   ``x_s``  (per mask)     ``sum_{j in mask} 2^(s2_j - m_s)`` (token-match induction/duplicate)
+   ``e_s``                 ``sum_j 2^(s2_j - m_s) (s2_j - m_s)`` (entropy; the loop re-centres
+                           it when ``m`` grows: ``e <- alpha (e + l (m_old - m_new))``)
+   ======================  ==========================================================
+
+2. **Combine kernel** (``_decode_combine``), one program per ``BLOCK_R`` flat (batch, head,
+   query) rows, merges the splits exactly. With ``M = max_s m_s`` and ``w_s = 2^(m_s - M)``:
+
+   * ``L = sum_s w_s l_s``; ``lse = (M + log2 L) ln 2``.
+   * ``out = sum_s w_s o_s / L``.
+   * every point and token-match statistic: ``X = sum_s w_s x_s / L``. For a point key owned by
+     split ``t`` this is ``2^(s2_key - M) / L = 2^(s2_key - lse2)``: the final probability,
+     although no split knew the final lse.
+   * entropy: ``E = sum_j 2^(s2_j - M)(s2_j - M) = sum_s w_s (e_s + l_s (m_s - M))`` (each
+     split's sum re-centred from ``m_s`` to ``M``), then ``H = (log2 L - E / L) ln 2`` nats,
+     since ``-sum_j p_j log2 p_j = log2 L - E / L`` with ``p_j = 2^(s2_j - M) / L``.
+
+   The kernel evaluates these in one pass over the splits, re-centring its running sums when
+   the running max grows exactly as the key loop does (a split acts as one "key" of weight
+   ``l_s`` at score ``m_s``). These are identities, not approximations: the result equals the
+   unsplit computation up to float32 rounding. Splits with no attendable key (left padding, ``m_s = -1e30``, ``l_s = 0``)
+   get ``w_s = 0``; a row with no attendable key anywhere has ``L = 0`` and gets output 0,
+   statistics 0 and ``lse = -inf``, like the fused kernel.
+
+The combine is a second small Triton kernel rather than a torch epilogue: one launch instead of
+a dozen torch ops (and their temporaries) per layer and decode step, where each step is short
+enough for launches to matter, with the entropy and point columns handled in the same pass.
+The partials cost ``n_splits x B x Hq x Nq x (BLOCK_D + N_COLS)`` float32s, transient.
+
+Point probabilities are computed in the split that owns the key, from one gathered key row
+(``q . k_key``), as in the fused kernel's epilogue, but relative to the split's max instead of
+the final lse: so the split kernel needs no second pass and the combine needs no ``q`` or ``K``.
+
+Head dims that are not a power of two are padded on chip to ``BLOCK_D`` (masked loads, zeros in
+the padded columns). fp32 inputs use exact fp32 dots (``input_precision="ieee"``, CUDA cores):
+a decode tile has 16 rows, so that is 16 FMAs per 4-byte K/V element read, which should leave
+the loop bound by memory (not measured); ``tf32x3`` tensor-core dots spilled on sm_90 at
+D >= 128 (the operand tiles and their tf32 halves stay in registers).
+
+Performance has not been measured (no GPU was available); the kernels compile for sm_90 without
+spills in the configurations the pruner keeps (checked ahead of time on a CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Optional, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from .side_inputs import SideInputs
+from .stats import AttentionStats
+
+LOG2E = 1.4426950408889634
+LN2 = tl.constexpr(0.6931471805599453)
+# A finite "minus infinity" for running maxima (exp2(NEG_BIG - NEG_BIG) = 1, never NaN).
+NEG_BIG = tl.constexpr(-1.0e30)
+
+# Calls with more queries than this go to the fused kernel (its 16-row decode tiles and up).
+DECODE_MAX_QUERIES = 16
+# Split lengths are multiples of the largest key tile, so every autotuned BLOCK_N divides them.
+SPLIT_ALIGN = 128
+# A split shorter than this does too little work to pay for its partials and the combine.
+MIN_SPLIT_KEYS = 256
+MAX_SPLITS = 128
+# Aim for this many programs per SM (two waves hide the ragged tail of the last one).
+PROGRAMS_PER_SM = 2
+# No GPU (TRITON_INTERPRET=1 on the CPU): a nominal SM count, so that the routing is exercised
+# by tests; it says nothing about CPU speed.
+NOMINAL_SM_COUNT = 4
+# Fixed tiles under the interpreter (programs run serially on the CPU there).
+INTERPRET_BLOCK_N = 16
+# Packed (query head, query) rows per split program, the smallest tl.dot. Decode with Nq = 1 and
+# GQA groups up to 16 fits in one row block; sm_90 compiles of 32- and 64-row tiles with all
+# statistics spilled with 4 warps, so larger packs are split into more row blocks instead.
+ROWS_BLOCK = 16
+
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ---------------------------------------------------------------------------------------------
+# Split kernel
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _sweep(
+    acc, l_i, m_i, ind_acc, dup_acc, ent_acc,
+    q, q_pos, q_tok, Kb, Vb, TOKb, TOKPb, KPMb, offs_d, d_ok,
+    start, stop, Nk, qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+    MASKED: tl.constexpr, HAS_PAD: tl.constexpr, HAS_TOK: tl.constexpr, HAS_ENT: tl.constexpr,
+    PAD_D: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Online softmax over the key tiles [start, stop).
+
+    MASKED=False: every key of every tile is inside [0, Nk) and at or before every query row, so
+    only the padding mask (if any) is applied (the bulk of a long split)."""
+    for start_n in range(start, stop, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k_ptrs = Kb + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd
+        v_ptrs = Vb + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd
+        if MASKED:
+            in_range = offs_n < Nk
+            if PAD_D:
+                k = tl.load(k_ptrs, mask=d_ok[:, None] & in_range[None, :], other=0.0)
+            else:
+                k = tl.load(k_ptrs, mask=in_range[None, :], other=0.0)
+        elif PAD_D:
+            k = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+        s2 = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
+
+        if MASKED:
+            keep = (offs_n[None, :] <= q_pos[:, None]) & in_range[None, :]
+            if HAS_PAD:
+                kpm = tl.load(KPMb + offs_n.to(tl.int64) * stride_mn, mask=in_range, other=0)
+                keep = keep & (kpm != 0)[None, :]
+            s2 = tl.where(keep, s2, float("-inf"))
+        elif HAS_PAD:
+            kpm = tl.load(KPMb + offs_n.to(tl.int64) * stride_mn)
+            s2 = tl.where((kpm != 0)[None, :], s2, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(s2, 1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s2 - m_new[:, None])  # 0 on masked keys
+
+        if HAS_ENT:  # e = sum_j p_j (s2_j - m): re-centre the old sum on the new max, then add
+            ent_acc = alpha * (ent_acc + l_i * (m_i - m_new))
+            ent_acc += tl.sum(p * tl.where(p > 0, s2 - m_new[:, None], 0.0), 1)
+        if HAS_TOK:
+            if MASKED:
+                k_tok = tl.load(TOKb + offs_n, mask=in_range, other=-1)
+                k_prev = tl.load(TOKPb + offs_n, mask=in_range, other=-1)
+            else:
+                k_tok = tl.load(TOKb + offs_n)
+                k_prev = tl.load(TOKPb + offs_n)
+            # duplicate: same token strictly before the query; induction: the key's predecessor
+            # holds the query token (prev ids are -1 where j-1 is missing or padded).
+            is_dup = (k_tok[None, :] == q_tok[:, None]) & (offs_n[None, :] < q_pos[:, None])
+            is_ind = k_prev[None, :] == q_tok[:, None]
+            dup_acc = dup_acc * alpha + tl.sum(tl.where(is_dup, p, 0.0), 1)
+            ind_acc = ind_acc * alpha + tl.sum(tl.where(is_ind, p, 0.0), 1)
+
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if MASKED:
+            if PAD_D:
+                v = tl.load(v_ptrs, mask=in_range[:, None] & d_ok[None, :], other=0.0)
+            else:
+                v = tl.load(v_ptrs, mask=in_range[:, None], other=0.0)
+        elif PAD_D:
+            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+        else:
+            v = tl.load(v_ptrs)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i, ind_acc, dup_acc, ent_acc
+
+
+@triton.jit
+def _point_partial(q, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, m_i):
+    """2^(s2_key - m_s) for one key per row where ``ok`` (key attendable and in this split), else 0."""
+    kk = tl.load(Kb + key[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
+                 mask=ok[:, None] & d_ok[None, :], other=0.0)
+    s2 = tl.sum(q.to(tl.float32) * kk.to(tl.float32), 1) * qk_scale
+    return tl.math.exp2(tl.where(ok, s2 - m_i, float("-inf")))
+
+
+@triton.jit
+def _decode_split_fwd(
+    Q, K, V, PART_O, PART_S,
+    TOK, TOKP, KPM, FIRST, OFFSET_VALUES, PROBE_KEYS,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_mb, stride_mn,
+    Hq, Hkv, GROUP, Nq, Nk, qk_scale, split_len, n_rows,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, N_COLS: tl.constexpr,
+    N_OFFSETS: tl.constexpr, N_PROBES: tl.constexpr, HAS_PAD: tl.constexpr, HAS_TOK: tl.constexpr,
+    HAS_ENT: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Partials of one key split for BLOCK_M (query head, query) rows of one (batch, KV head).
+
+    Writes PART_O[split, row, :BLOCK_D] and PART_S[split, row, :N_COLS] for every valid row,
+    including splits with no attendable key (m = -1e30, zeros), so the combine reads no garbage."""
+    split = tl.program_id(0)
+    bkv = tl.program_id(2).to(tl.int64)
+    b = bkv // Hkv
+    kvh = bkv % Hkv
+    PAD_D: tl.constexpr = BLOCK_D != HEAD_DIM
+
+    # Rows r = g * Nq + i: query head kvh * GROUP + g, query i (absolute key position Nk - Nq + i).
+    r = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = r < GROUP * Nq
+    g = r // Nq
+    i = r - g * Nq
+    h = kvh * GROUP + g
+    q_pos = (Nk - Nq) + i
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q_ptrs = (Q + b * stride_qb + h[:, None] * stride_qh + i[:, None].to(tl.int64) * stride_qm
+              + offs_d[None, :] * stride_qd)
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+
+    Kb = K + b * stride_kb + kvh * stride_kh
+    Vb = V + b * stride_vb + kvh * stride_vh
+    TOKb = TOK + b * Nk
+    TOKPb = TOKP + b * Nk
+    KPMb = KPM + b * stride_mb
+    q_tok = tl.zeros([BLOCK_M], dtype=tl.int32)
+    if HAS_TOK:
+        q_tok = tl.load(TOKb + q_pos, mask=row_ok, other=-2)
+
+    k_lo = split * split_len
+    k_hi = tl.minimum(k_lo + split_len, Nk)
+    first = tl.load(FIRST + b)
+    lo = k_lo
+    if HAS_PAD:  # left padding: skip the split's tiles before the row's first attendable key
+        lo = tl.minimum(tl.maximum(lo, (first // BLOCK_N) * BLOCK_N), k_hi)
+    # Keys <= Nk - Nq are attendable by every row: tiles ending there need no causal mask.
+    mid = tl.minimum(tl.maximum(((Nk - Nq + 1) // BLOCK_N) * BLOCK_N, lo), k_hi)
+
+    m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    ind_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    dup_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    ent_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    acc, l_i, m_i, ind_acc, dup_acc, ent_acc = _sweep(
+        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, q, q_pos, q_tok, Kb, Vb, TOKb, TOKPb, KPMb, offs_d, d_ok,
+        lo, mid, Nk, qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+        False, HAS_PAD, HAS_TOK, HAS_ENT, PAD_D, DOT_PRECISION, BLOCK_N)
+    acc, l_i, m_i, ind_acc, dup_acc, ent_acc = _sweep(
+        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, q, q_pos, q_tok, Kb, Vb, TOKb, TOKPb, KPMb, offs_d, d_ok,
+        mid, k_hi, Nk, qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+        True, HAS_PAD, HAS_TOK, HAS_ENT, PAD_D, DOT_PRECISION, BLOCK_N)
+
+    # Epilogue: un-normalised partials relative to this split's max m_i.
+    row = (b * Hq + h) * Nq + i  # flat [B, Hq, Nq] row
+    part = split.to(tl.int64) * n_rows + row
+    tl.store(PART_O + part[:, None] * BLOCK_D + offs_d[None, :], acc, mask=row_ok[:, None])
+    S = PART_S + part * N_COLS
+    tl.store(S + 0, m_i, mask=row_ok)
+    tl.store(S + 1, l_i, mask=row_ok)
+
+    # Point keys: reload q (the loop's copy lives in the dot layout) and gather one key row each.
+    qe = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    first_vec = tl.zeros([BLOCK_M], dtype=tl.int32) + first
+    ok = row_ok & (first_vec <= q_pos) & (first_vec >= k_lo) & (first_vec < k_hi)
+    tl.store(S + 2, _point_partial(qe, Kb, first_vec, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, m_i),
+             mask=row_ok)
+    for t in range(N_OFFSETS):  # a loop, not unrolled: one key row live at a time
+        key = q_pos - tl.load(OFFSET_VALUES + t)
+        ok = row_ok & (key >= 0) & (key >= k_lo) & (key < k_hi)
+        if HAS_PAD:
+            ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
+        tl.store(S + 3 + t, _point_partial(qe, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, m_i),
+                 mask=row_ok)
+    for t in range(N_PROBES):
+        key = tl.zeros([BLOCK_M], dtype=tl.int32) + tl.load(PROBE_KEYS + b * N_PROBES + t)
+        ok = row_ok & (key <= q_pos) & (key >= k_lo) & (key < k_hi)
+        if HAS_PAD:
+            ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
+        tl.store(S + 3 + N_OFFSETS + t,
+                 _point_partial(qe, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, m_i),
+                 mask=row_ok)
+    c = 3 + N_OFFSETS + N_PROBES
+    if HAS_TOK:
+        tl.store(S + c, ind_acc, mask=row_ok)
+        tl.store(S + c + 1, dup_acc, mask=row_ok)
+        c += 2
+    if HAS_ENT:
+        tl.store(S + c, ent_acc, mask=row_ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# Combine kernel
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _decode_combine(
+    PART_O, PART_S, Out, LSE, SINK, OFFS, PRB, IND, DUP, ENT,
+    n_rows, n_splits,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, N_COLS: tl.constexpr, BLOCK_C: tl.constexpr,
+    N_OFFSETS: tl.constexpr, N_PROBES: tl.constexpr, HAS_TOK: tl.constexpr, HAS_ENT: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    """Merge the n_splits partials of BLOCK_R flat (batch, head, query) rows.
+
+    One pass over the splits with the same re-centring as the key loop (a split is a "key" of
+    weight l_s at score m_s); the result is the module docstring's two-pass formula."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = rows < n_rows
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_d = tl.arange(0, BLOCK_D)
+    c_ok = r_ok[:, None] & (offs_c[None, :] < N_COLS)
+    E_COL: tl.constexpr = N_COLS - 1  # the entropy column, when HAS_ENT
+
+    M = tl.full([BLOCK_R], NEG_BIG, dtype=tl.float32)
+    L = tl.zeros([BLOCK_R], dtype=tl.float32)
+    E = tl.zeros([BLOCK_R], dtype=tl.float32)
+    acc_o = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+    acc_c = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+    for s in range(0, n_splits):
+        part = s * n_rows + rows
+        S = PART_S + part * N_COLS
+        m = tl.load(S, mask=r_ok, other=NEG_BIG)
+        l = tl.load(S + 1, mask=r_ok, other=0.0)
+        M_new = tl.maximum(M, m)
+        a = tl.math.exp2(M - M_new)  # rescales what was merged so far
+        w = tl.math.exp2(m - M_new)  # this split's weight
+        if HAS_ENT:
+            e = tl.load(S + E_COL, mask=r_ok, other=0.0)
+            E = a * (E + L * (M - M_new)) + w * (e + l * (m - M_new))
+        L = L * a + w * l
+        x = tl.load(S[:, None] + offs_c[None, :], mask=c_ok, other=0.0)
+        acc_c = acc_c * a[:, None] + w[:, None] * x
+        o = tl.load(PART_O + part[:, None] * BLOCK_D + offs_d[None, :], mask=r_ok[:, None], other=0.0)
+        acc_o = acc_o * a[:, None] + w[:, None] * o
+        M = M_new
+
+    has_key = L > 0
+    L_safe = tl.where(has_key, L, 1.0)
+    stat = acc_c / L_safe[:, None]  # column c: sum_s w_s x_s / L (columns m, l unused)
+
+    tl.store(Out + rows[:, None] * HEAD_DIM + offs_d[None, :], (acc_o / L_safe[:, None]).to(Out.dtype.element_ty),
+             mask=r_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+    tl.store(LSE + rows, tl.where(has_key, (M + tl.math.log2(L_safe)) * LN2, float("-inf")),
+             mask=r_ok)
+    # Columns: 2 sink, then offsets, probes (one masked store each), induction, duplicate.
+    tl.store(SINK + rows, tl.sum(tl.where(offs_c[None, :] == 2, stat, 0.0), 1), mask=r_ok)
+    if N_OFFSETS > 0:
+        t = offs_c - 3
+        tl.store(OFFS + rows[:, None] * N_OFFSETS + t[None, :], stat,
+                 mask=r_ok[:, None] & ((t >= 0) & (t < N_OFFSETS))[None, :])
+    if N_PROBES > 0:
+        t = offs_c - (3 + N_OFFSETS)
+        tl.store(PRB + rows[:, None] * N_PROBES + t[None, :], stat,
+                 mask=r_ok[:, None] & ((t >= 0) & (t < N_PROBES))[None, :])
+    if HAS_TOK:
+        c = 3 + N_OFFSETS + N_PROBES
+        tl.store(IND + rows, tl.sum(tl.where(offs_c[None, :] == c, stat, 0.0), 1), mask=r_ok)
+        tl.store(DUP + rows, tl.sum(tl.where(offs_c[None, :] == c + 1, stat, 0.0), 1), mask=r_ok)
+    if HAS_ENT:
+        ent = (tl.math.log2(L_safe) - E / L_safe) * LN2
+        tl.store(ENT + rows, tl.where(has_key, ent, 0.0), mask=r_ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autotuning (GPU) and launch
+# ---------------------------------------------------------------------------------------------
+
+
+def _smem_ok(cfg: triton.Config, block_m: int, block_d: int, elt_bytes: int) -> bool:
+    """Q tile plus ``num_stages`` K/V tile pairs (triton 3.9 allocates ``stages`` buffers) must fit
+    in ~200 KB of shared memory (Hopper: 228 KB per SM)."""
+    bn = cfg.kwargs["BLOCK_N"]
+    return elt_bytes * (block_m * block_d + 2 * bn * block_d * cfg.num_stages) <= 200 * 1024
+
+
+def prune_split_configs(configs: list[triton.Config], named_args: dict, **kwargs: Any) -> list[triton.Config]:
+    """Keep configs that fit shared memory and registers.
+
+    16-bit inputs: key tiles of 32 to 128 (BLOCK_M x BLOCK_N <= 64 x 64 at BLOCK_D = 256), 3 or 4
+    stages (with all statistics and padding, 2-stage sm_90 compiles spilled 8-36 bytes outside
+    the key loop at D = 64, 128 and 256; 3 and 4 stages did not).
+    fp32 inputs (exact fp32 dots on the CUDA cores): BLOCK_N x BLOCK_D <= 2048, or 16 keys, i.e.
+    32 keys at D <= 64 and 16 above (sm_90 compiles of larger fp32 tiles spill)."""
+    bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
+    bm = kwargs.get("BLOCK_M", named_args.get("BLOCK_M"))
+    elt = named_args["Q"].element_size() if hasattr(named_args.get("Q"), "element_size") else 2
+    kept = [c for c in configs if _smem_ok(c, bm, bd, elt)]
+    if elt >= 4:
+        kept = [c for c in kept if c.kwargs["BLOCK_N"] * bd <= 2048 or c.kwargs["BLOCK_N"] == 16]
+    else:
+        kept = [c for c in kept if c.kwargs["BLOCK_N"] >= 32 and c.num_stages >= 3]
+        if bd >= 256:
+            kept = [c for c in kept if bm * c.kwargs["BLOCK_N"] <= 64 * 64] or kept
+    return kept or [min(configs, key=lambda c: (c.kwargs["BLOCK_N"], c.num_stages))]
+
+
+# 4 warps: a decode tile has 16 to 64 rows (8 warps gave no fewer registers and spilled at D=128).
+# BLOCK_N = 16 is for fp32 only (see prune_split_configs).
+SPLIT_CONFIGS = [
+    triton.Config({"BLOCK_N": bn}, num_warps=4, num_stages=s)
+    for bn in (16, 32, 64, 128)
+    for s in (2, 3, 4)
+]
+
+_decode_split_fwd_tuned = triton.autotune(
+    configs=SPLIT_CONFIGS,
+    key=["HEAD_DIM", "BLOCK_D", "N_COLS", "N_OFFSETS", "N_PROBES", "HAS_PAD", "HAS_TOK", "HAS_ENT", "BLOCK_M"],
+    prune_configs_by={"early_config_prune": prune_split_configs},
+)(_decode_split_fwd)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def combine_rows_block(n_rows: int, sm_count: int) -> int:
+    """Rows per combine program: 16 under the interpreter; on GPU a power of two up to 16 that
+    still leaves ``PROGRAMS_PER_SM`` programs per SM (decode has few rows: usually 1)."""
+    if _interpreting():
+        return 16
+    per_program = max(1, n_rows // (PROGRAMS_PER_SM * sm_count))
+    return min(16, 1 << (per_program.bit_length() - 1))
+
+
+def combine_warps(constexprs: dict) -> int:
+    """Warps for a combine program: one per 256 elements of its [BLOCK_R, BLOCK_D] tile, 1 to 4."""
+    return max(1, min(4, constexprs["BLOCK_R"] * constexprs["BLOCK_D"] // 256))
+
+
+def head_dim_block(head_dim: int) -> int:
+    """On-chip head-dim tile: the next power of two, at least 16 (the smallest tl.dot)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def plan_split_len(batch: int, q_heads: int, kv_heads: int, n_queries: int, n_keys: int,
+                   sm_count: int) -> Optional[int]:
+    """Keys per split for a decode call, or None when splitting is not worthwhile.
+
+    Worthwhile when ``n_queries <= DECODE_MAX_QUERIES``, the unsplit programs (one per KV-head
+    row block) are too few to give every SM ``PROGRAMS_PER_SM`` of them, and the keys can be cut
+    into at least two splits of ``MIN_SPLIT_KEYS``. The split length is a multiple of
+    ``SPLIT_ALIGN``; at most ``MAX_SPLITS`` splits."""
+    if n_queries > DECODE_MAX_QUERIES or n_keys < 2 * MIN_SPLIT_KEYS:
+        return None
+    group = q_heads // kv_heads
+    base = batch * kv_heads * triton.cdiv(group * n_queries, ROWS_BLOCK)
+    want = min(triton.cdiv(PROGRAMS_PER_SM * sm_count, base), n_keys // MIN_SPLIT_KEYS, MAX_SPLITS)
+    if want < 2:
+        return None
+    split_len = triton.cdiv(triton.cdiv(n_keys, want), SPLIT_ALIGN) * SPLIT_ALIGN
+    return split_len if triton.cdiv(n_keys, split_len) >= 2 else None
+
+
+def device_sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; ``NOMINAL_SM_COUNT`` for any other device."""
+    if device.type != "cuda":
+        return NOMINAL_SM_COUNT
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def decode_split_len(q: torch.Tensor, k: torch.Tensor) -> Optional[int]:
+    """``plan_split_len`` for these tensors on their device."""
+    B, Hq, Nq, _ = q.shape
+    return plan_split_len(B, Hq, k.shape[1], Nq, k.shape[2], device_sm_count(q.device))
+
+
+def partial_columns(n_offsets: int, n_probes: int, token_match: bool, entropy: bool) -> int:
+    """Columns of the partial-statistics buffer: m, l, sink, offsets, probes, ind, dup, entropy."""
+    return 3 + n_offsets + n_probes + 2 * int(token_match) + int(entropy)
+
+
+def split_kernel_args(q: Any, k: Any, v: Any, part_o: Any, part_s: Any, tok: Any, tokp: Any, kpm: Any,
+                      first: Any, off_vals: Any, probe_vals: Any, *, scale: float, split_len: int,
+                      n_offsets: int, n_probes: int, has_pad: bool, token_match: bool,
+                      entropy: bool) -> tuple[tuple, dict]:
+    """Positional arguments and constexprs of ``_decode_split_fwd`` (less BLOCK_N, and the launch
+    options), from tensors or ``triton.runtime.jit.MockTensor``s: the one place that builds them,
+    shared by the launcher and ahead-of-time compilation."""
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    group = Hq // Hkv
+    args = (
+        q, k, v, part_o, part_s, tok, tokp, kpm, first, off_vals, probe_vals,
+        *q.stride(), *k.stride(), *v.stride(), *kpm.stride(),
+        Hq, Hkv, group, Nq, Nk, scale * LOG2E, split_len, B * Hq * Nq,
+    )
+    constexprs = dict(
+        HEAD_DIM=D, BLOCK_D=head_dim_block(D), N_COLS=partial_columns(n_offsets, n_probes, token_match, entropy),
+        N_OFFSETS=n_offsets, N_PROBES=n_probes, HAS_PAD=has_pad, HAS_TOK=token_match, HAS_ENT=entropy,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", BLOCK_M=ROWS_BLOCK,
+    )
+    return args, constexprs
+
+
+def combine_kernel_args(part_o: Any, part_s: Any, out: Any, lse: Any, sink: Any, offs: Any, probes: Any,
+                        ind: Any, dup: Any, ent: Any, *, n_splits: int, n_offsets: int, n_probes: int,
+                        token_match: bool, entropy: bool, block_r: int) -> tuple[tuple, dict]:
+    """Positional arguments and constexprs of ``_decode_combine`` (see ``split_kernel_args``)."""
+    B, Hq, Nq, D = out.shape
+    n_cols = partial_columns(n_offsets, n_probes, token_match, entropy)
+    args = (part_o, part_s, out, lse, sink, offs, probes, ind, dup, ent, B * Hq * Nq, n_splits)
+    constexprs = dict(
+        HEAD_DIM=D, BLOCK_D=head_dim_block(D), N_COLS=n_cols, BLOCK_C=triton.next_power_of_2(n_cols),
+        N_OFFSETS=n_offsets, N_PROBES=n_probes, HAS_TOK=token_match, HAS_ENT=entropy,
+        BLOCK_R=block_r,
+    )
+    return args, constexprs
+
+
+def attention_with_stats_decode(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    side: SideInputs,
+    offsets: Sequence[int],
+    entropy: bool,
+    split_len: Optional[int] = None,
+    block_n: Optional[int] = None,
+) -> tuple[torch.Tensor, AttentionStats]:
+    """Split-key launch: same contract and outputs as ``attention_with_stats_triton``.
+
+    Inputs are assumed validated by ``attention_with_stats`` (shapes ``q [B, Hq, Nq, D]``,
+    ``k, v [B, Hkv, Nk, D]``, any strides), with ``Nq <= DECODE_MAX_QUERIES``.
+
+    Args:
+        split_len: keys per split (a multiple of the key tile); default ``decode_split_len``,
+            or all keys in one split when splitting is not worthwhile.
+        block_n: force the key tile (tests); otherwise autotuned on GPU, 16 under the interpreter.
+    """
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    if Nq > DECODE_MAX_QUERIES:
+        raise ValueError(f"q length must be <= {DECODE_MAX_QUERIES} for the decode kernel, got {Nq}")
+    if B * Hkv > 65535:  # the grid's third axis
+        raise ValueError(f"batch x kv heads must be <= 65535 for the decode kernel, got {B} x {Hkv}")
+    if block_n is None and _interpreting():
+        block_n = INTERPRET_BLOCK_N
+    if split_len is None:
+        split_len = decode_split_len(q, k) or triton.cdiv(Nk, SPLIT_ALIGN) * SPLIT_ALIGN
+    tile = block_n or SPLIT_ALIGN
+    if split_len <= 0 or split_len % tile:
+        raise ValueError(f"split_len must be a positive multiple of the key tile {tile}, got {split_len}")
+    n_splits = triton.cdiv(Nk, split_len)
+
+    dev, f32 = q.device, torch.float32
+    n_off = len(offsets)
+    n_probe = side.probe_keys.shape[1] if side.probe_keys is not None else 0
+    has_tok = side.token_ids is not None
+    has_pad = side.key_padding_mask is not None
+    R = B * Hq * Nq
+    n_cols = partial_columns(n_off, n_probe, has_tok, entropy)
+    part_o = torch.empty(n_splits, R, head_dim_block(D), dtype=f32, device=dev)
+    part_s = torch.empty(n_splits, R, n_cols, dtype=f32, device=dev)
+
+    out = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=dev)
+    lse = torch.empty(B, Hq, Nq, dtype=f32, device=dev)
+    sink = torch.empty_like(lse)
+    offs = torch.empty(B, Hq, Nq, n_off, dtype=f32, device=dev) if n_off else None
+    probes = torch.empty(B, Hq, Nq, n_probe, dtype=f32, device=dev) if n_probe else None
+    ind = torch.empty_like(lse) if has_tok else None
+    dup = torch.empty_like(lse) if has_tok else None
+    ent = torch.empty_like(lse) if entropy else None
+
+    off_vals = torch.tensor(list(offsets) or [0], dtype=torch.int32, device=dev)
+    tok, tokp = (side.token_ids, side.prev_token_ids) if has_tok else (off_vals, off_vals)  # else never read
+    kpm = side.key_padding_mask.to(torch.int8) if has_pad else off_vals[:1].view(1, 1)
+    probe_vals = side.probe_keys if n_probe else off_vals
+
+    args, constexprs = split_kernel_args(
+        q, k, v, part_o, part_s, tok, tokp, kpm, side.first_key, off_vals, probe_vals, scale=scale,
+        split_len=split_len, n_offsets=n_off, n_probes=n_probe, has_pad=has_pad, token_match=has_tok,
+        entropy=entropy)
+    grid = (n_splits, triton.cdiv((Hq // Hkv) * Nq, constexprs["BLOCK_M"]), B * Hkv)
+    if block_n is None:
+        _decode_split_fwd_tuned[grid](*args, **constexprs)
+    else:
+        _decode_split_fwd[grid](*args, **constexprs, BLOCK_N=block_n)
+
+    cargs, cconst = combine_kernel_args(
+        part_o, part_s, out, lse, sink, offs if n_off else lse, probes if n_probe else lse,
+        ind if has_tok else lse, dup if has_tok else lse, ent if entropy else lse,
+        n_splits=n_splits, n_offsets=n_off, n_probes=n_probe, token_match=has_tok, entropy=entropy,
+        block_r=combine_rows_block(R, device_sm_count(dev)))
+    _decode_combine[(triton.cdiv(R, cconst["BLOCK_R"]),)](*cargs, **cconst, num_warps=combine_warps(cconst))
+    return out, AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup,
+                               entropy=ent)
