@@ -131,7 +131,7 @@ def candidate_configs(variant: CompileVariant) -> list[triton.Config]:
 
 def kernel_function() -> JITFunction:
     """The compilable kernel; a clear error under the interpreter."""
-    fn = ta._attn_stats_fwd
+    fn = ta.FUSED_KERNEL
     if not isinstance(fn, JITFunction):
         raise RuntimeError("the kernel cannot be compiled with TRITON_INTERPRET=1 set (it is an interpreted "
                            "function then); run `python -m circuit_stats.kernels.aot` in a process without it")

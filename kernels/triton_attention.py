@@ -379,6 +379,9 @@ def _prune_for(bucket: str):
     return prune
 
 
+# The fused kernel itself, for ahead-of-time compilation (kernels.aot).
+FUSED_KERNEL = _attn_stats_fwd
+
 # The autotuner also keys on argument dtypes, so fp16, bf16 and fp32 are tuned separately.
 AUTOTUNE_KEY = ["HEAD_DIM", "N_OFFSETS", "N_PROBES", "HAS_PAD", "HAS_TOK", "HAS_ENT", "FP32_INPUT"]
 _TUNERS = {
