@@ -22,7 +22,8 @@ BACKENDS = ("auto", "torch", "triton")
 # call there (with a warning, once per feature), backend="triton" raises NotImplementedError.
 # Extend this set as the kernel learns a feature.
 TRITON_SUPPORTED_FEATURES: frozenset[str] = frozenset()
-OPTIONAL_FEATURES = ("window", "softcap", "sinks", "distance", "local_window", "top1", "span")
+OPTIONAL_FEATURES = ("window", "softcap", "sinks", "distance", "local_window", "top1", "span", "head_dim>256")
+TRITON_MAX_HEAD_DIM = 256  # the fused kernel pads head dims on chip up to this size
 _warned_features: set[str] = set()
 
 
@@ -193,7 +194,7 @@ def attention_with_stats(
         side_inputs.check_matches(q, k)
     used = {"window": window is not None, "softcap": softcap is not None, "sinks": sinks is not None,
             "distance": distance, "local_window": local_window is not None, "top1": top1,
-            "span": side_inputs.span is not None}
+            "span": side_inputs.span is not None, "head_dim>256": D > TRITON_MAX_HEAD_DIM}
     backend = resolve_backend(backend, q.device, [f for f in OPTIONAL_FEATURES if used[f]])
 
     if backend == "triton":

@@ -36,6 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .dispatch import TRITON_MAX_HEAD_DIM
 from .side_inputs import SideInputs
 from .stats import AttentionStats
 
@@ -45,7 +46,7 @@ LN2 = tl.constexpr(0.6931471805599453)  # kernel side: log2 units back to nats
 # attendable key yields alpha = exp2(0) = 1 instead of exp2(-inf + inf) = NaN.
 NEG_BIG = tl.constexpr(-1.0e30)
 
-MAX_HEAD_DIM = 256
+MAX_HEAD_DIM = TRITON_MAX_HEAD_DIM  # dispatch routes larger head dims to the torch backend
 
 
 def _interpreting() -> bool:

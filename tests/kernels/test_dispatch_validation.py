@@ -78,3 +78,19 @@ def test_auto_routes_missing_features_to_torch_and_warns_once(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert dispatch.resolve_backend("auto", cuda, ["top1"]) == "torch"  # no second warning
+
+
+def test_auto_routes_head_dims_beyond_the_triton_kernel_to_torch():
+    import warnings
+
+    from circuit_stats.kernels.dispatch import resolve_backend
+
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert resolve_backend("auto", torch.device("cuda"), ["head_dim>256"]) == "torch"
+    assert resolve_backend("auto", torch.device("cuda"), []) == "triton"
+    with pytest.raises(NotImplementedError, match="head_dim>256"):
+        resolve_backend("triton", torch.device("cuda"), ["head_dim>256"])
+    q = torch.randn(1, 2, 5, 288)
+    out, stats = attention_with_stats(q, q, q, entropy=True)  # the torch backend takes any head_dim
+    assert out.shape == q.shape and torch.isfinite(stats.entropy).all()
