@@ -5,17 +5,26 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from typing import Optional, Sequence
 
 import torch
 
-from .chunked import attention_with_stats_chunked
+from .chunked import attention_lse_sink_sdpa, attention_with_stats_chunked
 from .side_inputs import SideInputs, check_offsets
 from .stats import AttentionStats
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BACKENDS = ("auto", "torch", "triton")
+
+# Arguments of attention_with_stats that the Triton kernel implements today, by argument name.
+# Everything else in OPTIONAL_FEATURES runs on the torch backend: backend="auto" routes such a
+# call there (with a warning, once per feature), backend="triton" raises NotImplementedError.
+# Extend this set as the kernel learns a feature.
+TRITON_SUPPORTED_FEATURES: frozenset[str] = frozenset()
+OPTIONAL_FEATURES = ("window", "softcap", "sinks", "distance", "local_window", "top1", "span")
+_warned_features: set[str] = set()
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -48,11 +57,53 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"q must hold at least one batch row and one query, got shape {tuple(q.shape)}")
 
 
-def _resolve_backend(backend: str, device: torch.device) -> str:
+def _check_positive_int(name: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+        raise ValueError(f"{name} must be an int >= 1 (or None), got {value!r}")
+
+
+def _check_softcap(softcap) -> None:
+    if softcap is not None and (isinstance(softcap, bool) or not isinstance(softcap, numbers.Real)
+                                or not math.isfinite(softcap) or softcap <= 0):
+        raise ValueError(f"softcap must be a finite float > 0 (or None), got {softcap!r}")
+
+
+def _check_sinks(sinks, q: torch.Tensor) -> None:
+    if sinks is None:
+        return
+    if not isinstance(sinks, torch.Tensor) or not sinks.dtype.is_floating_point:
+        raise TypeError(f"sinks must be a float tensor [{q.shape[1]}] (one logit per query head), "
+                        f"got {type(sinks).__name__ if not isinstance(sinks, torch.Tensor) else sinks.dtype}")
+    if tuple(sinks.shape) != (q.shape[1],):
+        raise ValueError(f"sinks must have shape ({q.shape[1]},) (one logit per query head), got {tuple(sinks.shape)}")
+    if sinks.device != q.device:
+        raise ValueError(f"sinks are on {sinks.device}, q on {q.device}")
+
+
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def resolve_backend(backend: str, device: torch.device, features: Sequence[str] = ()) -> str:
+    """The backend that runs this call. ``features``: the names of the OPTIONAL_FEATURES it uses."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    missing = [f for f in features if f not in TRITON_SUPPORTED_FEATURES]
     if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
+        if device.type != "cuda":
+            return "torch"
+        if missing:
+            new = [f for f in missing if f not in _warned_features]
+            if new:
+                _warned_features.update(new)
+                warnings.warn(f"the Triton kernel does not implement {new} yet: backend='auto' runs these calls "
+                              "on the torch backend (slower, O(chunk x N) memory)", stacklevel=3)
+            return "torch"
+        return "triton"
+    if backend == "triton" and missing:
+        raise NotImplementedError(f"backend='triton' does not implement {missing} yet; use backend='auto' or "
+                                  "'torch' for them")
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise ValueError(
             "backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before circuit_stats is "
@@ -74,6 +125,13 @@ def attention_with_stats(
     entropy: bool = False,
     backend: str = "auto",
     side_inputs: Optional[SideInputs] = None,
+    distance: bool = False,
+    local_window: Optional[int] = None,
+    top1: bool = False,
+    span: Optional[torch.Tensor] = None,
+    window: Optional[int] = None,
+    softcap: Optional[float] = None,
+    sinks: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, AttentionStats]:
     """Causal attention that also returns per-row attention statistics, in one pass.
 
@@ -87,38 +145,68 @@ def attention_with_stats(
             probability on each of them (0 where the query may not attend that key).
         token_ids: ``[B, Nk]`` token ids; when given, token-match induction and duplicate mass.
         entropy: also return each row's entropy (nats).
+        distance: also return the expected attention distance ``sum_j p_ij (i - j)`` (tokens).
+        local_window: ``W >= 1``: also return the mass on keys ``i - W < j <= i`` (``local``).
+        top1: also return each row's most probable key (``top1_index``, absolute position,
+            ties to the smallest; -1 for a row with no key) and its probability (``top1_prob``).
+        span: ``[B, 2]`` int key ranges ``[start, end)``: also return the mass on them.
+        window: sliding-window attention with transformers' semantics: query ``i`` attends key
+            ``j`` iff ``i - window < j <= i`` (``window`` keys, itself included), int >= 1.
+        softcap: attention-logit soft-capping (Gemma 2): the scaled score ``s`` becomes
+            ``softcap * tanh(s / softcap)`` before masking and softmax; float > 0.
+        sinks: ``[Hq]`` learned attention-sink logits (gpt-oss ``s_aux``): one extra logit per
+            query head in every row's softmax denominator, with no value vector; the mass it
+            takes is returned as ``learned_sink``.
         backend: ``"triton"``, ``"torch"`` (chunked, O(chunk x Nk) memory) or ``"auto"``
             (Triton for CUDA tensors, torch otherwise).
         side_inputs: ``key_padding_mask``, ``token_ids`` and ``probe_keys`` already built with
             ``SideInputs.build`` (once per forward, for callers that run many layers over the
-            same keys); then those three arguments must be None.
+            same keys); then those arguments (and ``span``) must be None.
 
     Returns:
         ``(out [B, Hq, Nq, D] in q.dtype, AttentionStats)``; never the ``Nq x Nk`` matrix.
+
+    Every statistic is defined on the model's real probabilities (capped scores, window,
+    sinks); see ``AttentionStats``.
     """
     _check_qkv(q, k, v)
     offsets = check_offsets(offsets)
-    if not isinstance(entropy, bool):
-        raise TypeError(f"entropy must be a bool, got {type(entropy).__name__}")
+    for name, flag in (("entropy", entropy), ("distance", distance), ("top1", top1)):
+        _check_bool(name, flag)
+    _check_positive_int("local_window", local_window)
+    _check_positive_int("window", window)
+    _check_softcap(softcap)
+    _check_sinks(sinks, q)
     B, _, _, D = q.shape
     Nk = k.shape[2]
     if scale is None:
         scale = D ** -0.5
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
         raise ValueError(f"scale must be a finite real number, got {scale!r}")
-    backend = _resolve_backend(backend, q.device)
     if side_inputs is None:
         side_inputs = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=key_padding_mask,
-                                       token_ids=token_ids, probe_keys=probe_keys)
+                                       token_ids=token_ids, probe_keys=probe_keys, span=span)
     else:
         given = [n for n, t in (("key_padding_mask", key_padding_mask), ("token_ids", token_ids),
-                                ("probe_keys", probe_keys)) if t is not None]
+                                ("probe_keys", probe_keys), ("span", span)) if t is not None]
         if given:
             raise ValueError(f"pass {given} inside side_inputs, not beside it")
         side_inputs.check_matches(q, k)
+    used = {"window": window is not None, "softcap": softcap is not None, "sinks": sinks is not None,
+            "distance": distance, "local_window": local_window is not None, "top1": top1,
+            "span": side_inputs.span is not None}
+    backend = resolve_backend(backend, q.device, [f for f in OPTIONAL_FEATURES if used[f]])
 
     if backend == "triton":
         from .triton_attention import attention_with_stats_triton
 
         return attention_with_stats_triton(q, k, v, scale=float(scale), side=side_inputs, offsets=offsets, entropy=entropy)
-    return attention_with_stats_chunked(q, k, v, scale=float(scale), side=side_inputs, offsets=offsets, entropy=entropy)
+    plain = not (offsets or entropy or any(used.values()) or side_inputs.token_ids is not None
+                 or side_inputs.probe_keys is not None)
+    if plain:  # output, lse and sink only (a model outside record()): PyTorch's SDPA kernel on the CPU
+        fast = attention_lse_sink_sdpa(q, k, v, scale=float(scale), side=side_inputs)
+        if fast is not None:
+            return fast
+    return attention_with_stats_chunked(q, k, v, scale=float(scale), side=side_inputs, offsets=offsets, entropy=entropy,
+                                        distance=distance, local_window=local_window, top1=top1, window=window,
+                                        softcap=None if softcap is None else float(softcap), sinks=sinks)
