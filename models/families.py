@@ -185,7 +185,7 @@ def attention_interface_refusal(model: torch.nn.Module) -> Optional[str]:
     """Why ``model`` cannot run ``attn_implementation="circuit_stats"`` with the installed
     transformers, or None. A model whose attention classes do not dispatch through
     ``AttentionInterface`` (their modeling module never looks up ``ALL_ATTENTION_FUNCTIONS``:
-    Falcon; GPT-J before transformers 5.3) cannot take any custom attention."""
+    Falcon; GPT-J on transformers 5.2, not on 5.24) cannot take any custom attention."""
     for module in model.modules():
         if "Attention" not in type(module).__name__:
             continue
