@@ -22,9 +22,29 @@ from .stats import AttentionStats
 
 # Elements of one [B, Hq, chunk, keys] float32 temporary (4 MiB); a chunk holds a few of them.
 CHUNK_BUDGET_ELEMENTS = 1 << 20
-# Masked scores are -inf (a row whose attendable scores are all -inf must come out NaN, as in
-# the reference); the entropy sum clamps them here first, so that 0 * score stays 0.
+# Masked scores, when q and k are finite: 0 * (NEG_BIG - m) stays 0 in the entropy sum. With
+# infinite q or k they are -inf instead (a row whose attendable scores are all -inf must come out
+# NaN, as in the reference, not attend masked keys) and the entropy sum clamps them.
 NEG_BIG = -1.0e30
+
+
+def all_finite(*tensors: torch.Tensor) -> bool:
+    """Whether no tensor holds NaN or inf (one reduction each, over contiguous memory when the
+    tensor is a [B, N, H, D] -> [B, H, N, D] transpose, as transformers hands q/k/v over)."""
+    def flat(t):
+        return t.transpose(1, 2) if not t.is_contiguous() and t.transpose(1, 2).is_contiguous() else t
+
+    return all(bool(flat(t).sum(dtype=torch.float32).isfinite()) for t in tensors)
+
+
+def chunk_rows(budget: int, first_key_span: int, window: Optional[int] = None) -> int:
+    """Queries per chunk so that ``chunk x keys <= budget``, where a chunk starting at key
+    position ``first_key_span`` attends ``first_key_span + chunk`` keys (fewer with a window):
+    early chunks of a causal pass get more queries, late ones fewer."""
+    a = first_key_span if window is None else min(first_key_span, window - 1)
+    # largest C with C * (a + C) <= budget
+    c = int((math.sqrt(a * a + 4 * budget) - a) // 2)
+    return max(16, c)
 
 
 def attention_lse_sink_sdpa(
@@ -41,7 +61,7 @@ def attention_lse_sink_sdpa(
         return None
     # SDPA's CPU kernel hides a NaN query row (output 0, lse 0): non-finite inputs take the
     # chunked path, which reports them (one pass over q, k and v).
-    if not all(bool(t.sum(dtype=torch.float32).isfinite()) for t in (q, k, v)):
+    if not all_finite(q, k, v):
         return None
     kpm = side.key_padding_mask
     mask = None
@@ -82,7 +102,7 @@ def attention_with_stats_chunked(
 ) -> tuple[torch.Tensor, AttentionStats]:
     """See ``attention_with_stats``; ``side`` holds the padding mask, first keys, token ids,
     probe keys and span; ``sinks`` is ``[Hq]`` float. ``chunk_size`` defaults to as many
-    queries as fit ``CHUNK_BUDGET_ELEMENTS`` scores of all ``Nk`` keys."""
+    queries as fit ``CHUNK_BUDGET_ELEMENTS`` scores of the keys the chunk attends."""
     key_padding_mask, probe_keys, token_ids, span = side.key_padding_mask, side.probe_keys, side.token_ids, side.span
     first_key, prev_token_ids = side.first_key.long(), side.prev_token_ids
     if probe_keys is not None:
@@ -91,8 +111,7 @@ def attention_with_stats_chunked(
     Hkv, Nk = k.shape[1], k.shape[2]
     G = Hq // Hkv
     shift = Nk - Nq  # query c sits at key position shift + c
-    if chunk_size is None:
-        chunk_size = max(1, min(Nq, CHUNK_BUDGET_ELEMENTS // (B * Hq * Nk)))
+    per_row = CHUNK_BUDGET_ELEMENTS // (B * Hq)  # scores per query chunk, over its keys
     dev = q.device
     f32 = torch.float32
     # Group query heads by their kv head so that k/v are never copied per query head.
@@ -119,12 +138,18 @@ def attention_with_stats_chunked(
     # softcap * tanh(s / softcap): fold 1 / softcap into the query scale
     q_scale = scale if softcap is None else scale / softcap
     off_t = torch.as_tensor(list(offsets), dtype=torch.long, device=dev)
+    finite = all_finite(q, k)
+    mask_value = NEG_BIG if finite else -math.inf
+    if key_padding_mask is not None:  # attendable keys before each position, for has_key
+        n_keys = torch.nn.functional.pad(key_padding_mask.long().cumsum(-1), (1, 0))  # [B, Nk + 1]
 
     def put(dst, c0, c1, val):  # [B, Hkv, G, C, ...] -> dst[:, :, c0:c1]
         dst[:, :, c0:c1] = val.reshape(B, Hq, c1 - c0, *val.shape[4:])
 
-    for c0 in range(0, Nq, chunk_size):
-        c1 = min(Nq, c0 + chunk_size)
+    c0 = 0
+    while c0 < Nq:
+        C = chunk_size or chunk_rows(per_row, shift + c0, window)
+        c1 = min(Nq, c0 + C)
         C = c1 - c0
         k_lo, k_hi = 0, shift + c1  # keys this chunk can attend
         if window is not None:
@@ -137,14 +162,23 @@ def attention_with_stats_chunked(
         s = qc @ kf[:, :, :, k_lo:k_hi].transpose(-1, -2)  # [B, Hkv, G, C, K]
         if softcap is not None:
             s.tanh_().mul_(softcap)
-        allowed = k_pos[None, :] <= q_pos[:, None]  # [C, K]
-        if window is not None:
-            allowed = allowed & (k_pos[None, :] > q_pos[:, None] - window)
-        allowed = allowed[None]  # [1, C, K]
+        # Masks are built on the blocks where rows differ only: the causal diagonal block
+        # (keys shift + c0 ...) and a window's left block (the chunk's first C keys).
+        rows = torch.arange(C, device=dev)
+        diag = shift + c0 - k_lo
+        causal_block = rows[None, :] <= rows[:, None]  # [C, C]: key diag + c vs query r
+        s[..., diag:].masked_fill_(~causal_block, mask_value)
+        if window is not None and k_lo > 0:  # key k_lo + c is in query r's window iff c > r - 1
+            s[..., :C].masked_fill_(~(rows[None, :] >= rows[:, None])[:, : min(C, K)], mask_value)
+        elif window is not None:  # keys from 0: key c is in query r's window iff c > q_r - window
+            left = torch.arange(min(C, K), device=dev)
+            s[..., : min(C, K)].masked_fill_(~(left[None, :] > q_pos[:, None] - window), mask_value)
         if key_padding_mask is not None:
-            allowed = allowed & key_padding_mask[:, None, k_lo:k_hi]  # [B, C, K]
-        s.masked_fill_(~allowed[:, None, None], -math.inf)
-        has_key = allowed.any(-1)[:, None, None]  # [B or 1, 1, 1, C]
+            s.masked_fill_(~key_padding_mask[:, None, None, None, k_lo:k_hi], mask_value)
+            lo_pos = (q_pos - window + 1).clamp(min=0) if window is not None else torch.zeros_like(q_pos)
+            has_key = (n_keys[:, q_pos + 1] - n_keys[:, lo_pos] > 0)[:, None, None]  # [B, 1, 1, C]
+        else:  # every query may attend itself
+            has_key = torch.ones(1, 1, 1, C, dtype=torch.bool, device=dev)
 
         if top1:
             m_keys, arg = s.max(-1)
@@ -185,40 +219,61 @@ def attention_with_stats_chunked(
             ok = ((rel >= 0) & (rel < K))[:, None, None, None, :]
             put(probes, c0, c1, torch.where(ok, u.gather(-1, idx) / norm[..., None], 0.0))
 
+        # Masses whose weights depend on the key only (span, distance, local): one matmul of
+        # u with weight columns, plus a small block correction for local.
+        cols, targets = [], []
+        if span_mass is not None:
+            cols.append(((k_pos[None, :] >= span[:, :1]) & (k_pos[None, :] < span[:, 1:])).to(f32))  # [B, K]
+            targets.append(("span", span_mass))
+        if dist is not None:  # sum u (last - j) - (last - i) sum u: no large cancelling terms
+            last = shift + c1 - 1
+            cols.append((last - k_pos).to(f32)[None].expand(B, K))
+            targets.append(("distance", dist))
+        if local is not None:  # ones from the first query's band start; rows r > 0 start r later
+            a_first = shift + c0 - local_window + 1
+            cols.append((k_pos >= a_first).to(f32)[None].expand(B, K))
+            targets.append(("local", local))
+        if cols:
+            weight = torch.stack(cols, -1)  # [B, K, R]
+            sums = (u.reshape(B, Hq * C, K) @ weight).reshape(B, Hkv, G, C, len(cols))
+            for r, (name, dst) in enumerate(targets):
+                val = sums[..., r]
+                if name == "distance":
+                    val = val - (last - q_pos).to(f32) * l_keys
+                elif name == "local":  # subtract keys a_first .. a_first + r - 1 of row r
+                    lo = a_first - k_lo
+                    c_lo, c_hi = max(lo, 0), min(lo + C, K)
+                    if c_hi > c_lo:
+                        over = (torch.arange(c_lo, c_hi, device=dev)[None, :] - lo) < rows[:, None]  # [C, cols]
+                        val = val - (u[..., c_lo:c_hi] * over).sum(-1)
+                put(dst, c0, c1, val / norm)
+
+        # Token-match masses: weights per (row, key), shared by every head; one batched matmul.
         if token_ids is not None:
             tq = token_ids[:, c0 + shift : c1 + shift]  # [B, C]
-            dup_mask = (token_ids[:, None, k_lo:k_hi] == tq[:, :, None]) & (k_pos[None, None, :] < q_pos[None, :, None])
-            ind_mask = prev_token_ids[:, None, k_lo:k_hi] == tq[:, :, None]  # j <= i comes from causality
-            put(dup, c0, c1, (u * dup_mask[:, None, None]).sum(-1) / norm)
-            put(ind, c0, c1, (u * ind_mask[:, None, None]).sum(-1) / norm)
+            w = torch.empty(B, C, 2, K, dtype=f32, device=dev)
+            torch.eq(token_ids[:, None, k_lo:k_hi], tq[:, :, None], out=w[:, :, 0])
+            w[:, :, 0, diag:] *= rows[None, :] < rows[:, None]  # duplicate: j < i
+            torch.eq(prev_token_ids[:, None, k_lo:k_hi], tq[:, :, None], out=w[:, :, 1])  # j <= i from causality
+            sums = torch.einsum("bhck,bcrk->bhcr", u.reshape(B, Hq, C, K), w).reshape(B, Hkv, G, C, 2) / norm[..., None]
+            put(dup, c0, c1, sums[..., 0])
+            put(ind, c0, c1, sums[..., 1])
 
         if ent is not None:  # H = log l - sum(u t) / l
-            # clamp: a -inf score (masked, or infinite q/k) has u = 0 and adds 0, not 0 * -inf = NaN
-            ut = (u * t.clamp_(min=NEG_BIG)).sum(-1)
+            if not finite:  # a -inf score has u = 0 and must add 0, not 0 * -inf = NaN
+                t.clamp_(min=NEG_BIG)
+            ut = (u.unsqueeze(-2) @ t.unsqueeze(-1))[..., 0, 0]  # row-wise dot products
             if sink_logit is not None:  # the learned sink is one more outcome
                 ut = ut + u_sink * t_sink
             put(ent, c0, c1, torch.where(l > 0, torch.log(norm) - ut / norm, 0.0))
-
-        if dist is not None:  # sum u (last - j) - (last - i) sum u: no large cancelling terms
-            last = shift + c1 - 1
-            back = (last - k_pos).to(f32)  # [K]
-            fwd = (last - q_pos).to(f32)  # [C]
-            put(dist, c0, c1, (u @ back - fwd * l_keys) / norm)
-
-        if local is not None:
-            band = k_pos[None, :] > q_pos[:, None] - local_window  # [C, K]; j <= i from causality
-            put(local, c0, c1, (u * band).sum(-1) / norm)
 
         if top1_index is not None:
             put(top1_index, c0, c1, torch.where(has_key, arg + k_lo, -1))
             # the max key's t is m_keys - m (0 without sinks): its probability is exp(that) / l
             put(top1_prob, c0, c1, torch.where(has_key, torch.exp(m_keys - m) / norm, 0.0))
 
-        if span_mass is not None:
-            in_span = ((k_pos[None, :] >= span[:, :1]) & (k_pos[None, :] < span[:, 1:])).to(f32)  # [B, K]
-            put(span_mass, c0, c1, (u.reshape(B, Hkv * G * C, K) @ in_span[:, :, None]).reshape(B, Hkv, G, C) / norm)
-
         put(row_nan, c0, c1, row_lse.isnan())
+        c0 = c1
 
     row_nan |= out.isnan().any(-1)
     stats = AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup,
