@@ -22,6 +22,7 @@ import torch
 
 from ..kernels import AttentionStats, SideInputs
 from ..kernels.side_inputs import check_offsets
+from .families import attention_interface_refusal
 
 # The name registered with transformers' AttentionInterface / AttentionMaskInterface.
 IMPLEMENTATION = "circuit_stats"
@@ -36,7 +37,7 @@ def probe_column(index: int) -> str:
 
 
 # Statistic groups a query mask can be given for (see record(query_mask=...)).
-CHANNELS = ("sink", "offsets", "probes", "induction", "duplicate", "entropy")
+CHANNELS = ("sink", "offsets", "probes", "induction", "duplicate", "entropy", "learned_sink")
 _ACTIVE: Optional["Recording"] = None
 
 
@@ -181,8 +182,8 @@ class Recording:
             yield "offsets", stats.offsets
         if stats.probes is not None:
             yield "probes", stats.probes
-        for name in ("induction", "duplicate", "entropy"):
-            val = getattr(stats, name)
+        for name in ("induction", "duplicate", "entropy", "learned_sink"):
+            val = getattr(stats, name, None)  # learned_sink: layers with learned sinks (gpt-oss s_aux)
             if val is not None:
                 yield name, val[..., None]
 
@@ -280,6 +281,11 @@ def _normalise_query_mask(query_mask) -> dict[str, torch.Tensor]:
     return dict(masks)
 
 
+def is_recording(module) -> bool:
+    """Whether a record() block is active on the model that ``module`` belongs to."""
+    return _ACTIVE is not None and id(module) in _ACTIVE._module_ids
+
+
 def request_for(module, query, key, kpm) -> Optional[_Request]:
     """The active recording's request for this attention module, or None (plain forward)."""
     rec = _ACTIVE
@@ -320,6 +326,8 @@ def record(
     global _ACTIVE
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise TypeError(f"record() needs a transformers model, got {type(model).__name__}")
+    if not uses_circuit_stats(model) and attention_interface_refusal(model):
+        raise NotImplementedError(attention_interface_refusal(model))
     if not uses_circuit_stats(model):
         raise ValueError(
             f"record() needs the model to use attn_implementation='circuit_stats' (it uses "

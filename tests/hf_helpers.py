@@ -36,9 +36,14 @@ def random_batch(B=3, N=29, vocab=(3, 24), padding=None, seed=0):
 
 
 @torch.no_grad()
-def eager_means(eager, ids, mask, offsets=(), token_match=False, entropy=False, query_mask=None):
+def eager_means(eager, ids, mask, offsets=(), token_match=False, entropy=False, query_mask=None,
+                learned_sink=False):
     """Per-(layer, head) means of every statistic, computed from HF eager attention
-    probabilities (output_attentions=True) with the float64 reference definitions."""
+    probabilities (output_attentions=True) with the float64 reference definitions.
+
+    ``learned_sink``: the model has learned sinks (gpt-oss ``s_aux``), whose mass eager attention
+    drops from the probabilities it returns: it is ``1 - sum_j p_ij``, and it counts as one more
+    outcome in the entropy."""
     out = eager(ids, attention_mask=mask, output_attentions=True)
     kpm = mask.bool()
     w = (kpm if query_mask is None else query_mask).double()
@@ -53,6 +58,11 @@ def eager_means(eager, ids, mask, offsets=(), token_match=False, entropy=False, 
             cols["induction"], cols["duplicate"] = st.induction, st.duplicate
         if entropy:
             cols["entropy"] = st.entropy
+        if learned_sink:
+            sink_mass = (1 - probs.double().sum(-1)).clamp(min=0)
+            cols["learned_sink"] = sink_mass
+            if entropy:
+                cols["entropy"] = st.entropy - torch.xlogy(sink_mass, sink_mass)
         for name, val in cols.items():
             res.setdefault(name, []).append(torch.einsum("bhq,bq->h", val, w) / w.sum())
     return {k: torch.stack(v).float() for k, v in res.items()}
