@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from typing import Optional, Sequence
 
 import torch
@@ -16,6 +17,14 @@ from .stats import AttentionStats
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BACKENDS = ("auto", "torch", "triton")
+
+# Arguments of attention_with_stats that the Triton kernel implements today, by argument name.
+# Everything else in OPTIONAL_FEATURES runs on the torch backend: backend="auto" routes such a
+# call there (with a warning, once per feature), backend="triton" raises NotImplementedError.
+# Extend this set as the kernel learns a feature.
+TRITON_SUPPORTED_FEATURES: frozenset[str] = frozenset()
+OPTIONAL_FEATURES = ("distance", "local_window", "top1", "span")
+_warned_features: set[str] = set()
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -48,11 +57,35 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"q must hold at least one batch row and one query, got shape {tuple(q.shape)}")
 
 
-def _resolve_backend(backend: str, device: torch.device) -> str:
+def _check_positive_int(name: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+        raise ValueError(f"{name} must be an int >= 1 (or None), got {value!r}")
+
+
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def resolve_backend(backend: str, device: torch.device, features: Sequence[str] = ()) -> str:
+    """The backend that runs this call. ``features``: the names of the OPTIONAL_FEATURES it uses."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    missing = [f for f in features if f not in TRITON_SUPPORTED_FEATURES]
     if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
+        if device.type != "cuda":
+            return "torch"
+        if missing:
+            new = [f for f in missing if f not in _warned_features]
+            if new:
+                _warned_features.update(new)
+                warnings.warn(f"the Triton kernel does not implement {new} yet: backend='auto' runs these calls "
+                              "on the torch backend (slower, O(chunk x N) memory)", stacklevel=3)
+            return "torch"
+        return "triton"
+    if backend == "triton" and missing:
+        raise NotImplementedError(f"backend='triton' does not implement {missing} yet; use backend='auto' or "
+                                  "'torch' for them")
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise ValueError(
             "backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before circuit_stats is "
@@ -74,6 +107,10 @@ def attention_with_stats(
     entropy: bool = False,
     backend: str = "auto",
     side_inputs: Optional[SideInputs] = None,
+    distance: bool = False,
+    local_window: Optional[int] = None,
+    top1: bool = False,
+    span: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, AttentionStats]:
     """Causal attention that also returns per-row attention statistics, in one pass.
 
@@ -87,38 +124,47 @@ def attention_with_stats(
             probability on each of them (0 where the query may not attend that key).
         token_ids: ``[B, Nk]`` token ids; when given, token-match induction and duplicate mass.
         entropy: also return each row's entropy (nats).
+        distance: also return the expected attention distance ``sum_j p_ij (i - j)`` (tokens).
+        local_window: ``W >= 1``: also return the mass on keys ``i - W < j <= i`` (``local``).
+        top1: also return each row's most probable key (``top1_index``, absolute position,
+            ties to the smallest; -1 for a row with no key) and its probability (``top1_prob``).
+        span: ``[B, 2]`` int key ranges ``[start, end)``: also return the mass on them.
         backend: ``"triton"``, ``"torch"`` (chunked, O(chunk x Nk) memory) or ``"auto"``
             (Triton for CUDA tensors, torch otherwise).
         side_inputs: ``key_padding_mask``, ``token_ids`` and ``probe_keys`` already built with
             ``SideInputs.build`` (once per forward, for callers that run many layers over the
-            same keys); then those three arguments must be None.
+            same keys); then those arguments (and ``span``) must be None.
 
     Returns:
         ``(out [B, Hq, Nq, D] in q.dtype, AttentionStats)``; never the ``Nq x Nk`` matrix.
     """
     _check_qkv(q, k, v)
     offsets = check_offsets(offsets)
-    if not isinstance(entropy, bool):
-        raise TypeError(f"entropy must be a bool, got {type(entropy).__name__}")
+    for name, flag in (("entropy", entropy), ("distance", distance), ("top1", top1)):
+        _check_bool(name, flag)
+    _check_positive_int("local_window", local_window)
     B, _, _, D = q.shape
     Nk = k.shape[2]
     if scale is None:
         scale = D ** -0.5
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
         raise ValueError(f"scale must be a finite real number, got {scale!r}")
-    backend = _resolve_backend(backend, q.device)
     if side_inputs is None:
         side_inputs = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=key_padding_mask,
-                                       token_ids=token_ids, probe_keys=probe_keys)
+                                       token_ids=token_ids, probe_keys=probe_keys, span=span)
     else:
         given = [n for n, t in (("key_padding_mask", key_padding_mask), ("token_ids", token_ids),
-                                ("probe_keys", probe_keys)) if t is not None]
+                                ("probe_keys", probe_keys), ("span", span)) if t is not None]
         if given:
             raise ValueError(f"pass {given} inside side_inputs, not beside it")
         side_inputs.check_matches(q, k)
+    used = {"distance": distance, "local_window": local_window is not None, "top1": top1,
+            "span": side_inputs.span is not None}
+    backend = resolve_backend(backend, q.device, [f for f in OPTIONAL_FEATURES if used[f]])
 
     if backend == "triton":
         from .triton_attention import attention_with_stats_triton
 
         return attention_with_stats_triton(q, k, v, scale=float(scale), side=side_inputs, offsets=offsets, entropy=entropy)
-    return attention_with_stats_chunked(q, k, v, scale=float(scale), side=side_inputs, offsets=offsets, entropy=entropy)
+    return attention_with_stats_chunked(q, k, v, scale=float(scale), side=side_inputs, offsets=offsets, entropy=entropy,
+                                        distance=distance, local_window=local_window, top1=top1)

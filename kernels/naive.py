@@ -15,6 +15,17 @@ import torch
 from .stats import AttentionStats
 
 
+def allowed_keys(q_len: int, k_len: int, key_padding_mask: Optional[torch.Tensor], device) -> torch.Tensor:
+    """``[B or 1, 1, Nq, Nk]`` bool: which keys each query may attend (bottom-right causal,
+    padding)."""
+    q_pos = torch.arange(q_len, device=device) + (k_len - q_len)
+    k_pos = torch.arange(k_len, device=device)
+    allowed = (k_pos[None, :] <= q_pos[:, None])[None, None]
+    if key_padding_mask is not None:
+        allowed = allowed & key_padding_mask[:, None, None, :]
+    return allowed
+
+
 def stats_from_probabilities(
     p: torch.Tensor,
     *,
@@ -24,19 +35,24 @@ def stats_from_probabilities(
     token_ids: Optional[torch.Tensor] = None,
     entropy: bool = False,
     lse: Optional[torch.Tensor] = None,
+    distance: bool = False,
+    local_window: Optional[int] = None,
+    top1: bool = False,
+    span: Optional[torch.Tensor] = None,
 ) -> AttentionStats:
     """Every statistic from a materialised causal probability matrix ``p [B, H, Nq, Nk]``
     (e.g. eager attention's ``output_attentions``); query ``i`` sits at key ``Nk - Nq + i``.
-    ``lse`` is passed through (NaN-filled when not given)."""
+    ``lse`` is passed through (NaN-filled when not given). A row holding NaN on a key it may
+    attend gets NaN in every float statistic (``top1_index`` -1)."""
     B, H, Nq, Nk = p.shape
     dev = p.device
     q_pos = torch.arange(Nq, device=dev) + (Nk - Nq)
     k_pos = torch.arange(Nk, device=dev)
-    allowed = (k_pos[None, :] <= q_pos[:, None])[None]  # [1, Nq, Nk]
-    if key_padding_mask is not None:
-        allowed = allowed & key_padding_mask[:, None, :]
+    allowed = allowed_keys(Nq, Nk, key_padding_mask, dev)[:, 0]  # [B or 1, Nq, Nk]
     has_key = allowed.any(-1)[:, None].expand(B, H, Nq)  # [B, H, Nq]
-    p = torch.where(allowed[:, None], p, torch.zeros((), dtype=p.dtype, device=dev))
+    zero = torch.zeros((), dtype=p.dtype, device=dev)
+    row_nan = torch.where(allowed[:, None], p, zero).isnan().any(-1)
+    p = torch.where(allowed[:, None], p, zero)
 
     if key_padding_mask is None:
         first = torch.zeros(B, dtype=torch.long, device=dev)
@@ -55,7 +71,7 @@ def stats_from_probabilities(
 
     probes = None
     if probe_keys is not None:
-        probes = p.gather(-1, probe_keys[:, None, None, :].expand(B, H, Nq, probe_keys.shape[1]))
+        probes = p.gather(-1, probe_keys[:, None, None, :].long().expand(B, H, Nq, probe_keys.shape[1]))
 
     ind = dup = None
     if token_ids is not None:
@@ -73,13 +89,34 @@ def stats_from_probabilities(
 
     ent = None
     if entropy:
-        ent = -(torch.where(p > 0, p * torch.log(p), torch.zeros((), dtype=p.dtype, device=dev))).sum(-1)
+        ent = -(torch.where(p > 0, p * torch.log(p), zero)).sum(-1)
 
-    zero = torch.zeros((), dtype=p.dtype, device=dev)
+    dist = None
+    if distance:  # sum_j p_ij (i - j)
+        gap = (q_pos[:, None] - k_pos[None, :]).to(p.dtype)  # [Nq, Nk]
+        dist = (p * gap).sum(-1)
+
+    local = None
+    if local_window is not None:  # keys i - W < j <= i (j <= i is causality)
+        band = k_pos[None, :] > q_pos[:, None] - local_window
+        local = (p * band).sum(-1)
+
+    top1_index = top1_prob = None
+    if top1:  # torch.max returns the first maximal index: ties go to the smallest position
+        top1_prob, top1_index = p.max(-1)
+        top1_index = torch.where(has_key, top1_index, -1)
+
+    span_mass = None
+    if span is not None:  # keys start <= j < end, per sequence
+        in_span = (k_pos[None, :] >= span[:, :1]) & (k_pos[None, :] < span[:, 1:])  # [B, Nk]
+        span_mass = (p * in_span[:, None, None, :]).sum(-1)
+
     if lse is None:
         lse = torch.full((B, H, Nq), math.nan, dtype=p.dtype, device=dev)
-    return AttentionStats(lse=lse, sink=torch.where(has_key, sink, zero), offsets=offs, probes=probes,
-                          induction=ind, duplicate=dup, entropy=ent)
+    stats = AttentionStats(lse=lse, sink=torch.where(has_key, sink, zero), offsets=offs, probes=probes,
+                           induction=ind, duplicate=dup, entropy=ent, distance=dist, local=local,
+                           top1_index=top1_index, top1_prob=top1_prob, span=span_mass)
+    return stats.mark_nan_rows(row_nan)
 
 
 def attention_with_stats_naive(
@@ -93,6 +130,10 @@ def attention_with_stats_naive(
     probe_keys: Optional[torch.Tensor] = None,
     token_ids: Optional[torch.Tensor] = None,
     entropy: bool = False,
+    distance: bool = False,
+    local_window: Optional[int] = None,
+    top1: bool = False,
+    span: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, AttentionStats]:
     """Same contract as ``attention_with_stats``; computes in ``q.dtype``."""
     B, Hq, Nq, D = q.shape
@@ -101,11 +142,7 @@ def attention_with_stats_naive(
     k = k.repeat_interleave(Hq // Hkv, dim=1)
     v = v.repeat_interleave(Hq // Hkv, dim=1)
     dev = q.device
-
-    q_pos = torch.arange(Nq, device=dev) + (Nk - Nq)  # bottom-right causal alignment
-    allowed = (torch.arange(Nk, device=dev)[None, :] <= q_pos[:, None])[None, None]  # [1, 1, Nq, Nk]
-    if key_padding_mask is not None:
-        allowed = allowed & key_padding_mask[:, None, None, :]
+    allowed = allowed_keys(Nq, Nk, key_padding_mask, dev)
 
     s = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
     s = s.masked_fill(~allowed, -math.inf)
@@ -113,5 +150,6 @@ def attention_with_stats_naive(
     p = torch.where(allowed, torch.exp(s - lse[..., None]), torch.zeros((), dtype=s.dtype, device=dev))
     out = torch.einsum("bhqk,bhkd->bhqd", p, v)
     stats = stats_from_probabilities(p, key_padding_mask=key_padding_mask, offsets=offsets, probe_keys=probe_keys,
-                                     token_ids=token_ids, entropy=entropy, lse=lse)
-    return out, stats
+                                     token_ids=token_ids, entropy=entropy, lse=lse, distance=distance,
+                                     local_window=local_window, top1=top1, span=span)
+    return out, stats.mark_nan_rows(out.isnan().any(-1) | lse.isnan())

@@ -45,6 +45,8 @@ class SideInputs:
         prev_token_ids: ``[B, Nk]`` int32, ``token_ids[j-1]`` where key ``j-1`` exists and is
             attendable, else -1 (matches no token); None without ``token_ids``.
         probe_keys: ``[B, P]`` int32 absolute key positions, or None.
+        span: ``[B, 2]`` int64 key range ``[start, end)`` per sequence (the ``span`` statistic),
+            ``0 <= start <= end <= k_len``, or None.
     """
 
     batch: int
@@ -54,6 +56,7 @@ class SideInputs:
     token_ids: Optional[torch.Tensor] = None
     prev_token_ids: Optional[torch.Tensor] = None
     probe_keys: Optional[torch.Tensor] = None
+    span: Optional[torch.Tensor] = None
 
     @classmethod
     def build(
@@ -65,6 +68,7 @@ class SideInputs:
         key_padding_mask: Optional[torch.Tensor] = None,
         token_ids: Optional[torch.Tensor] = None,
         probe_keys: Optional[torch.Tensor] = None,
+        span: Optional[torch.Tensor] = None,
     ) -> "SideInputs":
         """Validate and convert the side inputs of ``batch`` rows of ``k_len`` keys on ``device``.
 
@@ -96,12 +100,15 @@ class SideInputs:
                 raise ValueError(f"probe_keys must be key positions in [0, {Nk}), got values in "
                                  f"[{int(probe_keys.min())}, {int(probe_keys.max())}]")
             probe_keys = probe_keys.to(device=device, dtype=torch.int32).contiguous()
+        if span is not None:
+            span = check_span(span, B, Nk).to(device=device, dtype=torch.int64).contiguous()
         return cls(
             batch=B, k_len=Nk, key_padding_mask=key_padding_mask,
             first_key=first_attendable_key(key_padding_mask, B, Nk, device),
             token_ids=token_ids,
             prev_token_ids=previous_token_ids(token_ids, key_padding_mask) if token_ids is not None else None,
             probe_keys=probe_keys,
+            span=span,
         )
 
     def check_matches(self, q: torch.Tensor, k: torch.Tensor) -> None:
@@ -112,6 +119,19 @@ class SideInputs:
                              f"this call has {(B, Nk)}")
         if self.first_key.device != q.device:
             raise ValueError(f"side_inputs are on {self.first_key.device}, q on {q.device}")
+
+
+def check_span(span, batch: int, k_len: int) -> torch.Tensor:
+    """``span`` as given if it is an integer ``[batch, 2]`` tensor of key ranges
+    ``0 <= start <= end <= k_len``; a clear error otherwise."""
+    if not _is_int_tensor(span):
+        raise TypeError("span must be an integer tensor [batch, 2] of key ranges [start, end)")
+    if tuple(span.shape) != (batch, 2):
+        raise ValueError(f"span must have shape {(batch, 2)} (one [start, end) per sequence), got {tuple(span.shape)}")
+    start, end = span[:, 0], span[:, 1]
+    if span.numel() and (int(start.min()) < 0 or int(end.max()) > k_len or bool((start > end).any())):
+        raise ValueError(f"span must hold key ranges 0 <= start <= end <= {k_len}, got {span.tolist()}")
+    return span
 
 
 def first_attendable_key(key_padding_mask: Optional[torch.Tensor], batch: int, k_len: int, device) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -10,20 +11,35 @@ import torch
 
 @dataclass
 class AttentionStats:
-    """Per-row attention statistics, all float32 and shaped ``[B, Hq, Nq]``.
+    """Per-row attention statistics, float32 and shaped ``[B, Hq, Nq]`` unless noted.
 
-    ``lse``        natural-log log-sum-exp of the row's scaled scores (``-inf`` for a row
-                   with no attendable key).
-    ``sink``       probability on the row's first attendable key (key 0, or the first
-                   unpadded key).
-    ``offsets``    ``[B, Hq, Nq, len(offsets)]``: probability on key ``i - o`` per offset.
-    ``probes``     ``[B, Hq, Nq, P]``: probability on the absolute key ``probe_keys[b, t]``.
-    ``induction``  token-match induction mass (keys j with ``tok[j-1] == tok[i]``, j-1 < i).
-    ``duplicate``  token-match duplicate mass (keys j < i with ``tok[j] == tok[i]``).
-    ``entropy``    Shannon entropy of the row, in nats.
+    Every point/mass statistic uses the model's real probabilities ``p_ij = exp(s'_ij - lse_i)``
+    (``s'`` the scaled, soft-capped, masked score); ``i`` and ``j`` are absolute key positions
+    (query ``i`` of ``Nq`` sits at key ``Nk - Nq + i``).
 
-    Statistics that were not requested are ``None``. Rows with no attendable key hold 0
-    in every statistic (``lse`` is ``-inf``).
+    ``lse``          natural-log log-sum-exp of the full softmax denominator: the keys, plus
+                     ``exp(sink_h)`` when learned ``sinks`` are given (``-inf`` for a row with no
+                     attendable key and no learned sink).
+    ``sink``         probability on the row's first attendable key (key 0, or the first
+                     unpadded key) -- the Gu et al. attention sink, not the learned one.
+    ``offsets``      ``[B, Hq, Nq, len(offsets)]``: probability on key ``i - o`` per offset.
+    ``probes``       ``[B, Hq, Nq, P]``: probability on the absolute key ``probe_keys[b, t]``.
+    ``induction``    token-match induction mass (keys j with ``tok[j-1] == tok[i]``, j-1 < i).
+    ``duplicate``    token-match duplicate mass (keys j < i with ``tok[j] == tok[i]``).
+    ``entropy``      Shannon entropy of the row in nats (the learned sink counts as one more
+                     outcome when ``sinks`` are given).
+    ``distance``     expected attention distance ``sum_j p_ij (i - j)``, in tokens.
+    ``local``        mass on the last ``local_window`` keys, ``i - W < j <= i``.
+    ``top1_index``   int64: absolute key position of the row's largest probability (ties: the
+                     smallest position); -1 for a row with no attendable key or a NaN row.
+    ``top1_prob``    that key's probability.
+    ``span``         mass on the per-sequence key range ``[span[b, 0], span[b, 1])``.
+    ``learned_sink`` mass absorbed by the learned sink logit, ``exp(sink_h - lse)``.
+
+    Statistics that were not requested are ``None``. A row with no attendable key holds 0 in
+    every statistic (``lse`` -inf, ``top1_index`` -1; with learned sinks ``learned_sink`` is 1
+    and ``lse`` the sink logit). A row whose output is NaN (a NaN score it can attend, a NaN
+    value) holds NaN in every float statistic and -1 in ``top1_index``.
     """
 
     lse: torch.Tensor
@@ -33,7 +49,21 @@ class AttentionStats:
     induction: Optional[torch.Tensor] = None
     duplicate: Optional[torch.Tensor] = None
     entropy: Optional[torch.Tensor] = None
+    distance: Optional[torch.Tensor] = None
+    local: Optional[torch.Tensor] = None
+    top1_index: Optional[torch.Tensor] = None
+    top1_prob: Optional[torch.Tensor] = None
+    span: Optional[torch.Tensor] = None
+    learned_sink: Optional[torch.Tensor] = None
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         """The statistics that are present, by name."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def mark_nan_rows(self, row_nan: torch.Tensor) -> "AttentionStats":
+        """In place: NaN in every float statistic and -1 in ``top1_index`` where ``row_nan``
+        (``[B, Hq, Nq]`` bool) is set. Returns ``self``."""
+        for name, t in self.as_dict().items():
+            mask = row_nan if t.dim() == row_nan.dim() else row_nan[..., None]
+            t.masked_fill_(mask, -1 if name == "top1_index" else math.nan)
+        return self

@@ -48,3 +48,31 @@ def test_triton_backend_on_cpu_without_interpreter_explains(monkeypatch):
         pytest.skip("CPU-only check")
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         attention_with_stats(*qkv(), backend="triton")
+
+
+@pytest.mark.parametrize("feature,kwargs", [("top1", {"top1": True}), ("distance", {"distance": True}),
+                                            ("local_window", {"local_window": 3}),
+                                            ("span", {"span": torch.tensor([[0, 4]])})])
+def test_triton_backend_refuses_features_it_lacks(feature, kwargs):
+    from circuit_stats.kernels.dispatch import TRITON_SUPPORTED_FEATURES
+
+    if feature in TRITON_SUPPORTED_FEATURES:
+        pytest.skip(f"the Triton kernel implements {feature}")
+    with pytest.raises(NotImplementedError, match=feature):
+        attention_with_stats(*qkv(), backend="triton", **kwargs)
+
+
+def test_auto_routes_missing_features_to_torch_and_warns_once(monkeypatch):
+    from circuit_stats.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "TRITON_SUPPORTED_FEATURES", frozenset())
+    monkeypatch.setattr(dispatch, "_warned_features", set())
+    cuda = torch.device("cuda")
+    assert dispatch.resolve_backend("auto", cuda) == "triton"
+    with pytest.warns(UserWarning, match="top1"):
+        assert dispatch.resolve_backend("auto", cuda, ["top1"]) == "torch"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dispatch.resolve_backend("auto", cuda, ["top1"]) == "torch"  # no second warning

@@ -1,0 +1,83 @@
+"""Shared helpers for the kernel tests: random inputs as transformers hands them over, and a
+comparison of every statistic against the float64 reference."""
+
+from __future__ import annotations
+
+import torch
+from conftest import DEVICE
+
+STAT_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-3}
+OUT_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+# (B, Hq, Hkv, Nq, Nk, padding)
+CASES = {
+    "odd-square": (2, 2, 2, 37, 37, None),
+    "gqa-odd": (1, 4, 2, 45, 45, None),
+    "mqa-decode-1": (2, 4, 1, 1, 29, None),
+    "chunk-prefill": (1, 2, 1, 19, 50, None),
+    "left-pad": (3, 2, 2, 41, 41, "left"),
+    "right-pad": (3, 2, 1, 33, 33, "right"),
+    "decode-left-pad": (3, 2, 2, 5, 38, "left"),
+}
+
+
+def make_inputs(B, Hq, Hkv, Nq, Nk, D, dtype, padding, vocab=6):
+    """Random q/k/v ([B, N, H, D] transposed, non-contiguous), token ids and a padding mask in
+    which the last row is fully padded (no attendable key anywhere)."""
+    q = torch.randn(B, Nq, Hq, D, device=DEVICE, dtype=dtype).transpose(1, 2)
+    k = torch.randn(B, Nk, Hkv, D, device=DEVICE, dtype=dtype).transpose(1, 2)
+    v = torch.randn(B, Nk, Hkv, D, device=DEVICE, dtype=dtype).transpose(1, 2)
+    # Sharpen some rows so that probabilities are not all ~1/N and the top key stands out.
+    q = q * (1 + 3 * torch.rand(B, Hq, Nq, 1, device=DEVICE, dtype=dtype))
+    tok = torch.randint(0, vocab, (B, Nk), device=DEVICE)
+    mask = None
+    if padding:
+        mask = torch.ones(B, Nk, dtype=torch.bool, device=DEVICE)
+        lengths = torch.randint(1, Nk, (B,)).tolist()
+        lengths[-1] = 0
+        for b, n in enumerate(lengths):
+            if padding == "left":
+                mask[b, : Nk - n] = False
+            else:
+                mask[b, n:] = False
+    return q, k, v, tok, mask
+
+
+def random_span(B: int, Nk: int) -> torch.Tensor:
+    """``[B, 2]`` random key ranges ``[start, end)``, one of them empty."""
+    a = torch.randint(0, Nk + 1, (B, 2), device=DEVICE)
+    span = torch.stack([a.min(1).values, a.max(1).values], 1)
+    span[0, 1] = span[0, 0]  # an empty range: mass 0
+    return span
+
+
+def assert_stats_close(got, want, dtype, what: str, n_keys: int, p_ref=None) -> None:
+    """Every statistic of the float64 ``want`` is present in ``got`` and matches it.
+
+    ``lse``: same -inf/NaN pattern, finite part close. ``distance`` is in tokens, so its
+    tolerance scales with the number of keys. ``top1_index`` must match wherever the
+    reference's best key beats the runner-up by more than the tolerance."""
+    tol = {"distance": max(1, n_keys) * 4 * STAT_TOL[dtype]}
+    for name, ref in want.as_dict().items():
+        val = getattr(got, name)
+        assert val is not None, f"{what}: {name} missing"
+        assert val.shape == ref.shape, f"{what}: {name} shape {tuple(val.shape)} != {tuple(ref.shape)}"
+        assert torch.equal(val.isnan(), ref.isnan()) if val.is_floating_point() else True, f"{what}: {name} NaN pattern"
+        if name == "top1_index":
+            assert val.dtype == torch.int64
+            assert torch.equal(val == -1, ref == -1), f"{what}: top1_index -1 pattern"
+            clear = ref >= 0
+            if want.top1_prob is not None and p_ref is not None:
+                top2 = p_ref.topk(min(2, p_ref.shape[-1]), -1).values
+                gap = top2[..., 0] - top2[..., -1] if top2.shape[-1] > 1 else torch.ones_like(top2[..., 0])
+                clear &= gap > 4 * STAT_TOL[dtype]
+            assert torch.equal(val[clear], ref[clear]), f"{what}: top1_index differs"
+            continue
+        assert val.dtype == torch.float32, f"{what}: {name} is {val.dtype}"
+        if name == "lse":
+            assert torch.equal(torch.isinf(val), torch.isinf(ref)), f"{what}: lse inf pattern"
+        fin = torch.isfinite(ref)
+        val, ref = val[fin], ref[fin]
+        err = (val.double() - ref).abs().max().item() if ref.numel() else 0.0
+        limit = tol.get(name, STAT_TOL[dtype])
+        assert err <= limit, f"{what}: {name} off by {err:.3g} (tol {limit:.3g})"

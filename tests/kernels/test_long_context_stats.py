@@ -1,0 +1,99 @@
+"""distance, local, top1 and span (issue 13) in the torch backend vs the float64 reference."""
+
+import math
+
+import pytest
+import torch
+from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive
+from circuit_stats.kernels.chunked import attention_with_stats_chunked
+from circuit_stats.kernels.naive import allowed_keys
+from conftest import DEVICE
+from kernel_cases import CASES, OUT_TOL, assert_stats_close, make_inputs, random_span
+
+
+def reference_probabilities(q, k, mask):
+    """float64 probabilities [B, Hq, Nq, Nk] (0 where not attendable), for top1 tie checks."""
+    Hq, Hkv, Nq, Nk, D = q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3]
+    kk = k.double().repeat_interleave(Hq // Hkv, 1)
+    s = (q.double() @ kk.transpose(-1, -2)) * D ** -0.5
+    s = s.masked_fill(~allowed_keys(Nq, Nk, mask, q.device), -math.inf)
+    return torch.softmax(s, -1).nan_to_num(0.0)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("D", [16, 64])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_new_statistics_match_float64(case, D, dtype, seed, poison_outputs):
+    B, Hq, Hkv, Nq, Nk, padding = CASES[case]
+    q, k, v, tok, mask = make_inputs(B, Hq, Hkv, Nq, Nk, D, dtype, padding)
+    W = int(torch.randint(1, Nk + 3, ()).item())
+    span = random_span(B, Nk)
+    kw = dict(key_padding_mask=mask, offsets=(0, 2), token_ids=tok, entropy=True, distance=True,
+              local_window=W, top1=True, span=span)
+    ref_out, ref = attention_with_stats_naive(q.double(), k.double(), v.double(), **kw)
+    p_ref = reference_probabilities(q, k, mask)
+    what = f"{case} D={D} {dtype} W={W} seed={seed}"
+    out, stats = attention_with_stats(q, k, v, backend="torch", **kw)
+    assert (out.double() - ref_out).abs().max().item() <= OUT_TOL[dtype], what
+    assert_stats_close(stats, ref, dtype, what, Nk, p_ref)
+    # several query chunks per call, each with its own key range
+    side = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=mask, token_ids=tok, span=span)
+    out2, stats2 = attention_with_stats_chunked(q, k, v, scale=D ** -0.5, side=side, offsets=(0, 2), entropy=True,
+                                                distance=True, local_window=W, top1=True, chunk_size=4)
+    assert (out2.double() - ref_out).abs().max().item() <= OUT_TOL[dtype], what
+    assert_stats_close(stats2, ref, dtype, what + " chunk=4", Nk, p_ref)
+    if padding:  # the fully padded row
+        empty = ~torch.isfinite(ref.lse)
+        assert empty.any()
+        assert (stats.top1_index[empty] == -1).all()
+        for name in ("distance", "local", "top1_prob", "span"):
+            assert (getattr(stats, name)[empty] == 0).all(), name
+
+
+def test_planted_attention_is_found(seed):
+    """Each query of the second half attends one chosen key almost surely: top1 finds it, the
+    distance is i - j, local and span see it exactly when it is inside their ranges."""
+    N, D, back = 40, 32, 13
+    k = torch.nn.functional.normalize(torch.randn(1, 1, N, D, device=DEVICE), dim=-1)
+    q = torch.randn(1, 1, N, D, device=DEVICE) * 0.01
+    target = torch.arange(N) - back
+    q[0, 0, back:] = 150 * k[0, 0, target[back:]]
+    v = torch.randn(1, 1, N, D, device=DEVICE)
+    span = torch.tensor([[5, 15]], device=DEVICE)
+    for W, inside in ((back + 1, True), (back, False)):
+        _, st = attention_with_stats(q, k, v, distance=True, local_window=W, top1=True, span=span, backend="torch")
+        rows = slice(back, N)
+        assert torch.equal(st.top1_index[0, 0, rows], target[back:].to(DEVICE))
+        assert (st.top1_prob[0, 0, rows] > 0.99).all()
+        torch.testing.assert_close(st.distance[0, 0, rows], torch.full((N - back,), float(back), device=DEVICE),
+                                   atol=0.2, rtol=0)
+        assert ((st.local[0, 0, rows] > 0.99) if inside else (st.local[0, 0, rows] < 0.01)).all(), W
+        in_span = ((target[back:] >= 5) & (target[back:] < 15)).to(DEVICE)
+        assert ((st.span[0, 0, rows] > 0.99) == in_span).all()
+    assert st.top1_index[0, 0, 0] == 0 and st.distance[0, 0, 0] == 0  # query 0 sees only key 0
+
+
+def test_unrequested_new_statistics_are_none(seed):
+    q, k, v, _, _ = make_inputs(1, 2, 2, 9, 9, 16, torch.float32, None)
+    _, st = attention_with_stats(q, k, v, backend="torch")
+    assert st.distance is None and st.local is None and st.top1_index is None and st.span is None
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,needle",
+    [
+        ({"local_window": 0}, ValueError, "local_window must be an int >= 1"),
+        ({"local_window": 2.5}, ValueError, "local_window"),
+        ({"distance": 1}, TypeError, "distance must be a bool"),
+        ({"top1": "yes"}, TypeError, "top1 must be a bool"),
+        ({"span": torch.tensor([0, 3])}, ValueError, "span must have shape"),
+        ({"span": torch.tensor([[0.0, 3.0]])}, TypeError, "span must be an integer"),
+        ({"span": torch.tensor([[4, 3]])}, ValueError, "start <= end"),
+        ({"span": torch.tensor([[0, 9]])}, ValueError, "end <= 8"),
+        ({"span": torch.tensor([[-1, 3]])}, ValueError, "0 <= start"),
+    ],
+)
+def test_bad_new_arguments_name_themselves(kwargs, exc, needle):
+    q, k, v = (torch.randn(1, 2, 8, 16) for _ in range(3))
+    with pytest.raises(exc, match=needle):
+        attention_with_stats(q, k, v, **kwargs)
