@@ -1,5 +1,6 @@
 """profile(): chunked prefill equals one pass, resumable output, failures recorded, plots."""
 
+import importlib
 import json
 import math
 
@@ -14,7 +15,8 @@ import circuit_stats
 
 pytestmark = pytest.mark.hf
 
-STATS = ("sink", "previous_token", "induction", "duplicate", "entropy")  # TODO(merge): STATISTICS
+STATS = STATISTICS
+PROFILE_MODULE = importlib.import_module("circuit_stats.profiling.profile")  # the package exports the function
 
 
 @pytest.fixture
@@ -32,7 +34,7 @@ def token_docs(seed, lengths=(70, 23, 41)):
     return docs
 
 
-@pytest.mark.parametrize("chunk_size", [1, 7, 32])
+@pytest.mark.parametrize("chunk_size", [5, 32])
 def test_chunked_prefill_equals_one_pass(model, seed, chunk_size):
     ids = token_docs(seed, (67,))[0]
     one = profile_document(model, ids, edges=[0, 1, 4, 16, 64, math.inf], statistics=STATS, local_window=5,
@@ -78,10 +80,12 @@ def test_max_tokens_truncates(model, seed):
 
 
 def test_strings_need_an_explicit_tokenizer(model):
-    with pytest.raises(ValueError, match="tokenizer='bytes'"):
+    with pytest.raises(ValueError, match="explicit choice 'bytes'"):
         profile(model, ["some text"], progress=False)
-    df = profile(model, ["ab"], tokenizer="bytes", statistics=("sink",), progress=False)  # 'a', 'b' < 64? no
-    assert df.empty is False
+    df = profile(model, ["\x01\x02\x03"], tokenizer="bytes", statistics=("sink",), progress=False)
+    assert df["n_tokens"].eq(3).all()
+    with pytest.raises(ValueError, match="vocabulary of 64"):  # without out=, a failing document raises
+        profile(model, ["abc"], tokenizer="bytes", progress=False)
 
 
 def test_bad_arguments_fail_before_any_work(model):
@@ -106,15 +110,14 @@ def test_output_directory_resumes_and_records_failures(model, seed, tmp_path, mo
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr("circuit_stats.profiling.profile.profile_document", killed_after_two)
+    monkeypatch.setattr(PROFILE_MODULE, "profile_document", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
         profile(model, docs, out=out, statistics=STATS, progress=False)
     assert sorted(p.name for p in (out / "parts").iterdir()) == ["0000000.parquet", "0000001.parquet"]
     assert not (out / "profile.parquet").exists(), "no result file that looks complete"
 
     calls.clear()
-    monkeypatch.setattr("circuit_stats.profiling.profile.profile_document",
-                        lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(PROFILE_MODULE, "profile_document", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     df = profile(model, docs, out=out, statistics=STATS, progress=False)
     assert len(calls) == 1, "only the document in flight is redone"
     assert sorted(df["doc_index"].unique()) == [0, 1, 2]
