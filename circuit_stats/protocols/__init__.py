@@ -1,9 +1,9 @@
 """Head-scoring protocols. Each module declares a ``PROTOCOL`` (see ``spec.Protocol``)."""
 
-from . import natural, repeat, sink, xu2026
+from . import natural, repeat, retrieval, sink, xu2026
 from .spec import Protocol
 
-PROTOCOLS: dict[str, Protocol] = {m.PROTOCOL.name: m.PROTOCOL for m in (xu2026, repeat, sink, natural)}
+PROTOCOLS: dict[str, Protocol] = {m.PROTOCOL.name: m.PROTOCOL for m in (xu2026, repeat, sink, natural, retrieval)}
 
 
 def get_protocol(name: str) -> Protocol:
