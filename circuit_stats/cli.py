@@ -103,18 +103,26 @@ def cmd_profile(a) -> int:
         try:
             tokenizer = AutoTokenizer.from_pretrained(name, revision=None if a.tokenizer else a.revision)
         except (OSError, ValueError) as err:
-            raise ValueError(f"no tokenizer could be loaded from {name!r} ({type(err).__name__}); pass "
-                             "--tokenizer NAME, or --tokenizer bytes for a byte-level model (UTF-8 bytes as ids)") from None
-    dtype = getattr(torch, a.dtype) if a.dtype else "auto"
+            tokenizer, why = None, type(err).__name__
+        else:  # a folder without tokenizer files gives an empty tokenizer, not an error
+            why = "it has no vocabulary" if not tokenizer("hello world", add_special_tokens=False)["input_ids"] else ""
+        if why:
+            raise ValueError(f"no usable tokenizer could be loaded from {name!r} ({why}); pass --tokenizer NAME, "
+                             "or --tokenizer bytes for a byte-level model (UTF-8 bytes as token ids)")
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # default: the checkpoint's dtype, but float32 on the CPU (half-precision CPU matmuls are slow)
+    dtype = getattr(torch, a.dtype) if a.dtype else ("auto" if device.type != "cpu" else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(a.model, revision=a.revision, dtype=dtype,
-                                                 attn_implementation="circuit_stats")
-    if a.device:
-        model.to(a.device)
+                                                 attn_implementation="circuit_stats").to(device)
     t0 = time.time()
-    df = profile(model, docs, tokenizer=tokenizer, out=a.out, position_bins=bins,
-                 statistics=a.statistics.split(","), local_window=a.local_window, chunk_size=a.chunk_size,
-                 max_tokens=a.max_tokens, plots=not a.no_plots, model_name=str(a.model), revision=a.revision)
     out = Path(a.out)
+    try:
+        df = profile(model, docs, tokenizer=tokenizer, out=out, position_bins=bins,
+                     statistics=a.statistics.split(","), local_window=a.local_window, chunk_size=a.chunk_size,
+                     max_tokens=a.max_tokens, plots=not a.no_plots, model_name=str(a.model), revision=a.revision)
+    except RuntimeError as err:  # no document could be profiled, or another run holds the directory
+        print(f"circuit-stats profile: error: {err}", file=sys.stderr)
+        return 1
     failed = json.loads((out / "failures.json").read_text()) if (out / "failures.json").exists() else []
     print(f"profiled {df['doc_index'].nunique()} documents ({int(df.drop_duplicates('doc_index')['n_tokens'].sum())} "
           f"tokens) in {time.time() - t0:.1f}s -> {out / 'profile.parquet'}, {out / 'summary.md'}, {out / 'plots'}")
@@ -184,8 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--local-window", type=int, default=16, help="W of the 'local' statistic (last W keys)")
     f.add_argument("--chunk-size", type=int, default=1024, help="tokens per forward (chunked prefill)")
     f.add_argument("--max-tokens", type=int, default=None, help="truncate documents (default: the model's context)")
-    f.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
-    f.add_argument("--device", default=None)
+    f.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="default: the checkpoint's on a GPU, float32 on the CPU")
+    f.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     f.add_argument("--no-plots", action="store_true")
     f.set_defaults(func=cmd_profile)
     return p

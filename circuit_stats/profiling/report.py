@@ -111,7 +111,7 @@ def write_plots(df: pd.DataFrame, out: Path) -> list[Path]:
         fig.colorbar(im, ax=ax, fraction=0.046)
         if len(heads) * len(layers) <= 64:
             for (r, c), v in np.ndenumerate(grid.to_numpy()):
-                ax.text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=6, color="w" if v < np.nanmean(grid) else "k")
+                ax.text(c, r, f"{v:.3g}" if abs(v) >= 1 else f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < np.nanmean(grid) else "k")
     for ax in axes.flat[len(stats):]:
         ax.axis("off")
     fig.suptitle("every head, all query positions (query-weighted means)", fontsize=10)
