@@ -26,7 +26,7 @@ setup(
         "circuit_stats.kernels": "kernels",
         "circuit_stats.models": "models",
     },
-    package_data={"circuit_stats.data": ["*.txt", "demo_series/*/*"]},
+    package_data={"circuit_stats.data": ["*.txt", "*.jsonl", "demo_series/*/*"]},
     include_package_data=True,
     install_requires=[
         # torch is deliberately unpinned: install the wheel you want first (CI installs the
@@ -42,7 +42,8 @@ setup(
         "pyarrow",
         "matplotlib",
         "tqdm",
+        "filelock>=3.0",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark", "accelerate"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "accelerate"], "datasets": ["datasets"]},
     entry_points={"console_scripts": ["circuit-stats=circuit_stats.cli:main"]},
 )
