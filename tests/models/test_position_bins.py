@@ -176,3 +176,18 @@ def test_new_statistics_binned_match_eager(seed):
         top = probs[:, :, -1].double().argmax(-1)  # [B, H]; rows of this test have no ties
         assert torch.equal(rec.last_top1_index()[:, layer], top)
     assert got["distance"][..., -1].min() > 1 and got["span"].max() > 0.01
+
+
+def test_generate_with_left_padding_bins_like_one_forward(seed):
+    """Prefill + decode steps of a left-padded batch = one forward over the final tokens, per bin."""
+    model = tiny_model("pythia", seed=seed % 1000, initializer_range=0.3)
+    ids, mask = random_batch(B=2, N=12, padding="left", seed=seed)
+    kw = dict(offsets=(1,), entropy=True, distance=True, position_bins=[0, 3, 9, 14, math.inf])
+    with torch.no_grad(), circuit_stats.record(model, **kw) as rec:
+        got = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=1)
+    full_mask = torch.cat([mask, torch.ones(2, got.shape[1] - ids.shape[1], dtype=mask.dtype)], 1)[:, :-1]
+    with torch.no_grad(), circuit_stats.record(model, **kw) as once:
+        model(got[:, :-1], attention_mask=full_mask)
+    for name, val in once.tensors().items():
+        torch.testing.assert_close(rec.tensors()[name], val, atol=2e-5, rtol=1e-4, equal_nan=True, msg=name)
+    assert torch.equal(rec.query_counts()["sink"], once.query_counts()["sink"])
