@@ -113,6 +113,7 @@ def main(argv=None) -> None:
                    help="run eager only where its attention maps alone fit under this (shared machine)")
     p.add_argument("--timeout", type=float, default=3000.0, help="seconds per measurement")
     p.add_argument("--retrieval", type=int, default=None, help="instead: the retrieval protocol at this length")
+    p.add_argument("--name", default="profile", help="results file prefix")
     p.add_argument("--one", nargs=2, metavar=("PATH", "N"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.one:
@@ -138,7 +139,7 @@ def main(argv=None) -> None:
     for n in a.sizes:
         rows.append(measure("profile", n, a.timeout))
         print(rows[-1], flush=True)
-    jpath, _ = write_results("profile", env, rows, COLUMNS, extra={"shape": SHAPE, "statistics": "all (8), log2 bins",
+    jpath, _ = write_results(a.name, env, rows, COLUMNS, extra={"shape": SHAPE, "statistics": "all (8), log2 bins",
                                                                    "chunk_size": 1024})
     print(f"-> {jpath}")
 

@@ -188,9 +188,8 @@ class Recording:
             if tokens.shape[0] != B or tokens.shape[1] < Nk:
                 raise ValueError(f"token_ids must cover every key: need shape ({B}, {Nk}), got {tuple(tokens.shape)}")
             tokens = tokens[:, tokens.shape[1] - Nk:]
-        side_kwargs = {} if self._span is None else {"span": self._span}
         side = SideInputs.build(batch=B, k_len=Nk, device=dev, key_padding_mask=kpm, token_ids=tokens,
-                                probe_keys=self._probe_keys, **side_kwargs)
+                                probe_keys=self._probe_keys, span=self._span)
         return weights, {"offsets": self.offsets, "entropy": self.entropy, "side_inputs": side,
                          **self.extra_kernel_kwargs}
 
