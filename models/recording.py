@@ -11,7 +11,7 @@ appended to theirs, its per-sample sums go to the same rows and its query positi
 
 With ``position_bins`` every sum is also split by the bin of the query's position (counted from
 the first real token of its sequence, see ``positions.py``), so memory is O(layers x heads x
-(batch + bins)).
+bins), times the batch with ``per_sample``.
 """
 
 from __future__ import annotations
