@@ -83,11 +83,12 @@ def write_plots(df: pd.DataFrame, out: Path) -> list[Path]:
             ax.set_xlabel("query position (tokens from the first)")
         for ax in axes[:, 0]:
             ax.set_ylabel(stat)
-        if len(heads) <= 16:
-            axes.flat[0].legend(fontsize=6, ncol=2)
         fig.suptitle(f"{LABELS.get(stat, stat)} vs query position ({n_docs} documents, query-weighted means)",
                      fontsize=10)
         fig.tight_layout()
+        if len(heads) <= 16:  # one legend for all panels, right of them
+            fig.subplots_adjust(right=0.86)
+            fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="center right", fontsize=7, frameon=False)
         path = out / f"position_{stat}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
