@@ -75,6 +75,8 @@ def write_plots(df: pd.DataFrame, out: Path) -> list[Path]:
                 y = np.append(d[stat].to_numpy(), d[stat].to_numpy()[-1])
                 ax.step(x, y, where="post", color=cmap(h / max(1, len(heads) - 1)), lw=1.2, label=f"head {h}")
             ax.set_xscale("symlog", linthresh=1)
+            if stat == "distance":  # tokens, spanning orders of magnitude like the positions
+                ax.set_yscale("symlog", linthresh=1)
             ax.set_title(f"layer {layer}", fontsize=9)
             ax.grid(alpha=0.3)
         for ax in axes.flat[len(layers):]:
