@@ -26,7 +26,7 @@ setup(
         "circuit_stats.kernels": "kernels",
         "circuit_stats.models": "models",
     },
-    package_data={"circuit_stats.data": ["*.txt", "demo_series/*/*", "demo_series_live/*"]},
+    package_data={"circuit_stats.data": ["*.txt", "*.jsonl", "demo_series/*/*", "demo_series_live/*"]},
     include_package_data=True,
     install_requires=[
         # torch is deliberately unpinned: install the wheel you want first (CI installs the
@@ -44,6 +44,6 @@ setup(
         "tqdm",
         "filelock>=3.12,<5",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark", "accelerate"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "accelerate"], "datasets": ["datasets>=2.14,<5"]},
     entry_points={"console_scripts": ["circuit-stats=circuit_stats.cli:main"]},
 )

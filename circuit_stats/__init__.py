@@ -5,7 +5,8 @@ Importing the package registers ``attn_implementation="circuit_stats"`` with tra
 
 from .kernels import AttentionStats, attention_with_stats
 from .models import record
+from .profiling import profile
 from .scoring import score_heads
 
 __version__ = "0.1.0"
-__all__ = ["AttentionStats", "attention_with_stats", "record", "score_heads", "__version__"]
+__all__ = ["AttentionStats", "attention_with_stats", "profile", "record", "score_heads", "__version__"]

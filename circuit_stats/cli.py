@@ -135,6 +135,52 @@ def cmd_demo(a) -> int:
     return 0
 
 
+def cmd_profile(a) -> int:
+    """Position-resolved statistics of every head over a corpus (see circuit_stats.profiling)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .profiling import profile
+    from .profiling.corpus import read_corpus
+
+    docs = read_corpus(a.texts, text_field=a.text_field, split=a.split)  # bad input fails before loading
+    bins = a.bins if a.bins == "log2" else [float(e) if e == "inf" else int(e) for e in a.bins.split(",")]
+    if a.tokenizer == "bytes":
+        tokenizer = "bytes"
+    else:
+        name = a.tokenizer or a.model
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, revision=None if a.tokenizer else a.revision)
+        except (OSError, ValueError) as err:
+            tokenizer, why = None, type(err).__name__
+        else:  # a folder without tokenizer files gives an empty tokenizer, not an error
+            why = "it has no vocabulary" if not tokenizer("hello world", add_special_tokens=False)["input_ids"] else ""
+        if why:
+            raise ValueError(f"no usable tokenizer could be loaded from {name!r} ({why}); pass --tokenizer NAME, "
+                             "or --tokenizer bytes for a byte-level model (UTF-8 bytes as token ids)")
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # default: the checkpoint's dtype, but float32 on the CPU (half-precision CPU matmuls are slow)
+    dtype = getattr(torch, a.dtype) if a.dtype else ("auto" if device.type != "cpu" else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(a.model, revision=a.revision, dtype=dtype,
+                                                 attn_implementation="circuit_stats").to(device)
+    t0 = time.time()
+    out = Path(a.out)
+    try:
+        df = profile(model, docs, tokenizer=tokenizer, out=out, position_bins=bins,
+                     statistics=a.statistics.split(","), local_window=a.local_window, chunk_size=a.chunk_size,
+                     max_tokens=a.max_tokens, plots=not a.no_plots, model_name=str(a.model), revision=a.revision)
+    except RuntimeError as err:  # no document could be profiled, or another run holds the directory
+        print(f"circuit-stats profile: error: {err}", file=sys.stderr)
+        return 1
+    failed = json.loads((out / "failures.json").read_text()) if (out / "failures.json").exists() else []
+    print(f"profiled {df['doc_index'].nunique()} documents ({int(df.drop_duplicates('doc_index')['n_tokens'].sum())} "
+          f"tokens) in {time.time() - t0:.1f}s -> {out / 'profile.parquet'}, {out / 'summary.md'}, {out / 'plots'}")
+    if failed:
+        print(f"circuit-stats profile: {len(failed)} documents failed, see {out / 'failures.json'}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="circuit-stats", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -188,6 +234,30 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="circuit-stats-demo")
     d.add_argument("--device", default=None)
     d.set_defaults(func=cmd_demo)
+
+    from .profiling.profile import STATISTICS
+
+    f = sub.add_parser("profile", help="attention statistics of every head against query position over a corpus")
+    f.add_argument("model", help="hub model id or a local checkpoint directory")
+    f.add_argument("--revision", default=None)
+    f.add_argument("--texts", required=True,
+                   help=".txt file or directory, .jsonl, .parquet, or hf:DATASET (needs `pip install datasets`)")
+    f.add_argument("--out", required=True, help="output directory (resumable)")
+    f.add_argument("--tokenizer", default=None,
+                   help="tokenizer name (default: the model's), or 'bytes' for a byte-level model")
+    f.add_argument("--text-field", default="text", help="field / column holding the text (.jsonl, .parquet, hf:)")
+    f.add_argument("--split", choices=["blocks", "file"], default="blocks",
+                   help=".txt: one document per blank-line block (default) or per file")
+    f.add_argument("--bins", default="log2", help="log2, or comma-separated edges, e.g. 0,64,512,4096,inf")
+    f.add_argument("--statistics", default=",".join(STATISTICS), help=f"comma list of {', '.join(STATISTICS)}")
+    f.add_argument("--local-window", type=int, default=16, help="W of the 'local' statistic (last W keys)")
+    f.add_argument("--chunk-size", type=int, default=1024, help="tokens per forward (chunked prefill)")
+    f.add_argument("--max-tokens", type=int, default=None, help="truncate documents (default: the model's context)")
+    f.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="default: the checkpoint's on a GPU, float32 on the CPU")
+    f.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    f.add_argument("--no-plots", action="store_true")
+    f.set_defaults(func=cmd_profile)
     return p
 
 

@@ -6,8 +6,12 @@ own device to sums over the selected queries. Nothing of size ``Nq`` (let alone 
 outlives a layer call, so memory is O(layers x heads x batch).
 
 A forward that starts fresh (no cache, or an empty one) starts new sequences; a forward that
-extends a KV cache (``generate()``) continues the current ones: its token ids are appended to
-theirs and its per-sample sums go to the same rows.
+extends a KV cache (``generate()``, chunked prefill) continues the current ones: its token ids are
+appended to theirs, its per-sample sums go to the same rows and its query positions continue.
+
+With ``position_bins`` every sum is also split by the bin of the query's position (counted from
+the first real token of its sequence, see ``positions.py``), so memory is O(layers x heads x
+bins), times the batch with ``per_sample``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from ..kernels import AttentionStats, SideInputs
 from ..kernels.side_inputs import check_offsets
 from .families import attention_interface_refusal
+from .positions import BinSpec, bin_bounds, bin_edges, bin_weights, query_positions
 
 # The name registered with transformers' AttentionInterface / AttentionMaskInterface.
 IMPLEMENTATION = "circuit_stats"
@@ -37,7 +42,11 @@ def probe_column(index: int) -> str:
 
 
 # Statistic groups a query mask can be given for (see record(query_mask=...)).
-CHANNELS = ("sink", "offsets", "probes", "induction", "duplicate", "entropy", "learned_sink")
+CHANNELS = ("sink", "offsets", "probes", "induction", "duplicate", "entropy", "distance", "local", "top1_prob",
+            "span", "learned_sink")
+# Per-row float statistics of AttentionStats that are averaged as one column each (learned_sink:
+# layers with learned sinks, gpt-oss s_aux).
+SCALAR_STATISTICS = ("induction", "duplicate", "entropy", "distance", "local", "top1_prob", "span", "learned_sink")
 _ACTIVE: Optional["Recording"] = None
 
 
@@ -65,10 +74,10 @@ def _cache_argument(kwargs: dict):
 
 @dataclass
 class _Block:
-    """Per-sample sums for one batch of sequences: ``{layer: {name: [B, H, C]}}``."""
+    """Per-sample sums for one batch of sequences: ``{layer: {name: [B, H, K, C]}}`` (K bins)."""
 
     sums: dict = field(default_factory=lambda: defaultdict(dict))
-    counts: dict = field(default_factory=lambda: defaultdict(dict))  # layer -> name -> [B]
+    counts: dict = field(default_factory=lambda: defaultdict(dict))  # layer -> name -> [B, K]
 
 
 class _Request:
@@ -84,19 +93,24 @@ class _Request:
 class Recording:
     """Accumulates statistic sums per (layer, head); see ``record()``."""
 
-    def __init__(self, model, offsets, token_ids, token_match, entropy, query_mask, per_sample, probe_keys):
+    def __init__(self, model, offsets, token_ids, token_match, entropy, query_mask, per_sample, probe_keys,
+                 position_bins=None, distance=False, local_window=None, top1=False, span=None):
         self.model = model
         self.offsets = check_offsets(offsets)
         self.token_match = bool(token_match or token_ids is not None)
         self.entropy = bool(entropy)
         self.per_sample_enabled = bool(per_sample)
+        self.edges = None if position_bins is None else bin_edges(position_bins)
+        self.extra_kernel_kwargs = _extra_statistics(distance, local_window, top1)
         self._user_tokens = token_ids
         self._query_masks = _normalise_query_mask(query_mask)
         self._probe_keys = probe_keys
+        self._span = _check_span(span)
         self._module_ids = {id(m) for m in model.modules()}
         self._tokens: Optional[torch.Tensor] = None  # ids of all keys of the current sequences
-        self._sums: dict = defaultdict(dict)  # layer -> name -> [H, C]
-        self._counts: dict = defaultdict(dict)  # layer -> name -> number of selected queries
+        self._sums: dict = defaultdict(dict)  # layer -> name -> [H, K, C]
+        self._counts: dict = defaultdict(dict)  # layer -> name -> [K] selected queries per bin
+        self._last_top1: dict = {}  # layer -> [B, H] top1 key of the last query of the last forward
         self._blocks: list[_Block] = []
         self._n_forward = 0
         # (forward number, device, q_len, k_len) -> _Request: every layer of one forward on one
@@ -107,11 +121,12 @@ class Recording:
         self._hook = model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
 
     def set_inputs(self, *, query_mask=None, probe_keys: Optional[torch.Tensor] = None,
-                   token_ids: Optional[torch.Tensor] = None) -> None:
-        """Replace the per-forward inputs (query mask, probe keys, token ids) for the forwards
-        that follow, e.g. between batches of different sizes; sums keep accumulating."""
+                   token_ids: Optional[torch.Tensor] = None, span: Optional[torch.Tensor] = None) -> None:
+        """Replace the per-forward inputs (query mask, probe keys, token ids, span) for the
+        forwards that follow, e.g. between batches of different sizes; sums keep accumulating."""
         self._query_masks = _normalise_query_mask(query_mask)
         self._probe_keys = probe_keys
+        self._span = _check_span(span)
         self._user_tokens = token_ids
         if token_ids is not None:
             self.token_match = True
@@ -149,18 +164,24 @@ class Recording:
 
     def _shared_request(self, B: int, Nq: int, Nk: int, dev: torch.device, kpm) -> tuple[dict, dict]:
         """Query weights and kernel arguments for every layer of this forward on ``dev``."""
-        if kpm is not None:
-            default = kpm[:, Nk - Nq:].to(torch.float32)  # every non-padded query
+        if self.edges is None:
+            bins = torch.ones(B, Nq, 1, dtype=torch.float64, device=dev)
         else:
-            default = torch.ones(B, Nq, device=dev)
-        weights = {name: default for name in CHANNELS}
+            bins = bin_weights(query_positions(kpm, B, Nq, Nk, dev), self.edges)  # [B, Nq, K]
+        if kpm is not None:
+            default = kpm[:, Nk - Nq:].to(torch.float64)  # every non-padded query
+        else:
+            default = torch.ones(B, Nq, dtype=torch.float64, device=dev)
+        masks = {name: default for name in CHANNELS}
         for name, qm in self._query_masks.items():
             if tuple(qm.shape) != (B, Nq):
                 raise ValueError(f"query_mask must have shape (batch, q_len) = {(B, Nq)} for this forward, got {tuple(qm.shape)}")
             for channel in (CHANNELS if name == "default" else (name,)):
                 if name == "default" and channel in self._query_masks:
                     continue  # a statistic's own mask wins over the default
-                weights[channel] = qm.to(device=dev, dtype=torch.float32)
+                masks[channel] = qm.to(device=dev, dtype=torch.float64)
+        by_mask: dict = {}  # channels sharing a mask share one [B, Nq, K] weight tensor
+        weights = {name: by_mask.setdefault(id(m), m[..., None] * bins) for name, m in masks.items()}
         tokens = None
         if self.token_match:
             tokens = self._user_tokens if self._user_tokens is not None else self._tokens
@@ -171,8 +192,9 @@ class Recording:
                 raise ValueError(f"token_ids must cover every key: need shape ({B}, {Nk}), got {tuple(tokens.shape)}")
             tokens = tokens[:, tokens.shape[1] - Nk:]
         side = SideInputs.build(batch=B, k_len=Nk, device=dev, key_padding_mask=kpm, token_ids=tokens,
-                                probe_keys=self._probe_keys)
-        return weights, {"offsets": self.offsets, "entropy": self.entropy, "side_inputs": side}
+                                probe_keys=self._probe_keys, span=self._span)
+        return weights, {"offsets": self.offsets, "entropy": self.entropy, "side_inputs": side,
+                         **self.extra_kernel_kwargs}
 
     # ---------------------------------------------------------------- reduction
     def _channels(self, stats: AttentionStats) -> Iterator[tuple[str, torch.Tensor]]:
@@ -182,20 +204,23 @@ class Recording:
             yield "offsets", stats.offsets
         if stats.probes is not None:
             yield "probes", stats.probes
-        for name in ("induction", "duplicate", "entropy", "learned_sink"):
-            val = getattr(stats, name, None)  # learned_sink: layers with learned sinks (gpt-oss s_aux)
+        for name in SCALAR_STATISTICS:
+            val = getattr(stats, name, None)
             if val is not None:
                 yield name, val[..., None]
 
     def _reduce(self, layer: int, stats: AttentionStats, weights: dict) -> None:
         block = self._blocks[-1]
+        top1 = getattr(stats, "top1_index", None)
+        if top1 is not None:
+            self._last_top1[layer] = top1[:, :, -1]
         for name, t in self._channels(stats):
-            w = weights[name].to(torch.float64)
-            per_seq = torch.einsum("bhqc,bq->bhc", t.to(torch.float64), w)  # [B, H, C]
-            n = w.sum(1)  # [B]
+            w = weights[name]  # [B, Nq, K] float64
+            per_seq = torch.einsum("bhqc,bqk->bhkc", t.to(torch.float64), w)  # [B, H, K, C]
+            n = w.sum(1)  # [B, K]
             tot, cnt = self._sums[layer], self._counts[layer]
             tot[name] = tot[name] + per_seq.sum(0) if name in tot else per_seq.sum(0)
-            cnt[name] = cnt[name] + n.sum() if name in cnt else n.sum()
+            cnt[name] = cnt[name] + n.sum(0) if name in cnt else n.sum(0)
             if self.per_sample_enabled:
                 bs, bc = block.sums[layer], block.counts[layer]
                 bs[name] = bs[name] + per_seq if name in bs else per_seq
@@ -215,26 +240,52 @@ class Recording:
         missing = sorted(set(range(self.n_layers)) - set(self._counts))
         if missing:
             raise RuntimeError(f"layers {missing} produced no statistics (did the forward run every layer?)")
-        empty = sorted({name for c in self._counts.values() for name, n in c.items() if float(n) == 0})
+        empty = sorted({name for c in self._counts.values() for name, n in c.items() if float(n.sum()) == 0})
         if empty:
-            raise RuntimeError(f"query_mask selected no query for {empty}: the means are undefined")
+            where = " in any position bin" if self.edges is not None else ""
+            raise RuntimeError(f"query_mask selected no query for {empty}{where}: the means are undefined")
+
+    def _finish(self, t: torch.Tensor) -> torch.Tensor:
+        """Drop the bin axis (dim -2 of a mean) when no position bins were asked for."""
+        return t[..., 0, :] if self.edges is None else t
+
+    @property
+    def bins(self) -> Optional[list[tuple[int, Optional[int]]]]:
+        """``[(lo, hi), ...]`` query-position range of every bin (``hi`` None: open), or None."""
+        return None if self.edges is None else bin_bounds(self.edges)
+
+    def query_counts(self) -> dict[str, torch.Tensor]:
+        """``{channel: Tensor[K]}`` number of (row, query) pairs averaged per position bin (K = 1
+        without bins); the same for every layer."""
+        self._check_complete()
+        return {name: n.cpu() for name, n in self._counts[0].items()}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """``{statistic: Tensor[n_layers, n_heads]}``: means over the selected queries and rows."""
+        """``{statistic: Tensor[n_layers, n_heads]}``: means over the selected queries and rows;
+        ``[n_layers, n_heads, n_bins]`` with ``position_bins`` (NaN in a bin with no query)."""
         self._check_complete()
         out: dict[str, list] = defaultdict(list)
         for layer in range(self.n_layers):
             for name, s in self._sums[layer].items():
-                mean = (s / self._counts[layer][name]).to(torch.float32).cpu()
+                n = self._counts[layer][name][:, None]  # [K, 1]
+                mean = self._finish((s / n).to(torch.float32).cpu())  # [H, (K,) C]
                 for col, val in self._columns(name, mean).items():
                     out[col].append(val)
         return {col: torch.stack(vals) for col, vals in out.items()}
 
-    def per_sample(self) -> dict[str, torch.Tensor]:
-        """``{statistic: Tensor[n_sequences, n_layers, n_heads]}`` (needs ``per_sample=True``).
+    def last_top1_index(self) -> torch.Tensor:
+        """``[B, n_layers, n_heads]`` int64: the top-1 key (absolute position) of the last query
+        of the most recent forward, per row, layer and head (needs ``top1=True``)."""
+        if not self._last_top1:
+            raise RuntimeError("record(..., top1=True) and at least one forward are needed for last_top1_index()")
+        return torch.stack([self._last_top1[layer] for layer in range(self.n_layers)], dim=1)
 
-        Sequences are the batch rows of every fresh forward, in order; a sequence none of whose
-        queries was selected holds NaN."""
+    def per_sample(self) -> dict[str, torch.Tensor]:
+        """``{statistic: Tensor[n_sequences, n_layers, n_heads]}`` (needs ``per_sample=True``);
+        ``[n_sequences, n_layers, n_heads, n_bins]`` with ``position_bins``.
+
+        Sequences are the batch rows of every fresh forward, in order; a sequence (or bin) none of
+        whose queries was selected holds NaN."""
         if not self.per_sample_enabled:
             raise RuntimeError("record(..., per_sample=True) is needed for per-sample statistics")
         self._check_complete()
@@ -245,8 +296,8 @@ class Recording:
             per_layer: dict[str, list] = defaultdict(list)
             for layer in range(self.n_layers):
                 for name, s in block.sums[layer].items():
-                    cnt = block.counts[layer][name].cpu()[:, None, None]
-                    mean = (s.cpu() / cnt).to(torch.float32)
+                    cnt = block.counts[layer][name].cpu()[:, None, :, None]  # [B, 1, K, 1]
+                    mean = self._finish((s.cpu() / cnt).to(torch.float32))
                     for col, val in self._columns(name, mean).items():
                         per_layer[col].append(val)
             for col, vals in per_layer.items():
@@ -254,15 +305,33 @@ class Recording:
         return {col: torch.cat(vals) for col, vals in out.items()}
 
     def summary(self) -> pd.DataFrame:
-        """One row per (layer, head): ``layer``, ``head`` and one column per statistic."""
+        """One row per (layer, head): ``layer``, ``head`` and one column per statistic.
+
+        With ``position_bins``: one row per (layer, head, bin) that holds a query, with ``bin``,
+        ``pos_lo``, ``pos_hi`` (``pos_hi`` -1 for an open last bin) and ``n_queries`` (the
+        ``sink`` count) before the statistics."""
         t = self.tensors()
-        n_layers, n_heads = next(iter(t.values())).shape
-        df = pd.DataFrame({
-            "layer": torch.arange(n_layers).repeat_interleave(n_heads).numpy(),
-            "head": torch.arange(n_heads).repeat(n_layers).numpy(),
-        })
+        n_layers, n_heads = next(iter(t.values())).shape[:2]
+        if self.edges is None:
+            df = pd.DataFrame({
+                "layer": torch.arange(n_layers).repeat_interleave(n_heads).numpy(),
+                "head": torch.arange(n_heads).repeat(n_layers).numpy(),
+            })
+            for col, val in t.items():
+                df[col] = val.reshape(-1).numpy()
+            return df
+        K = len(self.edges) - 1
+        counts = self.query_counts()["sink"].double()
+        keep = torch.nonzero(counts > 0).reshape(-1)
+        bounds = self.bins
+        grid = torch.cartesian_prod(torch.arange(n_layers), torch.arange(n_heads), keep)  # [rows, 3]
+        df = pd.DataFrame({"layer": grid[:, 0].numpy(), "head": grid[:, 1].numpy(), "bin": grid[:, 2].numpy()})
+        df["pos_lo"] = [bounds[k][0] for k in df["bin"]]
+        df["pos_hi"] = [-1 if bounds[k][1] is None else bounds[k][1] for k in df["bin"]]
+        df["n_queries"] = counts[grid[:, 2]].numpy()
         for col, val in t.items():
-            df[col] = val.reshape(-1).numpy()
+            assert val.shape[-1] == K
+            df[col] = val[:, :, keep].reshape(-1).numpy()
         return df
 
     def close(self) -> None:
@@ -286,6 +355,30 @@ def is_recording(module) -> bool:
     return _ACTIVE is not None and id(module) in _ACTIVE._module_ids
 
 
+def _extra_statistics(distance: bool, local_window: Optional[int], top1: bool) -> dict:
+    """Kernel keyword arguments of the optional statistics that are on (none when all are off,
+    so that a kernel without them is called exactly as before)."""
+    for name, flag in (("distance", distance), ("top1", top1)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    out: dict = {}
+    if distance:
+        out["distance"] = True
+    if local_window is not None:
+        if isinstance(local_window, bool) or not isinstance(local_window, int) or local_window < 1:
+            raise ValueError(f"local_window must be an int >= 1 (keys i - W < j <= i), got {local_window!r}")
+        out["local_window"] = int(local_window)
+    if top1:
+        out["top1"] = True
+    return out
+
+
+def _check_span(span: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    if span is not None and (not isinstance(span, torch.Tensor) or span.dim() != 2 or span.shape[1] != 2):
+        raise TypeError("span must be an integer tensor [batch, 2] of key ranges [start, end)")
+    return span
+
+
 def request_for(module, query, key, kpm) -> Optional[_Request]:
     """The active recording's request for this attention module, or None (plain forward)."""
     rec = _ACTIVE
@@ -305,6 +398,11 @@ def record(
     *,
     token_match: bool = False,
     probe_keys: Optional[torch.Tensor] = None,
+    position_bins: Optional[BinSpec] = None,
+    distance: bool = False,
+    local_window: Optional[int] = None,
+    top1: bool = False,
+    span: Optional[torch.Tensor] = None,
 ) -> Iterator[Recording]:
     """Record per-(layer, head) attention statistics of every forward inside the block.
 
@@ -320,6 +418,16 @@ def record(
         per_sample: also keep per-sequence means (``rec.per_sample()``).
         token_match: record ``induction`` and ``duplicate`` (implied by ``token_ids``).
         probe_keys: ``[B, P]`` absolute key positions -> columns ``probe_<t>``.
+        position_bins: ``"log2"`` (bins ``[0,1), [1,2), [2,4), ...``) or increasing edges
+            ``[e_0, ..., e_m]`` (bins ``[e_k, e_k+1)``; the last edge may be ``math.inf``): reduce
+            every statistic per bin of query position too. A query's position counts from the
+            first real token of its sequence (left padding does not count), and continues
+            across forwards that extend the KV cache. Results gain a bin axis.
+        distance: expected attention distance ``sum_j p_ij (i - j)`` in tokens -> ``distance``.
+        local_window: ``W`` -> ``local``, the attention mass on the last ``W`` keys.
+        top1: ``top1_prob``, the probability of each row's largest score; the top-1 key of the
+            last query of the latest forward is ``rec.last_top1_index()``.
+        span: ``[B, 2]`` key range ``[start, end)`` per row -> ``span``, the mass on it.
 
     ``sink`` is always recorded. Results: ``rec.tensors()``, ``rec.summary()``.
     """
@@ -337,7 +445,9 @@ def record(
         )
     if _ACTIVE is not None:
         raise RuntimeError("record() blocks cannot be nested: a recording is already active")
-    rec = Recording(model, offsets, token_ids, token_match, entropy, query_mask, per_sample, probe_keys)
+    rec = Recording(model, offsets, token_ids, token_match, entropy, query_mask, per_sample, probe_keys,
+                    position_bins=position_bins, distance=distance, local_window=local_window, top1=top1,
+                    span=span)
     _ACTIVE = rec
     try:
         yield rec

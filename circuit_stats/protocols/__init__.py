@@ -1,10 +1,10 @@
 """Head-scoring protocols. Each module declares a ``PROTOCOL`` (see ``spec.Protocol``); adding a
 protocol is one new module plus its line in ``MODULES``."""
 
-from . import natural, repeat, sink, xu2026
+from . import natural, repeat, retrieval, sink, xu2026
 from .spec import Protocol
 
-MODULES = (xu2026, repeat, sink, natural)
+MODULES = (xu2026, repeat, sink, natural, retrieval)
 PROTOCOLS: dict[str, Protocol] = {m.PROTOCOL.name: m.PROTOCOL for m in MODULES}
 
 

@@ -1,0 +1,246 @@
+"""``profile()``: position-resolved attention statistics of every head over a corpus.
+
+Each document runs through the model alone (no padding), in chunks that extend the KV cache
+(``prefill.chunked_prefill``), inside one ``record(position_bins=...)``; its per-(layer, head,
+bin) means become rows of ``profile.parquet``. With ``out=``, every finished document is
+committed atomically, so a re-run continues where a killed one stopped, and a document that
+fails is recorded in ``failures.json`` and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import pandas as pd
+import torch
+from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
+
+from ..models import offset_column, record, uses_circuit_stats
+from ..models.positions import BinSpec, bin_edges
+from .corpus import Document, as_documents
+from .prefill import chunked_prefill
+from .writer import ProfileDir
+
+log = logging.getLogger(__name__)
+
+# Statistic name in the profile -> what record() must be asked for.
+STATISTICS = ("sink", "previous_token", "induction", "duplicate", "entropy", "distance", "local", "top1_prob")
+ROW_KEYS = ["doc_index", "doc_id", "n_tokens", "layer", "head", "bin", "pos_lo", "pos_hi", "n_queries"]
+
+
+class BytesTokenizer:
+    """UTF-8 bytes as token ids (vocabulary 256): for byte-level models such as the bundled demo."""
+
+    name = "bytes"
+
+    def __call__(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+
+def resolve_tokenizer(tokenizer):
+    """``"bytes"`` -> ``BytesTokenizer``; a callable (e.g. a transformers tokenizer) as is."""
+    if tokenizer == "bytes":
+        return BytesTokenizer()
+    if tokenizer is None or isinstance(tokenizer, str) or not callable(tokenizer):
+        raise ValueError("tokenizer must be a tokenizer (e.g. AutoTokenizer.from_pretrained(...)) or the explicit "
+                         f"choice 'bytes' (UTF-8 bytes as token ids, for byte-level models), got {tokenizer!r}")
+    return tokenizer
+
+
+def tokenize(doc: Document, tokenizer, add_special_tokens: bool) -> list[int]:
+    if not isinstance(doc.text, str):
+        return list(doc.text)
+    if tokenizer is None:
+        raise ValueError("texts are strings but no tokenizer was given: pass tokenizer=<a tokenizer> or "
+                         "tokenizer='bytes' (UTF-8 bytes as token ids) explicitly")
+    if isinstance(tokenizer, BytesTokenizer):
+        return tokenizer(doc.text)
+    ids = tokenizer(doc.text, add_special_tokens=add_special_tokens)
+    if hasattr(ids, "input_ids") or isinstance(ids, dict):
+        ids = ids["input_ids"]
+    return [int(i) for i in ids]
+
+
+def model_context(model: torch.nn.Module) -> Optional[int]:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n = getattr(config, "max_position_embeddings", None)
+    return int(n) if n else None
+
+
+def record_options(statistics: Sequence[str], local_window: int) -> dict:
+    unknown = sorted(set(statistics) - set(STATISTICS))
+    if unknown or not statistics:
+        raise ValueError(f"statistics must be a non-empty subset of {STATISTICS}, got unknown {unknown}")
+    opts: dict = {}
+    if "previous_token" in statistics:
+        opts["offsets"] = (1,)
+    if {"induction", "duplicate"} & set(statistics):
+        opts["token_match"] = True
+    if "entropy" in statistics:
+        opts["entropy"] = True
+    if "distance" in statistics:
+        opts["distance"] = True
+    if "local" in statistics:
+        opts["local_window"] = local_window
+    if "top1_prob" in statistics:
+        opts["top1"] = True
+    return opts
+
+
+@torch.no_grad()
+def profile_document(model: torch.nn.Module, ids: Sequence[int], *, edges, statistics: Sequence[str],
+                     local_window: int, chunk_size: int) -> pd.DataFrame:
+    """One document's rows: ``layer, head, bin, pos_lo, pos_hi, n_queries`` and the statistics."""
+    device = next(model.parameters()).device
+    input_ids = torch.as_tensor([list(ids)], dtype=torch.long, device=device)
+    with record(model, position_bins=list(edges), **record_options(statistics, local_window)) as rec:
+        chunked_prefill(model, input_ids, chunk_size)
+    df = rec.summary().rename(columns={offset_column(1): "previous_token"})
+    return df[["layer", "head", "bin", "pos_lo", "pos_hi", "n_queries", *statistics]]
+
+
+def corpus_fingerprint(docs: Sequence[Document]) -> str:
+    h = hashlib.sha256()
+    for d in docs:
+        h.update(d.doc_id.encode())
+        h.update(json.dumps(d.text).encode() if not isinstance(d.text, str) else d.text.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def profile(
+    model: torch.nn.Module,
+    texts: Union[str, Path, Iterable],
+    *,
+    tokenizer=None,
+    out: Union[str, Path, None] = None,
+    position_bins: BinSpec = "log2",
+    statistics: Sequence[str] = STATISTICS,
+    local_window: int = 16,
+    chunk_size: int = 1024,
+    max_tokens: Optional[int] = None,
+    add_special_tokens: bool = True,
+    plots: bool = True,
+    progress: bool = True,
+    model_name: Optional[str] = None,
+    revision: Optional[str] = None,
+) -> pd.DataFrame:
+    """Attention statistics of every head against query position over a corpus.
+
+    Args:
+        model: a transformers causal LM using ``attn_implementation="circuit_stats"``.
+        texts: a path (.txt / .jsonl / .parquet / directory / ``hf:NAME``, see
+            ``corpus.read_corpus``), a ``datasets.Dataset``, or a list of strings or token-id lists.
+        tokenizer: a tokenizer for string texts, or ``"bytes"`` (UTF-8 bytes as ids) explicitly.
+        out: output directory (resumable): ``profile.parquet``, ``summary.md``, ``plots/``,
+            ``failures.json``. Without it nothing is written and failures raise.
+        position_bins: ``"log2"`` or explicit edges (see ``record``).
+        statistics: any of ``STATISTICS``; ``local`` is the mass on the last ``local_window`` keys.
+        chunk_size: tokens per forward (chunked prefill through the KV cache): bounds activation
+            memory, not the result.
+        max_tokens: truncate documents to this many tokens (default: the model's context,
+            ``max_position_embeddings``).
+        add_special_tokens: passed to a transformers tokenizer (e.g. to prepend its BOS).
+
+    Returns:
+        One row per (document, layer, head, position bin holding a query): ``doc_index``,
+        ``doc_id``, ``n_tokens``, ``layer``, ``head``, ``bin``, ``pos_lo``, ``pos_hi`` (-1: open),
+        ``n_queries`` and one column per statistic (means over the bin's queries).
+    """
+    if not uses_circuit_stats(model):
+        raise ValueError("profile needs a model loaded with attn_implementation='circuit_stats' "
+                         "(or switched with model.set_attn_implementation('circuit_stats'))")
+    edges = bin_edges(position_bins)
+    statistics = tuple(statistics)
+    record_options(statistics, local_window)  # validate before any work
+    if isinstance(local_window, bool) or not isinstance(local_window, int) or local_window < 1:
+        raise ValueError(f"local_window must be an int >= 1, got {local_window!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    limit = model_context(model) if max_tokens is None else int(max_tokens)
+    if limit is not None and limit < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens!r}")
+    docs = as_documents(texts)
+    if not docs:
+        raise ValueError("texts: no documents")
+    tok = None
+    if any(isinstance(d.text, str) for d in docs):
+        tok = resolve_tokenizer(tokenizer)
+    vocab = int((model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config).vocab_size)
+    settings = dict(
+        model=model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
+        revision=revision, statistics=list(statistics), position_bins=[e if e != float("inf") else "inf" for e in edges],
+        local_window=local_window, max_tokens=limit, add_special_tokens=add_special_tokens,
+        tokenizer=getattr(tok, "name_or_path", None) or getattr(tok, "name", None) or (type(tok).__name__ if tok else None),
+        dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+        corpus=corpus_fingerprint(docs), n_documents=len(docs),
+    )
+
+    store = ProfileDir(out) if out is not None else None
+    lock = FileLock(str(store.lock_path)) if store else None
+    try:
+        if lock is not None:
+            lock.acquire(timeout=0)
+    except Timeout:
+        raise RuntimeError(f"another profile run is writing {out} (lock {store.lock_path})") from None
+    try:
+        done = store.start(settings) if store else set()
+        frames: list = []
+        failures = store.failures() if store else {}
+        was_training = model.training
+        model.eval()
+        t0 = time.time()
+        todo = [i for i in range(len(docs)) if i not in done]
+        bar = tqdm(todo, desc="profile", unit="doc", disable=not progress, initial=len(done), total=len(docs))
+        try:
+            for i in bar:
+                doc = docs[i]
+                try:
+                    ids = tokenize(doc, tok, add_special_tokens)
+                    if not ids:
+                        raise ValueError("empty document (no tokens)")
+                    if max(ids) >= vocab or min(ids) < 0:
+                        raise ValueError(f"token id {max(ids)} does not fit the model's vocabulary of {vocab}")
+                    n_doc = len(ids)
+                    ids = ids[:limit] if limit else ids
+                    df = profile_document(model, ids, edges=edges, statistics=statistics,
+                                          local_window=local_window, chunk_size=chunk_size)
+                except Exception as err:  # noqa: BLE001 -- a failing document is recorded and skipped
+                    if store is None:
+                        raise
+                    log.warning("document %d (%s) failed: %s", i, doc.doc_id, err)
+                    failures[i] = {"doc_index": i, "doc_id": doc.doc_id, "error": f"{type(err).__name__}: {err}"}
+                    store.write_failures(failures)
+                    continue
+                df.insert(0, "doc_index", i)
+                df.insert(1, "doc_id", doc.doc_id)
+                df.insert(2, "n_tokens", len(ids))
+                df.insert(3, "doc_tokens", n_doc)
+                if store is not None:
+                    store.write_part(i, df)
+                    if failures.pop(i, None) is not None:
+                        store.write_failures(failures)
+                else:
+                    frames.append(df)
+                bar.set_postfix(tokens=len(ids))
+        finally:
+            bar.close()
+            model.train(was_training)
+        if store is None:
+            return pd.concat(frames, ignore_index=True)
+        result = store.finish(elapsed=time.time() - t0)
+        from .report import write_plots, write_summary
+
+        if plots:
+            write_plots(result, store.root / "plots")
+        write_summary(result, store.root, settings, failures, store.elapsed())
+        return result
+    finally:
+        if lock is not None:
+            lock.release()

@@ -1,0 +1,172 @@
+"""Plots and ``summary.md`` of a profile (``profile.parquet`` rows, see ``profile()``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .profile import STATISTICS
+from .writer import atomic_write_text
+
+KEYS = ("layer", "head", "bin", "pos_lo", "pos_hi")
+LABELS = {
+    "sink": "attention on the first token",
+    "previous_token": "attention on the previous token",
+    "induction": "token-match induction mass",
+    "duplicate": "token-match duplicate mass",
+    "entropy": "entropy (nats)",
+    "distance": "expected attention distance (tokens)",
+    "local": "mass on the local window",
+    "top1_prob": "top-1 probability",
+}
+
+
+def statistic_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in STATISTICS if c in df.columns]
+
+
+def pooled(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Query-weighted means of every statistic over documents (and whatever is not in ``by``),
+    with the summed ``n_queries``."""
+    stats = statistic_columns(df)
+    w = df["n_queries"].to_numpy(dtype=float)
+    tmp = df[list(by)].copy()
+    tmp["n_queries"] = w
+    for c in stats:
+        tmp[c] = df[c].to_numpy(dtype=float) * w
+    g = tmp.groupby(list(by), sort=True).sum().reset_index()
+    for c in stats:
+        g[c] = g[c] / g["n_queries"]
+    return g
+
+
+def write_plots(df: pd.DataFrame, out: Path) -> list[Path]:
+    """``position_<stat>.png`` (one panel per layer, one line per head, against query position)
+    and ``heads.png`` (layer x head maps of every statistic over all positions)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    by_bin = pooled(df, KEYS)
+    layers = sorted(by_bin["layer"].unique())
+    heads = sorted(by_bin["head"].unique())
+    n_docs = df["doc_index"].nunique() if "doc_index" in df else 1
+    cmap = plt.get_cmap("viridis")
+    for stat in statistic_columns(df):
+        ncol = min(4, len(layers))
+        nrow = math.ceil(len(layers) / ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.8 * nrow), squeeze=False, sharex=True, sharey=True)
+        for ax, layer in zip(axes.flat, layers):
+            sub = by_bin[by_bin["layer"] == layer]
+            for h in heads:
+                d = sub[sub["head"] == h].sort_values("bin")
+                if d.empty:
+                    continue
+                # each bin's value spans [pos_lo, pos_hi): a step curve, drawn at bin starts
+                x = np.append(d["pos_lo"].to_numpy(), _last_end(d))
+                y = np.append(d[stat].to_numpy(), d[stat].to_numpy()[-1])
+                ax.step(x, y, where="post", color=cmap(h / max(1, len(heads) - 1)), lw=1.2, label=f"head {h}")
+            ax.set_xscale("symlog", linthresh=1)
+            if stat == "distance":  # tokens, spanning orders of magnitude like the positions
+                ax.set_yscale("symlog", linthresh=1)
+            ax.set_title(f"layer {layer}", fontsize=9)
+            ax.grid(alpha=0.3)
+        for ax in axes.flat[len(layers):]:
+            ax.axis("off")
+        for ax in axes[-1]:
+            ax.set_xlabel("query position (tokens from the first)")
+        for ax in axes[:, 0]:
+            ax.set_ylabel(stat)
+        fig.suptitle(f"{LABELS.get(stat, stat)} vs query position ({n_docs} documents, query-weighted means)",
+                     fontsize=10)
+        fig.tight_layout()
+        if len(heads) <= 16:  # one legend for all panels, right of them
+            fig.subplots_adjust(right=0.86)
+            fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="center right", fontsize=7, frameon=False)
+        path = out / f"position_{stat}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    per_head = pooled(df, ("layer", "head"))
+    stats = statistic_columns(df)
+    ncol = min(4, len(stats))
+    nrow = math.ceil(len(stats) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(0.35 * len(heads) * ncol + 2.2 * ncol, 0.35 * len(layers) * nrow + 1.6 * nrow),
+                             squeeze=False)
+    for ax, stat in zip(axes.flat, stats):
+        grid = per_head.pivot(index="layer", columns="head", values=stat).reindex(index=layers, columns=heads)
+        im = ax.imshow(grid.to_numpy(), aspect="auto", cmap="magma", origin="lower")
+        ax.set_title(stat, fontsize=9)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_xticks(range(len(heads)))
+        ax.set_yticks(range(len(layers)))
+        ax.tick_params(labelsize=6)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        if len(heads) * len(layers) <= 64:
+            for (r, c), v in np.ndenumerate(grid.to_numpy()):
+                ax.text(c, r, f"{v:.3g}" if abs(v) >= 1 else f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < np.nanmean(grid) else "k")
+    for ax in axes.flat[len(stats):]:
+        ax.axis("off")
+    fig.suptitle("every head, all query positions (query-weighted means)", fontsize=10)
+    fig.tight_layout()
+    path = out / "heads.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def _last_end(d: pd.DataFrame) -> float:
+    hi = int(d["pos_hi"].to_numpy()[-1])
+    lo = int(d["pos_lo"].to_numpy()[-1])
+    return hi if hi > 0 else 2 * max(lo, 1)
+
+
+def write_summary(df: pd.DataFrame, root: Path, settings: dict, failures: dict, elapsed_s: float) -> Path:
+    """``summary.md``: the run, per-layer means at short and long range, the extreme heads."""
+    stats = statistic_columns(df)
+    docs = df.drop_duplicates("doc_index")
+    lines = [
+        "# Attention profile",
+        "",
+        f"- model: `{settings.get('model')}`" + (f" revision `{settings['revision']}`" if settings.get("revision") else ""),
+        f"- documents: {len(docs)} profiled, {len(failures)} failed"
+        + (" (see failures.json)" if failures else "") + f"; tokens: {int(docs['n_tokens'].sum())} "
+        f"(longest {int(docs['n_tokens'].max())}, truncated to {settings.get('max_tokens')})",
+        f"- statistics: {', '.join(stats)}; local window {settings.get('local_window')}; "
+        f"tokenizer {settings.get('tokenizer')}; dtype {settings.get('dtype')}",
+        f"- time: {elapsed_s:.1f} s of profiling",
+        "",
+        "## Per layer (mean over heads), by query position",
+        "",
+    ]
+    by_bin = pooled(df, ("layer", "bin", "pos_lo", "pos_hi"))
+    header = "| layer | positions | queries | " + " | ".join(stats) + " |"
+    lines += [header, "|" + "---|" * (3 + len(stats))]
+    for _, r in by_bin.iterrows():
+        hi = "inf" if int(r["pos_hi"]) < 0 else str(int(r["pos_hi"]))
+        # n_queries summed over heads: divide back to queries per head
+        n_heads = df["head"].nunique()
+        lines.append(f"| {int(r['layer'])} | [{int(r['pos_lo'])}, {hi}) | {int(r['n_queries'] / n_heads)} | "
+                     + " | ".join(f"{r[c]:.3f}" for c in stats) + " |")
+    per_head = pooled(df, ("layer", "head"))
+    lines += ["", "## Extreme heads (all positions)", ""]
+    for c in stats:
+        top = per_head.nlargest(3, c)
+        lines.append(f"- highest {c}: " + ", ".join(f"L{int(r.layer)}H{int(r.head)} {getattr(r, c):.3f}"
+                                                    for r in top.itertuples()))
+    lines += ["", "Plots: `plots/position_<statistic>.png` (per layer, each head against query position) and "
+              "`plots/heads.png` (layer x head maps). Rows: `profile.parquet`.", ""]
+    path = Path(root) / "summary.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

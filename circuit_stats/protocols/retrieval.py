@@ -1,0 +1,196 @@
+"""The "retrieval" protocol: retrieval heads (Wu et al. 2024, "Retrieval Head Mechanistically
+Explains Long-Context Factuality", code: nightdessert/Retrieval_Head).
+
+A needle of ``needle_len`` distinct tokens, none of which occurs in the haystack, is inserted at
+several depths of a haystack of ``context_length`` tokens (natural text, cycled); the prompt ends
+with the needle's first ``prefix_len`` tokens, and the model continues it greedily with a KV cache,
+one query per step. At each step a head scores a hit when its top-1 key (the key with the largest
+attention probability, read in the fused pass of that step through ``record(top1=True)``) lies in
+the needle and holds the token the step generates. Per trial, score = hits / tokens to copy
+(``needle_len - prefix_len``); a head's ``retrieval_score`` is the mean over the trials the model
+copied (token recall of the continuation > ``success_recall``).
+
+Differences from Wu et al.'s code, precisely:
+
+* the cue is the needle's prefix, not a natural-language question, so that base models (and the
+  bundled byte-level demo) retrieve without instruction following; their needle is a sentence and
+  the answer may paraphrase it, ours is copied token for token;
+* their per-trial denominator is the whole needle length; ours is the number of needle tokens the
+  model is asked to generate (the prefix is given), so a perfect copier scores 1;
+* their success test is ROUGE-1 recall > 50 on stemmed words; ours is the same clipped-unigram
+  recall on token ids;
+* their decoding stops after 50 tokens or at a newline; ours generates exactly the tokens to copy;
+* ties in the top-1 key go to the smallest position (``torch.topk`` leaves them unspecified).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..models import record
+from ..profiling.corpus import as_documents, sample_corpus_path
+from ..profiling.prefill import cache_keyword, chunked_prefill
+from ..profiling.profile import resolve_tokenizer, tokenize
+from .spec import Protocol
+
+DEFAULTS = dict(
+    context_lengths=[1024],
+    depths=[0.1, 0.3, 0.5, 0.7, 0.9],
+    n_needles=2,
+    needle_len=16,
+    prefix_len=4,
+    vocab_range=None,
+    seed=0,
+    success_recall=0.5,
+    threshold=0.1,
+    chunk_size=1024,
+)
+
+
+def _text_config(model):
+    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+
+
+def haystack_tokens(model, texts, tokenizer) -> list[int]:
+    """Every text's tokens, concatenated (texts default to the bundled sample corpus)."""
+    docs = as_documents(sample_corpus_path() if texts is None else texts)
+    tok = resolve_tokenizer(tokenizer) if any(isinstance(d.text, str) for d in docs) else None
+    out: list[int] = []
+    for d in docs:
+        out.extend(tokenize(d, tok, add_special_tokens=False))
+    if not out:
+        raise ValueError("texts: the haystack holds no tokens")
+    return out
+
+
+def needle_candidates(haystack: Sequence[int], vocab: int, vocab_range: Optional[Sequence[int]]) -> np.ndarray:
+    """Token ids in ``vocab_range`` (default: printable ASCII for a byte vocabulary, else
+    [100, min(vocab, 10000))) that never occur in the haystack."""
+    if vocab_range is None:
+        vocab_range = (32, 127) if vocab <= 256 else (100, min(vocab, 10000))
+    low, high = int(vocab_range[0]), int(vocab_range[1])
+    if not 0 <= low < high <= vocab:
+        raise ValueError(f"vocab_range [{low}, {high}) must lie in the model's vocabulary of {vocab}")
+    used = np.zeros(vocab, dtype=bool)
+    used[np.asarray(haystack)] = True
+    return np.array([t for t in range(low, high) if not used[t]])
+
+
+def build_trials(haystack: Sequence[int], context_length: int, depths: Sequence[float], n_needles: int,
+                 needle_len: int, prefix_len: int, candidates: np.ndarray, seed: int,
+                 bos_token_id: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompts ``[T, context_length]`` (T = n_needles x depths), needle ranges ``[T, 2]`` and
+    needles ``[T, needle_len]``. A prompt is [BOS] haystack[:d] + needle + haystack[d:] + the
+    needle's prefix, with the haystack cycled to fill ``context_length``."""
+    n_hay = context_length - needle_len - prefix_len - (bos_token_id is not None)
+    if n_hay < 1:
+        raise ValueError(f"context_length {context_length} leaves no room for a haystack "
+                         f"(needle_len {needle_len} + prefix_len {prefix_len})")
+    if len(candidates) < needle_len:
+        raise ValueError(f"only {len(candidates)} token ids in vocab_range never occur in the haystack; "
+                         f"a needle needs {needle_len} distinct ones (shorten needle_len or widen vocab_range)")
+    hay = torch.as_tensor(list(haystack), dtype=torch.long)
+    hay = hay.repeat(-(-n_hay // len(hay)))[:n_hay]
+    rng = np.random.RandomState(seed)
+    prompts, spans, needles = [], [], []
+    for _ in range(n_needles):
+        needle = torch.as_tensor(rng.choice(candidates, size=needle_len, replace=False), dtype=torch.long)
+        for depth in depths:
+            d = int(round(float(depth) * n_hay))
+            parts = [hay[:d], needle, hay[d:], needle[:prefix_len]]
+            if bos_token_id is not None:
+                parts.insert(0, torch.tensor([int(bos_token_id)]))
+            start = d + (bos_token_id is not None)
+            prompts.append(torch.cat(parts))
+            spans.append((start, start + needle_len))
+            needles.append(needle)
+    return torch.stack(prompts), torch.tensor(spans), torch.stack(needles)
+
+
+def token_recall(generated: Sequence[int], expected: Sequence[int]) -> float:
+    """Clipped unigram recall (ROUGE-1 recall on token ids) of ``expected`` in ``generated``."""
+    gen, exp = Counter(generated), Counter(expected)
+    return sum(min(c, gen[t]) for t, c in exp.items()) / max(1, len(expected))
+
+
+@torch.no_grad()
+def retrieval_hits(model, prompts: torch.Tensor, spans: torch.Tensor, n_steps: int, chunk_size: int):
+    """Greedy decoding of ``n_steps`` tokens after each prompt (one batch, KV cache), reading each
+    step's top-1 key per (layer, head) in that step's fused forward.
+
+    Returns ``(hits [T, L, H] int, generated [T, n_steps])``."""
+    device = next(model.parameters()).device
+    prompts, spans = prompts.to(device), spans.to(device)
+    cache = chunked_prefill(model, prompts[:, :-1], chunk_size)  # no statistics during prefill
+    kw = cache_keyword(model)
+    T = prompts.shape[0]
+    step_input = prompts[:, -1:]
+    hits = None
+    generated = []
+    with record(model, top1=True) as rec:
+        for _ in range(n_steps):
+            logits = model(input_ids=step_input, use_cache=True, **{kw: cache}).logits[:, -1]
+            token = logits.argmax(-1)  # [T]
+            top1 = rec.last_top1_index()  # [T, L, H] absolute key positions
+            in_needle = (top1 >= spans[:, 0, None, None]) & (top1 < spans[:, 1, None, None])
+            key_token = prompts.gather(1, top1.clamp(0, prompts.shape[1] - 1).reshape(T, -1)).reshape(top1.shape)
+            hit = in_needle & (key_token == token[:, None, None])
+            hits = hit.long() if hits is None else hits + hit.long()
+            generated.append(token)
+            step_input = token[:, None]
+    return hits.cpu(), torch.stack(generated, 1).cpu()
+
+
+def score(model, *, tokenizer=None, texts=None, batch_size: Optional[int] = None, device=None,
+          bos_token_id: Optional[int] = None, progress: bool = True, **options) -> pd.DataFrame:
+    o = PROTOCOL.check_options(options)
+    cfg = _text_config(model)
+    vocab = int(cfg.vocab_size)
+    needle_len, prefix_len = int(o["needle_len"]), int(o["prefix_len"])
+    if not 1 <= prefix_len < needle_len:
+        raise ValueError(f"prefix_len must be in [1, needle_len), got {prefix_len} (needle_len {needle_len})")
+    lengths = [int(n) for n in o["context_lengths"]]
+    depths = [float(d) for d in o["depths"]]
+    if not lengths or not depths or any(not 0.0 <= d <= 1.0 for d in depths):
+        raise ValueError(f"context_lengths must be non-empty and depths in [0, 1], got {lengths}, {depths}")
+    haystack = haystack_tokens(model, texts, tokenizer)
+    candidates = needle_candidates(haystack, vocab, o["vocab_range"])
+    n_copy = needle_len - prefix_len
+    L, H = int(cfg.num_hidden_layers), int(cfg.num_attention_heads)
+    per_trial, success, rows = [], [], []
+    was_training = model.training
+    model.eval()
+    try:
+        for i, length in enumerate(lengths):
+            prompts, spans, needles = build_trials(haystack, length, depths, int(o["n_needles"]), needle_len,
+                                                   prefix_len, candidates, int(o["seed"]) + i, bos_token_id)
+            bs = batch_size or len(prompts)
+            for s in range(0, len(prompts), bs):
+                hits, generated = retrieval_hits(model, prompts[s:s + bs], spans[s:s + bs], n_copy, int(o["chunk_size"]))
+                for t in range(hits.shape[0]):
+                    expected = needles[s + t, prefix_len:].tolist()
+                    recall = token_recall(generated[t].tolist(), expected)
+                    per_trial.append(hits[t].double() / n_copy)
+                    success.append(recall > float(o["success_recall"]))
+                    rows.append(dict(context_length=length, depth=depths[(s + t) % len(depths)], recall=recall))
+    finally:
+        model.train(was_training)
+    scores = torch.stack(per_trial)  # [trials, L, H]
+    ok = torch.tensor(success)
+    df = pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L)})
+    mean = scores[ok].mean(0) if ok.any() else torch.full((L, H), float("nan"), dtype=torch.float64)
+    df["retrieval_score"] = mean.reshape(-1).numpy()
+    df["retrieval_score_all_trials"] = scores.mean(0).reshape(-1).numpy()
+    df["is_retrieval"] = df["retrieval_score"].fillna(0.0).to_numpy() >= float(o["threshold"])
+    df.attrs.update(settings=dict(o, bos_token_id=bos_token_id, n_trials=len(success), n_copied=int(ok.sum()),
+                                  tokenizer=getattr(tokenizer, "name_or_path", None) or str(tokenizer)),
+                    trials=rows)
+    return df
+
+
+PROTOCOL = Protocol(name="retrieval", score=score, defaults=DEFAULTS, takes_texts=True)
