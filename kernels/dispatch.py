@@ -200,7 +200,11 @@ def attention_with_stats(
     if backend == "triton":
         from .triton_attention import attention_with_stats_triton
 
-        return attention_with_stats_triton(q, k, v, scale=float(scale), side=side_inputs, offsets=offsets, entropy=entropy)
+        out, stats = attention_with_stats_triton(q, k, v, scale=float(scale), side=side_inputs, offsets=offsets,
+                                                 entropy=entropy)
+        # The kernel's epilogue takes a NaN row sum for "no attendable key"; the output row is NaN
+        # there, so mark the statistics from it (one read of the output, no synchronisation).
+        return out, stats.mark_nan_rows(out.isnan().any(-1))
     plain = not (offsets or entropy or any(used.values()) or side_inputs.token_ids is not None
                  or side_inputs.probe_keys is not None)
     if plain:  # output, lse and sink only (a model outside record()): PyTorch's SDPA kernel on the CPU
