@@ -123,16 +123,35 @@ def attention_level(n: int, repeats: int) -> dict:
             "record_vs_eager": t["all_stats"] / t["eager"], "record_vs_sdpa": t["all_stats"] / t["sdpa"]}
 
 
+# Peak resident memory above the level before the call, sampled every 2 ms from /proc (the
+# process' lifetime maximum, ru_maxrss, is dominated by the imports at these sizes).
 PROBE = textwrap.dedent("""
-    import resource, sys, torch
+    import sys, threading, time, torch
     from circuit_stats.kernels import attention_with_stats
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
     n = int(sys.argv[1])
     q, k, v = (torch.randn(1, n, 8, 64).transpose(1, 2) for _ in range(3))
     tok = torch.randint(0, 50304, (1, n))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    attention_with_stats(q, k, v, token_ids=tok, span=torch.tensor([[0, n // 2]]), offsets=(1, 2), entropy=True,
-                         distance=True, local_window=16, top1=True)
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+    kw = dict(token_ids=tok, span=torch.tensor([[0, n // 2]]), offsets=(1, 2), entropy=True, distance=True,
+              local_window=16, top1=True)
+    attention_with_stats(q[:, :, :64], k[:, :, :64], v[:, :, :64], token_ids=tok[:, :64], offsets=(1,))  # warm
+    before, peak, done = rss(), [0], [False]
+
+    def sample():
+        while not done[0]:
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.002)
+
+    th = threading.Thread(target=sample)
+    th.start()
+    attention_with_stats(q, k, v, **kw)
+    done[0] = True
+    th.join()
+    print(max(peak[0], rss()) - before)
 """)
 
 
@@ -145,13 +164,17 @@ def peak_memory(n: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192], help="attention-level lengths")
-    ap.add_argument("--model-lengths", type=int, nargs="+", default=[2048, 8192], help="model-level lengths")
-    ap.add_argument("--memory-lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    ap.add_argument("--lengths", type=int, nargs="*", default=[2048, 8192], help="attention-level lengths")
+    ap.add_argument("--model-lengths", type=int, nargs="*", default=[2048, 8192], help="model-level lengths")
+    ap.add_argument("--memory-lengths", type=int, nargs="*", default=[1024, 2048, 4096, 8192])
+    ap.add_argument("--name", default="cpu", help="results file stem: bench/results/<name>-<machine>-<date>.json")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
     args = ap.parse_args(argv)
     env = environment("cpu")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__)))
+    env["commit"] = commit.stdout.strip() or None
     env.update(machine=platform.node(), processor=platform.processor() or platform.machine(),
                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
                load_average_at_start=os.getloadavg())
@@ -171,7 +194,7 @@ def main(argv=None) -> int:
                          "record_vs_sdpa": "<= 2 at 8192", "memory": "linear in N"}}
     cols = ["level", "n", "sdpa_s", "circuit_stats_s", "record_all_s", "all_stats_s", "eager_s",
             "outside_record_vs_sdpa", "record_vs_eager", "record_vs_sdpa", "peak_extra_mib", "full_matrix_mib"]
-    jpath, mpath = write_results("cpu", env, rows, cols, extra=extra)
+    jpath, mpath = write_results(args.name, env, rows, cols, extra=extra)
     print(f"wrote {jpath} and {mpath}")
     return 0
 
