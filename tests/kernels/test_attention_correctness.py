@@ -4,42 +4,7 @@ import pytest
 import torch
 from circuit_stats.kernels import attention_with_stats, attention_with_stats_naive
 from conftest import DEVICE, KERNEL_DTYPES
-
-STAT_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-3}
-OUT_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}
-
-# (B, Hq, Hkv, Nq, Nk, padding)
-CASES = {
-    "odd-square": (2, 2, 2, 37, 37, None),
-    "gqa-odd": (1, 4, 2, 45, 45, None),
-    "mqa-decode-1": (2, 4, 1, 1, 29, None),
-    "chunk-prefill": (1, 2, 1, 19, 50, None),
-    "left-pad": (3, 2, 2, 41, 41, "left"),
-    "right-pad": (3, 2, 1, 33, 33, "right"),
-    "decode-left-pad": (3, 2, 2, 5, 38, "left"),
-}
-
-
-def make_inputs(B, Hq, Hkv, Nq, Nk, D, dtype, padding, vocab=6):
-    """Random q/k/v as transformers hands them over: [B, N, H, D] transposed (non-contiguous)."""
-    q = torch.randn(B, Nq, Hq, D, device=DEVICE, dtype=dtype).transpose(1, 2)
-    k = torch.randn(B, Nk, Hkv, D, device=DEVICE, dtype=dtype).transpose(1, 2)
-    v = torch.randn(B, Nk, Hkv, D, device=DEVICE, dtype=dtype).transpose(1, 2)
-    # Sharpen a few rows so that point probabilities are not all ~1/N.
-    q = q * (1 + 3 * torch.rand(B, Hq, Nq, 1, device=DEVICE, dtype=dtype))
-    tok = torch.randint(0, vocab, (B, Nk), device=DEVICE)
-    mask = None
-    if padding:
-        mask = torch.ones(B, Nk, dtype=torch.bool, device=DEVICE)
-        lengths = torch.randint(1, Nk, (B,)).tolist()  # real tokens per row
-        lengths[-1] = 0  # one fully padded row: no attendable key anywhere
-        for b, n in enumerate(lengths):
-            if padding == "left":
-                mask[b, : Nk - n] = False
-            else:
-                mask[b, n:] = False
-    return q, k, v, tok, mask
-
+from kernel_cases import CASES, OUT_TOL, STAT_TOL, make_inputs
 
 def check_close(got, want, dtype, what):
     for name, ref in want.as_dict().items():
