@@ -106,6 +106,7 @@ class Scan:
                                   tokenizer=tokenizer)
         self.takes_texts = get_protocol(protocol).takes_texts
         self.tokenizer = tokenizer
+        self._named_tokenizer = None  # --tokenizer NAME: loaded once, the same for every revision
         self.model_id = normalised_model(model_or_dir)  # hub model id or absolute checkpoint directory
         self.is_local = Path(model_or_dir).is_dir()
         self.out = Path(out)
@@ -251,6 +252,8 @@ class Scan:
             return BYTES
         from transformers import AutoTokenizer
 
+        if self.tokenizer and self._named_tokenizer is not None:
+            return self._named_tokenizer
         if self.tokenizer:
             source, kwargs = self.tokenizer, {}
         elif self.is_local:
@@ -261,11 +264,14 @@ class Scan:
         else:
             source, kwargs = self.model_id, {"revision": revision}
         try:
-            return AutoTokenizer.from_pretrained(source, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         except Exception as err:
             raise ValueError(f"protocol {self.protocol!r} scores text and no tokenizer could be loaded from {source} "
                              f"({type(err).__name__}); pass --tokenizer NAME, or --tokenizer bytes for a byte-level "
                              "model") from err
+        if self.tokenizer:
+            self._named_tokenizer = tokenizer
+        return tokenizer
 
     def _release(self, fetched: Any) -> None:
         if self.delete_after and not self.is_local and isinstance(fetched, Fetched):
