@@ -29,11 +29,17 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+# A fresh Triton cache: a cached kernel skips ptxas, whose log is where registers and spills come
+# from (a cache hit would report no registers and no spills).
+if "TRITON_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="compile-report-triton-cache-")
 
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from bench.sass_loops import mma_loops  # noqa: E402
+from circuit_stats.kernels.sass_loops import mma_loops  # noqa: E402
 from circuit_stats.kernels import aot  # noqa: E402
 from circuit_stats.kernels import triton_attention as ta  # noqa: E402
 
@@ -84,7 +90,9 @@ def report_row(variant: aot.CompileVariant, config: triton.Config, arch: int, ke
     except Exception as e:  # a compile error is a result: record it, the exit status shows it
         return dict(asdict(variant), arch=arch, **tile, error=f"{type(e).__name__}: {e}"[-1000:])
     loops = mma_loops(compiled.asm["sass"])
-    hot = loops[0] if loops else {}
+    # The unmasked loop is the cheapest of the kernel's key loops (the masked window-edge and
+    # diagonal stages do the same work plus masks): the one that runs over almost every key.
+    hot = min(loops, key=lambda lp: lp["total"]) if loops else {}
     scores = tile["BLOCK_M"] * tile["BLOCK_N"]
     row["smem_estimate_bytes"] = ta.smem_bytes(tile["BLOCK_M"], tile["BLOCK_N"], tile["num_stages"],
                                                ta.head_block(variant.head_dim), torch.empty((), dtype=aot.DTYPES[variant.dtype]).element_size())

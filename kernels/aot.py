@@ -35,12 +35,16 @@ import triton
 from triton.runtime.jit import JITFunction, MockTensor
 
 from . import triton_attention as ta
+from .sass_loops import mma_loops
 from .side_inputs import SideInputs
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # Statistics sets: "none" (lse + sink only, always returned), "point" (+ 3 fixed offsets and 2
-# probes: epilogue-only work), "all" (+ token-match induction/duplicate and entropy).
-STATS_SETS = ("none", "point", "all")
+# probes: epilogue-only work), "all" (+ token-match induction/duplicate and entropy), "long"
+# (point + distance, local, top1 and span: long-context profiling), "modifiers" (all + a sliding
+# window, logit softcap and learned sinks: Gemma 2 / gpt-oss layers), "full" (everything at once),
+# "window" (none + a sliding window and learned sinks: such a layer outside record()).
+STATS_SETS = ("none", "point", "all", "long", "modifiers", "full", "window")
 ARCHS = (90, 80)
 
 
@@ -108,7 +112,11 @@ def variant_launch(variant: CompileVariant) -> ta.KernelLaunch:
     dtype, i32 = DTYPES[variant.dtype], torch.int32
     q = TensorSpec(dtype, (B, Hq, Nq, D))
     k, v = TensorSpec(dtype, (B, Hkv, Nk, D)), TensorSpec(dtype, (B, Hkv, Nk, D))
-    stats_all, stats_point = variant.stats == "all", variant.stats in ("point", "all")
+    stats_all = variant.stats in ("all", "modifiers", "full")
+    stats_point = variant.stats != "none"
+    stats_long = variant.stats in ("long", "full")
+    modifiers = variant.stats in ("modifiers", "full")
+    windowed = modifiers or variant.stats == "window"
     side = SideInputs(
         batch=B, k_len=Nk,
         key_padding_mask=TensorSpec(torch.bool, (B, Nk)) if variant.padded else None,
@@ -116,9 +124,13 @@ def variant_launch(variant: CompileVariant) -> ta.KernelLaunch:
         token_ids=TensorSpec(i32, (B, Nk)) if stats_all else None,
         prev_token_ids=TensorSpec(i32, (B, Nk)) if stats_all else None,
         probe_keys=TensorSpec(i32, (B, 2)) if stats_point else None,
+        span=TensorSpec(torch.int64, (B, 2)) if stats_long else None,
     )
     return ta.launch_arguments(q, k, v, scale=D ** -0.5, side=side, offsets=(1, 2, 3) if stats_point else (),
-                               entropy=stats_all, tensors=SpecTensors())
+                               entropy=stats_all, distance=stats_long, local_window=64 if stats_long else None,
+                               top1=stats_long, window=4096 if windowed else None,
+                               softcap=50.0 if modifiers else None,
+                               sinks=TensorSpec(torch.float32, (Hq,)) if windowed else None, tensors=SpecTensors())
 
 
 def candidate_configs(variant: CompileVariant) -> list[triton.Config]:
@@ -126,7 +138,7 @@ def candidate_configs(variant: CompileVariant) -> list[triton.Config]:
     launch = variant_launch(variant)
     c = launch.constexprs
     return ta.candidate_configs(launch.bucket, head_dim=variant.head_dim,
-                                elt_bytes=DTYPES[variant.dtype].itemsize, has_tok=c["HAS_TOK"], has_ent=c["HAS_ENT"])
+                                elt_bytes=DTYPES[variant.dtype].itemsize, loop_level=ta.loop_level(c))
 
 
 def kernel_function() -> JITFunction:
@@ -170,7 +182,8 @@ def compile_launch(launch: ta.KernelLaunch, config: triton.Config, arch: int) ->
 
 
 def resource_usage(compiled: Any, ptxas_log: str) -> dict:
-    """Registers, spills, stack and shared memory per ptxas, tensor-core instructions per SASS."""
+    """Registers, spills, stack and shared memory per ptxas; tensor-core instructions and spill
+    instructions (``STL``/``LDL``) inside the key loops per SASS."""
     def num(pattern: str) -> Optional[int]:
         m = re.search(pattern, ptxas_log)
         return int(m.group(1)) if m else None
@@ -184,6 +197,7 @@ def resource_usage(compiled: Any, ptxas_log: str) -> dict:
         shared_bytes=compiled.metadata.shared,
         hgmma=len(re.findall(r"\bHGMMA\.", sass)),  # Hopper warpgroup MMA (wgmma)
         hmma=len(re.findall(r"\bHMMA\.", sass)),    # mma.sync (Ampere-style)
+        loop_spill_instructions=sum(loop.get("local_spill", 0) for loop in mma_loops(sass)),
     )
 
 

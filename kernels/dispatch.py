@@ -21,7 +21,8 @@ BACKENDS = ("auto", "torch", "triton")
 # Everything else in OPTIONAL_FEATURES runs on the torch backend: backend="auto" routes such a
 # call there (with a warning, once per feature), backend="triton" raises NotImplementedError.
 # Extend this set as the kernel learns a feature.
-TRITON_SUPPORTED_FEATURES: frozenset[str] = frozenset()
+TRITON_SUPPORTED_FEATURES: frozenset[str] = frozenset(
+    {"window", "softcap", "sinks", "distance", "local_window", "top1", "span"})
 OPTIONAL_FEATURES = ("window", "softcap", "sinks", "distance", "local_window", "top1", "span", "head_dim>256")
 TRITON_MAX_HEAD_DIM = 256  # the fused kernel pads head dims on chip up to this size
 _warned_features: set[str] = set()
@@ -200,8 +201,10 @@ def attention_with_stats(
     if backend == "triton":
         from .triton_attention import attention_with_stats_triton
 
-        out, stats = attention_with_stats_triton(q, k, v, scale=float(scale), side=side_inputs, offsets=offsets,
-                                                 entropy=entropy)
+        out, stats = attention_with_stats_triton(
+            q, k, v, scale=float(scale), side=side_inputs, offsets=offsets, entropy=entropy, distance=distance,
+            local_window=local_window, top1=top1, window=window, softcap=None if softcap is None else float(softcap),
+            sinks=sinks)
         # The kernel's epilogue takes a NaN row sum for "no attendable key"; the output row is NaN
         # there, so mark the statistics from it (one read of the output, no synchronisation).
         return out, stats.mark_nan_rows(out.isnan().any(-1))

@@ -42,6 +42,7 @@ from .stats import AttentionStats
 
 LOG2E = 1.4426950408889634  # host side: scale * log2(e) turns scores into log2 units
 LN2 = tl.constexpr(0.6931471805599453)  # kernel side: log2 units back to nats
+LOG2E_K = tl.constexpr(LOG2E)  # kernel side: nats to log2 units (learned sink logits)
 # A finite "minus infinity" for the running max, so that a tile in which a row has no
 # attendable key yields alpha = exp2(0) = 1 instead of exp2(-inf + inf) = NaN.
 NEG_BIG = tl.constexpr(-1.0e30)
@@ -59,20 +60,32 @@ def head_block(head_dim: int) -> int:
 
 
 @triton.jit
+def _softcap(x, cap_in):
+    """``tanh(x * cap_in)`` as ``1 - 2 / (e^(2y) + 1)`` (``tl.math`` has no tanh): one ``exp2`` and
+    one approximate reciprocal-multiply (``div.approx``, 2 ulp; an overflowing ``e^(2y)`` gives
+    exactly 1). Absolute error a few 1e-8; NaN stays NaN."""
+    e = tl.math.exp2(2.8853900817779268 * (x * cap_in))
+    return 1.0 - tl.math.fdiv(tl.full(x.shape, 2.0, tl.float32), e + 1.0, approx=True)
+
+
+@triton.jit
 def _attn_fwd_inner(
-    acc, l_i, m_i, ind_acc, dup_acc, ent_acc,
-    q, q_pos, q_tok,
+    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx,
+    q, q_pos, q_tok, q0,
     K, V, TOK, TOKP, KPM,
     stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-    lo, hi, Nk, qk_scale,
+    lo, hi, Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi,
     MASKED: tl.constexpr, HAS_PAD: tl.constexpr, HAS_TOK: tl.constexpr,
     HAS_ENT: tl.constexpr, FP32_INPUT: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DIST: tl.constexpr,
+    HAS_LOCAL: tl.constexpr, HAS_TOP1: tl.constexpr, HAS_SPAN: tl.constexpr,
 ):
     """Online-softmax sweep over key tiles [lo, hi).
 
-    With MASKED=False every key of every tile is strictly before every query of the block
-    and inside [0, Nk), so no causal or range mask is built (the bulk of the work)."""
+    With MASKED=False every key of every tile is strictly before every query of the block,
+    inside [0, Nk) and inside every row's sliding window, so no causal, range or window mask is
+    built (the bulk of the work). ``q0`` is the block's first query position."""
     offs_j = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
@@ -100,9 +113,13 @@ def _attn_fwd_inner(
             qk = tl.dot(q, k, input_precision="tf32x3")
         else:
             qk = tl.dot(q, k)
+        if HAS_SOFTCAP:  # capped before masking: tanh(-inf) would un-mask a key
+            qk = _softcap(qk, cap_in)
 
         if MASKED:
             keep = (offs_n[None, :] <= q_pos[:, None]) & in_range[None, :]
+            if HAS_WINDOW:  # transformers' sliding window: i - window < j <= i
+                keep = keep & (offs_n[None, :] > q_pos[:, None] - window)
             if HAS_PAD:
                 kpm = tl.load(KPM + offs_n * stride_mn, mask=in_range, other=0)
                 keep = keep & (kpm[None, :] != 0)
@@ -113,7 +130,10 @@ def _attn_fwd_inner(
 
         # As the tutorial: scale the row max, not the tile (qk_scale > 0), and fold the scale
         # into the exponent's multiply-add. d2 = s2 - m, with s2 the score in log2 units.
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        tile_max = tl.max(qk, 1) * qk_scale
+        if HAS_TOP1:  # strictly greater: ties keep the earlier (smaller) key position
+            top_idx = tl.where(tile_max > m_i, start_n + tl.argmax(qk, 1), top_idx)
+        m_new = tl.maximum(m_i, tile_max)
         alpha = tl.math.exp2(m_i - m_new)
         d2 = qk * qk_scale - m_new[:, None]
         p = tl.math.exp2(d2)  # 0 on masked keys
@@ -139,6 +159,18 @@ def _attn_fwd_inner(
             is_ind = k_prev[None, :] == q_tok[:, None]
             dup_acc = dup_acc * alpha + tl.sum(tl.where(is_dup, p, 0.0), 1)
             ind_acc = ind_acc * alpha + tl.sum(tl.where(is_ind, p, 0.0), 1)
+        if HAS_DIST:  # sum_j p_j (q0 - j): one FMA per score; the row's i - q0 is added at the end
+            dist_acc = dist_acc * alpha + tl.sum(p * (q0 - offs_n).to(tl.float32)[None, :], 1)
+        if HAS_LOCAL:  # only tiles that reach into some row's last local_window keys do work
+            loc_acc = loc_acc * alpha
+            if start_n + BLOCK_N > q0 - local_window + 1:
+                in_local = offs_n[None, :] > q_pos[:, None] - local_window
+                loc_acc += tl.sum(tl.where(in_local, p, 0.0), 1)
+        if HAS_SPAN:  # only tiles that overlap [span_lo, span_hi) do work
+            span_acc = span_acc * alpha
+            if (start_n < span_hi) & (start_n + BLOCK_N > span_lo):
+                in_span = (offs_n >= span_lo) & (offs_n < span_hi)
+                span_acc += tl.sum(tl.where(in_span[None, :], p, 0.0), 1)
 
         l_i = l_i * alpha + tl.sum(p, 1)
         if MASKED:
@@ -157,30 +189,36 @@ def _attn_fwd_inner(
         else:
             acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
-    return acc, l_i, m_i, ind_acc, dup_acc, ent_acc
+    return acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx
 
 
 @triton.jit
-def _point_prob(q, K, key, valid, stride_kn, stride_kd, offs_d, d_ok, qk_scale, lse2):
-    """Probability of each row on one key per row: exp2(q . k_key * scale - lse2)."""
+def _point_prob(q, K, key, valid, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2,
+                HAS_SOFTCAP: tl.constexpr):
+    """Probability of each row on one key per row: exp2(s2(q . k_key) - lse2), s2 the (capped)
+    score in log2 units."""
     kk = tl.load(K + key[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
                  mask=valid[:, None] & d_ok[None, :], other=0.0)
-    s2 = tl.sum(q * kk.to(tl.float32), 1) * qk_scale
-    return tl.math.exp2(tl.where(valid, s2 - lse2, float("-inf")))
+    s = tl.sum(q * kk.to(tl.float32), 1)
+    if HAS_SOFTCAP:
+        s = _softcap(s, cap_in)
+    return tl.math.exp2(tl.where(valid, s * qk_scale - lse2, float("-inf")))
 
 
 @triton.jit
 def _attn_stats_fwd(
-    Q, K, V, Out, LSE, SINK, OFFS, PRB, IND, DUP, ENT,
-    TOK, TOKP, KPM, FIRST, OFFSET_VALUES, PROBE_KEYS,
+    Q, K, V, Out, LSE, SINK, OFFS, PRB, IND, DUP, ENT, DIST, LOC, TOP_I, TOP_P, SPANM, LEARNED,
+    TOK, TOKP, KPM, FIRST, OFFSET_VALUES, PROBE_KEYS, SPAN, SINK_LOGITS,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_mb, stride_mn,
-    Hq, GROUP, Nq, Nk, qk_scale,
+    Hq, GROUP, Nq, Nk, qk_scale, cap_in, window, local_window,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, N_OFFSETS: tl.constexpr, N_PROBES: tl.constexpr,
     HAS_PAD: tl.constexpr, HAS_TOK: tl.constexpr, HAS_ENT: tl.constexpr, FP32_INPUT: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
+    HAS_DIST: tl.constexpr, HAS_LOCAL: tl.constexpr, HAS_TOP1: tl.constexpr, HAS_SPAN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m = tl.program_id(0)
@@ -208,6 +246,10 @@ def _attn_stats_fwd(
     ind_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     dup_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     ent_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    dist_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    loc_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    span_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    top_idx = tl.full([BLOCK_M], -1, dtype=tl.int32)
 
     TOKb = TOK + b * Nk
     TOKPb = TOKP + b * Nk
@@ -215,74 +257,132 @@ def _attn_stats_fwd(
     q_tok = tl.zeros([BLOCK_M], dtype=tl.int32)
     if HAS_TOK:
         q_tok = tl.load(TOKb + q_pos, mask=row_ok, other=-2)
+    span_lo = 0
+    span_hi = 0
+    if HAS_SPAN:
+        span_lo = tl.load(SPAN + 2 * b)
+        span_hi = tl.load(SPAN + 2 * b + 1)
 
-    # Keys before the first unpadded key (left padding) are never attended: skip their tiles.
+    # Keys before the first unpadded key (left padding) are never attended: skip their tiles;
+    # so are keys left of every row's sliding window.
     first = tl.load(FIRST + b)
+    q0 = Nk - Nq + start_m * BLOCK_M  # the block's first query position
     lo = 0
     if HAS_PAD:
         lo = (first // BLOCK_N) * BLOCK_N
+    if HAS_WINDOW:
+        lo = tl.maximum(lo, (tl.maximum(q0 - window + 1, 0) // BLOCK_N) * BLOCK_N)
     # Stage 1: tiles entirely before the block's first query position (so strictly before
     # every query of the block) need no mask. Stage 2: the tiles at the diagonal and the
-    # ragged end of the keys.
-    q0 = Nk - Nq + start_m * BLOCK_M
+    # ragged end of the keys. With a window, stage 0: the tiles that cross the left edge of some
+    # row's window (keys before q0 + BLOCK_M - window), masked.
     mid = tl.maximum((q0 // BLOCK_N) * BLOCK_N, lo)
     hi = tl.minimum(q0 + BLOCK_M, Nk)
 
-    acc, l_i, m_i, ind_acc, dup_acc, ent_acc = _attn_fwd_inner(
-        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, q, q_pos, q_tok,
+    if HAS_WINDOW:
+        edge = tl.cdiv(tl.maximum(q0 + BLOCK_M - window, 0), BLOCK_N) * BLOCK_N
+        edge = tl.minimum(tl.maximum(edge, lo), mid)
+        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx = _attn_fwd_inner(
+            acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx, q, q_pos, q_tok, q0,
+            Kb, Vb, TOKb, TOKPb, KPMb, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+            lo, edge, Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi,
+            True, HAS_PAD, HAS_TOK, HAS_ENT, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_N,
+            HAS_WINDOW, HAS_SOFTCAP, HAS_DIST, HAS_LOCAL, HAS_TOP1, HAS_SPAN)
+        lo = edge
+    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx = _attn_fwd_inner(
+        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx, q, q_pos, q_tok, q0,
         Kb, Vb, TOKb, TOKPb, KPMb, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-        lo, mid, Nk, qk_scale,
-        False, HAS_PAD, HAS_TOK, HAS_ENT, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_N)
-    acc, l_i, m_i, ind_acc, dup_acc, ent_acc = _attn_fwd_inner(
-        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, q, q_pos, q_tok,
+        lo, mid, Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi,
+        False, HAS_PAD, HAS_TOK, HAS_ENT, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_N,
+        HAS_WINDOW, HAS_SOFTCAP, HAS_DIST, HAS_LOCAL, HAS_TOP1, HAS_SPAN)
+    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx = _attn_fwd_inner(
+        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx, q, q_pos, q_tok, q0,
         Kb, Vb, TOKb, TOKPb, KPMb, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-        mid, hi, Nk, qk_scale,
-        True, HAS_PAD, HAS_TOK, HAS_ENT, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_N)
+        mid, hi, Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi,
+        True, HAS_PAD, HAS_TOK, HAS_ENT, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_N,
+        HAS_WINDOW, HAS_SOFTCAP, HAS_DIST, HAS_LOCAL, HAS_TOP1, HAS_SPAN)
 
-    # Epilogue. A row with no attendable key has l_i == 0: output 0, stats 0, lse -inf.
+    # Epilogue. A row with no attendable key has l_i == 0: output 0, stats 0, lse -inf (with a
+    # learned sink: lse = the sink logit, learned_sink 1). ``norm`` turns a sum of the loop's
+    # 2^(s2 - m_i) into probabilities: 1 / l_i, or 2^(m_i - lse2) when the sink shares the mass.
     has_key = l_i > 0
     l_safe = tl.where(has_key, l_i, 1.0)
     lse2 = m_i + tl.math.log2(l_safe)
-    out = acc / l_safe[:, None]
+    if HAS_SINKS:
+        sink2 = tl.load(SINK_LOGITS + h).to(tl.float32) * LOG2E_K
+        keys2 = tl.where(has_key, lse2, float("-inf"))
+        top2 = tl.maximum(keys2, sink2)
+        lse2 = top2 + tl.math.log2(tl.math.exp2(keys2 - top2) + tl.math.exp2(sink2 - top2))
+        norm = tl.where(has_key, tl.math.exp2(m_i - lse2), 0.0)
+    else:
+        norm = 1.0 / l_safe
+    out = acc * norm[:, None]
     Ob = Out + b * stride_ob + h * stride_oh
     tl.store(Ob + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od,
              out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
     row = bh * Nq + offs_m  # flat index into the contiguous [B, Hq, Nq] statistics
-    tl.store(LSE + row, tl.where(has_key, lse2 * LN2, float("-inf")), mask=row_ok)
+    if HAS_SINKS:
+        tl.store(LSE + row, lse2 * LN2, mask=row_ok)
+    else:
+        tl.store(LSE + row, tl.where(has_key, lse2 * LN2, float("-inf")), mask=row_ok)
 
-    # Point probabilities: reload Q (in fp32) rather than keep it live through the loop.
+    # Point probabilities: reload Q (in fp32) rather than keep it live through the loop. A key
+    # left of a row's sliding window has probability 0.
     q32 = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
     first_vec = tl.zeros([BLOCK_M], dtype=tl.int32) + first
     sink_ok = has_key & (first_vec <= q_pos)
+    if HAS_WINDOW:
+        sink_ok = sink_ok & (first_vec > q_pos - window)
     tl.store(SINK + row, _point_prob(q32, Kb, first_vec, sink_ok & row_ok, stride_kn, stride_kd,
-                                     offs_d, d_ok, qk_scale, lse2), mask=row_ok)
+                                     offs_d, d_ok, qk_scale, cap_in, lse2, HAS_SOFTCAP), mask=row_ok)
 
     for t in tl.static_range(N_OFFSETS):
         o = tl.load(OFFSET_VALUES + t)
         key = q_pos - o
         ok = has_key & row_ok & (key >= 0)
+        if HAS_WINDOW:
+            ok = ok & (key > q_pos - window)  # o < window
         if HAS_PAD:
             ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
         tl.store(OFFS + row * N_OFFSETS + t,
-                 _point_prob(q32, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, lse2),
+                 _point_prob(q32, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2,
+                             HAS_SOFTCAP),
                  mask=row_ok)
 
     for t in tl.static_range(N_PROBES):
         key = tl.zeros([BLOCK_M], dtype=tl.int32) + tl.load(PROBE_KEYS + b * N_PROBES + t)
         ok = has_key & row_ok & (key <= q_pos)
+        if HAS_WINDOW:
+            ok = ok & (key > q_pos - window)
         if HAS_PAD:
             ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
         tl.store(PRB + row * N_PROBES + t,
-                 _point_prob(q32, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, lse2),
+                 _point_prob(q32, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2,
+                             HAS_SOFTCAP),
                  mask=row_ok)
 
     if HAS_TOK:
-        tl.store(IND + row, ind_acc / l_safe, mask=row_ok)
-        tl.store(DUP + row, dup_acc / l_safe, mask=row_ok)
+        tl.store(IND + row, ind_acc * norm, mask=row_ok)
+        tl.store(DUP + row, dup_acc * norm, mask=row_ok)
     if HAS_ENT:
-        ent = (tl.math.log2(l_safe) - ent_acc / l_safe) * LN2
-        tl.store(ENT + row, tl.where(has_key, ent, 0.0), mask=row_ok)
+        if HAS_SINKS:  # -sum p log2 p over the keys (p_j = 2^(s2_j - m) norm) and the sink
+            p_sink = tl.math.exp2(sink2 - lse2)
+            ent2 = -norm * (ent_acc + l_i * (m_i - lse2)) - p_sink * (sink2 - lse2)
+        else:
+            ent2 = tl.where(has_key, tl.math.log2(l_safe) - ent_acc / l_safe, 0.0)
+        tl.store(ENT + row, ent2 * LN2, mask=row_ok)
+    if HAS_DIST:
+        tl.store(DIST + row, norm * (dist_acc + (q_pos - q0).to(tl.float32) * l_i), mask=row_ok)
+    if HAS_LOCAL:
+        tl.store(LOC + row, loc_acc * norm, mask=row_ok)
+    if HAS_SPAN:
+        tl.store(SPANM + row, span_acc * norm, mask=row_ok)
+    if HAS_TOP1:
+        tl.store(TOP_I + row, tl.where(has_key, top_idx, -1).to(tl.int64), mask=row_ok)
+        tl.store(TOP_P + row, tl.where(has_key, tl.math.exp2(m_i - lse2), 0.0), mask=row_ok)
+    if HAS_SINKS:
+        tl.store(LEARNED + row, tl.math.exp2(sink2 - lse2), mask=row_ok)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,26 +416,36 @@ def _tiles(*specs: tuple[int, int, int, int]) -> frozenset:
 
 # Tiles that compile without register spills on sm_90 (triton 3.9), per the compile report
 # (bench/results/compile-sm90-*.json; `python -m bench.compile_report --all-configs` shows the
-# spilling ones): keyed by (head-dim tile, statistics in the loop, head dim padded, fp32 input).
-# Spilling is not monotone in the tile (at D = 128 with all statistics 128x64 w8 spills with 2
-# stages and not with 3), so this is a measured list rather than a register formula.
+# spilling ones): keyed by (head-dim tile, loop level, head dim padded) where the loop level is
+# "none" (no per-score work beyond attention), "stats" (token matching, entropy) or "heavy"
+# (any of distance, local, top1, span, softcap or a sliding window: ``loop_level``). Spilling is
+# not monotone in the tile (at D = 128 with all statistics 128x64 w8 spills with 2 stages and not
+# with 3), so this is a measured list rather than a register formula.
 _ALL_PREFILL = _tiles(*[(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in PREFILL_CONFIGS])
 NO_SPILL_TILES = {
-    (64, False, False): _ALL_PREFILL - {(64, 32, 8, 2), (64, 64, 8, 2)},
-    (64, True, False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)),
-    (128, False, False): _tiles((128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
-    (128, False, True): _tiles((128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
-    (128, True, False): _tiles((128, 64, 8, 3), (64, 32, 4, 2)),
-    (128, True, True): _tiles((64, 32, 4, 2)),
-    (256, False, False): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
-    (256, True, False): _tiles((64, 32, 8, 2)),
+    (64, "none", False): _ALL_PREFILL - {(64, 32, 8, 2), (64, 64, 8, 2)},
+    (64, "stats", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)),
+    (64, "heavy", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)),
+    (128, "none", False): _tiles((128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
+    (128, "none", True): _tiles((128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
+    (128, "stats", False): _tiles((128, 64, 8, 3), (64, 32, 4, 2)),
+    (128, "stats", True): _tiles((64, 32, 4, 2)),
+    # Every statistic and modifier at once leaves only the 8-warp 64-row tiles spill-free.
+    (128, "heavy", False): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
+    (128, "heavy", True): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
+    (256, "none", False): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
+    (256, "stats", False): _tiles((64, 32, 8, 2)),
+    # No tile is spill-free at D = 256 with softcap or every statistic: this one spills least
+    # (28-76 B), and only outside the key loops (prologue and epilogue; see the compile test).
+    (256, "heavy", False): _tiles((64, 32, 8, 2)),
 }
 # fp32 inputs (3xTF32 holds two halves of every operand): the smallest tiles only. Spill-free at
 # D <= 64 without loop statistics; the least-spilling tile measured elsewhere (see the report).
 NO_SPILL_TILES_FP32 = {64: _tiles((64, 32, 4, 2)), 128: _tiles((64, 32, 4, 2)), 256: _tiles((64, 32, 8, 2))}
+LOOP_LEVELS = ("none", "stats", "heavy")
 
 
-def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int, has_tok: bool, has_ent: bool,
+def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int, loop_level: str,
                 smem_limit: int = SMEM_LIMIT_BYTES) -> bool:
     """Whether the autotuner may try ``cfg``: it fits shared memory and is a tile measured to
     compile without register spills (``NO_SPILL_TILES``). Decode tiles (16 rows) are small
@@ -350,8 +460,21 @@ def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int, has_tok: b
     if elt_bytes == 4:
         return (bm, bn, w, st) in NO_SPILL_TILES_FP32[tile_class]
     padded = bd != head_dim and head_dim > 64
-    key = (tile_class, has_tok or has_ent, padded and tile_class == 128)
+    key = (tile_class, loop_level, padded and tile_class == 128)
     return (bm, bn, w, st) in NO_SPILL_TILES[key]
+
+
+# Constexpr flags by the per-score work they add to the key loop (point statistics and learned
+# sinks are epilogue-only).
+STATS_FLAGS = ("HAS_TOK", "HAS_ENT")
+HEAVY_FLAGS = ("HAS_DIST", "HAS_LOCAL", "HAS_TOP1", "HAS_SPAN", "HAS_SOFTCAP", "HAS_WINDOW")
+
+
+def loop_level(constexprs: dict) -> str:
+    """A launch's loop level (``LOOP_LEVELS``) from its constexprs: which tile list it may use."""
+    if any(constexprs.get(f, False) for f in HEAVY_FLAGS):
+        return "heavy"
+    return "stats" if any(constexprs.get(f, False) for f in STATS_FLAGS) else "none"
 
 
 def tuner_bucket(q_len: int) -> str:
@@ -360,11 +483,11 @@ def tuner_bucket(q_len: int) -> str:
     return "decode" if q_len <= 16 else ("short" if q_len <= 256 else "long")
 
 
-def candidate_configs(bucket: str, *, head_dim: int, elt_bytes: int, has_tok: bool, has_ent: bool) -> list:
+def candidate_configs(bucket: str, *, head_dim: int, elt_bytes: int, loop_level: str) -> list:
     """The configs the autotuner tries for one launch (never empty)."""
     configs = DECODE_CONFIGS if bucket == "decode" else PREFILL_CONFIGS
     bd = head_block(head_dim)
-    kept = [c for c in configs if keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes, has_tok=has_tok, has_ent=has_ent)]
+    kept = [c for c in configs if keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=loop_level)]
     if kept:
         return kept
     fits = [c for c in configs if smem_bytes(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, bd, elt_bytes)
@@ -376,7 +499,7 @@ def _prune_for(bucket: str):
     def prune(configs, named_args, **kwargs):
         a = {**named_args, **kwargs}
         return candidate_configs(bucket, head_dim=a["HEAD_DIM"], elt_bytes=a["Q"].element_size(),
-                                 has_tok=a["HAS_TOK"], has_ent=a["HAS_ENT"])
+                                 loop_level=loop_level(a))
     return prune
 
 
@@ -384,7 +507,8 @@ def _prune_for(bucket: str):
 FUSED_KERNEL = _attn_stats_fwd
 
 # The autotuner also keys on argument dtypes, so fp16, bf16 and fp32 are tuned separately.
-AUTOTUNE_KEY = ["HEAD_DIM", "N_OFFSETS", "N_PROBES", "HAS_PAD", "HAS_TOK", "HAS_ENT", "FP32_INPUT"]
+AUTOTUNE_KEY = ["HEAD_DIM", "N_OFFSETS", "N_PROBES", "HAS_PAD", "HAS_TOK", "HAS_ENT", "FP32_INPUT", "HAS_WINDOW",
+                "HAS_SOFTCAP", "HAS_SINKS", "HAS_DIST", "HAS_LOCAL", "HAS_TOP1", "HAS_SPAN"]
 _TUNERS = {
     bucket: triton.autotune(
         configs=DECODE_CONFIGS if bucket == "decode" else PREFILL_CONFIGS,
@@ -432,13 +556,15 @@ class KernelLaunch:
 
 def launch_arguments(
     q: Any, k: Any, v: Any, *, scale: float, side: SideInputs, offsets: Sequence[int], entropy: bool,
-    tensors: Optional[Any] = None,
+    distance: bool = False, local_window: Optional[int] = None, top1: bool = False, window: Optional[int] = None,
+    softcap: Optional[float] = None, sinks: Any = None, tensors: Optional[Any] = None,
 ) -> KernelLaunch:
     """Allocate the outputs and build the argument list of one launch.
 
     ``q [B, Hq, Nq, D]``, ``k``/``v [B, Hkv, Nk, D]`` are tensors, or shape-only stand-ins
     (``kernels.aot.TensorSpec``) together with ``tensors=kernels.aot.SpecTensors()``; by default
-    outputs are allocated with ``TorchTensors(q.device)``. Inputs are assumed validated."""
+    outputs are allocated with ``TorchTensors(q.device)``. ``sinks``: ``[Hq]`` learned sink logits.
+    Inputs are assumed validated (``dispatch.attention_with_stats``)."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     tensors = tensors or TorchTensors(q.device)
@@ -452,9 +578,15 @@ def launch_arguments(
     n_probe = probe_keys.shape[1] if probe_keys is not None else 0
     probes = tensors.empty((B, Hq, Nq, n_probe), f32) if n_probe else None
     has_tok = token_ids is not None
-    ind = tensors.empty((B, Hq, Nq), f32) if has_tok else None
-    dup = tensors.empty((B, Hq, Nq), f32) if has_tok else None
-    ent = tensors.empty((B, Hq, Nq), f32) if entropy else None
+    has_span = side.span is not None
+
+    def row_stat(wanted: bool, dtype=f32):
+        return tensors.empty((B, Hq, Nq), dtype) if wanted else None
+
+    ind, dup, ent = row_stat(has_tok), row_stat(has_tok), row_stat(entropy)
+    dist, loc, span_mass = row_stat(distance), row_stat(local_window is not None), row_stat(has_span)
+    top_i, top_p = row_stat(top1, torch.int64), row_stat(top1)
+    learned = row_stat(sinks is not None)
     off_vals = tensors.values(list(offsets) or [0], torch.int32)
     first = side.first_key
     tok, tokp = (token_ids, side.prev_token_ids) if has_tok else (off_vals, off_vals)  # never read when off
@@ -463,20 +595,32 @@ def launch_arguments(
         kpm_strides = tuple(kpm.stride())
     else:
         kpm, kpm_strides = first, (0, 0)  # never read
+    span = side.span.to(torch.int32) if has_span else off_vals
+    sink_logits = sinks.to(f32) if sinks is not None else lse  # never read when off
 
+    def or_lse(t):  # an output that is off: any float32 pointer, never written
+        return lse if t is None else t
+
+    # softcap * tanh(s / softcap) in log2 units: the loop computes tanh(qk * cap_in) * qk_scale
+    qk_scale = (scale if softcap is None else softcap) * LOG2E
+    cap_in = 1.0 if softcap is None else scale / softcap
     args = (
-        q, k, v, out, lse, sink, offs if n_off else lse, probes if n_probe else lse,
-        ind if has_tok else lse, dup if has_tok else lse, ent if entropy else lse,
-        tok, tokp, kpm, first, off_vals, probe_keys if n_probe else off_vals,
+        q, k, v, out, lse, sink, or_lse(offs), or_lse(probes), or_lse(ind), or_lse(dup), or_lse(ent),
+        or_lse(dist), or_lse(loc), top_i if top1 else first, or_lse(top_p), or_lse(span_mass), or_lse(learned),
+        tok, tokp, kpm, first, off_vals, probe_keys if n_probe else off_vals, span, sink_logits,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *kpm_strides,
-        Hq, Hq // Hkv, Nq, Nk, scale * LOG2E,
+        Hq, Hq // Hkv, Nq, Nk, qk_scale, cap_in, window or 0, local_window or 0,
     )
     constexprs = dict(
         HEAD_DIM=D, BLOCK_D=head_block(D), N_OFFSETS=n_off, N_PROBES=n_probe,
         HAS_PAD=key_padding_mask is not None, HAS_TOK=has_tok, HAS_ENT=entropy,
         FP32_INPUT=q.dtype == torch.float32,
+        HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None, HAS_SINKS=sinks is not None,
+        HAS_DIST=distance, HAS_LOCAL=local_window is not None, HAS_TOP1=top1, HAS_SPAN=has_span,
     )
-    stats = AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup, entropy=ent)
+    stats = AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup, entropy=ent,
+                           distance=dist, local=loc, top1_index=top_i, top1_prob=top_p, span=span_mass,
+                           learned_sink=learned)
     return KernelLaunch(args=args, constexprs=constexprs, grid_rows=(Nq, B * Hq), bucket=tuner_bucket(Nq),
                         out=out, stats=stats)
 
@@ -490,6 +634,12 @@ def attention_with_stats_triton(
     side: SideInputs,
     offsets: Sequence[int],
     entropy: bool,
+    distance: bool = False,
+    local_window: Optional[int] = None,
+    top1: bool = False,
+    window: Optional[int] = None,
+    softcap: Optional[float] = None,
+    sinks: Optional[torch.Tensor] = None,
     block: Optional[tuple[int, int]] = None,
 ) -> tuple[torch.Tensor, AttentionStats]:
     """Launch the fused kernel. Inputs are assumed validated by ``attention_with_stats``.
@@ -501,14 +651,17 @@ def attention_with_stats_triton(
                          "(the torch backend takes any head_dim)")
     if scale < 0:  # the loop scales the row max, not the tile: that needs scale >= 0
         raise ValueError(f"scale must be >= 0 for the Triton kernel, got {scale}")
-    if block is None:  # decode (Nq <= 16) over long keys: split the keys over programs
+    extended = (distance or top1 or local_window is not None or window is not None or softcap is not None
+                or sinks is not None or side.span is not None)
+    if block is None and not extended:  # decode (Nq <= 16) over long keys: split the keys over programs
         from . import triton_decode
 
         split_len = triton_decode.decode_split_len(q, k)
         if split_len is not None:
             return triton_decode.attention_with_stats_decode(
                 q, k, v, scale=scale, side=side, offsets=offsets, entropy=entropy, split_len=split_len)
-    launch = launch_arguments(q, k, v, scale=scale, side=side, offsets=offsets, entropy=entropy)
+    launch = launch_arguments(q, k, v, scale=scale, side=side, offsets=offsets, entropy=entropy, distance=distance,
+                              local_window=local_window, top1=top1, window=window, softcap=softcap, sinks=sinks)
     n_rows, n_programs = launch.grid_rows
     if block is None and not _interpreting():
         grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), n_programs)  # noqa: E731

@@ -3,6 +3,8 @@ comparison of every statistic against the float64 reference."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from conftest import DEVICE
 
@@ -41,6 +43,18 @@ def make_inputs(B, Hq, Hkv, Nq, Nk, D, dtype, padding, vocab=6):
             else:
                 mask[b, n:] = False
     return q, k, v, tok, mask
+
+
+def reference_probabilities(q, k, mask):
+    """float64 probabilities [B, Hq, Nq, Nk] of plain causal attention (0 where not attendable),
+    for the top-1 tie checks of ``assert_stats_close``."""
+    from circuit_stats.kernels.naive import allowed_keys
+
+    Hq, Hkv, Nq, Nk, D = q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3]
+    kk = k.double().repeat_interleave(Hq // Hkv, 1)
+    s = (q.double() @ kk.transpose(-1, -2)) * D ** -0.5
+    s = s.masked_fill(~allowed_keys(Nq, Nk, mask, q.device), -math.inf)
+    return torch.softmax(s, -1).nan_to_num(0.0)
 
 
 def random_span(B: int, Nk: int) -> torch.Tensor:

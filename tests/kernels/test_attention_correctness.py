@@ -4,21 +4,7 @@ import pytest
 import torch
 from circuit_stats.kernels import attention_with_stats, attention_with_stats_naive
 from conftest import DEVICE, KERNEL_DTYPES
-from kernel_cases import CASES, OUT_TOL, STAT_TOL, make_inputs
-
-def check_close(got, want, dtype, what):
-    for name, ref in want.as_dict().items():
-        val = getattr(got, name)
-        assert val is not None, f"{what}: {name} missing"
-        assert val.dtype == torch.float32 and val.shape == ref.shape, f"{what}: {name} {val.shape}"
-        if name == "lse":  # -inf on rows without keys: compare the finite part, match the infs
-            assert torch.equal(torch.isinf(val), torch.isinf(ref)), f"{what}: lse inf pattern"
-            fin = torch.isfinite(ref)
-            val, ref = val[fin], ref[fin]
-        assert not torch.isnan(val).any(), f"{what}: NaN in {name}"
-        err = (val.double() - ref).abs().max().item() if ref.numel() else 0.0
-        assert err <= STAT_TOL[dtype], f"{what}: {name} off by {err:.3g} (tol {STAT_TOL[dtype]})"
-
+from kernel_cases import CASES, OUT_TOL, assert_stats_close, make_inputs, random_span, reference_probabilities
 
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("D", [16, 32, 64, 128, 256])
@@ -28,21 +14,28 @@ def test_all_statistics_match_float64(case, D, dtype, seed, poison_outputs):
     q, k, v, tok, mask = make_inputs(B, Hq, Hkv, Nq, Nk, D, dtype, padding)
     probes = torch.randint(0, Nk, (B, 3), device=DEVICE)
     probes[:, 0] = Nk - 1  # the last key: attendable only by the last query
-    kw = dict(key_padding_mask=mask, offsets=(0, 1, 3, Nk + 2), probe_keys=probes, token_ids=tok, entropy=True)
+    W = int(torch.randint(1, Nk + 3, ()).item())
+    kw = dict(key_padding_mask=mask, offsets=(0, 1, 3, Nk + 2), probe_keys=probes, token_ids=tok, entropy=True,
+              distance=True, local_window=W, top1=True, span=random_span(B, Nk))
     ref_out, ref = attention_with_stats_naive(q.double(), k.double(), v.double(), **kw)
+    p_ref = reference_probabilities(q, k, mask)
     for backend in ("triton", "torch"):
         out, stats = attention_with_stats(q, k, v, backend=backend, **kw)
-        what = f"{backend} {case} D={D} {dtype} seed={seed}"
+        what = f"{backend} {case} D={D} {dtype} W={W} seed={seed}"
         assert out.dtype == dtype and out.shape == (B, Hq, Nq, D)
         assert not torch.isnan(out).any(), f"{what}: NaN in output"
         err = (out.double() - ref_out).abs().max().item()
         assert err <= OUT_TOL[dtype], f"{what}: output off by {err:.3g}"
-        check_close(stats, ref, dtype, what)
+        for name, val in stats.as_dict().items():
+            assert not val.isnan().any(), f"{what}: NaN in {name}"
+        assert_stats_close(stats, ref, dtype, what, Nk, p_ref)
         if padding:  # rows with no attendable key: all zeros, never NaN
             empty = ~torch.isfinite(ref.lse)
             assert empty.any()
             assert (out.float().abs().amax(-1)[empty] == 0).all()
-            assert (stats.sink[empty] == 0).all() and (stats.entropy[empty] == 0).all()
+            assert (stats.top1_index[empty] == -1).all()
+            for name in ("sink", "entropy", "distance", "local", "top1_prob", "span", "induction"):
+                assert (getattr(stats, name)[empty] == 0).all(), f"{what}: {name} on empty rows"
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)

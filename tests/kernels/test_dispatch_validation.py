@@ -55,13 +55,20 @@ def test_triton_backend_on_cpu_without_interpreter_explains(monkeypatch):
                                             ("sinks", {"sinks": torch.zeros(2)}),
                                             ("local_window", {"local_window": 3}),
                                             ("span", {"span": torch.tensor([[0, 4]])})])
-def test_triton_backend_refuses_features_it_lacks(feature, kwargs):
-    from circuit_stats.kernels.dispatch import TRITON_SUPPORTED_FEATURES
+def test_triton_backend_runs_every_feature(feature, kwargs):
+    """Every optional feature but head dims > 256 is in the fused kernel: backend="triton" runs it
+    and returns the same statistics as the torch backend (accuracy: test_attention_correctness,
+    test_score_modifiers)."""
+    from circuit_stats.kernels.dispatch import OPTIONAL_FEATURES, TRITON_SUPPORTED_FEATURES
 
-    if feature in TRITON_SUPPORTED_FEATURES:
-        pytest.skip(f"the Triton kernel implements {feature}")
-    with pytest.raises(NotImplementedError, match=feature):
-        attention_with_stats(*qkv(), backend="triton", **kwargs)
+    assert set(TRITON_SUPPORTED_FEATURES) == set(OPTIONAL_FEATURES) - {"head_dim>256"}
+    q, k, v = qkv()
+    out_t, st_t = attention_with_stats(q, k, v, backend="triton", **kwargs)
+    out_c, st_c = attention_with_stats(q, k, v, backend="torch", **kwargs)
+    torch.testing.assert_close(out_t, out_c, atol=1e-4, rtol=0)
+    assert st_t.as_dict().keys() == st_c.as_dict().keys()
+    for name, val in st_c.as_dict().items():
+        torch.testing.assert_close(getattr(st_t, name), val, atol=1e-4, rtol=0, msg=f"{feature}: {name}")
 
 
 def test_auto_routes_missing_features_to_torch_and_warns_once(monkeypatch):

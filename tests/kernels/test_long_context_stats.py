@@ -1,23 +1,12 @@
-"""distance, local, top1 and span (issue 13) in the torch backend vs the float64 reference."""
-
-import math
+"""distance, local, top1 and span (issue 13) vs the float64 reference: the torch backend with
+several chunkings here, both backends on every head dim in ``test_attention_correctness``."""
 
 import pytest
 import torch
 from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive
 from circuit_stats.kernels.chunked import attention_with_stats_chunked
-from circuit_stats.kernels.naive import allowed_keys
 from conftest import DEVICE
-from kernel_cases import CASES, OUT_TOL, assert_stats_close, make_inputs, random_span
-
-
-def reference_probabilities(q, k, mask):
-    """float64 probabilities [B, Hq, Nq, Nk] (0 where not attendable), for top1 tie checks."""
-    Hq, Hkv, Nq, Nk, D = q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3]
-    kk = k.double().repeat_interleave(Hq // Hkv, 1)
-    s = (q.double() @ kk.transpose(-1, -2)) * D ** -0.5
-    s = s.masked_fill(~allowed_keys(Nq, Nk, mask, q.device), -math.inf)
-    return torch.softmax(s, -1).nan_to_num(0.0)
+from kernel_cases import CASES, OUT_TOL, assert_stats_close, make_inputs, random_span, reference_probabilities
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -60,8 +49,9 @@ def test_planted_attention_is_found(seed):
     q[0, 0, back:] = 150 * k[0, 0, target[back:]]
     v = torch.randn(1, 1, N, D, device=DEVICE)
     span = torch.tensor([[5, 15]], device=DEVICE)
-    for W, inside in ((back + 1, True), (back, False)):
-        _, st = attention_with_stats(q, k, v, distance=True, local_window=W, top1=True, span=span, backend="torch")
+    for backend, W, inside in (("torch", back + 1, True), ("torch", back, False), ("triton", back + 1, True),
+                               ("triton", back, False)):
+        _, st = attention_with_stats(q, k, v, distance=True, local_window=W, top1=True, span=span, backend=backend)
         rows = slice(back, N)
         assert torch.equal(st.top1_index[0, 0, rows], target[back:].to(DEVICE))
         assert (st.top1_prob[0, 0, rows] > 0.99).all()
@@ -73,10 +63,12 @@ def test_planted_attention_is_found(seed):
     assert st.top1_index[0, 0, 0] == 0 and st.distance[0, 0, 0] == 0  # query 0 sees only key 0
 
 
-def test_unrequested_new_statistics_are_none(seed):
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_unrequested_new_statistics_are_none(backend, seed):
     q, k, v, _, _ = make_inputs(1, 2, 2, 9, 9, 16, torch.float32, None)
-    _, st = attention_with_stats(q, k, v, backend="torch")
+    _, st = attention_with_stats(q, k, v, backend=backend)
     assert st.distance is None and st.local is None and st.top1_index is None and st.span is None
+    assert st.learned_sink is None
 
 
 @pytest.mark.parametrize(

@@ -78,17 +78,21 @@ def test_probabilities_with_nan_give_nan_rows():
 
 
 @pytest.mark.parametrize("where", POISONS, ids=str)
+@pytest.mark.parametrize("mods", [{}, {"window": 4, "softcap": 2.0, "sinks": True}], ids=str)
 @pytest.mark.parametrize("padding", [None, "left"])
-def test_triton_statistics_are_nan_exactly_where_the_output_is(where, padding, seed, poison_outputs):
-    """The same contract for the fused kernel (the statistics it implements; no modifiers)."""
+def test_triton_statistics_are_nan_exactly_where_the_output_is(where, mods, padding, seed, poison_outputs):
+    """The same contract for the fused kernel: every statistic, with and without modifiers."""
     B, Hq, Hkv, N, D = 2, 2, 1, 14, 16
     q, k, v, tok, mask = make_inputs(B, Hq, Hkv, N, N, D, torch.float32, padding)
     if padding:
         mask[1, :] = True
         mask[1, :2] = False
     q, k, v = poison(q, k, v, where)
-    kw = dict(key_padding_mask=mask, token_ids=tok, offsets=(0, 1), entropy=True,
-              probe_keys=torch.tensor([[0, 5], [3, 9]], device=DEVICE))
+    mods = dict(mods)
+    if mods.pop("sinks", False):
+        mods["sinks"] = torch.randn(Hq, device=DEVICE)
+    kw = dict(key_padding_mask=mask, token_ids=tok, probe_keys=torch.tensor([[0, 5], [3, 9]], device=DEVICE),
+              span=torch.tensor([[0, 5], [3, 9]], device=DEVICE), **ALL_STATS, **mods)
     ref_out, _ = attention_with_stats_naive(q.double(), k.double(), v.double(), **kw)
     out, st = attention_with_stats(q, k, v, backend="triton", **kw)
     rows, ref_rows = out.isnan().any(-1), ref_out.isnan().any(-1)
@@ -100,6 +104,9 @@ def test_triton_statistics_are_nan_exactly_where_the_output_is(where, padding, s
     if padding is None and math.isnan(where[4]):
         assert rows.any(), "the poison must reach some row, or this test checks nothing"
     for name, t in st.as_dict().items():
+        if name == "top1_index":
+            assert (t[rows] == -1).all(), f"triton {where}: top1_index not -1 on NaN rows"
+            continue
         nan = t.isnan() if t.dim() == 3 else t.isnan().all(-1)
-        assert torch.equal(nan, rows), f"triton {where}: {name} NaN rows {nan.nonzero().tolist()} " \
+        assert torch.equal(nan, rows), f"triton {where} {mods}: {name} NaN rows {nan.nonzero().tolist()} " \
                                        f"!= output NaN rows {rows.nonzero().tolist()}"

@@ -1,4 +1,4 @@
-"""Sliding window, logit soft-capping and learned sinks (issue 9) in the torch backend, vs the
+"""Sliding window, logit soft-capping and learned sinks (issue 9) in both backends, vs the
 float64 reference and vs a plain eager computation written as the models write it."""
 
 import math
@@ -51,10 +51,11 @@ def eager_probabilities(q, k, scale, mask, window=None, softcap=None, sinks=None
     return probs[..., :-1], probs[..., -1]
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("modifier", list(MODIFIERS))
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
-def test_modifiers_match_float64(modifier, case, dtype, seed, poison_outputs):
+def test_modifiers_match_float64(backend, modifier, case, dtype, seed, poison_outputs):
     B, Hq, Hkv, Nq, Nk, padding = CASES[case]
     D = 32
     q, k, v, tok, mask = make_inputs(B, Hq, Hkv, Nq, Nk, D, dtype, padding)
@@ -66,17 +67,19 @@ def test_modifiers_match_float64(modifier, case, dtype, seed, poison_outputs):
               distance=True, local_window=W, top1=True, span=span, **mods)
     ref_out, ref = attention_with_stats_naive(q.double(), k.double(), v.double(), **kw)
     p_ref, _ = eager_probabilities(q, k, D ** -0.5, mask, mods.get("window"), mods.get("softcap"), mods.get("sinks"))
-    what = f"{modifier} {case} {dtype} W={W} seed={seed}"
+    what = f"{backend} {modifier} {case} {dtype} W={W} seed={seed}"
     assert ref.learned_sink is not None if "sinks" in mods else ref.learned_sink is None
-    out, stats = attention_with_stats(q, k, v, backend="torch", **kw)
+    out, stats = attention_with_stats(q, k, v, backend=backend, **kw)
     assert (out.double() - ref_out).abs().max().item() <= OUT_TOL[dtype], what
     assert_stats_close(stats, ref, dtype, what, Nk, p_ref)
-    side = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=mask, token_ids=tok,
-                            probe_keys=probes, span=span)
-    out2, stats2 = attention_with_stats_chunked(q, k, v, scale=D ** -0.5, side=side, offsets=(0, 1, 4), entropy=True,
-                                                distance=True, local_window=W, top1=True, chunk_size=3, **mods)
-    assert (out2.double() - ref_out).abs().max().item() <= OUT_TOL[dtype], what + " chunk=3"
-    assert_stats_close(stats2, ref, dtype, what + " chunk=3", Nk, p_ref)
+    if backend == "torch":  # several query chunks, each with its own key range
+        side = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=mask, token_ids=tok,
+                                probe_keys=probes, span=span)
+        out2, stats2 = attention_with_stats_chunked(q, k, v, scale=D ** -0.5, side=side, offsets=(0, 1, 4),
+                                                    entropy=True, distance=True, local_window=W, top1=True,
+                                                    chunk_size=3, **mods)
+        assert (out2.double() - ref_out).abs().max().item() <= OUT_TOL[dtype], what + " chunk=3"
+        assert_stats_close(stats2, ref, dtype, what + " chunk=3", Nk, p_ref)
     if padding:  # the fully padded row
         empty = ~(mask.any(-1))[:, None, None].expand_as(ref.sink)
         assert (out.float().abs().amax(-1)[empty] == 0).all()
@@ -97,29 +100,53 @@ def test_modifiers_match_eager_written_like_the_models(padding, seed):
     B, Hq, Hkv, N, D = 2, 4, 2, 23, 16
     q, k, v, tok, mask = make_inputs(B, Hq, Hkv, N, N, D, torch.float32, padding)
     sinks = torch.randn(Hq, device=DEVICE)
-    for mods in (dict(window=4), dict(softcap=1.5), dict(sinks=sinks), dict(window=6, softcap=2.0, sinks=sinks)):
+    for backend, mods in [(b, m) for b in ("torch", "triton") for m in (
+            dict(window=4), dict(softcap=1.5), dict(sinks=sinks), dict(window=6, softcap=2.0, sinks=sinks))]:
         p, sink_mass = eager_probabilities(q, k, D ** -0.5, mask, **mods)
         want_out = p @ v.double().repeat_interleave(Hq // Hkv, 1)
         want = stats_from_probabilities(p, key_padding_mask=mask, offsets=(1,), token_ids=tok, entropy=True,
                                         distance=True, local_window=3, top1=True, window=mods.get("window"),
                                         learned_sink=sink_mass)
         out, got = attention_with_stats(q, k, v, key_padding_mask=mask, offsets=(1,), token_ids=tok, entropy=True,
-                                        distance=True, local_window=3, top1=True, backend="torch", **mods)
-        assert (out.double() - want_out).abs().max() <= OUT_TOL[torch.float32], mods
+                                        distance=True, local_window=3, top1=True, backend=backend, **mods)
+        assert (out.double() - want_out).abs().max() <= OUT_TOL[torch.float32], (backend, mods)
         for name, val in want.as_dict().items():
             if name == "lse":  # stats_from_probabilities does not know the lse
                 continue
             assert torch.allclose(getattr(got, name).double(), val.double(), atol=STAT_TOL[torch.float32] * N,
-                                  rtol=0, equal_nan=True), (name, mods)
+                                  rtol=0, equal_nan=True), (backend, name, mods)
         if "sinks" in mods:  # the keys' probabilities sum to 1 - learned_sink
             torch.testing.assert_close(p.sum(-1)[mask.any(-1)] if padding else p.sum(-1),
                                        (1 - got.learned_sink.double())[mask.any(-1)] if padding
                                        else 1 - got.learned_sink.double(), atol=1e-5, rtol=0)
 
 
-def test_window_one_attends_only_itself(seed):
+@pytest.mark.parametrize("window", [9, 21, 40])
+@pytest.mark.parametrize("block", [(16, 16), (32, 16), (16, 32)])
+def test_triton_window_stages_for_every_tile_shape(window, block, seed):
+    """The kernel splits each row block's keys into a masked window-edge stage, an unmasked stage
+    and the masked diagonal: windows shorter than, equal to and longer than a tile, and tiles of
+    several shapes, must all give the float64 result."""
+    from circuit_stats.kernels.triton_attention import attention_with_stats_triton
+
+    B, Hq, Hkv, N, D = 2, 2, 1, 70, 16
+    q, k, v, tok, mask = make_inputs(B, Hq, Hkv, N, N, D, torch.float32, "left")
+    span = random_span(B, N)
+    kw = dict(offsets=(1, 5), entropy=True, distance=True, local_window=11, top1=True, window=window, softcap=4.0)
+    ref_out, ref = attention_with_stats_naive(q.double(), k.double(), v.double(), key_padding_mask=mask, token_ids=tok,
+                                              span=span, **kw)
+    side = SideInputs.build(batch=B, k_len=N, device=q.device, key_padding_mask=mask, token_ids=tok, span=span)
+    out, got = attention_with_stats_triton(q, k, v, scale=D ** -0.5, side=side, block=block, **kw)
+    got.mark_nan_rows(out.isnan().any(-1))
+    p_ref, _ = eager_probabilities(q, k, D ** -0.5, mask, window, 4.0)
+    assert (out.double() - ref_out).abs().max().item() <= OUT_TOL[torch.float32]
+    assert_stats_close(got, ref, torch.float32, f"window={window} block={block}", N, p_ref)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_window_one_attends_only_itself(backend, seed):
     q, k, v, _, _ = make_inputs(1, 2, 2, 12, 12, 16, torch.float32, None)
-    out, st = attention_with_stats(q, k, v, window=1, top1=True, distance=True, backend="torch")
+    out, st = attention_with_stats(q, k, v, window=1, top1=True, distance=True, backend=backend)
     torch.testing.assert_close(out, v)
     assert torch.equal(st.top1_index[0, 0], torch.arange(12, device=DEVICE))
     assert (st.distance == 0).all() and (st.lse.isfinite()).all()

@@ -41,7 +41,7 @@ NEEDS = {
 }
 FAMILIES = list(TINY_CONFIGS)
 # Families also run through the Triton kernel (under the interpreter on CPU): a small subset.
-TRITON_FAMILIES = ["gemma"]  # MQA, head_dim 16
+TRITON_FAMILIES = ["gemma", "gemma2", "gpt-oss"]  # MQA, D=16; window + softcap; window + learned sinks
 STATS = dict(offsets=(1, 2), token_match=True, entropy=True)
 _MODELS: dict = {}
 

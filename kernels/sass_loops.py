@@ -2,7 +2,8 @@
 
 A loop is a label followed later by a backward branch to it; the loops that hold tensor-core
 instructions (HGMMA on Hopper, HMMA on Ampere) are the key/value loops of an attention kernel,
-in program order (ours: the unmasked loop first, then the causal-diagonal loop).
+in program order (ours: the window-edge loop when there is a window, the unmasked loop, then the
+causal-diagonal loop). Used by the compile test (``kernels.aot``) and ``bench.compile_report``.
 """
 
 from __future__ import annotations
