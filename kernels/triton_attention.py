@@ -16,6 +16,16 @@ What each statistic costs in the hot loop (the unmasked key tiles):
 * token-match induction / duplicate mass: one integer compare and one select-add per score
   each (the unmasked tiles hold only keys strictly before every query of the block, so no
   position test is needed there).
+* distance: one multiply-add per score, ``sum_j p_j (q0 - j)`` with ``q0`` the block's first
+  query; ``i - q0`` times the row sum is added in the epilogue.
+* top1: a per-tile ``argmax`` kept where the tile max beats the running max; its probability is
+  ``2^(m_i - lse2)`` from the running max itself.
+* local and span: a masked sum, only on tiles that reach some row's last ``local_window`` keys or
+  overlap the span (one scalar branch per tile elsewhere).
+* softcap: one ``exp2`` and one approximate reciprocal per score, before masking.
+* sliding window: no per-score work in the unmasked tiles; tiles that cross the left edge of some
+  row's window run a masked stage of their own, tiles left of every row's window are skipped.
+* learned sinks: epilogue only (one more outcome in the log-sum-exp).
 
 Any head dim from 1 to 256 runs: the tile is padded on chip to ``BLOCK_D`` (the next power of
 two, at least 16) with masked loads, so padding costs no HBM traffic. fp32 inputs run on the
@@ -417,23 +427,28 @@ def _tiles(*specs: tuple[int, int, int, int]) -> frozenset:
 # Tiles that compile without register spills on sm_90 (triton 3.9), per the compile report
 # (bench/results/compile-sm90-*.json; `python -m bench.compile_report --all-configs` shows the
 # spilling ones): keyed by (head-dim tile, loop level, head dim padded) where the loop level is
-# "none" (no per-score work beyond attention), "stats" (token matching, entropy) or "heavy"
-# (any of distance, local, top1, span, softcap or a sliding window: ``loop_level``). Spilling is
+# "none" (no per-score work beyond attention), "window" (a sliding window and nothing else in the
+# loop: a windowed layer outside record()), "stats" (token matching, entropy) or "heavy" (any of
+# distance, local, top1, span or softcap, or a window together with statistics: ``loop_level``). Spilling is
 # not monotone in the tile (at D = 128 with all statistics 128x64 w8 spills with 2 stages and not
 # with 3), so this is a measured list rather than a register formula.
 _ALL_PREFILL = _tiles(*[(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in PREFILL_CONFIGS])
 NO_SPILL_TILES = {
     (64, "none", False): _ALL_PREFILL - {(64, 32, 8, 2), (64, 64, 8, 2)},
     (64, "stats", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)),
+    (64, "window", False): _ALL_PREFILL - {(64, 32, 8, 2), (64, 64, 8, 2)},
     (64, "heavy", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)),
     (128, "none", False): _tiles((128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
     (128, "none", True): _tiles((128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
+    (128, "window", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
+    (128, "window", True): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
     (128, "stats", False): _tiles((128, 64, 8, 3), (64, 32, 4, 2)),
     (128, "stats", True): _tiles((64, 32, 4, 2)),
     # Every statistic and modifier at once leaves only the 8-warp 64-row tiles spill-free.
     (128, "heavy", False): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
     (128, "heavy", True): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
     (256, "none", False): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
+    (256, "window", False): _tiles((64, 32, 8, 2)),
     (256, "stats", False): _tiles((64, 32, 8, 2)),
     # No tile is spill-free at D = 256 with softcap or every statistic: this one spills least
     # (28-76 B), and only outside the key loops (prologue and epilogue; see the compile test).
@@ -442,7 +457,7 @@ NO_SPILL_TILES = {
 # fp32 inputs (3xTF32 holds two halves of every operand): the smallest tiles only. Spill-free at
 # D <= 64 without loop statistics; the least-spilling tile measured elsewhere (see the report).
 NO_SPILL_TILES_FP32 = {64: _tiles((64, 32, 4, 2)), 128: _tiles((64, 32, 4, 2)), 256: _tiles((64, 32, 8, 2))}
-LOOP_LEVELS = ("none", "stats", "heavy")
+LOOP_LEVELS = ("none", "window", "stats", "heavy")
 
 
 def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int, loop_level: str,
@@ -467,14 +482,16 @@ def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int, loop_level
 # Constexpr flags by the per-score work they add to the key loop (point statistics and learned
 # sinks are epilogue-only).
 STATS_FLAGS = ("HAS_TOK", "HAS_ENT")
-HEAVY_FLAGS = ("HAS_DIST", "HAS_LOCAL", "HAS_TOP1", "HAS_SPAN", "HAS_SOFTCAP", "HAS_WINDOW")
+HEAVY_FLAGS = ("HAS_DIST", "HAS_LOCAL", "HAS_TOP1", "HAS_SPAN", "HAS_SOFTCAP")
 
 
 def loop_level(constexprs: dict) -> str:
     """A launch's loop level (``LOOP_LEVELS``) from its constexprs: which tile list it may use."""
-    if any(constexprs.get(f, False) for f in HEAVY_FLAGS):
+    stats = any(constexprs.get(f, False) for f in STATS_FLAGS)
+    window = constexprs.get("HAS_WINDOW", False)
+    if any(constexprs.get(f, False) for f in HEAVY_FLAGS) or (window and stats):
         return "heavy"
-    return "stats" if any(constexprs.get(f, False) for f in STATS_FLAGS) else "none"
+    return "window" if window else ("stats" if stats else "none")
 
 
 def tuner_bucket(q_len: int) -> str:

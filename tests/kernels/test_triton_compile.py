@@ -32,6 +32,7 @@ VARIANTS = [
     (90, aot.CompileVariant(64, "bf16", "modifiers")),
     (90, aot.CompileVariant(80, "fp16", "long", padded=True)),
     (90, aot.CompileVariant(64, "bf16", "window", q_len=1, k_len=4096)),
+    (90, aot.CompileVariant(128, "bf16", "window")),
     (90, aot.CompileVariant(256, "bf16", "modifiers")),
     (90, aot.CompileVariant(128, "bf16", "all")),
     (90, aot.CompileVariant(64, "bf16", "none")),
