@@ -46,6 +46,7 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # "window" (none + a sliding window and learned sinks: such a layer outside record()).
 STATS_SETS = ("none", "point", "all", "long", "modifiers", "full", "window")
 ARCHS = (90, 80)
+KERNELS = ("fused", "split", "combine")
 
 
 class TensorSpec(MockTensor):
@@ -92,17 +93,21 @@ class CompileVariant:
     batch: int = 2
     heads: int = 16
     kv_heads: int = 16
+    kernel: str = "fused"  # or "split" / "combine": the split-key decode kernels (q_len <= 16)
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         if self.stats not in STATS_SETS:
             raise ValueError(f"stats must be one of {STATS_SETS}, got {self.stats!r}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
 
     @property
     def name(self) -> str:
         pad = " pad" if self.padded else ""
-        return f"D{self.head_dim} {self.dtype} {self.stats}{pad} Nq{self.q_len} Nk{self.k_len}"
+        kernel = "" if self.kernel == "fused" else f" {self.kernel}"
+        return f"D{self.head_dim} {self.dtype} {self.stats}{pad} Nq{self.q_len} Nk{self.k_len}{kernel}"
 
 
 def variant_launch(variant: CompileVariant) -> ta.KernelLaunch:
@@ -133,8 +138,76 @@ def variant_launch(variant: CompileVariant) -> ta.KernelLaunch:
                                sinks=TensorSpec(torch.float32, (Hq,)) if windowed else None, tensors=SpecTensors())
 
 
+def decode_features(variant: CompileVariant):
+    """The split-decode kernels' ``DecodeFeatures`` for ``variant``'s statistics set."""
+    from .triton_decode import DecodeFeatures
+
+    stats_all = variant.stats in ("all", "modifiers", "full")
+    stats_long = variant.stats in ("long", "full")
+    modifiers = variant.stats in ("modifiers", "full")
+    windowed = modifiers or variant.stats == "window"
+    return DecodeFeatures(token_match=stats_all, entropy=stats_all, distance=stats_long,
+                          local_window=64 if stats_long else None, top1=stats_long, span=stats_long,
+                          window=4096 if windowed else None, softcap=50.0 if modifiers else None,
+                          sinks=TensorSpec(torch.float32, (variant.heads,)) if windowed else None)
+
+
+DECODE_SPLIT_LEN = 512  # keys per split in the decode compile variants
+
+
+def decode_launch(variant: CompileVariant) -> tuple[JITFunction, tuple, dict]:
+    """``(kernel, args, constexprs)`` of the split-decode kernel (``variant.kernel == "split"``) or
+    its combine (``"combine"``), built by ``triton_decode``'s own argument builders on stand-ins."""
+    from . import triton_decode as td
+
+    B, Hq, Hkv, Nq, Nk, D = (variant.batch, variant.heads, variant.kv_heads, variant.q_len,
+                             variant.k_len, variant.head_dim)
+    dtype, i32, f32 = DTYPES[variant.dtype], torch.int32, torch.float32
+    f = decode_features(variant)
+    n_off, n_probe = (3, 2) if variant.stats != "none" and variant.stats != "window" else (0, 0)
+    n_splits, R = -(-Nk // DECODE_SPLIT_LEN), B * Hq * Nq
+    part_o = TensorSpec(f32, (n_splits, R, td.head_dim_block(D)))
+    part_s = TensorSpec(f32, (n_splits, R, td.partial_columns(n_off, n_probe, f)))
+    if variant.kernel == "split":
+        q = TensorSpec(dtype, (B, Hq, Nq, D))
+        k, v = TensorSpec(dtype, (B, Hkv, Nk, D)), TensorSpec(dtype, (B, Hkv, Nk, D))
+        off_vals = TensorSpec(i32, (max(n_off, 1),))
+        tok = TensorSpec(i32, (B, Nk)) if f.token_match else off_vals
+        kpm = TensorSpec(torch.int8, (B, Nk)) if variant.padded else TensorSpec(i32, (1, 1))
+        args, constexprs = td.split_kernel_args(
+            q, k, v, part_o, part_s, tok, tok, kpm, TensorSpec(i32, (B,)), off_vals,
+            TensorSpec(i32, (B, n_probe)) if n_probe else off_vals, TensorSpec(i32, (B, 2)) if f.span else off_vals,
+            scale=D ** -0.5, split_len=DECODE_SPLIT_LEN, n_offsets=n_off, n_probes=n_probe, has_pad=variant.padded,
+            features=f)
+        return td.SPLIT_KERNEL, args, constexprs
+    from .stats import AttentionStats
+
+    def row(wanted, dt=f32):
+        return TensorSpec(dt, (B, Hq, Nq)) if wanted else None
+
+    stats = AttentionStats(
+        lse=row(True), sink=row(True), offsets=TensorSpec(f32, (B, Hq, Nq, n_off)) if n_off else None,
+        probes=TensorSpec(f32, (B, Hq, Nq, n_probe)) if n_probe else None, induction=row(f.token_match),
+        duplicate=row(f.token_match), entropy=row(f.entropy), distance=row(f.distance),
+        local=row(f.local_window is not None), top1_index=row(f.top1, torch.int64), top1_prob=row(f.top1),
+        span=row(f.span), learned_sink=row(f.sinks is not None))
+    args, constexprs = td.combine_kernel_args(part_o, part_s, TensorSpec(dtype, (B, Hq, Nq, D)), stats,
+                                              n_splits=n_splits, n_offsets=n_off, n_probes=n_probe, features=f,
+                                              block_r=16)
+    return td.COMBINE_KERNEL, args, constexprs
+
+
 def candidate_configs(variant: CompileVariant) -> list[triton.Config]:
     """The configs the autotuner would try for ``variant`` (after pruning)."""
+    if variant.kernel != "fused":
+        from . import triton_decode as td
+
+        if variant.kernel == "combine":
+            _, _, c = decode_launch(variant)
+            return [triton.Config({}, num_warps=td.combine_warps(c), num_stages=1)]
+        _, args, c = decode_launch(variant)
+        return td.prune_split_configs(td.SPLIT_CONFIGS, {"Q": torch.empty(0, dtype=DTYPES[variant.dtype])},
+                                      BLOCK_D=c["BLOCK_D"], BLOCK_M=c["BLOCK_M"])
     launch = variant_launch(variant)
     c = launch.constexprs
     return ta.candidate_configs(launch.bucket, head_dim=variant.head_dim,
@@ -158,27 +231,34 @@ def target(arch: int):
     return GPUTarget("cuda", arch, 32)
 
 
-def compile_launch(launch: ta.KernelLaunch, config: triton.Config, arch: int) -> tuple[Any, str]:
-    """Compile the kernel for ``launch`` with tile ``config`` for ``sm_<arch>``.
+def compile_kernel(fn: JITFunction, args: tuple, constexprs: dict, config: triton.Config, arch: int) -> tuple[Any, str]:
+    """Compile ``fn`` for these arguments with ``config`` for ``sm_<arch>``.
 
     Returns ``(compiled kernel, ptxas -v log)``; raises on a compile error."""
     from triton import knobs
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
 
-    fn = kernel_function()
+    if not isinstance(fn, JITFunction):
+        raise RuntimeError("the kernel cannot be compiled with TRITON_INTERPRET=1 set (it is an interpreted "
+                           "function then); run `python -m circuit_stats.kernels.aot` in a process without it")
     tgt = target(arch)
     backend = make_backend(tgt)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
-    kwargs = dict(launch.constexprs, **config.kwargs, num_warps=config.num_warps,
+    kwargs = dict(constexprs, **config.kwargs, num_warps=config.num_warps,
                   num_stages=config.num_stages, debug=False)
-    bound_args, specialization, options = binder(*launch.args, **kwargs)
+    bound_args, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args, specialization, options)
     log = io.StringIO()
     with knobs.nvidia.scope(), contextlib.redirect_stdout(log):
         knobs.nvidia.dump_ptxas_log = True  # make_cubin prints ptxas -v's report
         compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=tgt, options=options.__dict__)
     return compiled, log.getvalue()
+
+
+def compile_launch(launch: ta.KernelLaunch, config: triton.Config, arch: int) -> tuple[Any, str]:
+    """Compile the fused kernel for ``launch`` with tile ``config`` for ``sm_<arch>``."""
+    return compile_kernel(kernel_function(), launch.args, launch.constexprs, config, arch)
 
 
 def resource_usage(compiled: Any, ptxas_log: str) -> dict:
@@ -204,15 +284,19 @@ def resource_usage(compiled: Any, ptxas_log: str) -> dict:
 def compile_variant(variant: CompileVariant, config: triton.Config, arch: int) -> tuple[dict, Any]:
     """Compile one variant with one config: ``(row of figures, compiled kernel)``."""
     t0 = time.perf_counter()
-    compiled, log = compile_launch(variant_launch(variant), config, arch)
-    row = dict(asdict(variant), arch=arch, BLOCK_M=config.kwargs["BLOCK_M"], BLOCK_N=config.kwargs["BLOCK_N"],
+    if variant.kernel == "fused":
+        compiled, log = compile_launch(variant_launch(variant), config, arch)
+    else:
+        fn, args, constexprs = decode_launch(variant)
+        compiled, log = compile_kernel(fn, args, constexprs, config, arch)
+    row = dict(asdict(variant), arch=arch, BLOCK_M=config.kwargs.get("BLOCK_M"), BLOCK_N=config.kwargs.get("BLOCK_N"),
                num_warps=config.num_warps, num_stages=config.num_stages)
     row.update(resource_usage(compiled, log), compile_s=round(time.perf_counter() - t0, 1))
     return row, compiled
 
 
 def config_from(spec: dict) -> triton.Config:
-    return triton.Config({"BLOCK_M": spec["BLOCK_M"], "BLOCK_N": spec["BLOCK_N"]},
+    return triton.Config({k: spec[k] for k in ("BLOCK_M", "BLOCK_N") if spec.get(k) is not None},
                          num_warps=spec["num_warps"], num_stages=spec["num_stages"])
 
 
@@ -226,7 +310,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed = False
     for text in a.variants:
         spec = json.loads(text)
-        cfg = {k: spec.pop(k) for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")}
+        cfg = {k: spec.pop(k, None) for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")}
         variant = CompileVariant(**spec)
         try:
             row, _ = compile_variant(variant, config_from(cfg), a.arch)

@@ -70,7 +70,7 @@ def head_block(head_dim: int) -> int:
 
 
 @triton.jit
-def _softcap(x, cap_in):
+def tanh_softcap(x, cap_in):
     """``tanh(x * cap_in)`` as ``1 - 2 / (e^(2y) + 1)`` (``tl.math`` has no tanh): one ``exp2`` and
     one approximate reciprocal-multiply (``div.approx``, 2 ulp; an overflowing ``e^(2y)`` gives
     exactly 1). Absolute error a few 1e-8; NaN stays NaN."""
@@ -124,7 +124,7 @@ def _attn_fwd_inner(
         else:
             qk = tl.dot(q, k)
         if HAS_SOFTCAP:  # capped before masking: tanh(-inf) would un-mask a key
-            qk = _softcap(qk, cap_in)
+            qk = tanh_softcap(qk, cap_in)
 
         if MASKED:
             keep = (offs_n[None, :] <= q_pos[:, None]) & in_range[None, :]
@@ -211,7 +211,7 @@ def _point_prob(q, K, key, valid, stride_kn, stride_kd, offs_d, d_ok, qk_scale, 
                  mask=valid[:, None] & d_ok[None, :], other=0.0)
     s = tl.sum(q * kk.to(tl.float32), 1)
     if HAS_SOFTCAP:
-        s = _softcap(s, cap_in)
+        s = tanh_softcap(s, cap_in)
     return tl.math.exp2(tl.where(valid, s * qk_scale - lse2, float("-inf")))
 
 
@@ -668,15 +668,15 @@ def attention_with_stats_triton(
                          "(the torch backend takes any head_dim)")
     if scale < 0:  # the loop scales the row max, not the tile: that needs scale >= 0
         raise ValueError(f"scale must be >= 0 for the Triton kernel, got {scale}")
-    extended = (distance or top1 or local_window is not None or window is not None or softcap is not None
-                or sinks is not None or side.span is not None)
-    if block is None and not extended:  # decode (Nq <= 16) over long keys: split the keys over programs
+    if block is None:  # decode (Nq <= 16) over long keys: split the keys over programs
         from . import triton_decode
 
         split_len = triton_decode.decode_split_len(q, k)
         if split_len is not None:
             return triton_decode.attention_with_stats_decode(
-                q, k, v, scale=scale, side=side, offsets=offsets, entropy=entropy, split_len=split_len)
+                q, k, v, scale=scale, side=side, offsets=offsets, entropy=entropy, distance=distance,
+                local_window=local_window, top1=top1, window=window, softcap=softcap, sinks=sinks,
+                split_len=split_len)
     launch = launch_arguments(q, k, v, scale=scale, side=side, offsets=offsets, entropy=entropy, distance=distance,
                               local_window=local_window, top1=top1, window=window, softcap=softcap, sinks=sinks)
     n_rows, n_programs = launch.grid_rows

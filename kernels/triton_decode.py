@@ -21,6 +21,8 @@ most SMs idle while a long context is read by a handful of them. Here the keys a
    ``x_s``  (per mask)     ``sum_{j in mask} 2^(s2_j - m_s)`` (token-match induction/duplicate)
    ``e_s``                 ``sum_j 2^(s2_j - m_s) (s2_j - m_s)`` (entropy; the loop re-centres
                            it when ``m`` grows: ``e <- alpha (e + l (m_old - m_new))``)
+   ``x_s``  (distance)     ``sum_j 2^(s2_j - m_s) (i - j)``; local and span: masked sums as above
+   ``t_s``                 the split's top-1 key (the first key reaching ``m_s``), -1 if none
    ======================  ==========================================================
 
 2. **Combine kernel** (``_decode_combine``), one program per ``BLOCK_R`` flat (batch, head,
@@ -34,6 +36,12 @@ most SMs idle while a long context is read by a handful of them. Here the keys a
    * entropy: ``E = sum_j 2^(s2_j - M)(s2_j - M) = sum_s w_s (e_s + l_s (m_s - M))`` (each
      split's sum re-centred from ``m_s`` to ``M``), then ``H = (log2 L - E / L) ln 2`` nats,
      since ``-sum_j p_j log2 p_j = log2 L - E / L`` with ``p_j = 2^(s2_j - M) / L``.
+   * top-1: ``t_s`` of the first split whose ``m_s`` equals ``M`` (ties go to the earlier key),
+     probability ``2^(M - lse2)``.
+   * learned sinks (``sinks``): the sink logit joins the log-sum-exp here, ``lse2 =
+     log2(L 2^M + 2^sink2)``, and every sum is normalised by ``2^(M - lse2)`` instead of ``1 / L``
+     (the fused kernel's epilogue does the same). Softcapping and sliding windows act on the
+     scores inside the split kernel (a window also skips the splits' tiles left of it).
 
    The kernel evaluates these in one pass over the splits, re-centring its running sums when
    the running max grows exactly as the key loop does (a split acts as one "key" of weight
@@ -65,6 +73,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
@@ -73,9 +82,11 @@ import triton.language as tl
 
 from .side_inputs import SideInputs
 from .stats import AttentionStats
+from .triton_attention import tanh_softcap
 
 LOG2E = 1.4426950408889634
 LN2 = tl.constexpr(0.6931471805599453)
+LOG2E_K = tl.constexpr(LOG2E)
 # A finite "minus infinity" for running maxima (exp2(NEG_BIG - NEG_BIG) = 1, never NaN).
 NEG_BIG = tl.constexpr(-1.0e30)
 
@@ -111,16 +122,20 @@ def _interpreting() -> bool:
 
 @triton.jit
 def _sweep(
-    acc, l_i, m_i, ind_acc, dup_acc, ent_acc,
+    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx,
     q, q_pos, q_tok, Kb, Vb, TOKb, TOKPb, KPMb, offs_d, d_ok,
-    start, stop, Nk, qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+    start, stop, Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi,
+    stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
     MASKED: tl.constexpr, HAS_PAD: tl.constexpr, HAS_TOK: tl.constexpr, HAS_ENT: tl.constexpr,
     PAD_D: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DIST: tl.constexpr,
+    HAS_LOCAL: tl.constexpr, HAS_TOP1: tl.constexpr, HAS_SPAN: tl.constexpr,
 ):
     """Online softmax over the key tiles [start, stop).
 
-    MASKED=False: every key of every tile is inside [0, Nk) and at or before every query row, so
-    only the padding mask (if any) is applied (the bulk of a long split)."""
+    MASKED=False: every key of every tile is inside [0, Nk), at or before every query row and
+    inside every row's window, so only the padding mask (if any) is applied (the bulk of a long
+    split). The per-row sums of the other statistics follow the fused kernel's loop."""
     for start_n in range(start, stop, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -136,10 +151,15 @@ def _sweep(
             k = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
         else:
             k = tl.load(k_ptrs)
-        s2 = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
+        qk = tl.dot(q, k, input_precision=DOT_PRECISION)
+        if HAS_SOFTCAP:  # capped before masking
+            qk = tanh_softcap(qk, cap_in)
+        s2 = qk * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
 
         if MASKED:
             keep = (offs_n[None, :] <= q_pos[:, None]) & in_range[None, :]
+            if HAS_WINDOW:
+                keep = keep & (offs_n[None, :] > q_pos[:, None] - window)
             if HAS_PAD:
                 kpm = tl.load(KPMb + offs_n.to(tl.int64) * stride_mn, mask=in_range, other=0)
                 keep = keep & (kpm != 0)[None, :]
@@ -148,7 +168,10 @@ def _sweep(
             kpm = tl.load(KPMb + offs_n.to(tl.int64) * stride_mn)
             s2 = tl.where((kpm != 0)[None, :], s2, float("-inf"))
 
-        m_new = tl.maximum(m_i, tl.max(s2, 1))
+        tile_max = tl.max(s2, 1)
+        if HAS_TOP1:  # strictly greater: ties keep the earlier key
+            top_idx = tl.where(tile_max > m_i, start_n + tl.argmax(s2, 1), top_idx)
+        m_new = tl.maximum(m_i, tile_max)
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s2 - m_new[:, None])  # 0 on masked keys
 
@@ -168,6 +191,13 @@ def _sweep(
             is_ind = k_prev[None, :] == q_tok[:, None]
             dup_acc = dup_acc * alpha + tl.sum(tl.where(is_dup, p, 0.0), 1)
             ind_acc = ind_acc * alpha + tl.sum(tl.where(is_ind, p, 0.0), 1)
+        if HAS_DIST:  # sum_j p_j (i - j), rows of one program sit at different positions
+            dist_acc = dist_acc * alpha + tl.sum(p * (q_pos[:, None] - offs_n[None, :]).to(tl.float32), 1)
+        if HAS_LOCAL:
+            loc_acc = loc_acc * alpha + tl.sum(tl.where(offs_n[None, :] > q_pos[:, None] - local_window, p, 0.0), 1)
+        if HAS_SPAN:
+            in_span = (offs_n >= span_lo) & (offs_n < span_hi)
+            span_acc = span_acc * alpha + tl.sum(tl.where(in_span[None, :], p, 0.0), 1)
 
         l_i = l_i * alpha + tl.sum(p, 1)
         if MASKED:
@@ -181,35 +211,43 @@ def _sweep(
             v = tl.load(v_ptrs)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
-    return acc, l_i, m_i, ind_acc, dup_acc, ent_acc
+    return acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx
 
 
 @triton.jit
-def _point_partial(q, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, m_i):
+def _point_partial(q, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, m_i,
+                   HAS_SOFTCAP: tl.constexpr):
     """2^(s2_key - m_s) for one key per row where ``ok`` (key attendable and in this split), else 0."""
     kk = tl.load(Kb + key[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
                  mask=ok[:, None] & d_ok[None, :], other=0.0)
-    s2 = tl.sum(q.to(tl.float32) * kk.to(tl.float32), 1) * qk_scale
-    return tl.math.exp2(tl.where(ok, s2 - m_i, float("-inf")))
+    s = tl.sum(q.to(tl.float32) * kk.to(tl.float32), 1)
+    if HAS_SOFTCAP:
+        s = tanh_softcap(s, cap_in)
+    return tl.math.exp2(tl.where(ok, s * qk_scale - m_i, float("-inf")))
 
 
 @triton.jit
 def _decode_split_fwd(
     Q, K, V, PART_O, PART_S,
-    TOK, TOKP, KPM, FIRST, OFFSET_VALUES, PROBE_KEYS,
+    TOK, TOKP, KPM, FIRST, OFFSET_VALUES, PROBE_KEYS, SPAN,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_mb, stride_mn,
-    Hq, Hkv, GROUP, Nq, Nk, qk_scale, split_len, n_rows,
+    Hq, Hkv, GROUP, Nq, Nk, qk_scale, split_len, n_rows, cap_in, window, local_window,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, N_COLS: tl.constexpr,
     N_OFFSETS: tl.constexpr, N_PROBES: tl.constexpr, HAS_PAD: tl.constexpr, HAS_TOK: tl.constexpr,
-    HAS_ENT: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_ENT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DIST: tl.constexpr,
+    HAS_LOCAL: tl.constexpr, HAS_TOP1: tl.constexpr, HAS_SPAN: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Partials of one key split for BLOCK_M (query head, query) rows of one (batch, KV head).
 
     Writes PART_O[split, row, :BLOCK_D] and PART_S[split, row, :N_COLS] for every valid row,
-    including splits with no attendable key (m = -1e30, zeros), so the combine reads no garbage."""
+    including splits with no attendable key (m = -1e30, zeros), so the combine reads no garbage.
+    Columns: m, l, sink, offsets, probes, [induction, duplicate], [distance], [local], [span],
+    [top1 key], [entropy] (``partial_columns``)."""
     split = tl.program_id(0)
     bkv = tl.program_id(2).to(tl.int64)
     b = bkv // Hkv
@@ -237,6 +275,11 @@ def _decode_split_fwd(
     q_tok = tl.zeros([BLOCK_M], dtype=tl.int32)
     if HAS_TOK:
         q_tok = tl.load(TOKb + q_pos, mask=row_ok, other=-2)
+    span_lo = 0
+    span_hi = 0
+    if HAS_SPAN:
+        span_lo = tl.load(SPAN + 2 * b)
+        span_hi = tl.load(SPAN + 2 * b + 1)
 
     k_lo = split * split_len
     k_hi = tl.minimum(k_lo + split_len, Nk)
@@ -244,8 +287,13 @@ def _decode_split_fwd(
     lo = k_lo
     if HAS_PAD:  # left padding: skip the split's tiles before the row's first attendable key
         lo = tl.minimum(tl.maximum(lo, (first // BLOCK_N) * BLOCK_N), k_hi)
-    # Keys <= Nk - Nq are attendable by every row: tiles ending there need no causal mask.
+    if HAS_WINDOW:  # keys left of the first query's window are never attended
+        lo = tl.minimum(tl.maximum(lo, (tl.maximum(Nk - Nq - window + 1, 0) // BLOCK_N) * BLOCK_N), k_hi)
+    # Keys <= Nk - Nq are attendable by every row: tiles ending there need no causal mask. With a
+    # window (a decode window is at most a few tiles past ``lo``) every tile is masked.
     mid = tl.minimum(tl.maximum(((Nk - Nq + 1) // BLOCK_N) * BLOCK_N, lo), k_hi)
+    if HAS_WINDOW:
+        mid = lo
 
     m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -253,15 +301,25 @@ def _decode_split_fwd(
     ind_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     dup_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     ent_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    dist_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    loc_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    span_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    top_idx = tl.full([BLOCK_M], -1, dtype=tl.int32)
 
-    acc, l_i, m_i, ind_acc, dup_acc, ent_acc = _sweep(
-        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, q, q_pos, q_tok, Kb, Vb, TOKb, TOKPb, KPMb, offs_d, d_ok,
-        lo, mid, Nk, qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-        False, HAS_PAD, HAS_TOK, HAS_ENT, PAD_D, DOT_PRECISION, BLOCK_N)
-    acc, l_i, m_i, ind_acc, dup_acc, ent_acc = _sweep(
-        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, q, q_pos, q_tok, Kb, Vb, TOKb, TOKPb, KPMb, offs_d, d_ok,
-        mid, k_hi, Nk, qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-        True, HAS_PAD, HAS_TOK, HAS_ENT, PAD_D, DOT_PRECISION, BLOCK_N)
+    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx = _sweep(
+        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx,
+        q, q_pos, q_tok, Kb, Vb, TOKb, TOKPb, KPMb, offs_d, d_ok,
+        lo, mid, Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi,
+        stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+        False, HAS_PAD, HAS_TOK, HAS_ENT, PAD_D, DOT_PRECISION, BLOCK_N,
+        HAS_WINDOW, HAS_SOFTCAP, HAS_DIST, HAS_LOCAL, HAS_TOP1, HAS_SPAN)
+    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx = _sweep(
+        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx,
+        q, q_pos, q_tok, Kb, Vb, TOKb, TOKPb, KPMb, offs_d, d_ok,
+        mid, k_hi, Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi,
+        stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+        True, HAS_PAD, HAS_TOK, HAS_ENT, PAD_D, DOT_PRECISION, BLOCK_N,
+        HAS_WINDOW, HAS_SOFTCAP, HAS_DIST, HAS_LOCAL, HAS_TOP1, HAS_SPAN)
 
     # Epilogue: un-normalised partials relative to this split's max m_i.
     row = (b * Hq + h) * Nq + i  # flat [B, Hq, Nq] row
@@ -275,28 +333,47 @@ def _decode_split_fwd(
     qe = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     first_vec = tl.zeros([BLOCK_M], dtype=tl.int32) + first
     ok = row_ok & (first_vec <= q_pos) & (first_vec >= k_lo) & (first_vec < k_hi)
-    tl.store(S + 2, _point_partial(qe, Kb, first_vec, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, m_i),
-             mask=row_ok)
+    if HAS_WINDOW:
+        ok = ok & (first_vec > q_pos - window)
+    tl.store(S + 2, _point_partial(qe, Kb, first_vec, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in,
+                                   m_i, HAS_SOFTCAP), mask=row_ok)
     for t in range(N_OFFSETS):  # a loop, not unrolled: one key row live at a time
         key = q_pos - tl.load(OFFSET_VALUES + t)
         ok = row_ok & (key >= 0) & (key >= k_lo) & (key < k_hi)
+        if HAS_WINDOW:
+            ok = ok & (key > q_pos - window)
         if HAS_PAD:
             ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
-        tl.store(S + 3 + t, _point_partial(qe, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, m_i),
-                 mask=row_ok)
+        tl.store(S + 3 + t, _point_partial(qe, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in,
+                                           m_i, HAS_SOFTCAP), mask=row_ok)
     for t in range(N_PROBES):
         key = tl.zeros([BLOCK_M], dtype=tl.int32) + tl.load(PROBE_KEYS + b * N_PROBES + t)
         ok = row_ok & (key <= q_pos) & (key >= k_lo) & (key < k_hi)
+        if HAS_WINDOW:
+            ok = ok & (key > q_pos - window)
         if HAS_PAD:
             ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
         tl.store(S + 3 + N_OFFSETS + t,
-                 _point_partial(qe, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, m_i),
+                 _point_partial(qe, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, m_i,
+                                HAS_SOFTCAP),
                  mask=row_ok)
     c = 3 + N_OFFSETS + N_PROBES
     if HAS_TOK:
         tl.store(S + c, ind_acc, mask=row_ok)
         tl.store(S + c + 1, dup_acc, mask=row_ok)
         c += 2
+    if HAS_DIST:
+        tl.store(S + c, dist_acc, mask=row_ok)
+        c += 1
+    if HAS_LOCAL:
+        tl.store(S + c, loc_acc, mask=row_ok)
+        c += 1
+    if HAS_SPAN:
+        tl.store(S + c, span_acc, mask=row_ok)
+        c += 1
+    if HAS_TOP1:  # a key position, exact in float32 below 2^24
+        tl.store(S + c, top_idx.to(tl.float32), mask=row_ok)
+        c += 1
     if HAS_ENT:
         tl.store(S + c, ent_acc, mask=row_ok)
 
@@ -307,27 +384,38 @@ def _decode_split_fwd(
 
 
 @triton.jit
+def _column(stat, offs_c, c: tl.constexpr):
+    """Column ``c`` of a [BLOCK_R, BLOCK_C] tile, as a [BLOCK_R] vector."""
+    return tl.sum(tl.where(offs_c[None, :] == c, stat, 0.0), 1)
+
+
+@triton.jit
 def _decode_combine(
-    PART_O, PART_S, Out, LSE, SINK, OFFS, PRB, IND, DUP, ENT,
-    n_rows, n_splits,
+    PART_O, PART_S, Out, LSE, SINK, OFFS, PRB, IND, DUP, ENT, DIST, LOC, SPANM, TOP_I, TOP_P, LEARNED,
+    SINK_LOGITS, n_rows, n_splits, Hq, Nq,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, N_COLS: tl.constexpr, BLOCK_C: tl.constexpr,
     N_OFFSETS: tl.constexpr, N_PROBES: tl.constexpr, HAS_TOK: tl.constexpr, HAS_ENT: tl.constexpr,
-    BLOCK_R: tl.constexpr,
+    HAS_DIST: tl.constexpr, HAS_LOCAL: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_TOP1: tl.constexpr,
+    HAS_SINKS: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """Merge the n_splits partials of BLOCK_R flat (batch, head, query) rows.
 
     One pass over the splits with the same re-centring as the key loop (a split is a "key" of
-    weight l_s at score m_s); the result is the module docstring's two-pass formula."""
+    weight l_s at score m_s); the result is the module docstring's two-pass formula. The top-1
+    key is the one of the split with the largest max (ties: the earlier split); learned sinks
+    join the log-sum-exp here, as in the fused kernel's epilogue."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_ok = rows < n_rows
     offs_c = tl.arange(0, BLOCK_C)
     offs_d = tl.arange(0, BLOCK_D)
     c_ok = r_ok[:, None] & (offs_c[None, :] < N_COLS)
     E_COL: tl.constexpr = N_COLS - 1  # the entropy column, when HAS_ENT
+    T_COL: tl.constexpr = N_COLS - 2 if HAS_ENT else N_COLS - 1  # the top-1 key column, when HAS_TOP1
 
     M = tl.full([BLOCK_R], NEG_BIG, dtype=tl.float32)
     L = tl.zeros([BLOCK_R], dtype=tl.float32)
     E = tl.zeros([BLOCK_R], dtype=tl.float32)
+    T = tl.full([BLOCK_R], -1.0, dtype=tl.float32)
     acc_o = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
     acc_c = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
     for s in range(0, n_splits):
@@ -335,6 +423,8 @@ def _decode_combine(
         S = PART_S + part * N_COLS
         m = tl.load(S, mask=r_ok, other=NEG_BIG)
         l = tl.load(S + 1, mask=r_ok, other=0.0)
+        if HAS_TOP1:
+            T = tl.where(m > M, tl.load(S + T_COL, mask=r_ok, other=-1.0), T)
         M_new = tl.maximum(M, m)
         a = tl.math.exp2(M - M_new)  # rescales what was merged so far
         w = tl.math.exp2(m - M_new)  # this split's weight
@@ -348,16 +438,31 @@ def _decode_combine(
         acc_o = acc_o * a[:, None] + w[:, None] * o
         M = M_new
 
+    # norm turns the merged sums of 2^(s2 - M) into probabilities: 1 / L, or 2^(M - lse2) when a
+    # learned sink shares the mass. A row with no attendable key: output and statistics 0.
     has_key = L > 0
     L_safe = tl.where(has_key, L, 1.0)
-    stat = acc_c / L_safe[:, None]  # column c: sum_s w_s x_s / L (columns m, l unused)
+    lse2 = M + tl.math.log2(L_safe)
+    if HAS_SINKS:
+        h = (rows // Nq) % Hq
+        sink2 = tl.load(SINK_LOGITS + h, mask=r_ok, other=0.0).to(tl.float32) * LOG2E_K
+        keys2 = tl.where(has_key, lse2, float("-inf"))
+        top2 = tl.maximum(keys2, sink2)
+        lse2 = top2 + tl.math.log2(tl.math.exp2(keys2 - top2) + tl.math.exp2(sink2 - top2))
+        norm = tl.where(has_key, tl.math.exp2(M - lse2), 0.0)
+    else:
+        norm = 1.0 / L_safe
+    stat = acc_c * norm[:, None]  # column c: sum_s w_s x_s * norm (columns m, l unused)
 
-    tl.store(Out + rows[:, None] * HEAD_DIM + offs_d[None, :], (acc_o / L_safe[:, None]).to(Out.dtype.element_ty),
+    tl.store(Out + rows[:, None] * HEAD_DIM + offs_d[None, :], (acc_o * norm[:, None]).to(Out.dtype.element_ty),
              mask=r_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
-    tl.store(LSE + rows, tl.where(has_key, (M + tl.math.log2(L_safe)) * LN2, float("-inf")),
-             mask=r_ok)
-    # Columns: 2 sink, then offsets, probes (one masked store each), induction, duplicate.
-    tl.store(SINK + rows, tl.sum(tl.where(offs_c[None, :] == 2, stat, 0.0), 1), mask=r_ok)
+    if HAS_SINKS:
+        tl.store(LSE + rows, lse2 * LN2, mask=r_ok)
+        tl.store(LEARNED + rows, tl.math.exp2(sink2 - lse2), mask=r_ok)
+    else:
+        tl.store(LSE + rows, tl.where(has_key, lse2 * LN2, float("-inf")), mask=r_ok)
+    # Columns: 2 sink, then offsets, probes (one masked store each), induction, duplicate, ...
+    tl.store(SINK + rows, _column(stat, offs_c, 2), mask=r_ok)
     if N_OFFSETS > 0:
         t = offs_c - 3
         tl.store(OFFS + rows[:, None] * N_OFFSETS + t[None, :], stat,
@@ -366,13 +471,30 @@ def _decode_combine(
         t = offs_c - (3 + N_OFFSETS)
         tl.store(PRB + rows[:, None] * N_PROBES + t[None, :], stat,
                  mask=r_ok[:, None] & ((t >= 0) & (t < N_PROBES))[None, :])
+    c = 3 + N_OFFSETS + N_PROBES
     if HAS_TOK:
-        c = 3 + N_OFFSETS + N_PROBES
-        tl.store(IND + rows, tl.sum(tl.where(offs_c[None, :] == c, stat, 0.0), 1), mask=r_ok)
-        tl.store(DUP + rows, tl.sum(tl.where(offs_c[None, :] == c + 1, stat, 0.0), 1), mask=r_ok)
+        tl.store(IND + rows, _column(stat, offs_c, c), mask=r_ok)
+        tl.store(DUP + rows, _column(stat, offs_c, c + 1), mask=r_ok)
+        c += 2
+    if HAS_DIST:
+        tl.store(DIST + rows, _column(stat, offs_c, c), mask=r_ok)
+        c += 1
+    if HAS_LOCAL:
+        tl.store(LOC + rows, _column(stat, offs_c, c), mask=r_ok)
+        c += 1
+    if HAS_SPAN:
+        tl.store(SPANM + rows, _column(stat, offs_c, c), mask=r_ok)
+        c += 1
+    if HAS_TOP1:
+        tl.store(TOP_I + rows, tl.where(has_key, T, -1.0).to(tl.int64), mask=r_ok)
+        tl.store(TOP_P + rows, tl.where(has_key, tl.math.exp2(M - lse2), 0.0), mask=r_ok)
     if HAS_ENT:
-        ent = (tl.math.log2(L_safe) - E / L_safe) * LN2
-        tl.store(ENT + rows, tl.where(has_key, ent, 0.0), mask=r_ok)
+        if HAS_SINKS:  # -sum p log2 p over the keys and the sink
+            p_sink = tl.math.exp2(sink2 - lse2)
+            ent2 = -norm * (E + L * (M - lse2)) - p_sink * (sink2 - lse2)
+        else:
+            ent2 = tl.where(has_key, tl.math.log2(L_safe) - E / L_safe, 0.0)
+        tl.store(ENT + rows, ent2 * LN2, mask=r_ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,9 +538,14 @@ SPLIT_CONFIGS = [
     for s in (2, 3, 4)
 ]
 
+# The kernels themselves, for ahead-of-time compilation (kernels.aot).
+SPLIT_KERNEL = _decode_split_fwd
+COMBINE_KERNEL = _decode_combine
+
 _decode_split_fwd_tuned = triton.autotune(
     configs=SPLIT_CONFIGS,
-    key=["HEAD_DIM", "BLOCK_D", "N_COLS", "N_OFFSETS", "N_PROBES", "HAS_PAD", "HAS_TOK", "HAS_ENT", "BLOCK_M"],
+    key=["HEAD_DIM", "BLOCK_D", "N_COLS", "N_OFFSETS", "N_PROBES", "HAS_PAD", "HAS_TOK", "HAS_ENT", "HAS_WINDOW",
+         "HAS_SOFTCAP", "HAS_DIST", "HAS_LOCAL", "HAS_TOP1", "HAS_SPAN", "BLOCK_M"],
     prune_configs_by={"early_config_prune": prune_split_configs},
 )(_decode_split_fwd)
 
@@ -479,44 +606,84 @@ def decode_split_len(q: torch.Tensor, k: torch.Tensor) -> Optional[int]:
     return plan_split_len(B, Hq, k.shape[1], Nq, k.shape[2], device_sm_count(q.device))
 
 
-def partial_columns(n_offsets: int, n_probes: int, token_match: bool, entropy: bool) -> int:
-    """Columns of the partial-statistics buffer: m, l, sink, offsets, probes, ind, dup, entropy."""
-    return 3 + n_offsets + n_probes + 2 * int(token_match) + int(entropy)
+@dataclass(frozen=True)
+class DecodeFeatures:
+    """The statistics and score modifiers of one split-decode launch beyond the point statistics.
+
+    ``window``/``local_window``: ints or None; ``softcap``: float or None; ``sinks``: ``[Hq]``
+    float tensor (or a stand-in) or None; ``span``: the batch has a ``SideInputs.span``."""
+
+    token_match: bool = False
+    entropy: bool = False
+    distance: bool = False
+    local_window: Optional[int] = None
+    top1: bool = False
+    span: bool = False
+    window: Optional[int] = None
+    softcap: Optional[float] = None
+    sinks: Any = None
+
+    def split_flags(self) -> dict:
+        return dict(HAS_TOK=self.token_match, HAS_ENT=self.entropy, HAS_WINDOW=self.window is not None,
+                    HAS_SOFTCAP=self.softcap is not None, HAS_DIST=self.distance,
+                    HAS_LOCAL=self.local_window is not None, HAS_TOP1=self.top1, HAS_SPAN=self.span)
+
+
+def partial_columns(n_offsets: int, n_probes: int, features: DecodeFeatures) -> int:
+    """Columns of the partial-statistics buffer: m, l, sink, offsets, probes, ind, dup, distance,
+    local, span, top-1 key, entropy (those present)."""
+    f = features
+    return (3 + n_offsets + n_probes + 2 * int(f.token_match) + int(f.distance) + int(f.local_window is not None)
+            + int(f.span) + int(f.top1) + int(f.entropy))
 
 
 def split_kernel_args(q: Any, k: Any, v: Any, part_o: Any, part_s: Any, tok: Any, tokp: Any, kpm: Any,
-                      first: Any, off_vals: Any, probe_vals: Any, *, scale: float, split_len: int,
-                      n_offsets: int, n_probes: int, has_pad: bool, token_match: bool,
-                      entropy: bool) -> tuple[tuple, dict]:
+                      first: Any, off_vals: Any, probe_vals: Any, span: Any, *, scale: float, split_len: int,
+                      n_offsets: int, n_probes: int, has_pad: bool, features: DecodeFeatures) -> tuple[tuple, dict]:
     """Positional arguments and constexprs of ``_decode_split_fwd`` (less BLOCK_N, and the launch
     options), from tensors or ``triton.runtime.jit.MockTensor``s: the one place that builds them,
     shared by the launcher and ahead-of-time compilation."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     group = Hq // Hkv
+    f = features
+    # softcap * tanh(s / softcap) in log2 units: the loop computes tanh(qk * cap_in) * qk_scale
+    qk_scale = (scale if f.softcap is None else f.softcap) * LOG2E
+    cap_in = 1.0 if f.softcap is None else scale / f.softcap
     args = (
-        q, k, v, part_o, part_s, tok, tokp, kpm, first, off_vals, probe_vals,
+        q, k, v, part_o, part_s, tok, tokp, kpm, first, off_vals, probe_vals, span,
         *q.stride(), *k.stride(), *v.stride(), *kpm.stride(),
-        Hq, Hkv, group, Nq, Nk, scale * LOG2E, split_len, B * Hq * Nq,
+        Hq, Hkv, group, Nq, Nk, qk_scale, split_len, B * Hq * Nq, cap_in, f.window or 0, f.local_window or 0,
     )
     constexprs = dict(
-        HEAD_DIM=D, BLOCK_D=head_dim_block(D), N_COLS=partial_columns(n_offsets, n_probes, token_match, entropy),
-        N_OFFSETS=n_offsets, N_PROBES=n_probes, HAS_PAD=has_pad, HAS_TOK=token_match, HAS_ENT=entropy,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", BLOCK_M=ROWS_BLOCK,
+        HEAD_DIM=D, BLOCK_D=head_dim_block(D), N_COLS=partial_columns(n_offsets, n_probes, f),
+        N_OFFSETS=n_offsets, N_PROBES=n_probes, HAS_PAD=has_pad,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **f.split_flags(), BLOCK_M=ROWS_BLOCK,
     )
     return args, constexprs
 
 
-def combine_kernel_args(part_o: Any, part_s: Any, out: Any, lse: Any, sink: Any, offs: Any, probes: Any,
-                        ind: Any, dup: Any, ent: Any, *, n_splits: int, n_offsets: int, n_probes: int,
-                        token_match: bool, entropy: bool, block_r: int) -> tuple[tuple, dict]:
-    """Positional arguments and constexprs of ``_decode_combine`` (see ``split_kernel_args``)."""
+def combine_kernel_args(part_o: Any, part_s: Any, out: Any, stats: AttentionStats, *, n_splits: int,
+                        n_offsets: int, n_probes: int, features: DecodeFeatures,
+                        block_r: int) -> tuple[tuple, dict]:
+    """Positional arguments and constexprs of ``_decode_combine`` (see ``split_kernel_args``);
+    ``stats`` holds the allocated outputs (statistics that are off are None)."""
     B, Hq, Nq, D = out.shape
-    n_cols = partial_columns(n_offsets, n_probes, token_match, entropy)
-    args = (part_o, part_s, out, lse, sink, offs, probes, ind, dup, ent, B * Hq * Nq, n_splits)
+    f = features
+    n_cols = partial_columns(n_offsets, n_probes, f)
+    lse = stats.lse
+
+    def or_lse(t):  # an output that is off: any float32 pointer, never written
+        return lse if t is None else t
+
+    args = (part_o, part_s, out, lse, stats.sink, or_lse(stats.offsets), or_lse(stats.probes), or_lse(stats.induction),
+            or_lse(stats.duplicate), or_lse(stats.entropy), or_lse(stats.distance), or_lse(stats.local),
+            or_lse(stats.span), stats.top1_index if f.top1 else lse, or_lse(stats.top1_prob),
+            or_lse(stats.learned_sink), f.sinks if f.sinks is not None else lse, B * Hq * Nq, n_splits, Hq, Nq)
     constexprs = dict(
         HEAD_DIM=D, BLOCK_D=head_dim_block(D), N_COLS=n_cols, BLOCK_C=triton.next_power_of_2(n_cols),
-        N_OFFSETS=n_offsets, N_PROBES=n_probes, HAS_TOK=token_match, HAS_ENT=entropy,
+        N_OFFSETS=n_offsets, N_PROBES=n_probes, HAS_TOK=f.token_match, HAS_ENT=f.entropy, HAS_DIST=f.distance,
+        HAS_LOCAL=f.local_window is not None, HAS_SPAN=f.span, HAS_TOP1=f.top1, HAS_SINKS=f.sinks is not None,
         BLOCK_R=block_r,
     )
     return args, constexprs
@@ -531,6 +698,12 @@ def attention_with_stats_decode(
     side: SideInputs,
     offsets: Sequence[int],
     entropy: bool,
+    distance: bool = False,
+    local_window: Optional[int] = None,
+    top1: bool = False,
+    window: Optional[int] = None,
+    softcap: Optional[float] = None,
+    sinks: Optional[torch.Tensor] = None,
     split_len: Optional[int] = None,
     block_n: Optional[int] = None,
 ) -> tuple[torch.Tensor, AttentionStats]:
@@ -550,6 +723,8 @@ def attention_with_stats_decode(
         raise ValueError(f"q length must be <= {DECODE_MAX_QUERIES} for the decode kernel, got {Nq}")
     if B * Hkv > 65535:  # the grid's third axis
         raise ValueError(f"batch x kv heads must be <= 65535 for the decode kernel, got {B} x {Hkv}")
+    if top1 and Nk > 1 << 24:  # the partials carry the top-1 key as a float32
+        raise ValueError(f"top1 in the decode kernel needs k_len <= 2**24, got {Nk}")
     if block_n is None and _interpreting():
         block_n = INTERPRET_BLOCK_N
     if split_len is None:
@@ -564,29 +739,36 @@ def attention_with_stats_decode(
     n_probe = side.probe_keys.shape[1] if side.probe_keys is not None else 0
     has_tok = side.token_ids is not None
     has_pad = side.key_padding_mask is not None
+    features = DecodeFeatures(token_match=has_tok, entropy=entropy, distance=distance, local_window=local_window,
+                              top1=top1, span=side.span is not None, window=window, softcap=softcap,
+                              sinks=sinks.to(f32).contiguous() if sinks is not None else None)
     R = B * Hq * Nq
-    n_cols = partial_columns(n_off, n_probe, has_tok, entropy)
+    n_cols = partial_columns(n_off, n_probe, features)
     part_o = torch.empty(n_splits, R, head_dim_block(D), dtype=f32, device=dev)
     part_s = torch.empty(n_splits, R, n_cols, dtype=f32, device=dev)
 
     out = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=dev)
-    lse = torch.empty(B, Hq, Nq, dtype=f32, device=dev)
-    sink = torch.empty_like(lse)
-    offs = torch.empty(B, Hq, Nq, n_off, dtype=f32, device=dev) if n_off else None
-    probes = torch.empty(B, Hq, Nq, n_probe, dtype=f32, device=dev) if n_probe else None
-    ind = torch.empty_like(lse) if has_tok else None
-    dup = torch.empty_like(lse) if has_tok else None
-    ent = torch.empty_like(lse) if entropy else None
+
+    def row_stat(wanted: bool, dtype=f32):
+        return torch.empty(B, Hq, Nq, dtype=dtype, device=dev) if wanted else None
+
+    stats = AttentionStats(
+        lse=row_stat(True), sink=row_stat(True),
+        offsets=torch.empty(B, Hq, Nq, n_off, dtype=f32, device=dev) if n_off else None,
+        probes=torch.empty(B, Hq, Nq, n_probe, dtype=f32, device=dev) if n_probe else None,
+        induction=row_stat(has_tok), duplicate=row_stat(has_tok), entropy=row_stat(entropy),
+        distance=row_stat(distance), local=row_stat(local_window is not None), top1_index=row_stat(top1, torch.int64),
+        top1_prob=row_stat(top1), span=row_stat(side.span is not None), learned_sink=row_stat(sinks is not None))
 
     off_vals = torch.tensor(list(offsets) or [0], dtype=torch.int32, device=dev)
     tok, tokp = (side.token_ids, side.prev_token_ids) if has_tok else (off_vals, off_vals)  # else never read
     kpm = side.key_padding_mask.to(torch.int8) if has_pad else off_vals[:1].view(1, 1)
     probe_vals = side.probe_keys if n_probe else off_vals
+    span = side.span.to(torch.int32) if side.span is not None else off_vals
 
     args, constexprs = split_kernel_args(
-        q, k, v, part_o, part_s, tok, tokp, kpm, side.first_key, off_vals, probe_vals, scale=scale,
-        split_len=split_len, n_offsets=n_off, n_probes=n_probe, has_pad=has_pad, token_match=has_tok,
-        entropy=entropy)
+        q, k, v, part_o, part_s, tok, tokp, kpm, side.first_key, off_vals, probe_vals, span, scale=scale,
+        split_len=split_len, n_offsets=n_off, n_probes=n_probe, has_pad=has_pad, features=features)
     grid = (n_splits, triton.cdiv((Hq // Hkv) * Nq, constexprs["BLOCK_M"]), B * Hkv)
     if block_n is None:
         _decode_split_fwd_tuned[grid](*args, **constexprs)
@@ -594,10 +776,7 @@ def attention_with_stats_decode(
         _decode_split_fwd[grid](*args, **constexprs, BLOCK_N=block_n)
 
     cargs, cconst = combine_kernel_args(
-        part_o, part_s, out, lse, sink, offs if n_off else lse, probes if n_probe else lse,
-        ind if has_tok else lse, dup if has_tok else lse, ent if entropy else lse,
-        n_splits=n_splits, n_offsets=n_off, n_probes=n_probe, token_match=has_tok, entropy=entropy,
+        part_o, part_s, out, stats, n_splits=n_splits, n_offsets=n_off, n_probes=n_probe, features=features,
         block_r=combine_rows_block(R, device_sm_count(dev)))
     _decode_combine[(triton.cdiv(R, cconst["BLOCK_R"]),)](*cargs, **cconst, num_warps=combine_warps(cconst))
-    return out, AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup,
-                               entropy=ent)
+    return out, stats

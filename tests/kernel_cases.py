@@ -45,16 +45,22 @@ def make_inputs(B, Hq, Hkv, Nq, Nk, D, dtype, padding, vocab=6):
     return q, k, v, tok, mask
 
 
-def reference_probabilities(q, k, mask):
-    """float64 probabilities [B, Hq, Nq, Nk] of plain causal attention (0 where not attendable),
-    for the top-1 tie checks of ``assert_stats_close``."""
+def reference_probabilities(q, k, mask, window=None, softcap=None, sinks=None):
+    """float64 probabilities [B, Hq, Nq, Nk] of causal attention with the given modifiers (0 where
+    not attendable; with ``sinks`` the keys' share), for the top-1 tie checks of
+    ``assert_stats_close``."""
     from circuit_stats.kernels.naive import allowed_keys
 
     Hq, Hkv, Nq, Nk, D = q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3]
     kk = k.double().repeat_interleave(Hq // Hkv, 1)
     s = (q.double() @ kk.transpose(-1, -2)) * D ** -0.5
-    s = s.masked_fill(~allowed_keys(Nq, Nk, mask, q.device), -math.inf)
-    return torch.softmax(s, -1).nan_to_num(0.0)
+    if softcap is not None:
+        s = softcap * torch.tanh(s / softcap)
+    s = s.masked_fill(~allowed_keys(Nq, Nk, mask, q.device, window), -math.inf)
+    if sinks is None:
+        return torch.softmax(s, -1).nan_to_num(0.0)
+    sink = sinks.double().view(1, Hq, 1, 1).expand(*s.shape[:3], 1)
+    return torch.softmax(torch.cat([s, sink], -1), -1)[..., :-1]
 
 
 def random_span(B: int, Nk: int) -> torch.Tensor:

@@ -171,3 +171,52 @@ def test_autotune_pruner_keeps_configs_that_fit(dtype, head_dim):
         bn = c.kwargs["BLOCK_N"]
         assert elt * (bm * bd + 2 * bn * bd * c.num_stages) <= 200 * 1024
         assert (bn * bd <= 2048 or bn == 16) if elt == 4 else (bn >= 32 and c.num_stages >= 3)
+
+
+# Every case with two modifier sets, every modifier set with two cases.
+MODIFIER_CASES = [(case, mods) for i, case in enumerate(CASES) for mods in (
+    [{}, {"window": 21}, {"softcap": 3.0, "sinks": True}, {"window": 40, "softcap": 2.0, "sinks": True}] * 2)[2 * i:2 * i + 2]]
+
+
+@pytest.mark.parametrize("case, mods", MODIFIER_CASES, ids=str)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+def test_split_decode_long_context_statistics_and_modifiers(case, dtype, mods, seed, poison_outputs):
+    """distance, local, top1 and span, and windows, softcaps and learned sinks, through the split
+    kernel's partials and the combine, vs the float64 reference."""
+    from kernel_cases import assert_stats_close, random_span, reference_probabilities
+
+    B, Hq, Hkv, Nq, Nk, D, padding, split_len = CASES[case]
+    q, k, v, tok, mask = make_inputs(B, Hq, Hkv, Nq, Nk, D, dtype, padding)
+    mods = dict(mods)
+    if mods.pop("sinks", False):
+        mods["sinks"] = torch.randn(Hq, device=DEVICE) * 2
+    span = random_span(B, Nk)
+    W = int(torch.randint(1, Nk + 3, ()).item())
+    probes = torch.randint(0, Nk, (B, 2), device=DEVICE)
+    offsets = (0, 1, split_len + 3)
+    side = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=mask, token_ids=tok,
+                            probe_keys=probes, span=span)
+    kw = dict(offsets=offsets, entropy=True, distance=True, local_window=W, top1=True, **mods)
+    out, stats = attention_with_stats_decode(q, k, v, scale=D ** -0.5, side=side, split_len=split_len, **kw)
+    ref_out, ref = attention_with_stats_naive(q.double(), k.double(), v.double(), key_padding_mask=mask,
+                                              probe_keys=probes, token_ids=tok, span=span, **kw)
+    what = f"{case} {dtype} {mods} W={W} seed={seed}"
+    stats.mark_nan_rows(out.isnan().any(-1))
+    assert not out.isnan().any(), what
+    assert (out.double() - ref_out).abs().max().item() <= OUT_TOL[dtype], what
+    p_ref = reference_probabilities(q, k, mask, mods.get("window"), mods.get("softcap"), mods.get("sinks"))
+    assert_stats_close(stats, ref, dtype, what, Nk, p_ref)
+
+
+def test_hook_routes_long_decode_with_every_feature_to_split_kernel(seed, monkeypatch):
+    calls = []
+    real = triton_decode.attention_with_stats_decode
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(triton_decode, "attention_with_stats_decode", spy)
+    q, k, v, tok, _ = make_inputs(1, 2, 1, 1, 530, 16, torch.float32, None)
+    attention_with_stats(q, k, v, backend="triton", top1=True, window=100, softcap=5.0, distance=True)
+    assert len(calls) == 1 and calls[0]["top1"] and calls[0]["window"] == 100 and calls[0]["softcap"] == 5.0
