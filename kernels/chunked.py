@@ -22,12 +22,19 @@ from .side_inputs import SideInputs
 from .stats import AttentionStats
 
 # Scores per head (and sequence) in one chunk: one head's [chunk, keys] float32 temporary is
-# 1 MiB, so that a chunk's two score-sized temporaries stay in a core's L2 cache when every
-# thread works on its own head (measured best among 2^16..2^23 on the Pythia-70M shape).
-CHUNK_BUDGET_ELEMENTS = 1 << 18
+# 2 MiB (a core's L2 on the machine measured), few enough chunks that the per-chunk Python work
+# stays small; 2^18..2^20 measured within noise of each other on the Pythia-70M shape, 2^16-2^17
+# and 2^21-2^23 slower (bench/results/cpu-speed-*.md).
+CHUNK_BUDGET_ELEMENTS = 1 << 19
 # Below this many scores per head (decode steps, short prompts) the heads run in the calling
 # thread: starting worker threads would cost more than they save.
 PARALLEL_MIN_SCORES = 1 << 16
+# Token-match masses are gathered at the (query, key) pairs whose tokens match, found once per
+# call by sorting and shared by every head, unless there are more pairs than this fraction of
+# the query x key grid (very repetitive text: dense per-chunk weights are cheaper) or than
+# TOKEN_PAIRS_MAX (their index tensors, ~80 bytes a pair at the peak, must not grow with N^2).
+SPARSE_TOKEN_MATCH_MAX_FRACTION = 1 / 16
+TOKEN_PAIRS_MAX = 1 << 20
 # Masked scores, when q and k are finite: 0 * (NEG_BIG - m) stays 0 in the entropy sum. With
 # infinite q or k they are -inf instead (a row whose attendable scores are all -inf must come out
 # NaN, as in the reference, not attend masked keys) and the entropy sum clamps them.
@@ -51,6 +58,38 @@ def chunk_rows(budget: int, first_key_span: int, window: Optional[int] = None) -
     # largest C with C * (a + C) <= budget
     c = int((math.sqrt(a * a + 4 * budget) - a) // 2)
     return max(16, c)
+
+
+def matching_pairs(key_tokens: torch.Tensor, query_tokens: torch.Tensor, before: torch.Tensor,
+                   max_pairs: int) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(b, row, key)`` int64, sorted by row, of every pair with
+    ``key_tokens[b, key] == query_tokens[b, row]`` and ``key < before[row]``; None when the
+    matches (before the ``before`` filter) number more than ``max_pairs``.
+
+    ``key_tokens`` ``[B, Nk]`` (-1 matches nothing), ``query_tokens`` ``[B, Nq]`` (>= 0),
+    ``before`` ``[Nq]``. One sort of the keys by (sequence, token), one binary search per query."""
+    B, Nk = key_tokens.shape
+    Nq = query_tokens.shape[1]
+    dev = key_tokens.device
+    span = int(max(key_tokens.max(), query_tokens.max())) + 2  # tokens + 1 in [0, span): the batch in the high part
+    base = torch.arange(B, device=dev)[:, None] * span
+    keys = (key_tokens.long() + 1 + base).flatten()
+    order = keys.argsort(stable=True)  # equal tokens keep key order
+    sorted_keys = keys[order]
+    queries = (query_tokens.long() + 1 + base).flatten()
+    lo = torch.searchsorted(sorted_keys, queries)
+    count = torch.searchsorted(sorted_keys, queries, right=True) - lo  # [B * Nq]
+    total = int(count.sum())
+    if total > max_pairs:
+        return None
+    query = torch.repeat_interleave(torch.arange(B * Nq, device=dev), count)
+    first = torch.cumsum(count, 0) - count
+    flat_key = order[torch.arange(total, device=dev) - first[query] + lo[query]]
+    b, row, key = query // Nq, query % Nq, flat_key % Nk
+    keep = key < before[row]
+    b, row, key = b[keep], row[keep], key[keep]
+    by_row = row.argsort(stable=True)
+    return b[by_row], row[by_row], key[by_row]
 
 
 def attention_lse_sink_sdpa(
@@ -122,6 +161,14 @@ def attention_with_stats_chunked(
     Hq, Nq = q.shape[1], q.shape[2]
     Hkv, Nk = k.shape[1], k.shape[2]
     G = Hq // Hkv
+    if side.token_ids is not None:  # shared by every head
+        q_pos = torch.arange(Nk - Nq, Nk, device=q.device)
+        max_pairs = min(int(SPARSE_TOKEN_MATCH_MAX_FRACTION * q.shape[0] * Nq * Nk), TOKEN_PAIRS_MAX)
+        query_tokens = side.token_ids[:, Nk - Nq :]
+        duplicate_pairs = matching_pairs(side.token_ids, query_tokens, q_pos, max_pairs)  # keys j < i
+        induction_pairs = matching_pairs(side.prev_token_ids, query_tokens, q_pos + 1, max_pairs)  # j <= i
+        if duplicate_pairs is not None and induction_pairs is not None:
+            kwargs["token_pairs"] = (duplicate_pairs, induction_pairs)
     threads = torch.get_num_threads()
     workers = min(threads, Hq)
     if q.device.type != "cpu" or workers < 2 or Nq * Nk < PARALLEL_MIN_SCORES:
@@ -161,8 +208,11 @@ def attention_heads_chunked(
     softcap: Optional[float] = None,
     sinks: Optional[torch.Tensor] = None,
     chunk_size: Optional[int] = None,
+    token_pairs: Optional[tuple] = None,
 ) -> tuple[torch.Tensor, AttentionStats]:
-    """``attention_with_stats_chunked`` in the calling thread, every head in each operation."""
+    """``attention_with_stats_chunked`` in the calling thread, every head in each operation.
+    ``token_pairs``: ``matching_pairs`` for the duplicate and the induction mass, or None for
+    dense per-chunk weights."""
     key_padding_mask, probe_keys, token_ids, span = side.key_padding_mask, side.probe_keys, side.token_ids, side.span
     first_key, prev_token_ids = side.first_key.long(), side.prev_token_ids
     if probe_keys is not None:
@@ -198,6 +248,8 @@ def attention_heads_chunked(
     # softcap * tanh(s / softcap): fold 1 / softcap into the query scale
     q_scale = scale if softcap is None else scale / softcap
     off_t = torch.as_tensor(list(offsets), dtype=torch.long, device=dev)
+    qs = q.to(f32) * q_scale  # scaled once, not per chunk
+    causal_masks = {}  # C -> [C, C] bool, True above the diagonal (key after query)
     finite = all_finite(q, k)
     mask_value = NEG_BIG if finite else -math.inf
     if key_padding_mask is not None:  # attendable keys before each position, for has_key
@@ -229,9 +281,8 @@ def attention_heads_chunked(
             k_lo = max(0, shift + c0 - window + 1)
         K = k_hi - k_lo
         q_pos = torch.arange(c0, c1, device=dev) + shift  # [C]
-        k_pos = torch.arange(k_lo, k_hi, device=dev)  # [K]
 
-        qc = q[:, :, c0:c1].to(f32).reshape(B, Hkv, G, C, D) * q_scale
+        qc = qs[:, :, c0:c1].reshape(B, Hkv, G, C, D)
         s = torch.matmul(qc, kf[:, :, :, k_lo:k_hi].transpose(-1, -2), out=tile(0, C, K))  # [B, Hkv, G, C, K]
         if softcap is not None:
             s.tanh_().mul_(softcap)
@@ -239,8 +290,9 @@ def attention_heads_chunked(
         # (keys shift + c0 ...) and a window's left block (the chunk's first C keys).
         rows = torch.arange(C, device=dev)
         diag = shift + c0 - k_lo
-        causal_block = rows[None, :] <= rows[:, None]  # [C, C]: key diag + c vs query r
-        s[..., diag:].masked_fill_(~causal_block, mask_value)
+        if C not in causal_masks:  # key diag + c vs query r
+            causal_masks[C] = rows[None, :] > rows[:, None]
+        s[..., diag:].masked_fill_(causal_masks[C], mask_value)
         if window is not None and k_lo > 0:  # key k_lo + c is in query r's window iff c > r - 1
             s[..., :C].masked_fill_(~(rows[None, :] >= rows[:, None])[:, : min(C, K)], mask_value)
         elif window is not None:  # keys from 0: key c is in query r's window iff c > q_r - window
@@ -257,7 +309,9 @@ def attention_heads_chunked(
             m_keys, arg = s.max(-1)
         else:
             m_keys = s.amax(-1)
-        if sink_logit is None:
+        if sink_logit is None and key_padding_mask is None:  # every row has a key
+            m = m_keys
+        elif sink_logit is None:
             m = torch.where(has_key, m_keys, 0.0)  # empty rows: every u underflows to 0
         else:
             m = torch.maximum(m_keys, sink_logit)  # NaN-propagating
@@ -276,9 +330,12 @@ def attention_heads_chunked(
         row_lse = m + torch.log(l)  # -inf on empty rows
         put(lse, c0, c1, row_lse)
 
-        idx = (first_key - k_lo).clamp(0, K - 1).view(B, 1, 1, 1, 1).expand(B, Hkv, G, C, 1)
-        first_in = (first_key >= k_lo).view(B, 1, 1, 1) & has_key  # a first key left of a window: p = 0
-        put(sink, c0, c1, torch.where(first_in, u.gather(-1, idx)[..., 0] / norm, 0.0))
+        if key_padding_mask is None and k_lo == 0:  # the first key is key 0, in the chunk
+            put(sink, c0, c1, u[..., 0] / norm)
+        else:
+            idx = (first_key - k_lo).clamp(0, K - 1).view(B, 1, 1, 1, 1).expand(B, Hkv, G, C, 1)
+            first_in = (first_key >= k_lo).view(B, 1, 1, 1) & has_key  # a first key left of a window: p = 0
+            put(sink, c0, c1, torch.where(first_in, u.gather(-1, idx)[..., 0] / norm, 0.0))
 
         if offs is not None:
             key = q_pos[:, None] - off_t[None, :]  # [C, n_off]
@@ -295,6 +352,7 @@ def attention_heads_chunked(
         # Masses whose weights depend on the key only (span, distance, local): one matmul of
         # u with weight columns, plus a small block correction for local.
         cols, targets = [], []
+        k_pos = torch.arange(k_lo, k_hi, device=dev)  # [K]
         if span_mass is not None:
             cols.append(((k_pos[None, :] >= span[:, :1]) & (k_pos[None, :] < span[:, 1:])).to(f32))  # [B, K]
             targets.append(("span", span_mass))
@@ -322,7 +380,16 @@ def attention_heads_chunked(
                 put(dst, c0, c1, val / norm)
 
         # Token-match masses: weights per (row, key), shared by every head; one batched matmul.
-        if token_ids is not None:
+        if token_pairs is not None:  # gather u at the matching pairs of this chunk's rows
+            for dst, (pb, pr, pk) in zip((dup, ind), token_pairs):
+                i0, i1 = torch.searchsorted(pr, torch.tensor([c0, c1], device=dev)).tolist()
+                pb, pr, pk = pb[i0:i1], pr[i0:i1] - c0, pk[i0:i1] - k_lo  # keys left of a window's tile: p = 0
+                val = u[pb, :, :, pr, pk.clamp(min=0)]  # [P, Hkv, G]
+                if k_lo > 0:
+                    val = torch.where((pk >= 0)[:, None, None], val, 0.0)
+                acc = torch.zeros(B * C, Hkv, G, dtype=f32, device=dev).index_add_(0, pb * C + pr, val)
+                put(dst, c0, c1, acc.view(B, C, Hkv, G).permute(0, 2, 3, 1) / norm)
+        elif token_ids is not None:
             tq = token_ids[:, c0 + shift : c1 + shift]  # [B, C]
             w = torch.empty(B, C, 2, K, dtype=f32, device=dev)
             torch.eq(token_ids[:, None, k_lo:k_hi], tq[:, :, None], out=w[:, :, 0])

@@ -1,9 +1,10 @@
 """The torch backend's head-parallel CPU path (query heads shared out to threads, one intra-op
-thread each) vs the float64 reference, on every case, modifier and statistic."""
+thread each) vs the float64 reference, on every case, modifier and statistic, with the
+token-match masses gathered at matching pairs and from dense weights."""
 
 import pytest
 import torch
-from circuit_stats.kernels import attention_with_stats, attention_with_stats_naive, chunked
+from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive, chunked
 from conftest import DEVICE
 from kernel_cases import CASES, OUT_TOL, assert_stats_close, make_inputs, random_span
 
@@ -31,23 +32,35 @@ def heads_in_threads(monkeypatch):
     torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("token_match", ["pairs", "dense"])
 @pytest.mark.parametrize("modifier", list(MODIFIERS))
 @pytest.mark.parametrize("case", list(CASES))
-def test_heads_in_threads_match_float64(case, modifier, heads_in_threads, seed, poison_outputs):
+def test_heads_in_threads_match_float64(case, modifier, token_match, heads_in_threads, seed, poison_outputs,
+                                        monkeypatch):
+    monkeypatch.setattr(chunked, "SPARSE_TOKEN_MATCH_MAX_FRACTION", 1.0 if token_match == "pairs" else 0.0)
     B, Hq, Hkv, Nq, Nk, padding = CASES[case]
     q, k, v, tok, mask = make_inputs(B, Hq, Hkv, Nq, Nk, 32, torch.float32, padding)
     mods = dict(MODIFIERS[modifier])
     if mods.pop("sinks", False):
         mods["sinks"] = torch.randn(Hq, device=DEVICE) * 2
-    kw = dict(key_padding_mask=mask, offsets=(0, 1, 4), probe_keys=torch.randint(0, Nk, (B, 2), device=DEVICE),
-              token_ids=tok, entropy=True, distance=True, local_window=3, top1=True, span=random_span(B, Nk), **mods)
+    probes, span = torch.randint(0, Nk, (B, 2), device=DEVICE), random_span(B, Nk)
+    kw = dict(key_padding_mask=mask, offsets=(0, 1, 4), probe_keys=probes, token_ids=tok, entropy=True, distance=True,
+              local_window=3, top1=True, span=span, **mods)
     ref_out, ref = attention_with_stats_naive(q.double(), k.double(), v.double(), **kw)
     out, stats = attention_with_stats(q, k, v, backend="torch", **kw)
-    assert heads_in_threads == [(1, 1)] * Hq, "the heads did not run one per call with one intra-op thread"
+    assert heads_in_threads[:Hq] == [(1, 1)] * Hq, "the heads did not run one per call with one intra-op thread"
     assert torch.get_num_threads() == 2, "the intra-op thread count was not restored"
     what = f"{case} {modifier} seed={seed}"
     assert (out.double() - ref_out).abs().max().item() <= OUT_TOL[torch.float32], what
     assert_stats_close(stats, ref, torch.float32, what, Nk)
+    # chunks of 3 queries: a window's tile starts after key 0, pairs left of it must not count
+    side = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=mask, token_ids=tok,
+                            probe_keys=probes, span=span)
+    out, stats = chunked.attention_with_stats_chunked(q, k, v, scale=32 ** -0.5, side=side, offsets=(0, 1, 4),
+                                                      entropy=True, distance=True, local_window=3, top1=True,
+                                                      chunk_size=3, **mods)
+    assert (out.double() - ref_out).abs().max().item() <= OUT_TOL[torch.float32], what + " chunk=3"
+    assert_stats_close(stats, ref, torch.float32, what + " chunk=3", Nk)
 
 
 def test_threads_keep_the_callers_grad_mode(heads_in_threads):
