@@ -28,13 +28,15 @@ from .stats import AttentionStats
 CHUNK_BUDGET_ELEMENTS = 1 << 19
 # Below this many scores per head (decode steps, short prompts) the heads run in the calling
 # thread: starting worker threads would cost more than they save.
-PARALLEL_MIN_SCORES = 1 << 16
+PARALLEL_MIN_SCORES = 1 << 20
 # Token-match masses are gathered at the (query, key) pairs whose tokens match, found once per
 # call by sorting and shared by every head, unless there are more pairs than this fraction of
 # the query x key grid (very repetitive text: dense per-chunk weights are cheaper) or than
 # TOKEN_PAIRS_MAX (their index tensors, ~80 bytes a pair at the peak, must not grow with N^2).
 SPARSE_TOKEN_MATCH_MAX_FRACTION = 1 / 16
 TOKEN_PAIRS_MAX = 1 << 20
+# exp's floor for finite inputs: the smallest argument whose exp is still a normal float32.
+EXP_FLOOR = -87.0
 # Masked scores, when q and k are finite: 0 * (NEG_BIG - m) stays 0 in the entropy sum. With
 # infinite q or k they are -inf instead (a row whose attendable scores are all -inf must come out
 # NaN, as in the reference, not attend masked keys) and the entropy sum clamps them.
@@ -292,18 +294,21 @@ def attention_heads_chunked(
         diag = shift + c0 - k_lo
         if C not in causal_masks:  # key diag + c vs query r
             causal_masks[C] = rows[None, :] > rows[:, None]
-        s[..., diag:].masked_fill_(causal_masks[C], mask_value)
+        masks = [(slice(diag, None), causal_masks[C])]  # (key columns, mask): applied to s, then to u
         if window is not None and k_lo > 0:  # key k_lo + c is in query r's window iff c > r - 1
-            s[..., :C].masked_fill_(~(rows[None, :] >= rows[:, None])[:, : min(C, K)], mask_value)
+            masks.append((slice(None, C), ~(rows[None, :] >= rows[:, None])[:, : min(C, K)]))
         elif window is not None:  # keys from 0: key c is in query r's window iff c > q_r - window
             left = torch.arange(min(C, K), device=dev)
-            s[..., : min(C, K)].masked_fill_(~(left[None, :] > q_pos[:, None] - window), mask_value)
+            masks.append((slice(None, min(C, K)), ~(left[None, :] > q_pos[:, None] - window)))
         if key_padding_mask is not None:
-            s.masked_fill_(~key_padding_mask[:, None, None, None, k_lo:k_hi], mask_value)
+            masks.append((slice(None), ~key_padding_mask[:, None, None, None, k_lo:k_hi]))
             lo_pos = (q_pos - window + 1).clamp(min=0) if window is not None else torch.zeros_like(q_pos)
             has_key = (n_keys[:, q_pos + 1] - n_keys[:, lo_pos] > 0)[:, None, None]  # [B, 1, 1, C]
         else:  # every query may attend itself
             has_key = torch.ones(1, 1, 1, C, dtype=torch.bool, device=dev)
+
+        for cols, mask in masks:
+            s[..., cols].masked_fill_(mask, mask_value)
 
         if top1:
             m_keys, arg = s.max(-1)
@@ -316,7 +321,12 @@ def attention_heads_chunked(
         else:
             m = torch.maximum(m_keys, sink_logit)  # NaN-propagating
         t = s.sub_(m[..., None])  # log of the unnormalised probabilities
+        if finite:  # exp is ~40x slower where its result is subnormal (masked keys, t < -87.3):
+            t.clamp_(min=EXP_FLOOR)  # floor at exp(-87) = 1.6e-38, then masked keys set to 0 exactly
         u = torch.exp(t, out=tile(1, C, K))
+        if finite:
+            for cols, mask in masks:
+                u[..., cols].masked_fill_(mask, 0.0)
         l_keys = u.sum(-1)
         if sink_logit is None:
             l = l_keys
