@@ -23,8 +23,8 @@ from .stats import AttentionStats
 
 # Scores per head (and sequence) in one chunk: one head's [chunk, keys] float32 temporary is
 # 2 MiB (a core's L2 on the machine measured), few enough chunks that the per-chunk Python work
-# stays small; 2^18..2^20 measured within noise of each other on the Pythia-70M shape, 2^16-2^17
-# and 2^21-2^23 slower (bench/results/cpu-speed-*.md).
+# stays small. Ad-hoc sweeps on the Pythia-70M shape (2-core machine, partly loaded; not
+# committed): 2^18..2^20 within noise of each other, 2^16-2^17 and 2^21-2^23 slower.
 CHUNK_BUDGET_ELEMENTS = 1 << 19
 # Below this many scores per head (decode steps, short prompts) the heads run in the calling
 # thread: starting worker threads would cost more than they save.
