@@ -15,12 +15,17 @@ medians reported:
 * peak extra memory (ru_maxrss in a fresh subprocess) of one attention call with every
   statistic, vs N.
 
+``--baseline REF`` also times the torch backend of git ``REF`` (its ``kernels/chunked.py``,
+imported next to the current one and swapped in for its rows) in the same rounds: before/after
+on the same machine under the same load.
+
 Writes ``bench/results/cpu-<machine>-<date>.json`` (+ ``.md``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import platform
@@ -29,6 +34,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import torch
 
@@ -68,7 +74,40 @@ def interleaved(variants: dict, repeats: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def model_level(n: int, repeats: int) -> dict:
+def chunked_at(ref: str) -> types.ModuleType:
+    """``kernels/chunked.py`` as it was at git ``ref``, imported as a module of the installed
+    package (its relative imports resolve to today's side inputs and statistics container)."""
+    src = subprocess.run(["git", "show", f"{ref}:kernels/chunked.py"], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.abspath(__file__))).stdout
+    import circuit_stats.kernels  # noqa: F401  (the package the module's relative imports need)
+
+    mod = types.ModuleType("circuit_stats.kernels.chunked_baseline")
+    mod.__package__ = "circuit_stats.kernels"
+    exec(compile(src, f"{ref}:kernels/chunked.py", "exec"), mod.__dict__)
+    return mod
+
+
+@contextlib.contextmanager
+def torch_backend(module: types.ModuleType):
+    """Route ``attention_with_stats``' torch backend to ``module.attention_with_stats_chunked``."""
+    from circuit_stats.kernels import dispatch
+
+    current = dispatch.attention_with_stats_chunked
+    dispatch.attention_with_stats_chunked = module.attention_with_stats_chunked
+    try:
+        yield
+    finally:
+        dispatch.attention_with_stats_chunked = current
+
+
+def with_backend(fn, module):
+    def run():
+        with torch_backend(module):
+            return fn()
+    return run
+
+
+def model_level(n: int, repeats: int, baseline=None) -> dict:
     from circuit_stats import record
 
     models = {impl: pythia70m_shaped(impl, n) for impl in ("sdpa", "circuit_stats", "eager")}
@@ -88,11 +127,16 @@ def model_level(n: int, repeats: int) -> dict:
         with torch.inference_mode(), record(body, token_ids=ids, **RECORD_STATS):
             body(input_ids=ids)
 
-    t = interleaved({"sdpa": lambda: run("sdpa"), "circuit_stats": lambda: run("circuit_stats"),
-                     "record_all": recorded, "eager": lambda: run("eager")}, repeats)
+    variants = {"sdpa": lambda: run("sdpa"), "circuit_stats": lambda: run("circuit_stats"), "record_all": recorded,
+                "eager": lambda: run("eager")}
+    if baseline is not None:
+        variants["record_all_baseline"] = with_backend(recorded, baseline)
+    t = interleaved(variants, repeats)
     return {"level": "model", "n": n, **{f"{k}_s": v for k, v in t.items()},
             "outside_record_vs_sdpa": t["circuit_stats"] / t["sdpa"],
-            "record_vs_eager": t["record_all"] / t["eager"], "record_vs_sdpa": t["record_all"] / t["sdpa"]}
+            "record_vs_eager": t["record_all"] / t["eager"], "record_vs_sdpa": t["record_all"] / t["sdpa"],
+            **({"baseline_record_vs_eager": t["record_all_baseline"] / t["eager"],
+                "baseline_record_vs_sdpa": t["record_all_baseline"] / t["sdpa"]} if baseline is not None else {})}
 
 
 def eager_attention(q, k, v):
@@ -103,7 +147,7 @@ def eager_attention(q, k, v):
     return w @ v
 
 
-def attention_level(n: int, repeats: int) -> dict:
+def attention_level(n: int, repeats: int, baseline=None) -> dict:
     from circuit_stats.kernels import attention_with_stats
 
     torch.manual_seed(0)
@@ -111,16 +155,20 @@ def attention_level(n: int, repeats: int) -> dict:
     tok = torch.randint(0, 50304, (1, n))
     span = torch.tensor([[n // 4, n // 2]])
     sdpa = torch.nn.functional.scaled_dot_product_attention
+    def all_stats():
+        return attention_with_stats(q, k, v, token_ids=tok, span=span, **ALL_STATS)
+
+    variants = {"sdpa": lambda: sdpa(q, k, v, is_causal=True), "circuit_stats": lambda: attention_with_stats(q, k, v),
+                "all_stats": all_stats, "eager": lambda: eager_attention(q, k, v)}
+    if baseline is not None:
+        variants["all_stats_baseline"] = with_backend(all_stats, baseline)
     with torch.inference_mode():
-        t = interleaved({
-            "sdpa": lambda: sdpa(q, k, v, is_causal=True),
-            "circuit_stats": lambda: attention_with_stats(q, k, v),
-            "all_stats": lambda: attention_with_stats(q, k, v, token_ids=tok, span=span, **ALL_STATS),
-            "eager": lambda: eager_attention(q, k, v),
-        }, repeats)
+        t = interleaved(variants, repeats)
     return {"level": "attention", "n": n, **{f"{k}_s": v for k, v in t.items()},
             "outside_record_vs_sdpa": t["circuit_stats"] / t["sdpa"],
-            "record_vs_eager": t["all_stats"] / t["eager"], "record_vs_sdpa": t["all_stats"] / t["sdpa"]}
+            "record_vs_eager": t["all_stats"] / t["eager"], "record_vs_sdpa": t["all_stats"] / t["sdpa"],
+            **({"baseline_record_vs_eager": t["all_stats_baseline"] / t["eager"],
+                "baseline_record_vs_sdpa": t["all_stats_baseline"] / t["sdpa"]} if baseline is not None else {})}
 
 
 # Peak resident memory above the level before the call, sampled every 2 ms from /proc (the
@@ -170,7 +218,9 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="cpu", help="results file stem: bench/results/<name>-<machine>-<date>.json")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
+    ap.add_argument("--baseline", metavar="REF", help="also time the torch backend of this git commit/branch")
     args = ap.parse_args(argv)
+    baseline = chunked_at(args.baseline) if args.baseline else None
     env = environment("cpu")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=os.path.dirname(os.path.abspath(__file__)))
@@ -180,20 +230,27 @@ def main(argv=None) -> int:
                load_average_at_start=os.getloadavg())
     rows = []
     for n in args.lengths:
-        rows.append(attention_level(n, args.repeats))
+        rows.append(attention_level(n, args.repeats, baseline))
         print(rows[-1], flush=True)
     for n in args.model_lengths:
-        rows.append(model_level(n, args.repeats))
+        rows.append(model_level(n, args.repeats, baseline))
         print(rows[-1], flush=True)
     for n in args.memory_lengths:
         rows.append(peak_memory(n))
         print(rows[-1], flush=True)
     env["load_average_at_end"] = os.getloadavg()
+    if args.baseline:
+        ref = subprocess.run(["git", "rev-parse", "--short", args.baseline], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        env["baseline_commit"] = ref.stdout.strip() or args.baseline
     extra = {"note": args.note, "repeats": args.repeats,
              "targets": {"outside_record_vs_sdpa": "<= 1.1", "record_vs_eager": "<= 1.0 at 2048, <= 0.5 at 8192",
                          "record_vs_sdpa": "<= 2 at 8192", "memory": "linear in N"}}
     cols = ["level", "n", "sdpa_s", "circuit_stats_s", "record_all_s", "all_stats_s", "eager_s",
             "outside_record_vs_sdpa", "record_vs_eager", "record_vs_sdpa", "peak_extra_mib", "full_matrix_mib"]
+    if args.baseline:
+        cols[5:5] = ["record_all_baseline_s", "all_stats_baseline_s"]
+        cols[-2:-2] = ["baseline_record_vs_eager", "baseline_record_vs_sdpa"]
     jpath, mpath = write_results(args.name, env, rows, cols, extra=extra)
     print(f"wrote {jpath} and {mpath}")
     return 0

@@ -13,6 +13,7 @@ probability matrix itself is never written.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
 import torch
@@ -20,8 +21,22 @@ import torch
 from .side_inputs import SideInputs
 from .stats import AttentionStats
 
-# Elements of one [B, Hq, chunk, keys] float32 temporary (4 MiB); a chunk holds a few of them.
-CHUNK_BUDGET_ELEMENTS = 1 << 20
+# Scores per head (and sequence) in one chunk: one head's [chunk, keys] float32 temporary is
+# 2 MiB (a core's L2 on the machine measured), few enough chunks that the per-chunk Python work
+# stays small. Ad-hoc sweeps on the Pythia-70M shape (2-core machine, partly loaded; not
+# committed): 2^18..2^20 within noise of each other, 2^16-2^17 and 2^21-2^23 slower.
+CHUNK_BUDGET_ELEMENTS = 1 << 19
+# Below this many scores per head (decode steps, short prompts) the heads run in the calling
+# thread: starting worker threads would cost more than they save.
+PARALLEL_MIN_SCORES = 1 << 20
+# Token-match masses are gathered at the (query, key) pairs whose tokens match, found once per
+# call by sorting and shared by every head, unless there are more pairs than this fraction of
+# the query x key grid (very repetitive text: dense per-chunk weights are cheaper) or than
+# TOKEN_PAIRS_MAX (their index tensors, ~80 bytes a pair at the peak, must not grow with N^2).
+SPARSE_TOKEN_MATCH_MAX_FRACTION = 1 / 16
+TOKEN_PAIRS_MAX = 1 << 20
+# exp's floor for finite inputs: the smallest argument whose exp is still a normal float32.
+EXP_FLOOR = -87.0
 # Masked scores, when q and k are finite: 0 * (NEG_BIG - m) stays 0 in the entropy sum. With
 # infinite q or k they are -inf instead (a row whose attendable scores are all -inf must come out
 # NaN, as in the reference, not attend masked keys) and the entropy sum clamps them.
@@ -45,6 +60,38 @@ def chunk_rows(budget: int, first_key_span: int, window: Optional[int] = None) -
     # largest C with C * (a + C) <= budget
     c = int((math.sqrt(a * a + 4 * budget) - a) // 2)
     return max(16, c)
+
+
+def matching_pairs(key_tokens: torch.Tensor, query_tokens: torch.Tensor, before: torch.Tensor,
+                   max_pairs: int) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(b, row, key)`` int64, sorted by row, of every pair with
+    ``key_tokens[b, key] == query_tokens[b, row]`` and ``key < before[row]``; None when the
+    matches (before the ``before`` filter) number more than ``max_pairs``.
+
+    ``key_tokens`` ``[B, Nk]`` (-1 matches nothing), ``query_tokens`` ``[B, Nq]`` (>= 0),
+    ``before`` ``[Nq]``. One sort of the keys by (sequence, token), one binary search per query."""
+    B, Nk = key_tokens.shape
+    Nq = query_tokens.shape[1]
+    dev = key_tokens.device
+    span = int(max(key_tokens.max(), query_tokens.max())) + 2  # tokens + 1 in [0, span): the batch in the high part
+    base = torch.arange(B, device=dev)[:, None] * span
+    keys = (key_tokens.long() + 1 + base).flatten()
+    order = keys.argsort(stable=True)  # equal tokens keep key order
+    sorted_keys = keys[order]
+    queries = (query_tokens.long() + 1 + base).flatten()
+    lo = torch.searchsorted(sorted_keys, queries)
+    count = torch.searchsorted(sorted_keys, queries, right=True) - lo  # [B * Nq]
+    total = int(count.sum())
+    if total > max_pairs:
+        return None
+    query = torch.repeat_interleave(torch.arange(B * Nq, device=dev), count)
+    first = torch.cumsum(count, 0) - count
+    flat_key = order[torch.arange(total, device=dev) - first[query] + lo[query]]
+    b, row, key = query // Nq, query % Nq, flat_key % Nk
+    keep = key < before[row]
+    b, row, key = b[keep], row[keep], key[keep]
+    by_row = row.argsort(stable=True)
+    return b[by_row], row[by_row], key[by_row]
 
 
 def attention_lse_sink_sdpa(
@@ -102,7 +149,72 @@ def attention_with_stats_chunked(
 ) -> tuple[torch.Tensor, AttentionStats]:
     """See ``attention_with_stats``; ``side`` holds the padding mask, first keys, token ids,
     probe keys and span; ``sinks`` is ``[Hq]`` float. ``chunk_size`` defaults to as many
-    queries as fit ``CHUNK_BUDGET_ELEMENTS`` scores of the keys the chunk attends."""
+    queries as fit ``CHUNK_BUDGET_ELEMENTS`` scores per head of the keys the chunk attends.
+
+    On the CPU, with several intra-op threads (``torch.get_num_threads()``), the query heads
+    are shared out to that many Python threads while PyTorch runs with one intra-op thread
+    (the count is restored afterwards; other threads of the process run single-threaded
+    meanwhile). Like PyTorch's own CPU flash attention this is one parallel split per call
+    instead of a synchronisation after every operation of every chunk, which a busy machine
+    punishes most, and each thread's chunk stays in its core's cache. Every head is computed
+    exactly as it would be alone."""
+    kwargs = dict(scale=scale, side=side, offsets=offsets, entropy=entropy, distance=distance,
+                  local_window=local_window, top1=top1, window=window, softcap=softcap, chunk_size=chunk_size)
+    Hq, Nq = q.shape[1], q.shape[2]
+    Hkv, Nk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    if side.token_ids is not None:  # shared by every head
+        q_pos = torch.arange(Nk - Nq, Nk, device=q.device)
+        max_pairs = min(int(SPARSE_TOKEN_MATCH_MAX_FRACTION * q.shape[0] * Nq * Nk), TOKEN_PAIRS_MAX)
+        query_tokens = side.token_ids[:, Nk - Nq :]
+        duplicate_pairs = matching_pairs(side.token_ids, query_tokens, q_pos, max_pairs)  # keys j < i
+        induction_pairs = matching_pairs(side.prev_token_ids, query_tokens, q_pos + 1, max_pairs)  # j <= i
+        if duplicate_pairs is not None and induction_pairs is not None:
+            kwargs["token_pairs"] = (duplicate_pairs, induction_pairs)
+    threads = torch.get_num_threads()
+    workers = min(threads, Hq)
+    if q.device.type != "cpu" or workers < 2 or Nq * Nk < PARALLEL_MIN_SCORES:
+        return attention_heads_chunked(q, k, v, sinks=sinks, **kwargs)
+
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()  # thread-local modes
+
+    def head(h: int):  # query head h with its kv head, in one intra-op thread
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return attention_heads_chunked(q[:, h : h + 1], k[:, h // G : h // G + 1], v[:, h // G : h // G + 1],
+                                           sinks=None if sinks is None else sinks[h : h + 1], **kwargs)
+
+    torch.set_num_threads(1)  # new threads take this count at their first parallel operation
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(head, range(Hq)))
+    finally:
+        torch.set_num_threads(threads)
+    out = torch.cat([o for o, _ in parts], 1)
+    stats = {name: torch.cat([st.as_dict()[name] for _, st in parts], 1) for name in parts[0][1].as_dict()}
+    return out, AttentionStats(**stats)
+
+
+def attention_heads_chunked(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    side: SideInputs,
+    offsets: Sequence[int],
+    entropy: bool,
+    distance: bool = False,
+    local_window: Optional[int] = None,
+    top1: bool = False,
+    window: Optional[int] = None,
+    softcap: Optional[float] = None,
+    sinks: Optional[torch.Tensor] = None,
+    chunk_size: Optional[int] = None,
+    token_pairs: Optional[tuple] = None,
+) -> tuple[torch.Tensor, AttentionStats]:
+    """``attention_with_stats_chunked`` in the calling thread, every head in each operation.
+    ``token_pairs``: ``matching_pairs`` for the duplicate and the induction mass, or None for
+    dense per-chunk weights."""
     key_padding_mask, probe_keys, token_ids, span = side.key_padding_mask, side.probe_keys, side.token_ids, side.span
     first_key, prev_token_ids = side.first_key.long(), side.prev_token_ids
     if probe_keys is not None:
@@ -111,7 +223,7 @@ def attention_with_stats_chunked(
     Hkv, Nk = k.shape[1], k.shape[2]
     G = Hq // Hkv
     shift = Nk - Nq  # query c sits at key position shift + c
-    per_row = CHUNK_BUDGET_ELEMENTS // (B * Hq)  # scores per query chunk, over its keys
+    per_row = CHUNK_BUDGET_ELEMENTS // B  # scores per head per query chunk, over its keys
     dev = q.device
     f32 = torch.float32
     # Group query heads by their kv head so that k/v are never copied per query head.
@@ -138,10 +250,25 @@ def attention_with_stats_chunked(
     # softcap * tanh(s / softcap): fold 1 / softcap into the query scale
     q_scale = scale if softcap is None else scale / softcap
     off_t = torch.as_tensor(list(offsets), dtype=torch.long, device=dev)
+    qs = q.to(f32) * q_scale  # scaled once, not per chunk
+    causal_masks = {}  # C -> [C, C] bool, True above the diagonal (key after query)
     finite = all_finite(q, k)
     mask_value = NEG_BIG if finite else -math.inf
     if key_padding_mask is not None:  # attendable keys before each position, for has_key
         n_keys = torch.nn.functional.pad(key_padding_mask.long().cumsum(-1), (1, 0))  # [B, Nk + 1]
+
+    # The two score-sized temporaries (s then t, and u) live in buffers reused by every chunk
+    # (not where autograd records the operations: out= has no derivative).
+    needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, sinks))
+    buffers = [torch.empty(0, dtype=f32, device=dev), torch.empty(0, dtype=f32, device=dev)]
+
+    def tile(i, C, K) -> Optional[torch.Tensor]:  # [B, Hkv, G, C, K] view of buffer i
+        n = B * Hq * C * K
+        if needs_grad:
+            return None
+        if buffers[i].numel() < n:
+            buffers[i] = torch.empty(n, dtype=f32, device=dev)
+        return buffers[i][:n].view(B, Hkv, G, C, K)
 
     def put(dst, c0, c1, val):  # [B, Hkv, G, C, ...] -> dst[:, :, c0:c1]
         dst[:, :, c0:c1] = val.reshape(B, Hq, c1 - c0, *val.shape[4:])
@@ -156,40 +283,50 @@ def attention_with_stats_chunked(
             k_lo = max(0, shift + c0 - window + 1)
         K = k_hi - k_lo
         q_pos = torch.arange(c0, c1, device=dev) + shift  # [C]
-        k_pos = torch.arange(k_lo, k_hi, device=dev)  # [K]
 
-        qc = q[:, :, c0:c1].to(f32).reshape(B, Hkv, G, C, D) * q_scale
-        s = qc @ kf[:, :, :, k_lo:k_hi].transpose(-1, -2)  # [B, Hkv, G, C, K]
+        qc = qs[:, :, c0:c1].reshape(B, Hkv, G, C, D)
+        s = torch.matmul(qc, kf[:, :, :, k_lo:k_hi].transpose(-1, -2), out=tile(0, C, K))  # [B, Hkv, G, C, K]
         if softcap is not None:
             s.tanh_().mul_(softcap)
         # Masks are built on the blocks where rows differ only: the causal diagonal block
         # (keys shift + c0 ...) and a window's left block (the chunk's first C keys).
         rows = torch.arange(C, device=dev)
         diag = shift + c0 - k_lo
-        causal_block = rows[None, :] <= rows[:, None]  # [C, C]: key diag + c vs query r
-        s[..., diag:].masked_fill_(~causal_block, mask_value)
+        if C not in causal_masks:  # key diag + c vs query r
+            causal_masks[C] = rows[None, :] > rows[:, None]
+        masks = [(slice(diag, None), causal_masks[C])]  # (key columns, mask): applied to s, then to u
         if window is not None and k_lo > 0:  # key k_lo + c is in query r's window iff c > r - 1
-            s[..., :C].masked_fill_(~(rows[None, :] >= rows[:, None])[:, : min(C, K)], mask_value)
+            masks.append((slice(None, C), ~(rows[None, :] >= rows[:, None])[:, : min(C, K)]))
         elif window is not None:  # keys from 0: key c is in query r's window iff c > q_r - window
             left = torch.arange(min(C, K), device=dev)
-            s[..., : min(C, K)].masked_fill_(~(left[None, :] > q_pos[:, None] - window), mask_value)
+            masks.append((slice(None, min(C, K)), ~(left[None, :] > q_pos[:, None] - window)))
         if key_padding_mask is not None:
-            s.masked_fill_(~key_padding_mask[:, None, None, None, k_lo:k_hi], mask_value)
+            masks.append((slice(None), ~key_padding_mask[:, None, None, None, k_lo:k_hi]))
             lo_pos = (q_pos - window + 1).clamp(min=0) if window is not None else torch.zeros_like(q_pos)
             has_key = (n_keys[:, q_pos + 1] - n_keys[:, lo_pos] > 0)[:, None, None]  # [B, 1, 1, C]
         else:  # every query may attend itself
             has_key = torch.ones(1, 1, 1, C, dtype=torch.bool, device=dev)
 
+        for cols, mask in masks:
+            s[..., cols].masked_fill_(mask, mask_value)
+
         if top1:
             m_keys, arg = s.max(-1)
         else:
             m_keys = s.amax(-1)
-        if sink_logit is None:
+        if sink_logit is None and key_padding_mask is None:  # every row has a key
+            m = m_keys
+        elif sink_logit is None:
             m = torch.where(has_key, m_keys, 0.0)  # empty rows: every u underflows to 0
         else:
             m = torch.maximum(m_keys, sink_logit)  # NaN-propagating
         t = s.sub_(m[..., None])  # log of the unnormalised probabilities
-        u = t.exp()
+        if finite:  # exp is ~40x slower where its result is subnormal (masked keys, t < -87.3):
+            t.clamp_(min=EXP_FLOOR)  # floor at exp(-87) = 1.6e-38, then masked keys set to 0 exactly
+        u = torch.exp(t, out=tile(1, C, K))
+        if finite:
+            for cols, mask in masks:
+                u[..., cols].masked_fill_(mask, 0.0)
         l_keys = u.sum(-1)
         if sink_logit is None:
             l = l_keys
@@ -203,9 +340,12 @@ def attention_with_stats_chunked(
         row_lse = m + torch.log(l)  # -inf on empty rows
         put(lse, c0, c1, row_lse)
 
-        idx = (first_key - k_lo).clamp(0, K - 1).view(B, 1, 1, 1, 1).expand(B, Hkv, G, C, 1)
-        first_in = (first_key >= k_lo).view(B, 1, 1, 1) & has_key  # a first key left of a window: p = 0
-        put(sink, c0, c1, torch.where(first_in, u.gather(-1, idx)[..., 0] / norm, 0.0))
+        if key_padding_mask is None and k_lo == 0:  # the first key is key 0, in the chunk
+            put(sink, c0, c1, u[..., 0] / norm)
+        else:
+            idx = (first_key - k_lo).clamp(0, K - 1).view(B, 1, 1, 1, 1).expand(B, Hkv, G, C, 1)
+            first_in = (first_key >= k_lo).view(B, 1, 1, 1) & has_key  # a first key left of a window: p = 0
+            put(sink, c0, c1, torch.where(first_in, u.gather(-1, idx)[..., 0] / norm, 0.0))
 
         if offs is not None:
             key = q_pos[:, None] - off_t[None, :]  # [C, n_off]
@@ -222,6 +362,7 @@ def attention_with_stats_chunked(
         # Masses whose weights depend on the key only (span, distance, local): one matmul of
         # u with weight columns, plus a small block correction for local.
         cols, targets = [], []
+        k_pos = torch.arange(k_lo, k_hi, device=dev)  # [K]
         if span_mass is not None:
             cols.append(((k_pos[None, :] >= span[:, :1]) & (k_pos[None, :] < span[:, 1:])).to(f32))  # [B, K]
             targets.append(("span", span_mass))
@@ -249,7 +390,16 @@ def attention_with_stats_chunked(
                 put(dst, c0, c1, val / norm)
 
         # Token-match masses: weights per (row, key), shared by every head; one batched matmul.
-        if token_ids is not None:
+        if token_pairs is not None:  # gather u at the matching pairs of this chunk's rows
+            for dst, (pb, pr, pk) in zip((dup, ind), token_pairs):
+                i0, i1 = torch.searchsorted(pr, torch.tensor([c0, c1], device=dev)).tolist()
+                pb, pr, pk = pb[i0:i1], pr[i0:i1] - c0, pk[i0:i1] - k_lo  # keys left of a window's tile: p = 0
+                val = u[pb, :, :, pr, pk.clamp(min=0)]  # [P, Hkv, G]
+                if k_lo > 0:
+                    val = torch.where((pk >= 0)[:, None, None], val, 0.0)
+                acc = torch.zeros(B * C, Hkv, G, dtype=f32, device=dev).index_add_(0, pb * C + pr, val)
+                put(dst, c0, c1, acc.view(B, C, Hkv, G).permute(0, 2, 3, 1) / norm)
+        elif token_ids is not None:
             tq = token_ids[:, c0 + shift : c1 + shift]  # [B, C]
             w = torch.empty(B, C, 2, K, dtype=f32, device=dev)
             torch.eq(token_ids[:, None, k_lo:k_hi], tq[:, :, None], out=w[:, :, 0])
@@ -262,7 +412,8 @@ def attention_with_stats_chunked(
         if ent is not None:  # H = log l - sum(u t) / l
             if not finite:  # a -inf score has u = 0 and must add 0, not 0 * -inf = NaN
                 t.clamp_(min=NEG_BIG)
-            ut = (u.unsqueeze(-2) @ t.unsqueeze(-1))[..., 0, 0]  # row-wise dot products
+            # row-wise dot products, in place (a batched GEMV is several times slower)
+            ut = (u * t if needs_grad else t.mul_(u)).sum(-1)
             if sink_logit is not None:  # the learned sink is one more outcome
                 ut = ut + u_sink * t_sink
             put(ent, c0, c1, torch.where(l > 0, torch.log(norm) - ut / norm, 0.0))
