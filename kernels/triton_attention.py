@@ -79,6 +79,32 @@ def tanh_softcap(x, cap_in):
 
 
 @triton.jit
+def join_learned_sink(lse2, m, has_key, sink2):
+    """Add a learned sink logit ``sink2`` (log2 units) to each row's key log-sum-exp ``lse2``
+    (``m``: the row max the key sums are relative to). Returns ``(lse2 with the sink, norm)``,
+    ``norm = 2^(m - lse2)`` turning a key sum of ``2^(s2 - m)`` into probabilities (0 on rows
+    with no attendable key). Shared by the fused epilogue and the split-decode combine."""
+    keys2 = tl.where(has_key, lse2, float("-inf"))
+    top2 = tl.maximum(keys2, sink2)
+    lse2 = top2 + tl.math.log2(tl.math.exp2(keys2 - top2) + tl.math.exp2(sink2 - top2))
+    return lse2, tl.where(has_key, tl.math.exp2(m - lse2), 0.0)
+
+
+@triton.jit
+def row_entropy2(e, l, m, lse2, norm, sink2, HAS_SINKS: tl.constexpr):
+    """Row entropy in bits from ``e = sum_j 2^(s2_j - m) (s2_j - m)`` and ``l = sum_j 2^(s2_j - m)``:
+    ``log2 l - e / l``; with a learned sink, ``-sum p log2 p`` over the keys
+    (``p_j = 2^(s2_j - m) norm``) and the sink. 0 on rows with no attendable key."""
+    if HAS_SINKS:
+        p_sink = tl.math.exp2(sink2 - lse2)
+        ent2 = -norm * (e + l * (m - lse2)) - p_sink * (sink2 - lse2)
+    else:
+        l_safe = tl.where(l > 0, l, 1.0)
+        ent2 = tl.where(l > 0, tl.math.log2(l_safe) - e / l_safe, 0.0)
+    return ent2
+
+
+@triton.jit
 def _attn_fwd_inner(
     acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx,
     q, q_pos, q_tok, q0,
@@ -318,12 +344,10 @@ def _attn_stats_fwd(
     has_key = l_i > 0
     l_safe = tl.where(has_key, l_i, 1.0)
     lse2 = m_i + tl.math.log2(l_safe)
+    sink2 = 0.0
     if HAS_SINKS:
         sink2 = tl.load(SINK_LOGITS + h).to(tl.float32) * LOG2E_K
-        keys2 = tl.where(has_key, lse2, float("-inf"))
-        top2 = tl.maximum(keys2, sink2)
-        lse2 = top2 + tl.math.log2(tl.math.exp2(keys2 - top2) + tl.math.exp2(sink2 - top2))
-        norm = tl.where(has_key, tl.math.exp2(m_i - lse2), 0.0)
+        lse2, norm = join_learned_sink(lse2, m_i, has_key, sink2)
     else:
         norm = 1.0 / l_safe
     out = acc * norm[:, None]
@@ -376,12 +400,7 @@ def _attn_stats_fwd(
         tl.store(IND + row, ind_acc * norm, mask=row_ok)
         tl.store(DUP + row, dup_acc * norm, mask=row_ok)
     if HAS_ENT:
-        if HAS_SINKS:  # -sum p log2 p over the keys (p_j = 2^(s2_j - m) norm) and the sink
-            p_sink = tl.math.exp2(sink2 - lse2)
-            ent2 = -norm * (ent_acc + l_i * (m_i - lse2)) - p_sink * (sink2 - lse2)
-        else:
-            ent2 = tl.where(has_key, tl.math.log2(l_safe) - ent_acc / l_safe, 0.0)
-        tl.store(ENT + row, ent2 * LN2, mask=row_ok)
+        tl.store(ENT + row, row_entropy2(ent_acc, l_i, m_i, lse2, norm, sink2, HAS_SINKS) * LN2, mask=row_ok)
     if HAS_DIST:
         tl.store(DIST + row, norm * (dist_acc + (q_pos - q0).to(tl.float32) * l_i), mask=row_ok)
     if HAS_LOCAL:

@@ -82,7 +82,7 @@ import triton.language as tl
 
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-from .triton_attention import tanh_softcap
+from .triton_attention import join_learned_sink, row_entropy2, tanh_softcap
 
 LOG2E = 1.4426950408889634
 LN2 = tl.constexpr(0.6931471805599453)
@@ -443,13 +443,11 @@ def _decode_combine(
     has_key = L > 0
     L_safe = tl.where(has_key, L, 1.0)
     lse2 = M + tl.math.log2(L_safe)
+    sink2 = 0.0
     if HAS_SINKS:
         h = (rows // Nq) % Hq
         sink2 = tl.load(SINK_LOGITS + h, mask=r_ok, other=0.0).to(tl.float32) * LOG2E_K
-        keys2 = tl.where(has_key, lse2, float("-inf"))
-        top2 = tl.maximum(keys2, sink2)
-        lse2 = top2 + tl.math.log2(tl.math.exp2(keys2 - top2) + tl.math.exp2(sink2 - top2))
-        norm = tl.where(has_key, tl.math.exp2(M - lse2), 0.0)
+        lse2, norm = join_learned_sink(lse2, M, has_key, sink2)
     else:
         norm = 1.0 / L_safe
     stat = acc_c * norm[:, None]  # column c: sum_s w_s x_s * norm (columns m, l unused)
@@ -489,12 +487,7 @@ def _decode_combine(
         tl.store(TOP_I + rows, tl.where(has_key, T, -1.0).to(tl.int64), mask=r_ok)
         tl.store(TOP_P + rows, tl.where(has_key, tl.math.exp2(M - lse2), 0.0), mask=r_ok)
     if HAS_ENT:
-        if HAS_SINKS:  # -sum p log2 p over the keys and the sink
-            p_sink = tl.math.exp2(sink2 - lse2)
-            ent2 = -norm * (E + L * (M - lse2)) - p_sink * (sink2 - lse2)
-        else:
-            ent2 = tl.where(has_key, tl.math.log2(L_safe) - E / L_safe, 0.0)
-        tl.store(ENT + rows, ent2 * LN2, mask=r_ok)
+        tl.store(ENT + rows, row_entropy2(E, L, M, lse2, norm, sink2, HAS_SINKS) * LN2, mask=r_ok)
 
 
 # ---------------------------------------------------------------------------------------------
