@@ -21,6 +21,7 @@ import torch
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from ..finite import check_finite
 from ..models import offset_column, record, uses_circuit_stats
 from ..models.positions import BinSpec, bin_edges
 from .corpus import Document, as_documents
@@ -96,13 +97,16 @@ def record_options(statistics: Sequence[str], local_window: int) -> dict:
 @torch.no_grad()
 def profile_document(model: torch.nn.Module, ids: Sequence[int], *, edges, statistics: Sequence[str],
                      local_window: int, chunk_size: int) -> pd.DataFrame:
-    """One document's rows: ``layer, head, bin, pos_lo, pos_hi, n_queries`` and the statistics."""
+    """One document's rows: ``layer, head, bin, pos_lo, pos_hi, n_queries`` and the statistics.
+    Raises ``NonFiniteError`` when a statistic is NaN or infinite (the document then fails)."""
     device = next(model.parameters()).device
     input_ids = torch.as_tensor([list(ids)], dtype=torch.long, device=device)
     with record(model, position_bins=list(edges), **record_options(statistics, local_window)) as rec:
         chunked_prefill(model, input_ids, chunk_size)
     df = rec.summary().rename(columns={offset_column(1): "previous_token"})
-    return df[["layer", "head", "bin", "pos_lo", "pos_hi", "n_queries", *statistics]]
+    df = df[["layer", "head", "bin", "pos_lo", "pos_hi", "n_queries", *statistics]]
+    check_finite(df, statistics, "attention statistics of this document")
+    return df
 
 
 def corpus_fingerprint(docs: Sequence[Document]) -> str:

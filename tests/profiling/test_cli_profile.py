@@ -45,3 +45,28 @@ def test_a_model_without_tokenizer_needs_an_explicit_choice(tmp_path, capsys):
     assert main(["profile", MODEL, "--texts", str(texts), "--out", str(tmp_path / "o")]) == 2
     assert "--tokenizer bytes" in capsys.readouterr().err
     assert main(["profile", MODEL, "--texts", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_a_document_with_nan_activations_fails_with_exit_status_1(tmp_path, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[ord("Z")] = float("nan")  # the byte Z has a NaN embedding
+    model.save_pretrained(tmp_path / "nan-model")
+    clean, dirty = "the mill and the mill and the mill", "the Zmill and the mill"
+    (tmp_path / "clean.txt").write_text(clean + "\n")
+    (tmp_path / "both.txt").write_text(f"{clean}\n\n{dirty}\n")
+    args = ["--tokenizer", "bytes", "--bins", "0,8,inf", "--no-plots"]
+    assert main(["profile", str(tmp_path / "nan-model"), "--texts", str(tmp_path / "clean.txt"),
+                 "--out", str(tmp_path / "clean"), *args]) == 0
+    assert main(["profile", str(tmp_path / "nan-model"), "--texts", str(tmp_path / "both.txt"),
+                 "--out", str(tmp_path / "both"), *args]) == 1
+    assert "1 documents failed" in capsys.readouterr().err
+    failures = json.loads((tmp_path / "both" / "failures.json").read_text())
+    assert [f["doc_index"] for f in failures] == [1] and failures[0]["error"].startswith("NonFiniteError")
+    summary = (tmp_path / "both" / "summary.md").read_text()
+    assert "1 profiled, 1 failed" in summary
+    rows = lambda text: [line for line in text.splitlines() if line.startswith("| ") and "layer" not in line]
+    assert rows(summary) == rows((tmp_path / "clean" / "summary.md").read_text())
