@@ -32,11 +32,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..finite import NonFiniteError
+from ..labels import RETRIEVAL, UNCLASSIFIED
 from ..models import record
 from ..profiling.corpus import as_documents, sample_corpus_path
 from ..profiling.prefill import cache_keyword, chunked_prefill
 from ..profiling.profile import resolve_tokenizer, tokenize
-from .spec import Protocol
+from .spec import (MAX_SEED, Protocol, is_int, is_number, require_int, require_list, require_number,
+                   require_vocab_range)
 
 DEFAULTS = dict(
     context_lengths=[1024],
@@ -50,6 +53,21 @@ DEFAULTS = dict(
     threshold=0.1,
     chunk_size=1024,
 )
+
+
+def validate(o: dict) -> None:
+    """Every option's range, before the model runs (``Protocol.check_options``)."""
+    require_int(o, "needle_len", 2)
+    require_int(o, "prefix_len", 1, o["needle_len"] - 1)
+    require_list(o, "context_lengths", lambda n: is_int(n) and n > o["needle_len"] + o["prefix_len"],
+                 f"ints > needle_len + prefix_len = {o['needle_len'] + o['prefix_len']} (room for a haystack)")
+    require_list(o, "depths", lambda d: is_number(d) and 0 <= d <= 1, "numbers in [0, 1]")
+    require_int(o, "n_needles", 1)
+    require_vocab_range(o)
+    require_int(o, "seed", 0, MAX_SEED - (len(o["context_lengths"]) - 1))  # context length i uses seed + i
+    require_number(o, "success_recall", 0.0, 1.0, high_open=True)  # a trial succeeds when recall > it
+    require_number(o, "threshold", 0.0, 1.0, low_open=True)  # a head's score is a share of copied tokens
+    require_int(o, "chunk_size", 1)
 
 
 def _text_config(model):
@@ -135,6 +153,9 @@ def retrieval_hits(model, prompts: torch.Tensor, spans: torch.Tensor, n_steps: i
     with record(model, top1=True) as rec:
         for _ in range(n_steps):
             logits = model(input_ids=step_input, use_cache=True, **{kw: cache}).logits[:, -1]
+            if not torch.isfinite(logits).all():  # NaN activations: top-1 keys and hits would be noise
+                raise NonFiniteError("retrieval: the model's logits are NaN or infinite while generating; its "
+                                     "activations are not finite (NaN/inf weights or embeddings, or a dtype overflow)")
             token = logits.argmax(-1)  # [T]
             top1 = rec.last_top1_index()  # [T, L, H] absolute key positions
             in_needle = (top1 >= spans[:, 0, None, None]) & (top1 < spans[:, 1, None, None])
@@ -152,12 +173,8 @@ def score(model, *, tokenizer=None, texts=None, batch_size: Optional[int] = None
     cfg = _text_config(model)
     vocab = int(cfg.vocab_size)
     needle_len, prefix_len = int(o["needle_len"]), int(o["prefix_len"])
-    if not 1 <= prefix_len < needle_len:
-        raise ValueError(f"prefix_len must be in [1, needle_len), got {prefix_len} (needle_len {needle_len})")
     lengths = [int(n) for n in o["context_lengths"]]
     depths = [float(d) for d in o["depths"]]
-    if not lengths or not depths or any(not 0.0 <= d <= 1.0 for d in depths):
-        raise ValueError(f"context_lengths must be non-empty and depths in [0, 1], got {lengths}, {depths}")
     haystack = haystack_tokens(model, texts, tokenizer)
     candidates = needle_candidates(haystack, vocab, o["vocab_range"])
     n_copy = needle_len - prefix_len
@@ -187,10 +204,12 @@ def score(model, *, tokenizer=None, texts=None, batch_size: Optional[int] = None
     df["retrieval_score"] = mean.reshape(-1).numpy()
     df["retrieval_score_all_trials"] = scores.mean(0).reshape(-1).numpy()
     df["is_retrieval"] = df["retrieval_score"].fillna(0.0).to_numpy() >= float(o["threshold"])
+    df["label"] = np.where(df["is_retrieval"], RETRIEVAL, UNCLASSIFIED)
     df.attrs.update(settings=dict(o, bos_token_id=bos_token_id, n_trials=len(success), n_copied=int(ok.sum()),
                                   tokenizer=getattr(tokenizer, "name_or_path", None) or str(tokenizer)),
                     trials=rows)
     return df
 
 
-PROTOCOL = Protocol(name="retrieval", score=score, defaults=DEFAULTS, takes_texts=True)
+PROTOCOL = Protocol(name="retrieval", score=score, defaults=DEFAULTS, takes_texts=True, validate=validate,
+                    nan_scores=("retrieval_score",), needs_lm_head=True)

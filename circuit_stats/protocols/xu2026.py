@@ -27,7 +27,7 @@ from ..labels import (
 from ..models import probe_column
 from .engine import Batch, check_token_range, prepend_bos, run_batches
 from .frames import flat, head_frame
-from .spec import Protocol, require_int, require_number
+from .spec import Protocol, require_int, require_number, require_seed
 
 CLASSES = (INDUCTION, DUPLICATE_TOKEN, PREVIOUS_TOKEN, SELF, FIRST_TOKEN, LOCAL)
 LOW, HIGH = 100, 10000
@@ -41,7 +41,7 @@ def validate(o: dict) -> None:
     require_int(o, "n_sequences", 1)
     require_int(o, "seq_len", MIN_SEQ_LEN)
     for key in ("seed", "baseline_seed"):
-        require_int(o, key, 0)
+        require_seed(o, key)
     require_int(o, "n_baseline", 1)
     for key in ("class_threshold", "induction_screen", "first_token_screen", "previous_token_screen"):
         require_number(o, key, 0.0)

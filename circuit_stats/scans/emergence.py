@@ -6,7 +6,8 @@ from typing import Optional
 
 import pandas as pd
 
-from ..labels import FIRST_TOKEN, INDUCTION, UNCLASSIFIED
+from ..finite import float_columns, non_finite_rows
+from ..labels import FIRST_TOKEN, HEAD_CLASSES, INDUCTION, UNCLASSIFIED, flag_column
 from ..protocols import get_protocol
 
 DEFAULT_SCREENS = {"induction_min_heads": 3, "first_token_min_fraction": 0.5, "recall_target": 2 / 3}
@@ -77,12 +78,43 @@ def split_duplicates(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str
     return results[~marked], {str(r): str(d) for r, d in zip(dups["revision"], dups["duplicate_of"])}
 
 
+def with_labels(results: pd.DataFrame) -> pd.DataFrame:
+    """The table with its ``label`` column; a table without one (a retrieval scan written before
+    that protocol labelled heads) gets it from its ``is_<class>`` flags, the first class of
+    ``HEAD_CLASSES`` that a head passes, else ``unclassified``."""
+    if "label" in results or results.empty:
+        return results
+    flags = [(c, flag_column(c)) for c in HEAD_CLASSES if c != UNCLASSIFIED and flag_column(c) in results]
+    if not flags:
+        raise ValueError("the results table has neither a 'label' column nor is_<class> flag columns "
+                         f"(columns: {list(results.columns)})")
+    label = pd.Series(UNCLASSIFIED, index=results.index, dtype=object)
+    for cls, col in reversed(flags):
+        label = label.mask(results[col].astype(bool), cls)
+    return results.assign(label=label)
+
+
+def split_non_finite(results: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of revisions whose scores are all finite, and the revisions holding a NaN or
+    infinite score (except where the protocol defines NaN, ``Protocol.nan_scores``): left out of
+    onsets, jumps and circuits, since a NaN head is neither classified nor unclassified."""
+    if results.empty:
+        return results, []
+    protocol = get_protocol(str(results["protocol"].iloc[0])) if "protocol" in results else None
+    bad = non_finite_rows(results, float_columns(results, exclude=protocol.nan_scores if protocol else ()))
+    revs = list(dict.fromkeys(results.loc[bad, "revision"]))
+    return results[~results["revision"].isin(revs)], revs
+
+
 def summarise(results: pd.DataFrame, screens: Optional[dict] = None) -> dict:
     """Onsets, sharpest jumps, onset ratio, early-screen recall and sink-free layers, over the
-    revisions with their own weights (duplicates are listed under ``duplicates``)."""
-    results, duplicates = split_duplicates(results)
+    revisions with their own weights and finite scores (duplicates are listed under
+    ``duplicates``, revisions with NaN scores under ``non_finite``)."""
+    results, duplicates = split_duplicates(with_labels(results))
+    results, non_finite = split_non_finite(results)
     if results.empty:
-        raise ValueError("no finished revisions to summarise")
+        raise ValueError("no finished revisions to summarise"
+                         + (f" (every revision holds NaN scores: {non_finite})" if non_finite else ""))
     sc = {**DEFAULT_SCREENS, **(screens or {})}
     revs = revisions_table(results)
     by_rev = {r: g for r, g in results.groupby("revision")}
@@ -130,4 +162,5 @@ def summarise(results: pd.DataFrame, screens: Optional[dict] = None) -> dict:
         "early_screen_recall": {"per_revision": recall, "first_reaching_target": first_recall},
         "layers_never_first_token": [int(x) for x in layers if x not in sink_layers],
         "duplicates": duplicates,
+        "non_finite": non_finite,
     }

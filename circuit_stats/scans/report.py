@@ -19,14 +19,15 @@ from matplotlib.ticker import EngFormatter, PercentFormatter  # noqa: E402
 from .. import labels  # noqa: E402
 from ..labels import FIRST_TOKEN, INDUCTION, UNCLASSIFIED  # noqa: E402
 from ..protocols import get_protocol  # noqa: E402
-from .emergence import class_fractions, revisions_table, split_duplicates, summarise  # noqa: E402
-from .files import atomic_write, write_json  # noqa: E402
+from .emergence import (class_fractions, revisions_table, split_duplicates, split_non_finite, summarise,  # noqa: E402
+                        with_labels)
+from .files import atomic_write, read_json, write_json  # noqa: E402
 
 # ---------------------------------------------------------------- plots
 # One colour per head class everywhere; unclassified heads stay in the background.
 CLASS_COLOURS = {labels.INDUCTION: "tab:blue", labels.PREVIOUS_TOKEN: "tab:orange", labels.DUPLICATE_TOKEN: "tab:green",
                  labels.FIRST_TOKEN: "tab:red", labels.SELF: "tab:purple", labels.LOCAL: "tab:brown",
-                 labels.UNCLASSIFIED: "#d9d9d9"}
+                 labels.RETRIEVAL: "tab:cyan", labels.UNCLASSIFIED: "#d9d9d9"}
 LOG_SPAN = 100  # a token axis spanning more than this ratio is drawn on a log scale (plus a linear zoom)
 ZOOM_BELOW = 8  # on a linear axis, zoom on the sharpest jump when it is narrower than 1/8 of the axis
 
@@ -247,8 +248,9 @@ def markdown(summary: dict, plots: list[str]) -> str:
         lines.append("| (none: no class fraction changed) | | | |")
     rec = summary["early_screen_recall"]["first_reaching_target"]
     circuit = summary["final_induction_circuit"]
+    last = summary["revisions"][-1]["revision"]
     lines += ["", "## Early screen", "",
-              f"Final induction circuit (induction heads at the last revision): {len(circuit)} heads "
+              f"Final induction circuit (induction heads at the last revision, `{last}`): {len(circuit)} heads "
               f"{', '.join(f'L{a}H{b}' for a, b in circuit) or '(none)'}."]
     if circuit:
         share = rec.get("fraction_of_total_tokens") if rec else None
@@ -261,8 +263,26 @@ def markdown(summary: dict, plots: list[str]) -> str:
         lines += ["## Revisions with repeated weights", "",
                   f"{len(dups)} revisions hold the same weights as another revision and are left out of onsets, "
                   "jumps and plots:", ""] + [f"- `{r}` = `{d}`" for r, d in dups.items()] + [""]
+    lines += left_out(summary)
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def left_out(summary: dict) -> list[str]:
+    """Markdown lines naming the revisions this report leaves out: failed, or with NaN scores."""
+    failed, nan = summary.get("failed") or {}, summary.get("non_finite") or []
+    if not failed and not nan:
+        return []
+    lines = ["## Revisions left out", ""]
+    lines += [f"- `{r}` failed (see failed/): {err}" for r, err in failed.items()]
+    lines += [f"- `{r}` holds NaN or infinite scores (its model's activations are not finite)" for r in nan]
+    return lines + ["", "Onsets, jumps and the final circuit above are computed without them.", ""]
+
+
+def failed_revisions(scan_dir: Path) -> dict[str, str]:
+    """``{revision: error}`` of the scan's ``failed/<rev>.json`` records (none for a live table)."""
+    records = [read_json(p) for p in sorted((scan_dir / "failed").glob("*.json"))]
+    return {r["revision"]: r.get("error", "") for r in records if r and "revision" in r}
 
 
 def write_report(scan_dir: Union[str, Path], out: Optional[Union[str, Path]] = None,
@@ -273,11 +293,14 @@ def write_report(scan_dir: Union[str, Path], out: Optional[Union[str, Path]] = N
     table = scan_dir / "results.parquet"
     if not table.exists():
         raise FileNotFoundError(f"{table} not found: run `circuit-stats scan` first")
-    results = pd.read_parquet(table)
+    results = with_labels(pd.read_parquet(table))
     out = Path(out) if out else scan_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(results, screens)
+    done = set(results["revision"])
+    summary["failed"] = {r: e for r, e in failed_revisions(scan_dir).items() if r not in done}
     results, _ = split_duplicates(results)
+    results, _ = split_non_finite(results)
     revs = revisions_table(results)
     plots = ["class_fractions.png"]
     plot_fractions(summary, results, revs, out / plots[0])

@@ -90,7 +90,7 @@ def test_trials_put_the_needle_where_the_spans_say():
 
 
 @pytest.mark.parametrize("options, match", [
-    (dict(prefix_len=16), "prefix_len"), (dict(context_lengths=[10]), "no room"),
+    (dict(prefix_len=16), "prefix_len"), (dict(context_lengths=[10]), "room for a haystack"),
     (dict(depths=[1.5]), "depths"), (dict(needle_len=40), "distinct"), (dict(vocab_range=[0, 999]), "vocab_range"),
     (dict(colour=1), "unknown"),
 ])

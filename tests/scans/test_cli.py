@@ -139,3 +139,63 @@ def test_cli_scan_tokenizer_setting(tmp_path, capsys):
                  "--option", "max_tokens=50", "--out", str(out)]) == 1
     assert "--tokenizer bytes" in capsys.readouterr().out + "".join(
         p.read_text() for p in (out / "failed").glob("*.json"))
+
+
+def nan_weights(checkpoint):
+    """Overwrite ``checkpoint``'s weights with a copy whose first attention layer is NaN."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    with torch.no_grad():
+        model.gpt_neox.layers[0].attention.query_key_value.weight.fill_(float("nan"))
+    model.save_pretrained(checkpoint)
+
+
+def test_cli_a_revision_with_nan_weights_fails_and_the_report_leaves_it_out(tmp_path, capsys):
+    root = series_copy(tmp_path, ["checkpoint-0", "checkpoint-1600"])
+    nan_weights(root / "checkpoint-1600")
+    out = tmp_path / "scan"
+    demo = ["--option", "seq_len=32", "--option", "n_sequences=8", "--option", "vocab_range=[32, 127]"]
+    assert main(["scan", str(root), "--revisions", "all", "--out", str(out), "--protocol", "repeat", "--report",
+                 *demo]) == 1
+    err = capsys.readouterr().err
+    assert "checkpoint-1600: NonFiniteError" in err and "NaN" in err
+    assert json.loads((out / "failed" / "checkpoint-1600.json").read_text())["error"].startswith("NonFiniteError")
+    assert set(pd.read_parquet(out / "results.parquet").revision) == {"checkpoint-0"}
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert list(summary["failed"]) == ["checkpoint-1600"] and summary["revisions"][-1]["revision"] == "checkpoint-0"
+    md = (out / "report" / "summary.md").read_text()
+    assert "at the last revision, `checkpoint-0`" in md and "`checkpoint-1600` failed" in md
+
+
+RETRIEVAL = ["--protocol", "retrieval", "--tokenizer", "bytes", "--option", "context_lengths=[48]",
+             "--option", "depths=[0.5]", "--option", "n_needles=1", "--option", "needle_len=8", "--option", "prefix_len=2"]
+
+
+@pytest.mark.parametrize("option, message", [
+    ("n_needles=0", "'n_needles' must be an int >= 1, got 0"),
+    ("seed=-3", "'seed' must be an int in [0, 4294967295], got -3"),
+    ("threshold=-0.5", "'threshold' must be a number in (0.0, 1.0], got -0.5"),
+    ("success_recall=3", "'success_recall' must be a number in [0.0, 1.0), got 3"),
+])
+def test_cli_bad_retrieval_options_exit_2_before_loading_and_the_corrected_run_works(tmp_path, capsys, monkeypatch,
+                                                                                    option, message):
+    import circuit_stats.scans.scan as scan_module
+    from circuit_stats.demo.series import demo_series_dir
+
+    loads = []
+    real_load = scan_module.load_checkpoint
+    monkeypatch.setattr(scan_module, "load_checkpoint", lambda *a, **k: (loads.append(a), real_load(*a, **k))[1])
+    out = tmp_path / "scan"
+    argv = ["scan", str(demo_series_dir()), "--revisions", "checkpoint-0,checkpoint-1600", "--out", str(out), *RETRIEVAL]
+    assert main(argv + ["--option", option]) == 2
+    assert f"--option: option {message}" in capsys.readouterr().err
+    assert not out.exists() and not loads, "nothing loaded, nothing written"
+    if option == "n_needles=0":  # the corrected run is not refused for 'other settings'
+        assert main(argv + ["--report"]) == 0
+        assert len(loads) == 2
+        summary = json.loads((out / "report" / "summary.json").read_text())
+        assert summary["protocol"] == "retrieval" and "retrieval" in summary["classes"]
+        table = pd.read_parquet(out / "results.parquet")
+        assert set(table.label) <= {"retrieval", "unclassified"} and table.label.eq("retrieval").any()
