@@ -22,7 +22,7 @@ def non_finite_rows(df: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
     """Boolean per row: any of ``columns`` is NaN or +-inf."""
     if not len(columns):
         return pd.Series(False, index=df.index)
-    values = df[list(columns)].to_numpy(dtype=float)
+    values = df[list(columns)].to_numpy(dtype=float, na_value=np.nan)  # pd.NA (nullable floats) counts too
     return pd.Series(~np.isfinite(values).all(axis=1), index=df.index)
 
 
@@ -33,7 +33,7 @@ def check_finite(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     if not bad.any():
         return
     rows = df[bad]
-    cols = [c for c in columns if not np.isfinite(rows[c].to_numpy(dtype=float)).all()]
+    cols = [c for c in columns if non_finite_rows(rows, [c]).any()]
     where = ""
     if {"layer", "head"} <= set(df.columns):
         first = rows.iloc[0]

@@ -14,7 +14,9 @@ Every file is written atomically (``files.atomic_write``) and a finished revisio
 file, so a run killed at any moment loses at most the revisions in flight, and the table read at
 any moment holds every finished revision once. Processes scanning into one directory (shards, or
 the same revisions twice) claim a revision with a non-blocking file lock before fetching it.
-Re-running the same scan skips finished revisions and retries failed ones.
+Re-running the same scan skips finished revisions and retries failed ones. A revision whose
+scores are NaN or infinite (NaN weights) fails like one that does not load: its table is never
+committed.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from ..finite import check_finite, float_columns
 from ..protocols import get_protocol
 from ..protocols.texts import BYTES
 from ..scoring import score_heads
@@ -105,6 +108,7 @@ class Scan:
                                   prefetch=prefetch, max_consecutive_failures=max_consecutive_failures,
                                   tokenizer=tokenizer)
         self.takes_texts = get_protocol(protocol).takes_texts
+        self.nan_scores = get_protocol(protocol).nan_scores
         self.tokenizer = tokenizer
         self._named_tokenizer = None  # --tokenizer NAME: loaded once, the same for every revision
         self.model_id = normalised_model(model_or_dir)  # hub model id or absolute checkpoint directory
@@ -350,6 +354,7 @@ class Scan:
             if error is not None:
                 raise error
             df = self.score_fn(rev, fetched)
+            check_finite(df, float_columns(df, exclude=self.nan_scores), "scores")  # any score_fn
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # a revision that fails to load or score

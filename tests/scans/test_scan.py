@@ -294,3 +294,18 @@ def test_delete_after_removes_the_cached_revision(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "scan_cache_dir", lambda: Cache())
     assert loading_mod.delete_cached_revision("EleutherAI/pythia-1b", "abc") == 123 and deleted
     assert loading_mod.delete_cached_revision("EleutherAI/pythia-1b", "zzz") == 0
+
+
+def test_nan_scores_from_any_scorer_fail_the_revision_instead_of_entering_the_table(tmp_path):
+    score, _ = fake_scores(50)
+
+    def nan_at_step30(rev, fetched):
+        df = score(rev, fetched)
+        if rev.revision == "step30":  # e.g. a custom scorer on a checkpoint with NaN weights
+            df.loc[df.index[-1], "induction"] = float("nan")
+        return df
+
+    outcome = fake_scan(tmp_path, nan_at_step30).run(CATALOG[::10][:4])
+    assert sorted(outcome.results.revision.unique()) == ["step0", "step10", "step20"]
+    assert list(outcome.failed) == ["step30"] and outcome.failed["step30"].startswith("NonFiniteError: scores: ['induction']")
+    assert json.loads((tmp_path / "failed" / "step30.json").read_text())["error"].startswith("NonFiniteError")
