@@ -4,7 +4,8 @@ Each document runs through the model alone (no padding), in chunks that extend t
 (``prefill.chunked_prefill``), inside one ``record(position_bins=...)``; its per-(layer, head,
 bin) means become rows of ``profile.parquet``. With ``out=``, every finished document is
 committed atomically, so a re-run continues where a killed one stopped, and a document that
-fails is recorded in ``failures.json`` and skipped.
+fails (also one whose statistics are NaN or infinite: ``NonFiniteError``) is recorded in
+``failures.json`` and skipped, never pooled.
 """
 
 from __future__ import annotations

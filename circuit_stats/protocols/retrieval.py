@@ -8,7 +8,10 @@ one query per step. At each step a head scores a hit when its top-1 key (the key
 attention probability, read in the fused pass of that step through ``record(top1=True)``) lies in
 the needle and holds the token the step generates. Per trial, score = hits / tokens to copy
 (``needle_len - prefix_len``); a head's ``retrieval_score`` is the mean over the trials the model
-copied (token recall of the continuation > ``success_recall``).
+copied (token recall of the continuation > ``success_recall``), NaN when it copied none; a head
+is a retrieval head (``is_retrieval``, ``label`` ``retrieval``, else ``unclassified``) when its
+score is >= ``threshold``. Logits that turn NaN or infinite while generating raise
+``NonFiniteError`` (hits read from NaN attention would be noise).
 
 Differences from Wu et al.'s code, precisely:
 

@@ -17,6 +17,7 @@ def class_fractions(results: pd.DataFrame) -> pd.DataFrame:
     """Per revision (rows, in training order): the share of heads with each label (columns)."""
     if results.empty:
         return pd.DataFrame()
+    results = with_labels(results)
     frac = pd.crosstab([results["step"], results["revision"]], results["label"], normalize="index")
     return frac.sort_index()
 
