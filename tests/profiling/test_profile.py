@@ -131,3 +131,16 @@ def test_output_directory_resumes_and_records_failures(model, seed, tmp_path, mo
 
     with pytest.raises(ValueError, match="other settings"):
         profile(model, docs, out=out, statistics=("sink",), progress=False)
+
+
+def test_profile_files_follow_the_umask(model, seed, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        profile(model, token_docs(seed, (20, 12)), out=tmp_path / "p", statistics=["sink"], progress=False)
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "p").rglob("*") if p.is_file() and p.name != ".profile.lock"]
+    assert len(files) >= 5  # profile.json, 2 parts, profile.parquet, summary.md, plots
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in files), {p.name: oct(p.stat().st_mode) for p in files}
