@@ -9,56 +9,36 @@ import json
 import math
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Callable, TypeVar, Union
+
+T = TypeVar("T")
 
 # The same lists as circuit_stats.protocols.PROTOCOLS and circuit_stats.profiling.profile.STATISTICS
-# (tests/test_arguments.py keeps them equal), spelled out here so that the parser needs no torch.
+# (tests/test_command_line.py keeps them equal), spelled out here so that the parser needs no torch.
 PROTOCOL_NAMES = ("natural", "repeat", "retrieval", "sink", "xu2026")
 STATISTICS = ("sink", "previous_token", "induction", "duplicate", "entropy", "distance", "local", "top1_prob")
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return n
+def checked(parse: Callable[[str], T], accept: Callable[[T], bool], expected: str) -> Callable[[str], T]:
+    """An argparse type: ``parse(text)`` if that works and ``accept`` takes it, else an error
+    saying what was ``expected``."""
+
+    def parse_checked(text: str) -> T:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse_checked
 
 
-def nonnegative_int(text: str) -> int:
-    """An integer >= 0."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return n
-
-
-def positive_number(text: str) -> float:
-    """A finite number > 0 (e.g. ``2e9``)."""
-    try:
-        x = float(text)
-    except ValueError:
-        x = math.nan
-    if not (math.isfinite(x) and x > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return x
-
-
-def fraction(text: str) -> float:
-    """A number in [0, 1]."""
-    try:
-        x = float(text)
-    except ValueError:
-        x = math.nan
-    if not 0 <= x <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return x
+positive_int = checked(int, lambda n: n >= 1, "a positive integer")
+nonnegative_int = checked(int, lambda n: n >= 0, "an integer >= 0")
+positive_number = checked(float, lambda x: math.isfinite(x) and x > 0, "a positive number")  # e.g. 2e9
+fraction = checked(float, lambda x: 0 <= x <= 1, "a number in [0, 1]")
 
 
 def position_bins(text: str) -> Union[str, list]:
