@@ -137,16 +137,7 @@ def cmd_demo(a) -> int:
 
 def cmd_profile(a) -> int:
     """Position-resolved statistics of every head over a corpus (see circuit_stats.profiling)."""
-    arg.check_out_dir(a.out)
-    arg.check_model_source(a.model)
-    from .profiling.corpus import read_corpus
-    from .scans.settings import check_device
-
-    check_device(a.device)
-
-    docs = read_corpus(a.texts, text_field=a.text_field, split=a.split)  # bad input fails before loading
-    tokenizer = "bytes" if a.tokenizer == "bytes" else load_tokenizer(
-        a.tokenizer or a.model, revision=None if a.tokenizer else a.revision, what="--tokenizer")
+    docs, tokenizer = profile_inputs(a)
     model = load_profile_model(a)
     from .profiling import profile
     from .scans.settings import normalised_model
@@ -167,6 +158,27 @@ def cmd_profile(a) -> int:
         print(f"circuit-stats profile: {len(failed)} documents failed, see {out / 'failures.json'}", file=sys.stderr)
         return 1
     return 0
+
+
+def profile_inputs(a) -> tuple:
+    """The documents and tokenizer of ``circuit-stats profile``, after checking ``--out``, the
+    model path and ``--device``; before the model loads and before anything is written."""
+    arg.check_out_dir(a.out)
+    arg.check_model_source(a.model)
+    from .profiling.corpus import read_corpus
+    from .scans.settings import check_device
+
+    check_device(a.device)
+    docs = read_corpus(a.texts, text_field=a.text_field, split=a.split)
+    from transformers import AutoConfig
+
+    try:  # the config alone: a wrong model name is named as such, not as a missing tokenizer
+        AutoConfig.from_pretrained(a.model, revision=a.revision)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"model {a.model}: no model config could be loaded ({type(err).__name__}: {err})") from None
+    tokenizer = "bytes" if a.tokenizer == "bytes" else load_tokenizer(
+        a.tokenizer or a.model, revision=None if a.tokenizer else a.revision, what="--tokenizer")
+    return docs, tokenizer
 
 
 def load_profile_model(a):
