@@ -9,6 +9,7 @@ import torch
 
 from .finite import check_finite, float_columns
 from .models import uses_circuit_stats
+from .models.context import context_guard
 from .protocols import get_protocol
 from .protocols.engine import model_device
 
@@ -68,7 +69,8 @@ def score_heads(
         kwargs.update(tokenizer=tokenizer, texts=texts)
     elif texts is not None or tokenizer is not None:
         raise ValueError(f"protocol {protocol!r} generates its own sequences; texts/tokenizer are not used")
-    df = spec.score(model, **kwargs)
+    with context_guard(model, f"protocol {protocol!r}"):  # refuse positions past a learned table
+        df = spec.score(model, **kwargs)
     check_finite(df, float_columns(df, exclude=spec.nan_scores), f"{protocol} scores")
     df.attrs.update(
         protocol=protocol,

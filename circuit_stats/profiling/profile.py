@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..finite import check_finite
 from ..models import offset_column, record, uses_circuit_stats
+from ..models.context import check_context, context_limit
 from ..models.positions import BinSpec, bin_edges
 from .corpus import Document, as_documents
 from .prefill import chunked_prefill
@@ -67,12 +68,6 @@ def tokenize(doc: Document, tokenizer, add_special_tokens: bool) -> list[int]:
     if hasattr(ids, "input_ids") or isinstance(ids, dict):
         ids = ids["input_ids"]
     return [int(i) for i in ids]
-
-
-def model_context(model: torch.nn.Module) -> Optional[int]:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    n = getattr(config, "max_position_embeddings", None)
-    return int(n) if n else None
 
 
 def record_options(statistics: Sequence[str], local_window: int) -> dict:
@@ -150,7 +145,8 @@ def profile(
         chunk_size: tokens per forward (chunked prefill through the KV cache): bounds activation
             memory, not the result.
         max_tokens: truncate documents to this many tokens (default: the model's context,
-            ``max_position_embeddings``).
+            ``max_position_embeddings``). More than a learned position table holds (GPT-2, OPT)
+            is refused; more than a rotary model was trained on gives a warning.
         add_special_tokens: passed to a transformers tokenizer (e.g. to prepend its BOS).
 
     Returns:
@@ -168,9 +164,11 @@ def profile(
         raise ValueError(f"local_window must be an int >= 1, got {local_window!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-    limit = model_context(model) if max_tokens is None else int(max_tokens)
-    if limit is not None and limit < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
+    limit = context_limit(model) if max_tokens is None else max_tokens
+    if max_tokens is not None:  # past a learned position table: refused; past a rotary model's context: a warning
+        check_context(model, max_tokens, f"max_tokens={max_tokens}")
     docs = as_documents(texts)
     if not docs:
         raise ValueError("texts: no documents")

@@ -8,6 +8,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..models.context import check_context
 from ..models.recording import record
 
 
@@ -68,6 +69,9 @@ def run_batches(
     (``[layers, heads]`` per statistic) and, with ``per_sample``, the per-row means
     (``[rows, layers, heads]``, rows in batch order)."""
     device = device or model_device(model)
+    batches = list(batches)  # small id tensors: the longest is checked against the context before any forward
+    if batches:
+        check_context(model, max(b.input_ids.shape[1] for b in batches), f"protocol {desc!r}")
     was_training = model.training
     model.eval()
 

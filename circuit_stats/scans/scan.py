@@ -37,6 +37,7 @@ from ..finite import check_finite, float_columns
 from ..protocols import get_protocol
 from ..protocols.texts import BYTES
 from ..scoring import score_heads
+from ..tokenizers import load_tokenizer
 from .catalog import Revision, revisions, select_revisions
 from .emergence import largest_jump
 from .files import parquet_parts, read_json, safe_name, write_json, write_parquet
@@ -254,25 +255,18 @@ class Scan:
         checkpoint folder's tokenizer files, or the hub repository's at this revision."""
         if self.tokenizer == BYTES:
             return BYTES
-        from transformers import AutoTokenizer
-
         if self.tokenizer and self._named_tokenizer is not None:
             return self._named_tokenizer
         if self.tokenizer:
-            source, kwargs = self.tokenizer, {}
+            source, revision = self.tokenizer, None
         elif self.is_local:
-            source, kwargs = checkpoint, {}
+            source, revision = checkpoint, None
             if not any((Path(checkpoint) / f).exists() for f in TOKENIZER_FILES):
                 raise ValueError(f"protocol {self.protocol!r} scores text and {checkpoint} holds no tokenizer files; "
                                  "pass --tokenizer NAME, or --tokenizer bytes for a byte-level model")
         else:
-            source, kwargs = self.model_id, {"revision": revision}
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        except Exception as err:
-            raise ValueError(f"protocol {self.protocol!r} scores text and no tokenizer could be loaded from {source} "
-                             f"({type(err).__name__}); pass --tokenizer NAME, or --tokenizer bytes for a byte-level "
-                             "model") from err
+            source, revision = self.model_id, revision
+        tokenizer = load_tokenizer(source, revision=revision, what=f"protocol {self.protocol!r} scores text")
         if self.tokenizer:
             self._named_tokenizer = tokenizer
         return tokenizer

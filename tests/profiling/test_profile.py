@@ -174,3 +174,16 @@ def test_pooling_propagates_nan_instead_of_counting_it_as_zero(tmp_path):
     text = write_summary(rows, tmp_path, {}, {}, 0.0).read_text()
     assert "| 0 | [0, inf) | 8 | 0.400 | nan |" in text
     assert "NaN: L0H0" in text
+
+
+def test_profile_files_follow_the_umask(model, seed, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        profile(model, token_docs(seed, (20, 12)), out=tmp_path / "p", statistics=["sink"], progress=False)
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "p").rglob("*") if p.is_file() and p.name != ".profile.lock"]
+    assert len(files) >= 5  # profile.json, 2 parts, profile.parquet, summary.md, plots
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in files), {p.name: oct(p.stat().st_mode) for p in files}

@@ -42,7 +42,8 @@ def test_rerunning_the_demo_skips_finished_revisions(demo_run, capsys):
 def test_cli_revisions_and_errors(capsys, tmp_path):
     assert main(["revisions", "EleutherAI/pythia-1b", "--offline", "--revisions", "paper"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 10 and lines[0].split("\t") == ["step1", "1", "2097152"]
+    assert lines[0].split("\t") == ["revision", "step", "tokens"]  # a header, then one line per revision
+    assert len(lines) == 11 and lines[1].split("\t") == ["step1", "1", "2097152"]
     assert main(["report", str(tmp_path)]) == 2
     assert "run `circuit-stats scan` first" in capsys.readouterr().err
 
@@ -81,7 +82,7 @@ SMALL = ["--protocol", "repeat", "--option", "seq_len=8", "--option", "n_sequenc
 @pytest.mark.parametrize("args, message", [
     (["--option", "seq_len=abc"], "--option: repeat option 'seq_len' must be int"),
     (["--option", "n_seqs=2"], "--option: unknown repeat options ['n_seqs']"),
-    (["--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["--batch-size", "0"], "argument --batch-size: expected a positive integer, got '0'"),
     (["--device", "cuda:99"], "--device 'cuda:99'"),
     (["--revisions", ""], "--revisions: the revision spec is empty"),
     (["--revisions", " , "], "--revisions: the revision spec is empty"),
@@ -104,7 +105,7 @@ def test_cli_log_1_is_one_revision(capsys):
     from circuit_stats.demo.series import demo_series_dir
 
     assert main(["revisions", str(demo_series_dir()), "--revisions", "log:1"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["checkpoint-1600\t1600\t4915200"]
+    assert capsys.readouterr().out.splitlines() == ["revision\tstep\ttokens", "checkpoint-1600\t1600\t4915200"]
 
 
 def test_cli_failed_revisions_give_a_nonzero_exit_with_a_summary(tmp_path, capsys):
@@ -199,3 +200,16 @@ def test_cli_bad_retrieval_options_exit_2_before_loading_and_the_corrected_run_w
         assert summary["protocol"] == "retrieval" and "retrieval" in summary["classes"]
         table = pd.read_parquet(out / "results.parquet")
         assert set(table.label) <= {"retrieval", "unclassified"} and table.label.eq("retrieval").any()
+
+
+def test_a_local_directory_is_scanned_whole_by_default(tmp_path):
+    from circuit_stats.demo.series import DEMO_REPEAT_OPTIONS, demo_series_dir
+
+    series = tmp_path / "series"
+    series.mkdir()
+    for name in ("checkpoint-0", "checkpoint-1600"):
+        (series / name).symlink_to(demo_series_dir() / name)  # links out of the directory: real checkpoints
+    options = [f"{k}={json.dumps(v)}" for k, v in {**DEMO_REPEAT_OPTIONS, "n_sequences": 4}.items()]
+    argv = ["scan", str(series), "--protocol", "repeat", "--out", str(tmp_path / "o"), "--dtype", "float32"]
+    assert main(argv + [x for o in options for x in ("--option", o)]) == 0  # no --revisions: all, not paper
+    assert set(pd.read_parquet(tmp_path / "o" / "results.parquet").revision) == {"checkpoint-0", "checkpoint-1600"}

@@ -10,7 +10,6 @@ import pytest
 import torch
 from scan_fakes import CATALOG, fake_scan, fake_scores
 
-import circuit_stats.scans.files as files_mod
 import circuit_stats.scans.loading as loading_mod
 from circuit_stats.models.families import tiny_model
 from circuit_stats.scans.emergence import largest_jump
@@ -55,7 +54,7 @@ REAL = {"replace": os.replace, "unlink": os.unlink}
 def patch_writes(monkeypatch, on_write):
     """Route every file move and removal (os.replace, os.unlink, Path.unlink) through ``on_write``."""
     for name, real in REAL.items():
-        monkeypatch.setattr(files_mod.os, name, lambda *a, _real=real, **k: (on_write(), _real(*a, **k))[1])
+        monkeypatch.setattr(os, name, lambda *a, _real=real, **k: (on_write(), _real(*a, **k))[1])
 
 
 def count_writes(monkeypatch, out, run) -> int:
