@@ -25,6 +25,7 @@ class Batch:
 class RunResult:
     means: dict[str, torch.Tensor]  # {statistic: [layers, heads]}
     per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # {statistic: [seqs, L, H]}
+    counts: dict[str, torch.Tensor] = field(default_factory=dict)  # {statistic: [seqs]} queries per row
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -66,7 +67,7 @@ def run_batches(
 ) -> RunResult:
     """Run every batch through the model inside one ``record()`` and return the means
     (``[layers, heads]`` per statistic) and, with ``per_sample``, the per-row means
-    (``[rows, layers, heads]``, rows in batch order)."""
+    (``[rows, layers, heads]``, rows in batch order) and the queries each averages (``[rows]``)."""
     device = device or model_device(model)
     was_training = model.training
     model.eval()
@@ -82,6 +83,8 @@ def run_batches(
                 rec.set_inputs(query_mask=qm, probe_keys=to_device(batch.probe_keys))
                 model(input_ids=to_device(batch.input_ids), attention_mask=to_device(batch.attention_mask),
                       use_cache=False)
-        return RunResult(rec.tensors(), rec.per_sample() if per_sample else {})
+        if not per_sample:
+            return RunResult(rec.tensors())
+        return RunResult(rec.tensors(), rec.per_sample(), rec.per_sample_counts())
     finally:
         model.train(was_training)
