@@ -43,6 +43,19 @@ def check_finite(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
                          "overflow), so these numbers cannot be pooled or labelled")
 
 
+# Uncertainty columns may be NaN by definition (a standard error over one unit) or infinite (a
+# label margin over a zero standard error): ``<score>_se`` and ``label_margin``.
+SE_SUFFIX = "_se"
+MARGIN_COLUMN = "label_margin"
+
+
+def is_uncertainty_column(column: str) -> bool:
+    """True for ``<score>_se`` and ``label_margin``, which the finiteness checks leave alone."""
+    return column.endswith(SE_SUFFIX) or column == MARGIN_COLUMN
+
+
 def float_columns(df: pd.DataFrame, exclude: Sequence[str] = ()) -> list[str]:
-    """The floating-point columns of ``df`` (scores and statistics), except ``exclude``."""
-    return [c for c in df.columns if c not in exclude and pd.api.types.is_float_dtype(df[c])]
+    """The floating-point score and statistic columns of ``df``, except ``exclude`` and the
+    uncertainty columns (:func:`is_uncertainty_column`)."""
+    return [c for c in df.columns
+            if c not in exclude and not is_uncertainty_column(c) and pd.api.types.is_float_dtype(df[c])]

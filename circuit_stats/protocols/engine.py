@@ -26,6 +26,7 @@ class Batch:
 class RunResult:
     means: dict[str, torch.Tensor]  # {statistic: [layers, heads]}
     per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # {statistic: [seqs, L, H]}
+    counts: dict[str, torch.Tensor] = field(default_factory=dict)  # {statistic: [seqs]} queries per row
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -67,7 +68,7 @@ def run_batches(
 ) -> RunResult:
     """Run every batch through the model inside one ``record()`` and return the means
     (``[layers, heads]`` per statistic) and, with ``per_sample``, the per-row means
-    (``[rows, layers, heads]``, rows in batch order)."""
+    (``[rows, layers, heads]``, rows in batch order) and the queries each averages (``[rows]``)."""
     device = device or model_device(model)
     batches = list(batches)  # small id tensors: the longest is checked against the context before any forward
     if batches:
@@ -86,6 +87,8 @@ def run_batches(
                 rec.set_inputs(query_mask=qm, probe_keys=to_device(batch.probe_keys))
                 model(input_ids=to_device(batch.input_ids), attention_mask=to_device(batch.attention_mask),
                       use_cache=False)
-        return RunResult(rec.tensors(), rec.per_sample() if per_sample else {})
+        if not per_sample:
+            return RunResult(rec.tensors())
+        return RunResult(rec.tensors(), rec.per_sample(), rec.per_sample_counts())
     finally:
         model.train(was_training)

@@ -43,6 +43,7 @@ from ..profiling.prefill import cache_keyword, chunked_prefill
 from ..profiling.profile import resolve_tokenizer, tokenize
 from .spec import (MAX_SEED, Protocol, is_int, is_number, require_int, require_list, require_number,
                    require_vocab_range)
+from .uncertainty import label_margins, mean_se, se_column
 
 DEFAULTS = dict(
     context_lengths=[1024],
@@ -203,11 +204,13 @@ def score(model, *, tokenizer=None, texts=None, batch_size: Optional[int] = None
     scores = torch.stack(per_trial)  # [trials, L, H]
     ok = torch.tensor(success)
     df = pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L)})
-    mean = scores[ok].mean(0) if ok.any() else torch.full((L, H), float("nan"), dtype=torch.float64)
-    df["retrieval_score"] = mean.reshape(-1).numpy()
-    df["retrieval_score_all_trials"] = scores.mean(0).reshape(-1).numpy()
+    nan = torch.full((L, H), float("nan"), dtype=torch.float64)
+    copied = mean_se(scores[ok]) if ok.any() else (nan, nan)
+    for col, (mean, se) in {"retrieval_score": copied, "retrieval_score_all_trials": mean_se(scores)}.items():
+        df[col], df[se_column(col)] = mean.reshape(-1).numpy(), se.reshape(-1).numpy()
     df["is_retrieval"] = df["retrieval_score"].fillna(0.0).to_numpy() >= float(o["threshold"])
     df["label"] = np.where(df["is_retrieval"], RETRIEVAL, UNCLASSIFIED)
+    df = label_margins(df, {"retrieval_score": float(o["threshold"])}, {"retrieval_score": RETRIEVAL})
     df.attrs.update(settings=dict(o, bos_token_id=bos_token_id, n_trials=len(success), n_copied=int(ok.sum()),
                                   tokenizer=getattr(tokenizer, "name_or_path", None) or str(tokenizer)),
                     trials=rows)
