@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 
 from ..finite import float_columns, non_finite_rows
 from ..labels import FIRST_TOKEN, HEAD_CLASSES, INDUCTION, UNCLASSIFIED, flag_column
 from ..protocols import get_protocol
+from ..protocols.uncertainty import BORDERLINE_SE, se_column
 
 DEFAULT_SCREENS = {"induction_min_heads": 3, "first_token_min_fraction": 0.5, "recall_target": 2 / 3}
 
@@ -67,6 +69,28 @@ def _first(revs: pd.DataFrame, passes) -> Optional[dict]:
         if passes(rev):
             return revision_info(revs, rev)
     return None
+
+
+def onset_interval(onset: Optional[dict], revs: pd.DataFrame, by_rev: dict, score: Optional[str]) -> Optional[dict]:
+    """Where an onset lies and whether it exceeds noise: ``after`` (the onset revision), ``before``
+    (the scanned revision just before it; None at the first) and, when the table has the score's
+    standard error (``<score>_se``), per head that turned induction at the onset the change in
+    ``score`` in standard errors, ``z = (after - before) / sqrt(se_after^2 + se_before^2)``;
+    ``exceeds_noise`` when every such head's ``z >= BORDERLINE_SE`` (2)."""
+    if onset is None:
+        return None
+    i = list(revs.revision).index(onset["revision"])
+    out = {"before": revision_info(revs, revs.revision.iloc[i - 1]) if i else None, "after": onset,
+           "change_z": None, "exceeds_noise": None}
+    se = None if score is None else se_column(score)
+    if not i or se is None or se not in by_rev[onset["revision"]]:
+        return out
+    after, before = (by_rev[r].set_index(["layer", "head"]) for r in (onset["revision"], revs.revision.iloc[i - 1]))
+    new = sorted(induction_heads(by_rev[onset["revision"]]) - induction_heads(by_rev[revs.revision.iloc[i - 1]]))
+    z = {f"L{a}H{b}": float((after.loc[(a, b), score] - before.loc[(a, b), score])
+                            / np.hypot(after.loc[(a, b), se], before.loc[(a, b), se])) for a, b in new}
+    out.update(change_z=z, exceeds_noise=bool(z) and all(v >= BORDERLINE_SE for v in z.values()))
+    return out
 
 
 def split_duplicates(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -137,6 +161,8 @@ def summarise(results: pd.DataFrame, screens: Optional[dict] = None) -> dict:
                         and frac.loc[r, FIRST_TOKEN] >= sc["first_token_min_fraction"])
     classes.setdefault(INDUCTION, {"fraction": {}, "sharpest_jump": None})["onset"] = ind_onset
     classes.setdefault(FIRST_TOKEN, {"fraction": {}, "sharpest_jump": None})["onset"] = sink_onset
+    protocol = get_protocol(str(results.protocol.iloc[0]))
+    classes[INDUCTION]["onset_interval"] = onset_interval(ind_onset, revs, by_rev, protocol.induction_score)
 
     ratio = None
     if ind_onset and sink_onset and ind_onset["tokens"] and sink_onset["tokens"]:

@@ -19,6 +19,7 @@ from matplotlib.ticker import EngFormatter, PercentFormatter  # noqa: E402
 from .. import labels  # noqa: E402
 from ..labels import FIRST_TOKEN, INDUCTION, UNCLASSIFIED  # noqa: E402
 from ..protocols import get_protocol  # noqa: E402
+from ..protocols.uncertainty import BORDERLINE_SE, se_column  # noqa: E402
 from .emergence import (class_fractions, revisions_table, split_duplicates, split_non_finite, summarise,  # noqa: E402
                         with_labels)
 from .files import atomic_write, read_json, write_json  # noqa: E402
@@ -175,7 +176,8 @@ def plot_heatmaps(results: pd.DataFrame, panels: list[tuple[str, str]], summary:
 
 def plot_trajectories(results: pd.DataFrame, summary: dict, revs: pd.DataFrame, path: Path) -> bool:
     """The protocol's induction score of the final induction circuit's heads over training (of
-    the four highest-scoring heads at the last revision when there is no circuit)."""
+    the four highest-scoring heads at the last revision when there is no circuit), with a band of
+    +-1 standard error where the table has ``<score>_se``."""
     col = get_protocol(summary["protocol"]).induction_score
     if col is None or col not in results:
         return False
@@ -192,7 +194,10 @@ def plot_trajectories(results: pd.DataFrame, summary: dict, revs: pd.DataFrame, 
         g = results[(results.layer == layer) & (results["head"] == head)].set_index("revision").reindex(revs.revision)
         y = g[col].to_numpy(dtype=float)
         values.append(y)
-        ax.plot(x, y, marker="o", ms=3, label=f"L{layer}H{head}", zorder=3)
+        line, = ax.plot(x, y, marker="o", ms=3, label=f"L{layer}H{head}", zorder=3)
+        if se_column(col) in g:  # +-1 standard error over the protocol's sampling unit
+            se = g[se_column(col)].to_numpy(dtype=float)
+            ax.fill_between(x, y - se, y + se, color=line.get_color(), alpha=0.2, lw=0, zorder=2)
     _mark_events(ax, summary, revs, x)
     _token_axis(ax, x, xlabel, log=_is_wide(x))
     v = np.concatenate(values) if values else np.array([])
@@ -205,6 +210,8 @@ def plot_trajectories(results: pd.DataFrame, summary: dict, revs: pd.DataFrame, 
         ax.set_ylim(-0.03, 1.03)
     else:
         ax.set_ylabel(f"{col} (the protocol's induction score)")
+    if se_column(col) in results:
+        title += ", bands +-1 standard error"
     ax.set_title(f"{display_name(summary['model'])}: {title} (protocol {summary['protocol']})", fontsize=9)
     handles, names = ax.get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8)
@@ -226,6 +233,23 @@ def _fmt_rev(info: Optional[dict]) -> str:
     return f"`{info['revision']}` (step {info['step']:,}{tok})"
 
 
+def onset_noise_lines(interval: Optional[dict]) -> list[str]:
+    """The induction onset's interval and its change in standard errors, as Markdown bullets."""
+    if not interval:
+        return []
+    if interval["before"] is None:
+        return ["  - reached at the first scanned revision: no interval, no change to test"]
+    lines = [f"  - lies between {_fmt_rev(interval['before'])} and {_fmt_rev(interval['after'])}"]
+    z = interval.get("change_z")
+    if z is None:
+        lines.append("  - no standard errors in this table (scanned before they existed): noise not tested")
+    elif z:
+        verdict = "exceeds" if interval["exceeds_noise"] else "does not clearly exceed"
+        lines.append(f"  - the change {verdict} noise: heads that turned induction moved by "
+                     + ", ".join(f"{h} {v:+.1f} SE" for h, v in z.items()) + f" (threshold {BORDERLINE_SE:g} SE)")
+    return lines
+
+
 def markdown(summary: dict, plots: list[str]) -> str:
     sc = summary["screens"]
     lines = [f"# circuit-stats report: {display_name(summary['model'])}", "",
@@ -235,6 +259,7 @@ def markdown(summary: dict, plots: list[str]) -> str:
         lines += [f"**No head passed any class threshold in these {summary['n_revisions']} revisions.**", ""]
     lines += ["## Onsets", "",
               f"- induction (>= {sc['induction_min_heads']} induction heads): {_fmt_rev(summary['classes']['induction']['onset'])}",
+              *onset_noise_lines(summary["classes"]["induction"].get("onset_interval")),
               f"- first-token (>= {sc['first_token_min_fraction']:.0%} of heads): {_fmt_rev(summary['classes']['first-token']['onset'])}"]
     ratio = summary["induction_to_sink_onset_ratio_tokens"]
     lines.append(f"- first-token onset / induction onset, in tokens: {ratio:.1f}x" if ratio else

@@ -118,3 +118,11 @@ def test_a_table_without_label_column_is_labelled_from_its_flags(tmp_path):
     summary = write_report(tmp_path)
     assert summary["classes"]["retrieval"]["fraction"] == {"s0": 0.0, "s10": 0.5, "s20": 0.5}
     assert summary["non_finite"] == []  # retrieval_score is NaN by definition when no trial was copied
+
+
+def test_the_report_gives_the_onset_interval_and_its_noise_test(tmp_path, synthetic_results):
+    synthetic_results.assign(sel_induction_se=1.0).to_parquet(tmp_path / "results.parquet")
+    write_report(tmp_path)
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "lies between `s0` (step 0, 0 tokens) and `s10`" in md
+    assert "the change exceeds noise: heads that turned induction moved by L0H1 +41.0 SE, L0H2 +41.0 SE" in md
