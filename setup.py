@@ -44,6 +44,11 @@ setup(
         "tqdm",
         "filelock>=3.12,<5",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark", "accelerate"], "datasets": ["datasets>=2.14,<5"]},
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "accelerate", "rouge-score>=0.1.2,<0.2"],
+        "datasets": ["datasets>=2.14,<5"],
+        # retrieval's convention="wu2024": ROUGE-1 success test, as Wu et al.
+        "retrieval": ["rouge-score>=0.1.2,<0.2"],
+    },
     entry_points={"console_scripts": ["circuit-stats=circuit_stats.cli:main"]},
 )
