@@ -182,7 +182,7 @@ RETRIEVAL = ["--protocol", "retrieval", "--tokenizer", "bytes", "--option", "con
 ])
 def test_cli_bad_retrieval_options_exit_2_before_loading_and_the_corrected_run_works(tmp_path, capsys, monkeypatch,
                                                                                     option, message):
-    import circuit_stats.scans.scan as scan_module
+    import circuit_stats.scans.scorer as scan_module
     from circuit_stats.demo.series import demo_series_dir
 
     loads = []
