@@ -10,15 +10,13 @@ from typing import Iterator, Optional
 
 import torch
 
+from .config import text_config
+
 # config fields that hold the number of positions a model was trained on, in order of preference
 LIMIT_FIELDS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
 # names of learned absolute position tables (GPT-2 and GPT-Neo ``wpe``, OPT/BioGPT ``embed_positions``,
 # BERT-style ``position_embeddings``)
 POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
-
-
-def text_config(config):
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def context_limit(model: torch.nn.Module) -> Optional[int]:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..finite import check_finite
 from ..models import offset_column, record, uses_circuit_stats
+from ..models.config import text_config
 from ..models.context import check_context, context_limit
 from ..models.positions import BinSpec, bin_edges
 from .corpus import Document, as_documents
@@ -175,7 +176,7 @@ def profile(
     tok = None
     if any(isinstance(d.text, str) for d in docs):
         tok = resolve_tokenizer(tokenizer)
-    vocab = int((model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config).vocab_size)
+    vocab = int(text_config(model.config).vocab_size)
     settings = dict(
         model=model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
         revision=revision, statistics=list(statistics), position_bins=[e if e != float("inf") else "inf" for e in edges],

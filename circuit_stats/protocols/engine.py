@@ -8,6 +8,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..models.config import text_config
 from ..models.context import check_context
 from ..models.recording import record
 
@@ -34,7 +35,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def vocab_size(model: torch.nn.Module) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model.config)
     return int(config.vocab_size)
 
 

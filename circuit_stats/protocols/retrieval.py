@@ -56,6 +56,7 @@ import torch
 from ..finite import NonFiniteError
 from ..labels import RETRIEVAL, UNCLASSIFIED
 from ..models import record
+from ..models.config import text_config
 from ..profiling.corpus import Document, as_documents, sample_corpus_path
 from ..profiling.prefill import cache_keyword, chunked_prefill
 from ..profiling.profile import resolve_tokenizer, tokenize
@@ -94,10 +95,6 @@ def validate(o: dict) -> None:
     require_number(o, "threshold", 0.0, 1.0, low_open=True)  # a head's score is a share of copied tokens
     require_int(o, "chunk_size", 1)
     require_choice(o, "convention", CONVENTIONS)
-
-
-def _text_config(model):
-    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
 
 
 def haystack_tokens(model, texts, tokenizer) -> list[int]:
@@ -234,7 +231,7 @@ def score(model, *, tokenizer=None, texts=None, batch_size: Optional[int] = None
           bos_token_id: Optional[int] = None, progress: bool = True, **options) -> pd.DataFrame:
     o = PROTOCOL.check_options(options)
     how = recipe(o, tokenizer)
-    cfg = _text_config(model)
+    cfg = text_config(model.config)
     vocab = int(cfg.vocab_size)
     needle_len, prefix_len = int(o["needle_len"]), int(o["prefix_len"])
     lengths = [int(n) for n in o["context_lengths"]]
