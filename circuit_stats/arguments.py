@@ -11,12 +11,11 @@ import tempfile
 from pathlib import Path
 from typing import Callable, TypeVar, Union
 
-T = TypeVar("T")
+from .names import PROFILE_STATISTICS, PROTOCOL_NAMES
 
-# The same lists as circuit_stats.protocols.PROTOCOLS and circuit_stats.profiling.profile.STATISTICS
-# (tests/test_command_line.py keeps them equal), spelled out here so that the parser needs no torch.
-PROTOCOL_NAMES = ("natural", "repeat", "retrieval", "sink", "xu2026")
-STATISTICS = ("sink", "previous_token", "induction", "duplicate", "entropy", "distance", "local", "top1_prob")
+T = TypeVar("T")
+STATISTICS = PROFILE_STATISTICS
+__all__ = ["PROTOCOL_NAMES", "STATISTICS"]
 
 
 def checked(parse: Callable[[str], T], accept: Callable[[T], bool], expected: str) -> Callable[[str], T]:

@@ -23,6 +23,7 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from ..finite import check_finite
+from ..names import PROFILE_STATISTICS
 from ..models import offset_column, record, uses_circuit_stats
 from ..models.config import text_config
 from ..models.context import check_context, context_limit
@@ -33,8 +34,7 @@ from .writer import ProfileDir
 
 log = logging.getLogger(__name__)
 
-# Statistic name in the profile -> what record() must be asked for.
-STATISTICS = ("sink", "previous_token", "induction", "duplicate", "entropy", "distance", "local", "top1_prob")
+STATISTICS = PROFILE_STATISTICS  # what record_options() turns into record()'s arguments
 ROW_KEYS = ["doc_index", "doc_id", "n_tokens", "layer", "head", "bin", "pos_lo", "pos_hi", "n_queries"]
 
 

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .profile import STATISTICS
+from ..names import PROFILE_STATISTICS as STATISTICS
 from .writer import atomic_write_text
 
 KEYS = ("layer", "head", "bin", "pos_lo", "pos_hi")
