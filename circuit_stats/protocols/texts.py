@@ -14,17 +14,11 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..tokenization import BYTES, ByteTokenizer
 from .engine import Batch, prepend_bos, vocab_size
 
-BYTES = "bytes"  # tokenizer="bytes": UTF-8 bytes as token ids
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as token ids (chosen with ``tokenizer="bytes"``; needs a vocabulary >= 256, or
-    >= 128 for ASCII text). The bundled demo model is trained on this encoding."""
-
-    def __call__(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+__all__ = ["BYTES", "ByteTokenizer", "EncodedTexts", "default_texts", "special_tokens_added", "tokenizer_bos_id",
+           "tokenize_texts", "pad_right", "text_batches", "check_no_double_bos"]
 
 
 @dataclass
