@@ -23,7 +23,7 @@ from ..labels import DUPLICATE_TOKEN, FIRST_TOKEN, INDUCTION, PREVIOUS_TOKEN, la
 from ..models import offset_column
 from .engine import Batch, check_token_range, prepend_bos, run_batches, vocab_size
 from .frames import flat, head_frame
-from .spec import Protocol, require_int, require_thresholds
+from .spec import Protocol, require_int, require_thresholds, require_vocab_range
 
 # thresholds are keyed by kind of head; COLUMNS maps each key to its score column here
 DEFAULTS = dict(n_sequences=64, seq_len=64, seed=0, vocab_range=None,
@@ -39,11 +39,7 @@ def validate(o: dict) -> None:
     require_int(o, "seq_len", 2)
     require_int(o, "seed", 0)
     require_thresholds(o)
-    vr = o["vocab_range"]
-    if vr is not None and not (isinstance(vr, (list, tuple)) and len(vr) == 2
-                               and all(isinstance(v, int) and not isinstance(v, bool) for v in vr)
-                               and 0 <= vr[0] < vr[1]):
-        raise ValueError(f"option 'vocab_range' must be None or (low, high) ints with 0 <= low < high, got {vr!r}")
+    require_vocab_range(o)
 
 
 def default_vocab_range(vocab: int) -> tuple[int, int]:

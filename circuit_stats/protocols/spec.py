@@ -104,3 +104,15 @@ def require_choice(options: Mapping[str, Any], key: str, choices: tuple) -> None
     """``options[key]`` is one of ``choices``."""
     if options[key] not in choices:
         raise ValueError(f"option {key!r} must be one of {list(choices)}, got {options[key]!r}")
+
+
+def require_vocab_range(options: Mapping[str, Any], min_width: int = 1, key: str = "vocab_range") -> None:
+    """``options[key]`` is None or ``(low, high)`` ints with ``0 <= low`` and at least ``min_width``
+    ids in ``[low, high)``."""
+    vr = options[key]
+    if vr is None:
+        return
+    if not (isinstance(vr, (list, tuple)) and len(vr) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                    for v in vr) and 0 <= vr[0] and vr[1] - vr[0] >= min_width):
+        width = f" and at least {min_width} ids" if min_width > 1 else ""
+        raise ValueError(f"option {key!r} must be None or (low, high) ints with 0 <= low < high{width}, got {vr!r}")
