@@ -12,7 +12,7 @@ The bundled demo model was trained on raw bytes. Two forms of the same encoding 
 Both give ``list(text.encode("utf-8"))`` for every string. The transformers tokenizer adds no
 special token by default (the model was trained on bytes without a BOS); its ``bos_token`` and
 ``eos_token`` are declared as the byte the model's config names (id 0 for the demo), so
-``tokenizer.bos_token_id`` equals ``config.bos_token_id``, and ``split_special_tokens`` is on, so
+``tokenizer.bos_token_id`` equals ``config.bos_token_id`` (the EOS byte also pads batches), and ``split_special_tokens`` is on, so
 that a text holding that byte's character is still encoded as its UTF-8 bytes.
 
     python -m circuit_stats.demo.tokenizer [CHECKPOINT_DIR ...]   # default: every bundled checkpoint
@@ -59,19 +59,22 @@ def byte_level_backend():
 
 
 def byte_level_tokenizer(bos_token_id: Optional[int] = 0, eos_token_id: Optional[int] = 0,
-                         model_max_length: Optional[int] = None):
+                         model_max_length: Optional[int] = None, pad_token_id: Optional[int] = None):
     """A transformers fast tokenizer over UTF-8 bytes that adds no special token by default.
 
     Args:
         bos_token_id, eos_token_id: the byte declared as BOS / EOS (None: none), as in the model's
             config; declared only, never added to a text.
         model_max_length: the model's context (``max_position_embeddings``), if known.
+        pad_token_id: the byte that pads batches (``padding=True``; masked out by the attention
+            mask); default: the EOS byte, as GPT-2 and Pythia users set it.
     """
     from transformers import PreTrainedTokenizerFast
 
     chars = byte_to_unicode()
-    special = {name: chars[int(i)] for name, i in (("bos_token", bos_token_id), ("eos_token", eos_token_id))
-               if i is not None}
+    pad_token_id = eos_token_id if pad_token_id is None else pad_token_id
+    special = {name: chars[int(i)] for name, i in (("bos_token", bos_token_id), ("eos_token", eos_token_id),
+                                                   ("pad_token", pad_token_id)) if i is not None}
     extra = {"model_max_length": int(model_max_length)} if model_max_length else {}
     return PreTrainedTokenizerFast(tokenizer_object=byte_level_backend(), split_special_tokens=True,
                                    clean_up_tokenization_spaces=False, **special, **extra)
@@ -86,7 +89,7 @@ def write_byte_tokenizer(checkpoint: Path) -> list[Path]:
         raise ValueError(f"{checkpoint}: vocab_size {config.get('vocab_size')} is not a byte-level model's "
                          f"({VOCAB_SIZE})")
     tok = byte_level_tokenizer(config.get("bos_token_id"), config.get("eos_token_id"),
-                               config.get("max_position_embeddings"))
+                               config.get("max_position_embeddings"), config.get("pad_token_id"))
     tok.save_pretrained(checkpoint)
     cfg_path = checkpoint / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))

@@ -42,6 +42,9 @@ def test_every_bundled_checkpoint_loads_its_byte_tokenizer():
         assert tok.bos_token_id == config["bos_token_id"] and tok.eos_token_id == config["eos_token_id"]
         assert len(tok) == config["vocab_size"] == 256
         assert tok.model_max_length == config["max_position_embeddings"]
+    batch = tok([MIXED, "ab"], padding=True, return_tensors="pt")  # pads with the EOS byte, masked out
+    assert batch["input_ids"][1].tolist() == [97, 98] + [0] * (len(MIXED.encode()) - 2)
+    assert batch["attention_mask"][1].tolist() == [1, 1] + [0] * (len(MIXED.encode()) - 2)
 
 
 def test_random_strings_encode_to_their_bytes_and_back(seed):
@@ -76,4 +79,4 @@ def test_a_model_that_is_not_byte_level_is_refused(tmp_path):
 
 def test_no_bos_declared_when_the_config_has_none():
     tok = byte_level_tokenizer(bos_token_id=None, eos_token_id=None)
-    assert tok.bos_token_id is None and tok("ab")["input_ids"] == [97, 98]
+    assert tok.bos_token_id is None and tok.pad_token_id is None and tok("ab")["input_ids"] == [97, 98]
