@@ -43,6 +43,9 @@ setup(
         "matplotlib",
         "tqdm",
         "filelock>=3.12,<5",
+        # the byte-level tokenizer of the bundled checkpoints (circuit_stats.tokenization); transformers
+        # depends on it too, in this range
+        "tokenizers>=0.22,<0.24",
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "accelerate", "rouge-score>=0.1.2,<0.2"],

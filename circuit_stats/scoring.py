@@ -39,8 +39,9 @@ def score_heads(
         batch_size: sequences per forward (protocol default when None).
         device: where to run (default: the model's device; the model is moved there).
         bos_token_id: prepend this token to every sequence, to tell a real BOS sink from a
-            position-0 sink (the peers' conventions, ``convention="transformerlens"`` /
-            ``"gu2025"``, use the tokenizer's BOS when None).
+            position-0 sink (``convention="transformerlens"`` uses the tokenizer's BOS, else the
+            model config's, when None; ``"gu2025"`` then keeps what the tokenizer adds by default,
+            as Gu et al.'s code does).
         **protocol_options: e.g. ``n_sequences``, ``seq_len``, ``seed``, ``thresholds``,
             ``convention``; see each protocol's ``DEFAULTS``. Unknown keys (also inside
             ``thresholds``) and out-of-range values are refused before the model runs.

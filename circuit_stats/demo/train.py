@@ -9,7 +9,8 @@ occurrence of the current token and reads what followed it (an induction circuit
 previous-token head in layer 0 composing with an induction head in layer 1). With the defaults
 (seed 0, lr 1e-3, one CPU thread, about 90 s) the loss on repeated tokens stays near the unigram
 level until step ~1000 and collapses by ~1200: the induction phase change. Checkpoints are
-``checkpoint-{step}`` folders (``save_pretrained`` plus a Trainer-style ``trainer_state.json``),
+``checkpoint-{step}`` folders (``save_pretrained``, the byte-level tokenizer of
+``circuit_stats.tokenization`` and a Trainer-style ``trainer_state.json``),
 stored in float16, dense around the transition.
 
 The run is watched live with :class:`circuit_stats.training.Monitor` (every 10 steps by default,
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ..models.families import tiny_pythia_config
+from ..tokenization import write_byte_tokenizer
 
 SEQ_LEN = 96
 BATCH = 32
@@ -96,6 +98,7 @@ def train(out: Path, steps: int = 1600, schedule=None, seed: int = 0, lr: float 
         d = out / f"checkpoint-{step}"
         model.to(torch.float16).save_pretrained(d)  # float16 halves the shipped size
         model.to(torch.float32)
+        write_byte_tokenizer(d)  # so that AutoTokenizer.from_pretrained(d) works like on a hub model
         state = {"global_step": step, "num_input_tokens_seen": step * BATCH * SEQ_LEN, "loss": loss,
                  "train_batch_size": BATCH, "seq_len": SEQ_LEN}
         (d / "trainer_state.json").write_text(json.dumps(state, indent=1))

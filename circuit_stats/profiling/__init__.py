@@ -5,9 +5,12 @@ chunked prefill in ``prefill``, the resumable output directory in ``writer``, pl
 ``summary.md`` in ``report``.
 """
 
+from ..tokenization import ByteTokenizer
 from .corpus import Document, read_corpus, sample_corpus_path
 from .prefill import cache_keyword, chunked_prefill
-from .profile import STATISTICS, BytesTokenizer, profile
+from .profile import STATISTICS, profile
 
-__all__ = ["STATISTICS", "BytesTokenizer", "Document", "cache_keyword", "chunked_prefill", "profile",
+BytesTokenizer = ByteTokenizer  # the former name
+
+__all__ = ["STATISTICS", "ByteTokenizer", "BytesTokenizer", "Document", "cache_keyword", "chunked_prefill", "profile",
            "read_corpus", "sample_corpus_path"]

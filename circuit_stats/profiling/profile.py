@@ -28,6 +28,7 @@ from ..models import offset_column, record, uses_circuit_stats
 from ..models.config import text_config
 from ..models.context import check_context, context_limit
 from ..models.positions import BinSpec, bin_edges
+from ..tokenization import BYTES, ByteTokenizer
 from .corpus import Document, as_documents
 from .prefill import chunked_prefill
 from .writer import ProfileDir
@@ -38,19 +39,10 @@ STATISTICS = PROFILE_STATISTICS  # what record_options() turns into record()'s a
 ROW_KEYS = ["doc_index", "doc_id", "n_tokens", "layer", "head", "bin", "pos_lo", "pos_hi", "n_queries"]
 
 
-class BytesTokenizer:
-    """UTF-8 bytes as token ids (vocabulary 256): for byte-level models such as the bundled demo."""
-
-    name = "bytes"
-
-    def __call__(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-
 def resolve_tokenizer(tokenizer):
-    """``"bytes"`` -> ``BytesTokenizer``; a callable (e.g. a transformers tokenizer) as is."""
-    if tokenizer == "bytes":
-        return BytesTokenizer()
+    """``"bytes"`` -> ``ByteTokenizer``; a callable (e.g. a transformers tokenizer) as is."""
+    if tokenizer == BYTES:
+        return ByteTokenizer()
     if tokenizer is None or isinstance(tokenizer, str) or not callable(tokenizer):
         raise ValueError("tokenizer must be a tokenizer (e.g. AutoTokenizer.from_pretrained(...)) or the explicit "
                          f"choice 'bytes' (UTF-8 bytes as token ids, for byte-level models), got {tokenizer!r}")
@@ -63,7 +55,7 @@ def tokenize(doc: Document, tokenizer, add_special_tokens: bool) -> list[int]:
     if tokenizer is None:
         raise ValueError("texts are strings but no tokenizer was given: pass tokenizer=<a tokenizer> or "
                          "tokenizer='bytes' (UTF-8 bytes as token ids) explicitly")
-    if isinstance(tokenizer, BytesTokenizer):
+    if isinstance(tokenizer, ByteTokenizer):
         return tokenizer(doc.text)
     ids = tokenizer(doc.text, add_special_tokens=add_special_tokens)
     if hasattr(ids, "input_ids") or isinstance(ids, dict):

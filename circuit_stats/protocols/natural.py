@@ -7,7 +7,8 @@ weighs in proportion to its length. Texts are tokenized as the tokenizer does by
 (special tokens included); ``bos_token_id`` puts one more token in front.
 
 ``convention="transformerlens"``: TransformerLens' ``detect_head`` (``error_measure="mul"``):
-each text tokenized without special tokens behind one BOS (``bos_token_id``, or the tokenizer's),
+each text tokenized without special tokens behind one BOS (``bos_token_id``, else the tokenizer's,
+else the model config's),
 scores per text over every query (``exclude_bos`` / ``exclude_current_token`` as in
 TransformerLens), then the mean over texts; see ``transformerlens.py``.
 
@@ -26,7 +27,7 @@ from ..models import offset_column
 from .engine import run_batches
 from .frames import flat, head_frame
 from .spec import Protocol, require_choice, require_int, require_thresholds
-from .texts import check_no_double_bos, text_batches, tokenize_texts, tokenizer_bos_id
+from .texts import check_no_double_bos, config_bos_id, text_batches, tokenize_texts, tokenizer_bos_id
 from .transformerlens import transformerlens_scores
 from .uncertainty import label_margins, pooled_se, se_column
 
@@ -60,10 +61,11 @@ def score(model, *, tokenizer=None, texts=None, batch_size: int = 1, device=None
     if o["max_tokens"]:
         seqs = [s[: o["max_tokens"]] for s in seqs]
     if tl:
-        bos = bos_token_id if bos_token_id is not None else tokenizer_bos_id(tokenizer)
+        bos = next((b for b in (bos_token_id, tokenizer_bos_id(tokenizer), config_bos_id(model)) if b is not None), None)
         if bos is None:
             raise ValueError("convention='transformerlens' puts a BOS in front of every text, as TransformerLens' "
-                             "to_tokens does: pass bos_token_id= (the tokenizer has no bos_token_id)")
+                             "to_tokens does: pass bos_token_id= (neither the tokenizer nor the model config has "
+                             "a bos_token_id)")
         if any(s[0] == bos for s in seqs):
             raise ValueError(f"a text already starts with the BOS id {bos}; give texts without it "
                              "(convention='transformerlens' adds one)")

@@ -1,14 +1,20 @@
 """The "sink" protocol: the attention-sink metric of Gu et al. (ICLR 2025) on natural text.
 
 ``alpha0`` = mean over all queries of the attention on position 0 (queries i >= 0, so the
-first query, which can only attend to itself, counts too). A head is a sink head in a prompt if
-``alpha0 > eps`` (default 0.3). The sink rate is the per-prompt share of (layer, head) pairs
-over ``eps``, averaged over prompts, in ``df.attrs["sink_rate"]`` (percent; per prompt in
-``df.attrs["sink_rate_per_prompt"]``).
+first query, which can only attend to itself, counts too). Gu et al.'s sink rate is the share of
+(prompt, layer, head) triples with the prompt's ``alpha0 > eps`` (default 0.3), in percent:
+``df.attrs["sink_rate"]`` (per prompt in ``df.attrs["sink_rate_per_prompt"]``), and per head the
+column ``sink_rate`` (percent of prompts in which the head's ``alpha0 > eps``; its mean over heads
+is ``df.attrs["sink_rate"]``). ``is_first_token`` thresholds the prompt-averaged ``alpha0``
+instead (one label per head), which their code never does: a head with ``alpha0`` of 0.6 in half
+the prompts and 0.1 in the others has ``sink_rate`` 50 but an average of 0.35.
 
-``convention="gu2025"`` is Gu et al.'s recipe: each text gives one prompt, its first ``seq_len``
-(64) tokens, a BOS (``bos_token_id``, or the tokenizer's) being the first of them (BOS + 63);
-texts shorter than that are refused (``drop_short=True`` drops and counts them).
+``convention="gu2025"`` is Gu et al.'s recipe as their code runs it (``measure_attention_sink``
+in sail-sg/Attention-Sink): each text gives one prompt, tokenized with the tokenizer's default
+special tokens (``tokenizer(prompt)``: a BOS only where the tokenizer adds one, as Llama's does;
+GPT-2's and Pythia's add none), then cut to its first ``seq_len`` (64) tokens; texts shorter than
+that are refused (``drop_short=True`` drops and counts them). ``bos_token_id`` puts that token in
+front explicitly (BOS + 63 text tokens), as in the other conventions.
 
 ``convention="circuit_stats"`` (default) uses more of each text: consecutive ``seq_len``-token
 windows (a text shorter than ``seq_len`` is used whole, so ``alpha0`` weighs prompts by length),
@@ -27,7 +33,7 @@ from ..labels import FIRST_TOKEN, UNCLASSIFIED, flag_column
 from .engine import run_batches
 from .frames import flat, head_frame
 from .spec import Protocol, require_choice, require_int, require_open_unit
-from .texts import check_no_double_bos, text_batches, tokenize_texts, tokenizer_bos_id
+from .texts import check_no_double_bos, text_batches, tokenize_texts
 from .uncertainty import label_margins, mean_se, se_column
 
 CONVENTIONS = ("circuit_stats", "gu2025")
@@ -58,8 +64,9 @@ def windows(token_lists, seq_len: int, n_sequences: Optional[int]) -> list[list[
 
 
 def gu_prompts(token_lists, seq_len: int, bos: Optional[int], drop_short: bool) -> tuple[list[list[int]], int]:
-    """Gu et al.'s prompts: ``[bos] + ids[: seq_len - 1]`` (or ``ids[:seq_len]`` without a BOS) of
-    every text; texts too short for ``seq_len`` tokens raise, or with ``drop_short`` are dropped.
+    """Gu et al.'s prompts: the first ``seq_len`` tokens of ``[bos] + ids`` (of ``ids`` without a
+    BOS; ``ids`` as the tokenizer gave them, its own special tokens included) of every text; texts
+    too short for ``seq_len`` tokens raise, or with ``drop_short`` are dropped.
     Returns (prompts, number dropped)."""
     head = [] if bos is None else [int(bos)]
     full = [head + list(ids) for ids in token_lists]
@@ -79,21 +86,21 @@ def sink_rate(alpha0_per_prompt: torch.Tensor, eps: float) -> torch.Tensor:
 
 def score(model, *, tokenizer=None, texts=None, batch_size: int = 16, device=None,
           bos_token_id: Optional[int] = None, progress: bool = True, **options) -> pd.DataFrame:
-    """Per-(layer, head) ``alpha0``, its standard error over prompts (``alpha0_se``),
+    """Per-(layer, head) ``alpha0``, its standard error over prompts (``alpha0_se``), ``sink_rate``,
     ``is_first_token``, ``label``, ``label_margin`` and ``is_borderline``; sink rates in ``df.attrs``."""
     o = PROTOCOL.check_options(options)
     gu = o["convention"] == "gu2025"
-    enc = tokenize_texts(texts, tokenizer, model, add_special_tokens=False if gu else None)
+    enc = tokenize_texts(texts, tokenizer, model)  # the tokenizer's default special tokens, as Gu et al.
+    check_no_double_bos(enc, bos_token_id)
     n_dropped = 0
     if gu:
-        bos = bos_token_id if bos_token_id is not None else tokenizer_bos_id(tokenizer)
+        bos = bos_token_id
         prompts, n_dropped = gu_prompts(enc.seqs, o["seq_len"], bos, o["drop_short"])
         prompts = prompts[: o["n_sequences"]] if o["n_sequences"] else prompts
         if not prompts:
             raise ValueError(f"no text has {o['seq_len']} tokens: nothing to score")
         batch_bos = None  # already in the prompts
     else:
-        check_no_double_bos(enc, bos_token_id)
         bos = batch_bos = bos_token_id
         prompts = windows(enc.seqs, o["seq_len"], o["n_sequences"])
 
@@ -104,6 +111,7 @@ def score(model, *, tokenizer=None, texts=None, batch_size: int = 16, device=Non
     df = head_frame(*alpha0.shape)
     df["alpha0"] = flat(alpha0)
     df[se_column("alpha0")] = flat(mean_se(per, None if gu else res.counts["sink"])[1])
+    df["sink_rate"] = flat((per > o["eps"]).double().mean(0) * 100)  # Gu et al.'s rate, per head
     df[FLAG] = df["alpha0"] > o["eps"]
     df["label"] = df[FLAG].map({True: FIRST_TOKEN, False: UNCLASSIFIED})
     df = label_margins(df, {"alpha0": o["eps"]}, {"alpha0": FIRST_TOKEN})

@@ -112,14 +112,6 @@ def require_list(options: Mapping[str, Any], key: str, check: Callable[[Any], bo
         raise ValueError(f"option {key!r} must be a non-empty list of {what}, got {v!r}")
 
 
-def require_vocab_range(options: Mapping[str, Any], key: str = "vocab_range") -> None:
-    """``options[key]`` is None or ``[low, high)`` token ids, ints with ``0 <= low < high``."""
-    vr = options[key]
-    if vr is not None and not (isinstance(vr, (list, tuple)) and len(vr) == 2 and all(is_int(v) for v in vr)
-                               and 0 <= vr[0] < vr[1]):
-        raise ValueError(f"option {key!r} must be None or (low, high) ints with 0 <= low < high, got {vr!r}")
-
-
 def require_open_unit(options: Mapping[str, Any], key: str) -> None:
     """``options[key]`` is a number strictly between 0 and 1."""
     v = options[key]
@@ -149,3 +141,15 @@ def require_choice(options: Mapping[str, Any], key: str, choices: tuple) -> None
     """``options[key]`` is one of ``choices``."""
     if options[key] not in choices:
         raise ValueError(f"option {key!r} must be one of {list(choices)}, got {options[key]!r}")
+
+
+def require_vocab_range(options: Mapping[str, Any], min_width: int = 1, key: str = "vocab_range") -> None:
+    """``options[key]`` is None or ``(low, high)`` ints with ``0 <= low`` and at least ``min_width``
+    ids in ``[low, high)``."""
+    vr = options[key]
+    if vr is None:
+        return
+    if not (isinstance(vr, (list, tuple)) and len(vr) == 2 and all(is_int(v) for v in vr) and 0 <= vr[0]
+            and vr[1] - vr[0] >= min_width):
+        width = f" and at least {min_width} ids" if min_width > 1 else ""
+        raise ValueError(f"option {key!r} must be None or (low, high) ints with 0 <= low < high{width}, got {vr!r}")

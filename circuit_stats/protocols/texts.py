@@ -14,17 +14,11 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..tokenization import BYTES, ByteTokenizer
 from .engine import Batch, prepend_bos, vocab_size
 
-BYTES = "bytes"  # tokenizer="bytes": UTF-8 bytes as token ids
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as token ids (chosen with ``tokenizer="bytes"``; needs a vocabulary >= 256, or
-    >= 128 for ASCII text). The bundled demo model is trained on this encoding."""
-
-    def __call__(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+__all__ = ["BYTES", "ByteTokenizer", "EncodedTexts", "default_texts", "special_tokens_added", "tokenizer_bos_id", "config_bos_id",
+           "tokenize_texts", "pad_right", "text_batches", "check_no_double_bos"]
 
 
 @dataclass
@@ -78,6 +72,13 @@ def tokenizer_bos_id(tokenizer) -> Optional[int]:
     """The tokenizer's BOS id (``bos_token_id``), if it has one."""
     bos = getattr(tokenizer, "bos_token_id", None) if tokenizer not in (None, BYTES) else None
     return None if bos is None else int(bos)
+
+
+def config_bos_id(model) -> Optional[int]:
+    """The model config's ``bos_token_id`` (its text config's for multimodal models), if any."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    bos = getattr(config, "bos_token_id", None)
+    return None if bos is None or isinstance(bos, (list, tuple)) else int(bos)
 
 
 def tokenize_texts(texts, tokenizer, model, *, add_special_tokens: Optional[bool] = None) -> EncodedTexts:

@@ -1,7 +1,9 @@
 """The "xu2026" protocol (arXiv 2606.02378), reproduced exactly.
 
 2000 synthetic sequences of 256 token ids in [100, 10000), each with one planted bigram
-``a b`` at ``ab, ab+1`` and ``a`` again at the end. Attention is read from the last query
+``a b`` at ``ab, ab+1`` and ``a`` again at the end. ``vocab_range=(low, high)`` draws the ids
+from ``[low, high)`` instead, by the same recipe (e.g. a model with a smaller vocabulary, such as
+the bundled byte-level demo: ``vocab_range=(32, 127)``); the default ``None`` is the paper's. Attention is read from the last query
 only, at six targets, and compared with a 50-position baseline. The attention on each target
 comes from the fused pass as a probe-key probability ``exp(s - lse)`` of the last query; no
 matrix is materialised.
@@ -27,12 +29,12 @@ from ..labels import (
 from ..models import probe_column
 from .engine import Batch, check_token_range, prepend_bos, run_batches
 from .frames import flat, head_frame
-from .spec import Protocol, require_int, require_number, require_seed
+from .spec import Protocol, require_int, require_number, require_seed, require_vocab_range
 from .uncertainty import label_margins, mean_se, ratio_se, se_column
 
 CLASSES = (INDUCTION, DUPLICATE_TOKEN, PREVIOUS_TOKEN, SELF, FIRST_TOKEN, LOCAL)
 LOW, HIGH = 100, 10000
-DEFAULTS = dict(n_sequences=2000, seq_len=256, seed=42, baseline_seed=0, n_baseline=50,
+DEFAULTS = dict(n_sequences=2000, seq_len=256, seed=42, baseline_seed=0, n_baseline=50, vocab_range=None,
                 class_threshold=30.0, induction_screen=50.0, first_token_screen=50.0,
                 previous_token_screen=100.0)
 MIN_SEQ_LEN = 130  # ab is drawn from [20, 128) and ab+1 < T-6
@@ -44,6 +46,7 @@ def validate(o: dict) -> None:
     for key in ("seed", "baseline_seed"):
         require_seed(o, key)
     require_int(o, "n_baseline", 1)
+    require_vocab_range(o, min_width=2)  # a and b are distinct
     for key in ("class_threshold", "induction_screen", "first_token_screen", "previous_token_screen"):
         require_number(o, key, 0.0)
     T = o["seq_len"]
@@ -51,25 +54,27 @@ def validate(o: dict) -> None:
         raise ValueError(f"seq_len {T} leaves fewer than n_baseline={o['n_baseline']} baseline positions")
 
 
-def make_sequences(n_sequences: int = 2000, seq_len: int = 256, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
-    """The published recipe: ``(seqs [n, T] int64, ab [n])``, in the published RNG order."""
+def make_sequences(n_sequences: int = 2000, seq_len: int = 256, seed: int = 42, low: int = LOW,
+                   high: int = HIGH) -> tuple[np.ndarray, np.ndarray]:
+    """The published recipe: ``(seqs [n, T] int64, ab [n])``, in the published RNG order, ids in
+    ``[low, high)`` (the paper's: [100, 10000))."""
     if seq_len < MIN_SEQ_LEN:
         raise ValueError(f"seq_len must be >= {MIN_SEQ_LEN} (ab is drawn from [20, 128) and ab+1 < T-6), got {seq_len}")
     rng = np.random.RandomState(seed)
     seqs = np.empty((n_sequences, seq_len), dtype=np.int64)
     abs_ = np.empty(n_sequences, dtype=np.int64)
     for n in range(n_sequences):
-        seq = rng.randint(LOW, HIGH, size=seq_len)
-        a, b = rng.choice(np.arange(LOW, HIGH), size=2, replace=False)
+        seq = rng.randint(low, high, size=seq_len)
+        a, b = rng.choice(np.arange(low, high), size=2, replace=False)
         ab = rng.randint(20, 128)
         seq[ab] = a
         seq[ab + 1] = b
         for i in range(seq_len):  # every other position holding a is redrawn, left to right
             if i != ab and seq[i] == a:
-                seq[i] = rng.randint(LOW, HIGH)
+                seq[i] = rng.randint(low, high)
         for i in range(seq_len):  # then likewise for b
             if i != ab + 1 and seq[i] == b:
-                seq[i] = rng.randint(LOW, HIGH)
+                seq[i] = rng.randint(low, high)
         seq[-1] = a
         seqs[n], abs_[n] = seq, ab
     return seqs, abs_
@@ -137,9 +142,13 @@ def target_attention(per_sample: dict[str, torch.Tensor], n_probes: int) -> dict
 def score(model, *, batch_size: int = 32, device=None, bos_token_id: Optional[int] = None,
           progress: bool = True, **options) -> pd.DataFrame:
     o = PROTOCOL.check_options(options)
-    check_token_range(model, LOW, HIGH, "xu2026")
+    low, high = o["vocab_range"] or (LOW, HIGH)
+    try:
+        check_token_range(model, low, high, "xu2026")
+    except ValueError as err:
+        raise ValueError(f"{err}; pass vocab_range=(low, high) to draw the ids from a range that fits") from None
     T = o["seq_len"]
-    seqs, ab = make_sequences(o["n_sequences"], T, o["seed"])
+    seqs, ab = make_sequences(o["n_sequences"], T, o["seed"], low, high)
     baseline = baseline_positions(T, o["n_baseline"], o["baseline_seed"])
     keys = target_keys(ab, T, baseline)
     n_batches = -(-len(seqs) // batch_size)
@@ -161,7 +170,7 @@ def score(model, *, batch_size: int = 32, device=None, bos_token_id: Optional[in
     df["screen_induction"] = df["sel_induction"] >= o["induction_screen"]
     df["screen_first_token"] = df["sel_first_token"] >= o["first_token_screen"]
     df["screen_previous_token"] = df["sel_previous_token"] >= o["previous_token_screen"]
-    df.attrs.update(settings=dict(o, baseline_positions=baseline, bos_token_id=bos_token_id, vocab=[LOW, HIGH]))
+    df.attrs.update(settings=dict(o, baseline_positions=baseline, bos_token_id=bos_token_id, vocab_range=[low, high]))
     return df
 
 

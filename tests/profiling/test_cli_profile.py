@@ -1,6 +1,7 @@
 """`circuit-stats profile` on the bundled demo model: files, exit status, tokenizer choice."""
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -39,10 +40,24 @@ def test_failed_documents_give_exit_status_1(tmp_path, capsys):
     assert json.loads((tmp_path / "o" / "failures.json").read_text())[0]["doc_index"] == 1
 
 
+def test_the_bundled_model_profiles_with_its_own_tokenizer(tmp_path):
+    """The bundled checkpoints ship a byte-level tokenizer: no --tokenizer gives the bytes' numbers."""
+    texts = tmp_path / "t.txt"
+    texts.write_text("naïve abc abc abc ∑ abc\n")
+    for name, extra in (("own", []), ("bytes", ["--tokenizer", "bytes"])):
+        assert main(["profile", MODEL, "--texts", str(texts), "--out", str(tmp_path / name), "--no-plots",
+                     "--statistics", "sink,induction"] + extra) == 0
+    own, byte = (pd.read_parquet(tmp_path / n / "profile.parquet") for n in ("own", "bytes"))
+    assert own["n_tokens"].iloc[0] == len("naïve abc abc abc ∑ abc".encode())
+    pd.testing.assert_frame_equal(own, byte)
+
+
 def test_a_model_without_tokenizer_needs_an_explicit_choice(tmp_path, capsys):
     texts = tmp_path / "t.txt"
     texts.write_text("some text\n")
-    assert main(["profile", MODEL, "--texts", str(texts), "--out", str(tmp_path / "o")]) == 2
+    bare = tmp_path / "bare"
+    shutil.copytree(MODEL, bare, ignore=shutil.ignore_patterns("tokenizer*"))
+    assert main(["profile", str(bare), "--texts", str(texts), "--out", str(tmp_path / "o")]) == 2
     assert "--tokenizer bytes" in capsys.readouterr().err
     assert main(["profile", MODEL, "--texts", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o")]) == 2
 

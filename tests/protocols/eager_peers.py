@@ -5,10 +5,15 @@ probabilities (``output_attentions=True``), one text at a time and in float64:
   patterns built from the tokens, ``sum(A' * P) / sum(A')`` per head, the mean over texts.
 - Gu et al.'s sink metric: ``alpha0`` per prompt (mean over every query of the attention on
   position 0), sink rate = share of (layer, head) with ``alpha0 > eps`` per prompt, averaged.
+- A transcription of Gu et al.'s own code (sail-sg/Attention-Sink, ``eval_sink_open_source.py``
+  at commit 663f658): ``measure_attention_sink`` and ``compute_attention_sink``, unchanged but for
+  the device (CPU) and ``importance_scores``, the part of ``compute_attention_sink`` that gives
+  alpha_j per (sample, layer, head), split out so that alpha0 can be compared as well.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -108,3 +113,45 @@ def wu_trial(eager, prompt_ids: torch.Tensor, real_needle_ids: list[int], decode
             break
     response = decode_text(output).strip()
     return score, rouge_recall(decode_text(real_needle_ids), response) * 100 > 50
+
+
+def measure_attention_sink(model, tokenizer, prompts, score_path, token_length=50, device=torch.device("cpu")):
+    """Gu et al.: each prompt tokenized with the tokenizer's defaults, cut to ``token_length``
+    tokens, one eager ``generate`` step with ``output_attentions=True``; the prefill's attention
+    maps of every layer saved to ``score_path`` as ``(samples, layers, heads, T, T)``."""
+    num_layers = model.config.num_hidden_layers
+    attention_scores_all_sample = []
+    for prompt in prompts:
+        inputs = tokenizer(prompt, return_tensors="pt").to(device)
+        for key in inputs.keys():
+            assert inputs[key].shape[1] >= token_length
+            inputs[key] = inputs[key][:, :token_length]
+        outputs = model.generate(**inputs, output_attentions=True, return_dict_in_generate=True, max_new_tokens=1)
+        attentions = outputs["attentions"]
+        assert len(attentions) == 1
+        attention_scores_all_layer = []
+        for l in range(num_layers):
+            attentions_layer = attentions[0][l]
+            attention_scores_all_layer.append(attentions_layer)
+        attention_scores_all_layer = torch.cat(attention_scores_all_layer, dim=0)
+        attention_scores_all_sample.append(attention_scores_all_layer.unsqueeze(dim=0))
+    attention_scores_all_sample = torch.cat(attention_scores_all_sample, dim=0)
+    np.save(score_path, attention_scores_all_sample.cpu().numpy())
+
+
+def importance_scores(score_path):
+    """alpha_j = sum_i A[i, j] / (T - j): ``(samples, layers, heads, T)``."""
+    attention_scores = np.load(score_path)
+    num_samples, num_layers, num_heads, num_tokens1, num_tokens2 = attention_scores.shape
+    assert num_tokens1 == num_tokens2
+    attention_scores = torch.from_numpy(attention_scores)
+    ratios = torch.arange(num_tokens1, 0, -1)[None, None, None, :].expand(
+        num_samples, num_layers, num_heads, num_tokens1, num_tokens2).to(attention_scores)
+    return (attention_scores / ratios).sum(dim=-2)
+
+
+def compute_attention_sink(score_path, epsilon):
+    """Per key position j, the percentage of (sample, layer, head) with alpha_j > epsilon; the
+    sink rate is entry 0."""
+    metric1 = (importance_scores(score_path) > epsilon).to(torch.float).mean(dim=(0, 1, 2))
+    return metric1 * 100

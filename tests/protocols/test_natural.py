@@ -2,6 +2,7 @@
 convention equals detect_head (error_measure="mul") computed from HF eager attention."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from circuit_stats.kernels import stats_from_probabilities
@@ -108,8 +109,23 @@ def test_exclude_bos_re_divides_by_the_mass_left():
     assert (excluded["induction"] >= plain["induction"] - 1e-7).all()
 
 
+def test_transformerlens_convention_defaults_to_the_config_bos():
+    """Without bos_token_id and a tokenizer BOS (token ids, tokenizer="bytes"), the model config's
+    bos_token_id goes in front, as an explicit bos_token_id would."""
+    ours, _ = model_pair("pythia", vocab_size=64)
+    ours.config.bos_token_id = BOS
+    texts = token_texts(seed=7, lengths=(30, 50))
+    kw = dict(texts=texts, convention="transformerlens", progress=False)
+    implicit = circuit_stats.score_heads(ours, "natural", **kw)
+    explicit = circuit_stats.score_heads(ours, "natural", bos_token_id=BOS, **kw)
+    other = circuit_stats.score_heads(ours, "natural", bos_token_id=BOS + 1, **kw)
+    pd.testing.assert_frame_equal(implicit, explicit)
+    assert implicit.attrs["settings"]["bos_token_id"] == BOS and (implicit["sink"] != other["sink"]).any()
+
+
 def test_transformerlens_convention_needs_a_bos():
     ours, _ = model_pair("pythia", vocab_size=64)
+    ours.config.bos_token_id = None
     with pytest.raises(ValueError, match="bos_token_id"):
         circuit_stats.score_heads(ours, "natural", texts=[[5, 6, 7]], convention="transformerlens", progress=False)
     with pytest.raises(ValueError, match="already starts with the BOS"):

@@ -4,12 +4,16 @@ rate), both equal to eager attention."""
 import numpy as np
 import pytest
 import torch
-from eager_peers import eager_probs, gu_reference
+from eager_peers import compute_attention_sink, eager_probs, gu_reference, importance_scores, measure_attention_sink
 from hf_helpers import model_pair
+from tokenizers import processors
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 import circuit_stats
 from circuit_stats.protocols import sink
+from circuit_stats.demo.series import demo_series_dir
 from circuit_stats.protocols.texts import ByteTokenizer, default_texts
+from circuit_stats.tokenization import byte_level_backend, byte_level_tokenizer, byte_to_unicode
 
 pytestmark = pytest.mark.hf  # also run against the oldest supported transformers (.ci/run)
 
@@ -85,3 +89,61 @@ def test_bad_sink_options():
                        (dict(drop_short=True), "drop_short"), (dict(windows=3), "unknown sink options")]:
         with pytest.raises(ValueError, match=match):
             circuit_stats.score_heads(ours, "sink", texts=[[5, 6, 7]], progress=False, **bad)
+
+
+def llama_style_byte_tokenizer() -> PreTrainedTokenizerFast:
+    """The demo's byte-level tokenizer, but adding its BOS (id 0) in front of every text by itself,
+    as Llama's tokenizer does."""
+    bos = byte_to_unicode()[0]
+    backend = byte_level_backend()
+    backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, split_special_tokens=True)
+
+
+@pytest.fixture(scope="module")
+def demo_pair():
+    """The trained demo model (it has sinks) under circuit_stats and under eager attention."""
+    path = demo_series_dir() / "checkpoint-1600"
+    return tuple(AutoModelForCausalLM.from_pretrained(path, attn_implementation=impl, dtype=torch.float32)
+                 for impl in ("circuit_stats", "eager"))
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_gu_convention_equals_their_code(demo_pair, style, tmp_path):
+    """Gu et al.'s code tokenizes with the tokenizer's defaults: no BOS with a GPT-2/Pythia-style
+    tokenizer (a BOS exists, none is added), a BOS with a Llama-style one. Ours equals a
+    transcription of their measure_attention_sink/compute_attention_sink for both."""
+    ours, eager = demo_pair
+    tok = byte_level_tokenizer() if style == "gpt2" else llama_style_byte_tokenizer()
+    texts = default_texts()
+    assert tok.bos_token_id == 0 and (tok("ab")["input_ids"][0] == 0) == (style == "llama")
+    measure_attention_sink(eager, tok, texts, tmp_path / "scores.npy", token_length=64)
+    alpha0 = importance_scores(tmp_path / "scores.npy")[..., 0].double()  # [prompts, layers, heads]
+    for eps in (0.03, 0.035, 0.04, 0.05):  # rates between 1.25 and 67.5 on this model
+        # well-posed: no alpha0 within the kernel's float32 error of the threshold
+        assert (alpha0 - eps).abs().min() > 1e-4
+        df = circuit_stats.score_heads(ours, "sink", tokenizer=tok, texts=texts, convention="gu2025", eps=eps,
+                                       progress=False)
+        theirs = float(compute_attention_sink(tmp_path / "scores.npy", eps)[0])
+        assert df.attrs["sink_rate"] == pytest.approx(theirs, abs=1e-3)
+        np.testing.assert_allclose(df["alpha0"], alpha0.mean(0).reshape(-1).numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(df["sink_rate"], ((alpha0 > eps).double().mean(0) * 100).reshape(-1).numpy())
+        assert df["sink_rate"].mean() == pytest.approx(theirs, abs=1e-3)
+    assert df.attrs["settings"]["special_tokens"]["prepended"] == ([0] if style == "llama" else [])
+    assert df.attrs["settings"]["prompt_lengths"] == [64]
+
+
+def test_gu_convention_explicit_bos(demo_pair, tmp_path):
+    """bos_token_id= puts one BOS in front (BOS + 63): with a tokenizer that adds none, the same
+    numbers as their code with a tokenizer that adds it; a second BOS is refused."""
+    ours, eager = demo_pair
+    texts = default_texts()[:4]
+    measure_attention_sink(eager, llama_style_byte_tokenizer(), texts, tmp_path / "scores.npy", token_length=64)
+    alpha0 = importance_scores(tmp_path / "scores.npy")[..., 0].double()
+    df = circuit_stats.score_heads(ours, "sink", tokenizer=byte_level_tokenizer(), texts=texts, convention="gu2025",
+                                   bos_token_id=0, eps=0.03, progress=False)
+    np.testing.assert_allclose(df["alpha0"], alpha0.mean(0).reshape(-1).numpy(), atol=1e-5, rtol=0)
+    assert df.attrs["settings"]["bos_token_id"] == 0
+    with pytest.raises(ValueError, match="already prepends token 0"):
+        circuit_stats.score_heads(ours, "sink", tokenizer=llama_style_byte_tokenizer(), texts=texts,
+                                  convention="gu2025", bos_token_id=0, progress=False)

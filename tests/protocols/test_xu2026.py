@@ -88,3 +88,38 @@ def test_bad_xu2026_input():
         circuit_stats.score_heads(ours, "xu2026", n_sequences=2, progress=False)
     with pytest.raises(ValueError, match="'seq_len' must be an int >= 130"):
         circuit_stats.score_heads(ours, "xu2026", seq_len=100, progress=False)
+
+
+def test_xu2026_vocab_range_follows_the_recipe_in_that_range():
+    """vocab_range=(low, high) runs the same recipe (the same RNG calls) on ids in [low, high)."""
+    seqs, ab = xu2026.make_sequences(50, 140, 42, 32, 127)
+    assert seqs.min() >= 32 and seqs.max() < 127
+    rng = np.random.RandomState(42)
+    s0 = rng.randint(32, 127, size=140)
+    a0, b0 = rng.choice(np.arange(32, 127), size=2, replace=False)
+    ab0 = rng.randint(20, 128)
+    assert ab[0] == ab0 and seqs[0, ab0] == a0 and seqs[0, ab0 + 1] == b0 and seqs[0, -1] == a0
+    assert (seqs[0, :ab0] == s0[:ab0]).sum() >= ab0 - 3  # only redrawn collisions may differ
+    default, paper = (xu2026.make_sequences(20, 140, 42, *r) for r in [(), (100, 10000)])
+    np.testing.assert_array_equal(default[0], paper[0])
+
+
+def test_xu2026_vocab_range_on_a_small_vocabulary():
+    """The paper's ids do not fit a 256-token vocabulary: the error says what to pass; with
+    vocab_range the protocol runs and records the range."""
+    ours, _ = model_pair("pythia", vocab_size=256)
+    with pytest.raises(ValueError, match=r"vocabulary of 256; pass vocab_range=\(low, high\)"):
+        circuit_stats.score_heads(ours, "xu2026", n_sequences=2, progress=False)
+    df = circuit_stats.score_heads(ours, "xu2026", n_sequences=4, vocab_range=(32, 127), progress=False)
+    assert df.attrs["settings"]["vocab_range"] == [32, 127] and df["baseline"].gt(0).all()
+    big, _ = model_pair("pythia", vocab_size=10000)
+    default = circuit_stats.score_heads(big, "xu2026", n_sequences=3, progress=False)
+    explicit = circuit_stats.score_heads(big, "xu2026", n_sequences=3, vocab_range=(100, 10000), progress=False)
+    assert default.attrs["settings"]["vocab_range"] == [100, 10000]
+    np.testing.assert_array_equal(default["sel_induction"], explicit["sel_induction"])
+
+
+@pytest.mark.parametrize("bad", [(5, 6), (-1, 50), (50, 10), (1.0, 50), (3,), "32,127", (True, 50)])
+def test_bad_xu2026_vocab_range(bad):
+    with pytest.raises((ValueError, TypeError), match="vocab_range"):
+        xu2026.PROTOCOL.check_options({"vocab_range": bad})

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -136,7 +137,9 @@ def test_cli_scan_tokenizer_setting(tmp_path, capsys):
                  "--tokenizer", "bytes", "--out", str(out)]) == 2
     assert "--tokenizer" in capsys.readouterr().err and not out.exists()
     # A text protocol on checkpoints that ship no tokenizer: the revision fails, saying what to pass.
-    assert main(["scan", str(demo_series_dir()), "--revisions", "checkpoint-0", "--protocol", "natural",
+    bare = tmp_path / "bare"
+    shutil.copytree(demo_series_dir() / "checkpoint-0", bare / "checkpoint-0", ignore=shutil.ignore_patterns("tokenizer*"))
+    assert main(["scan", str(bare), "--revisions", "checkpoint-0", "--protocol", "natural",
                  "--option", "max_tokens=50", "--out", str(out)]) == 1
     assert "--tokenizer bytes" in capsys.readouterr().out + "".join(
         p.read_text() for p in (out / "failed").glob("*.json"))
@@ -213,3 +216,18 @@ def test_a_local_directory_is_scanned_whole_by_default(tmp_path):
     argv = ["scan", str(series), "--protocol", "repeat", "--out", str(tmp_path / "o"), "--dtype", "float32"]
     assert main(argv + [x for o in options for x in ("--option", o)]) == 0  # no --revisions: all, not paper
     assert set(pd.read_parquet(tmp_path / "o" / "results.parquet").revision) == {"checkpoint-0", "checkpoint-1600"}
+
+
+def test_cli_scan_text_protocol_uses_the_bundled_tokenizer(tmp_path):
+    """The bundled checkpoints ship a byte-level tokenizer: --tokenizer bytes is optional."""
+    from circuit_stats.demo.series import demo_series_dir
+
+    scores = {}
+    for name, extra in (("own", []), ("bytes", ["--tokenizer", "bytes"])):
+        out = tmp_path / name
+        assert main(["scan", str(demo_series_dir()), "--revisions", "checkpoint-1600", "--protocol", "natural",
+                     "--option", "max_tokens=120", "--out", str(out)] + extra) == 0
+        scores[name] = pd.read_parquet(out / "results.parquet")
+    pd.testing.assert_frame_equal(scores["own"].drop(columns=["tokenizer"], errors="ignore"),
+                                  scores["bytes"].drop(columns=["tokenizer"], errors="ignore"))
+    assert scores["own"]["induction"].max() > 0.3  # the texts reached the model as bytes
