@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import arguments as arg
-from .tokenizers import load_tokenizer
+from .tokenization import load_tokenizer
 
 
 def print_outcome(outcome, out: Path, seconds: float) -> int:

@@ -28,7 +28,7 @@ from ..models import offset_column, record, uses_circuit_stats
 from ..models.config import text_config
 from ..models.context import check_context, context_limit
 from ..models.positions import BinSpec, bin_edges
-from ..tokenization import BYTES, ByteTokenizer
+from ..tokenization import encode, resolve_tokenizer
 from .corpus import Document, as_documents
 from .prefill import chunked_prefill
 from .writer import ProfileDir
@@ -37,30 +37,6 @@ log = logging.getLogger(__name__)
 
 STATISTICS = PROFILE_STATISTICS  # what record_options() turns into record()'s arguments
 ROW_KEYS = ["doc_index", "doc_id", "n_tokens", "layer", "head", "bin", "pos_lo", "pos_hi", "n_queries"]
-
-
-def resolve_tokenizer(tokenizer):
-    """``"bytes"`` -> ``ByteTokenizer``; a callable (e.g. a transformers tokenizer) as is."""
-    if tokenizer == BYTES:
-        return ByteTokenizer()
-    if tokenizer is None or isinstance(tokenizer, str) or not callable(tokenizer):
-        raise ValueError("tokenizer must be a tokenizer (e.g. AutoTokenizer.from_pretrained(...)) or the explicit "
-                         f"choice 'bytes' (UTF-8 bytes as token ids, for byte-level models), got {tokenizer!r}")
-    return tokenizer
-
-
-def tokenize(doc: Document, tokenizer, add_special_tokens: bool) -> list[int]:
-    if not isinstance(doc.text, str):
-        return list(doc.text)
-    if tokenizer is None:
-        raise ValueError("texts are strings but no tokenizer was given: pass tokenizer=<a tokenizer> or "
-                         "tokenizer='bytes' (UTF-8 bytes as token ids) explicitly")
-    if isinstance(tokenizer, ByteTokenizer):
-        return tokenizer(doc.text)
-    ids = tokenizer(doc.text, add_special_tokens=add_special_tokens)
-    if hasattr(ids, "input_ids") or isinstance(ids, dict):
-        ids = ids["input_ids"]
-    return [int(i) for i in ids]
 
 
 def record_options(statistics: Sequence[str], local_window: int) -> dict:
@@ -198,7 +174,7 @@ def profile(
             for i in bar:
                 doc = docs[i]
                 try:
-                    ids = tokenize(doc, tok, add_special_tokens)
+                    ids = encode(tok, doc.text, add_special_tokens)
                     if not ids:
                         raise ValueError("empty document (no tokens)")
                     if max(ids) >= vocab or min(ids) < 0:

@@ -57,9 +57,9 @@ from ..finite import NonFiniteError
 from ..labels import RETRIEVAL, UNCLASSIFIED
 from ..models import record
 from ..models.config import text_config
-from ..profiling.corpus import Document, as_documents, sample_corpus_path
+from ..profiling.corpus import as_documents, sample_corpus_path
 from ..profiling.prefill import cache_keyword, chunked_prefill
-from ..profiling.profile import resolve_tokenizer, tokenize
+from ..tokenization import encode, resolve_tokenizer
 from .spec import (MAX_SEED, Protocol, is_int, is_number, require_choice, require_int, require_list,
                    require_number, require_vocab_range)
 from .uncertainty import label_margins, mean_se, se_column
@@ -103,7 +103,7 @@ def haystack_tokens(model, texts, tokenizer) -> list[int]:
     tok = resolve_tokenizer(tokenizer) if any(isinstance(d.text, str) for d in docs) else None
     out: list[int] = []
     for d in docs:
-        out.extend(tokenize(d, tok, add_special_tokens=False))
+        out.extend(encode(tok, d.text, add_special_tokens=False))
     if not out:
         raise ValueError("texts: the haystack holds no tokens")
     return out
@@ -218,7 +218,7 @@ def recipe(o: dict, tokenizer) -> Recipe:
         raise ValueError("convention='wu2024' decodes the response to score it with ROUGE-1 as Wu et al. do: "
                          "pass tokenizer= (a transformers tokenizer, or 'bytes' for a byte-level model)")
     tok = resolve_tokenizer(tokenizer)
-    stop = newline_token(lambda text: tokenize(Document("newline", text), tok, add_special_tokens=False))
+    stop = newline_token(lambda text: encode(tok, text, add_special_tokens=False))
 
     def recall(generated: list[int], answer: list[int]) -> float:
         response = decode(tok, generated[: first_stop(generated, stop)]).strip()

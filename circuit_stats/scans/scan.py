@@ -29,11 +29,11 @@ from .emergence import largest_jump
 from .files import read_json, write_json
 from .integrity import duplicate_groups, weights_digest
 from .prefetch import prefetched
-from .scorer import TOKENIZER_FILES, CheckpointScorer
+from .scorer import CheckpointScorer
 from .settings import SettingsError, check_settings, comparable, normalised_model
 from .sharding import Shard, local_device, shard_from_env
 
-__all__ = ["INTEGRITY_COLUMNS", "META_COLUMNS", "TABLE", "TOKENIZER_FILES", "Scan", "ScanOutcome", "scan"]
+__all__ = ["INTEGRITY_COLUMNS", "META_COLUMNS", "TABLE", "Scan", "ScanOutcome", "scan"]
 
 logger = logging.getLogger(__name__)
 DIGEST_WORKERS = 8

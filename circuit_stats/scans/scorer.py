@@ -12,7 +12,7 @@ import pandas as pd
 from ..protocols import get_protocol
 from ..protocols.texts import BYTES
 from ..scoring import score_heads
-from ..tokenizers import load_tokenizer
+from ..tokenization import load_tokenizer
 from .catalog import Revision
 from .integrity import hub_weight_hashes
 from .loading import DTYPES, Fetched, delete_cached_revision, fetch_revision, load_checkpoint
