@@ -70,7 +70,7 @@ def markdown(env: dict, records: list[dict], benches: dict, seed: int, out: Path
     for r in records:
         lines.append(f"| {r['step']} | {r['status']} | {r.get('seconds', 0):.0f} | {r['estimate_s']:.0f} | "
                      f"{r['budget_s']:.0f} | {_cell(r.get('reason') or r.get('purpose', ''))} |")
-    lines += test_sections(records) + bench_sections(benches, out) + autotune_section(records)
+    lines += test_sections(records) + family_section(records) + bench_sections(benches, out) + autotune_section(records)
     return "\n".join(lines) + "\n"
 
 
@@ -85,6 +85,22 @@ def test_sections(records: list[dict]) -> list[str]:
                   f"{junit['skipped']} skipped ({junit['tests']} run" + (", stopped at the budget)" if r["status"] == "timeout" else ")")]
         lines += [f"- FAIL `{f['test']}`: {_cell(f['message'])}" for f in junit["failures"][:MAX_LISTED]]
         lines += [f"- skipped x{s['count']}: {_cell(s['reason'])}" for s in junit["skip_reasons"][:MAX_LISTED]]
+    return lines
+
+
+FAMILY_COLUMNS = ("family", "dtype", "status", "logit_err", "record_logit_err", "eager_logit_err", "generate_equal")
+
+
+def family_section(records: list[dict]) -> list[str]:
+    """The HF-on-GPU rows (bench.acceptance_models) as a table."""
+    rows = [row for r in records for row in (r.get("result") or {}).get("families", [])]
+    if not rows:
+        return []
+    lines = ["", "### HF families on the GPU", "", "| " + " | ".join(FAMILY_COLUMNS) + " | note |",
+             "|" + "---|" * (len(FAMILY_COLUMNS) + 1)]
+    for row in rows:
+        cells = [f"{row[c]:.3g}" if isinstance(row.get(c), float) else str(row.get(c, "-")) for c in FAMILY_COLUMNS]
+        lines.append("| " + " | ".join(cells) + f" | {_cell(row.get('error') or row.get('reason') or '')} |")
     return lines
 
 

@@ -46,6 +46,8 @@ def test_optional_steps_are_selectable_but_not_in_the_default_plan():
     names = [s.name for s in gpu_acceptance.select_steps("kernel-tests-more,environment", 1, 1)]
     assert names == ["environment", "kernel-tests-more"]
     assert "kernel-tests-more" not in [s.name for s in gpu_acceptance.default_steps(1, 1)]
+    (model_tests,) = gpu_acceptance.select_steps("model-tests", 1, 1)
+    assert model_tests.env["TRITON_INTERPRET"] == "1"  # their models stay on the CPU
 
 
 def test_environment_works_on_cpu():
@@ -158,3 +160,18 @@ def test_bench_steps_plumbing_on_cpu(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "ours-all" in summary and "xu2026 end to end" in summary
     assert len(list(out.iterdir())) <= 8
+
+
+def test_hf_families_step_on_cpu(tmp_path):
+    """The HF-on-GPU step's script, run on the CPU: rows per family and dtype, a refused family
+    skipped with its reason, and its table in the summary."""
+    step = next(s for s in gpu_acceptance.default_steps(1, 1) if s.name == "hf-gpu")
+    step = Step(step.name, step.purpose, (*step.command, "--device", "cpu", "--families", "pythia,falcon"), 1, 300, False)
+    out = tmp_path / "out"
+    assert gpu_acceptance.run([step], out, seed=1) == 0
+    (record,) = json.loads((out / "acceptance.json").read_text())["steps"]
+    rows = {(r["family"], r.get("dtype")): r for r in record["result"]["families"]}
+    assert rows[("pythia", "float32")]["generate_equal"] and rows[("pythia", "float32")]["logit_err"] < 1e-3
+    assert rows[("pythia", "bfloat16")]["status"] == "ok" and rows[("pythia", "bfloat16")]["eager_logit_err"] > 0
+    assert rows[("falcon", None)]["status"] == "skipped" and "AttentionInterface" in rows[("falcon", None)]["reason"]
+    assert "### HF families on the GPU" in (out / "summary.md").read_text()
