@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bench import acceptance_runner, autotune_report, gpu_acceptance
+from bench import acceptance_multi_gpu, acceptance_runner, autotune_report, gpu_acceptance
 from bench.acceptance_env import environment
 from bench.acceptance_runner import Step, run_plan
 
@@ -175,3 +175,15 @@ def test_hf_families_step_on_cpu(tmp_path):
     assert rows[("pythia", "bfloat16")]["status"] == "ok" and rows[("pythia", "bfloat16")]["eager_logit_err"] > 0
     assert rows[("falcon", None)]["status"] == "skipped" and "AttentionInterface" in rows[("falcon", None)]["reason"]
     assert "### HF families on the GPU" in (out / "summary.md").read_text()
+
+
+def test_multi_gpu_step_skips_with_its_reason_and_its_check_runs(tmp_path):
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        assert acceptance_multi_gpu.main(["--json", str(tmp_path / "r.json")]) == 0
+        result = json.loads((tmp_path / "r.json").read_text())
+        assert result["status"] == "skipped" and "needs 2 GPUs" in result["reason"]
+    # the check itself, on the CPU with the torch backend (the step runs it on cuda:1 with Triton)
+    result = acceptance_multi_gpu.check_device("cpu", backend="torch")
+    assert acceptance_multi_gpu.within_tolerance(result) and result["device"] == "cpu"
