@@ -8,14 +8,19 @@ Per family and dtype: max |logit difference| on a left-padded batch, outside and
 ``record()`` (every statistic finite; in bf16 against eager in float32 on the same weights, beside
 eager's own bf16 error), and greedy ``generate()`` identical to eager's (float32).
 One family's error is recorded and the next one still runs; results are written after each family.
+With ``--jobs N`` the families run in N processes at once: most of the time is Triton compiling
+each family's kernels (a few seconds per autotune config), which parallel processes overlap.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -90,28 +95,59 @@ def refused(family: str) -> Optional[str]:
     return attention_interface_refusal(tiny_model(family, attn_implementation="eager"))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--json", type=Path, required=True)
-    p.add_argument("--families", default=",".join(FAMILIES))
-    p.add_argument("--dtypes", default="bfloat16,float32")
-    p.add_argument("--device", default="cuda")
-    a = p.parse_args(argv)
-    dtypes = [getattr(torch, d) for d in a.dtypes.split(",")]
+def check_families(families: Sequence[str], dtypes: list, device: str, json_path: Path) -> list[dict]:
+    """Every family and dtype in this process; ``json_path`` rewritten after each row."""
     rows = []
-    for family in a.families.split(","):
+    for family in families:
         reason = refused(family)
         if reason:
             rows.append({"family": family, "status": "skipped", "reason": reason[:200]})
             print(json.dumps(rows[-1]), flush=True)
         for dtype in [] if reason else dtypes:
             try:
-                rows.append(check_family(family, dtype, a.device))
+                rows.append(check_family(family, dtype, device))
             except Exception as err:  # noqa: BLE001 - recorded, the next family still runs
                 rows.append({"family": family, "dtype": str(dtype), "status": "failed",
                              "error": f"{type(err).__name__}: {str(err)[:300]}", "trace": traceback.format_exc()[-1500:]})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "trace"}), flush=True)
-            a.json.write_text(json.dumps({"families": rows}, indent=1))
+            json_path.write_text(json.dumps({"families": rows}, indent=1))
+    return rows
+
+
+def check_in_processes(families: Sequence[str], argv_rest: list[str], jobs: int, json_path: Path) -> list[dict]:
+    """One process per family, ``jobs`` at a time; rows in family order, whatever finished."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [Path(tmp) / f"{i}.json" for i in range(len(families))]
+
+        def one(i: int) -> None:
+            cmd = [sys.executable, "-m", "bench.acceptance_models", "--json", str(paths[i]), "--families", families[i],
+                   "--jobs", "1", *argv_rest]
+            subprocess.run(cmd, check=False)
+
+        try:
+            with ThreadPoolExecutor(jobs) as pool:
+                list(pool.map(one, range(len(families))))
+        finally:
+            rows = [r for p in paths if p.exists() for r in json.loads(p.read_text())["families"]]
+            rows += [{"family": f, "status": "failed", "error": "no result (process died or was stopped)"}
+                     for f, p in zip(families, paths) if not p.exists()]
+            json_path.write_text(json.dumps({"families": rows}, indent=1))
+    return rows
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--dtypes", default="bfloat16,float32")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--jobs", type=int, default=4, help="families checked in parallel processes")
+    a = p.parse_args(argv)
+    families = a.families.split(",")
+    if a.jobs > 1 and len(families) > 1:
+        rows = check_in_processes(families, ["--dtypes", a.dtypes, "--device", a.device], a.jobs, a.json)
+    else:
+        rows = check_families(families, [getattr(torch, d) for d in a.dtypes.split(",")], a.device, a.json)
     a.json.write_text(json.dumps({"families": rows}, indent=1))
     return 1 if any(r["status"] == "failed" for r in rows) else 0
 

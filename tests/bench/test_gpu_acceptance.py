@@ -187,3 +187,13 @@ def test_multi_gpu_step_skips_with_its_reason_and_its_check_runs(tmp_path):
     # the check itself, on the CPU with the torch backend (the step runs it on cuda:1 with Triton)
     result = acceptance_multi_gpu.check_device("cpu", backend="torch")
     assert acceptance_multi_gpu.within_tolerance(result) and result["device"] == "cpu"
+
+
+def test_hf_families_a_broken_family_is_recorded_and_the_others_still_run(tmp_path):
+    from bench import acceptance_models
+
+    path = tmp_path / "r.json"
+    rc = acceptance_models.main(["--json", str(path), "--families", "no-such-family,pythia", "--dtypes", "float32",
+                                 "--device", "cpu", "--jobs", "2"])
+    rows = {r["family"]: r for r in json.loads(path.read_text())["families"]}
+    assert rc == 1 and rows["no-such-family"]["status"] == "failed" and rows["pythia"]["status"] == "ok"
