@@ -11,6 +11,11 @@ exit status is 1 when any step failed. The output directory gets ``summary.md`` 
 README), ``acceptance.json`` (everything), ``steps.log`` and the benchmarks' own result files: at
 most 8 files, as the device tool brings back. Estimates are guesses until the first GPU run
 replaces them with its measured seconds (``acceptance.json``: steps[].seconds).
+
+Compile time: the first launch of each autotune key compiles every kept config (3-9 s each), so
+the test steps run under pytest-xdist and the HF families in parallel processes, overlapping
+compiles on the machine's cores. Warming Triton's cache with ``kernels.aot`` was not adopted: it
+helps only if its compile keys equal the runtime's exactly, which no GPU has confirmed yet.
 """
 
 from __future__ import annotations
