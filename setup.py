@@ -44,6 +44,8 @@ setup(
         "tqdm",
         "filelock>=3.12,<5",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark", "accelerate"], "datasets": ["datasets>=2.14,<5"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "accelerate"], "datasets": ["datasets>=2.14,<5"],
+                    # circuit-stats eval / circuit_stats.evaluate: lm-evaluation-harness (tested with 0.4.13)
+                    "eval": ["lm-eval>=0.4.13,<0.5"]},
     entry_points={"console_scripts": ["circuit-stats=circuit_stats.cli:main"]},
 )

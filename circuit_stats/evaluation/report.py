@@ -56,7 +56,7 @@ def head_contrasts(heads: pd.DataFrame, stat_names: Sequence[str]) -> pd.DataFra
 
 
 def fmt(x: float) -> str:
-    return "n/a" if pd.isna(x) else f"{x:.3f}"
+    return "n/a" if pd.isna(x) else f"{x:.4g}"
 
 
 def write_summary(out: Path, results: dict, contrasts: pd.DataFrame, heads: pd.DataFrame, n_docs: int,
@@ -64,7 +64,7 @@ def write_summary(out: Path, results: dict, contrasts: pd.DataFrame, heads: pd.D
     lines = ["# Statistics over evaluations", "", "| task | metric | value | stderr |", "|---|---|---|---|"]
     for task, metrics in results.get("results", {}).items():
         for name, value in metrics.items():
-            if isinstance(value, (int, float)) and "stderr" not in name and name != "alias":
+            if "," in name and "_stderr," not in name and isinstance(value, (int, float)):
                 err = metrics.get(name.replace(",", "_stderr,", 1))
                 lines.append(f"| {task} | {name} | {fmt(value)} | {fmt(err) if isinstance(err, (int, float)) else 'n/a'} |")
     lines += ["", f"{n_docs} documents with statistics (pooled over every token the model read for them).", ""]
@@ -73,6 +73,9 @@ def write_summary(out: Path, results: dict, contrasts: pd.DataFrame, heads: pd.D
     for task, c in contrasts.groupby("task", sort=True):
         c = c.assign(strength=(c["auc"] - 0.5).abs()).sort_values("strength", ascending=False)
         n_right, n_wrong = int(c["n_correct"].iloc[0]), int(c["n_incorrect"].iloc[0])
+        if n_right == 0 or n_wrong == 0:
+            lines += [f"## {task}", "", f"{n_right} correct, {n_wrong} incorrect documents: nothing to compare.", ""]
+            continue
         lines += [f"## {task}: heads whose statistics predict correctness best", "",
                   f"{n_right} correct, {n_wrong} incorrect documents. Mean +- standard error.", "",
                   "| statistic | head | correct | incorrect | difference | AUC |", "|---|---|---|---|---|---|"]
@@ -110,7 +113,7 @@ def write_plots(out: Path, contrasts: pd.DataFrame, heads: pd.DataFrame, stat_na
                       for t, l, h in zip(c["task"], c["layer"], c["head"])]
             for shift, name in ((-0.2, "correct"), (0.2, "incorrect")):
                 ax.bar(x + shift, c[f"mean_{name}"], 0.4, yerr=c[f"se_{name}"].fillna(0), label=name, capsize=2)
-            ax.set_xticks(x, labels, fontsize=7)
+            ax.set_xticks(x, labels, fontsize=7, rotation=90)
             ax.set_ylabel(stat)
             ax.set_title(f"{stat}: correct vs incorrect documents (+-1 SE)")
             ax.legend()

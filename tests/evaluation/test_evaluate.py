@@ -78,5 +78,29 @@ def test_layer1_induction_heads_show_the_copying(evaluated):
 def test_summary_and_plots_written(evaluated):
     out, _ = evaluated
     summary = (out / "summary.md").read_text()
-    assert "copy_mc: heads whose statistics predict correctness best" in summary or "0 incorrect" not in summary
+    accuracy = json.loads((out / "results.json").read_text())["results"]["needle"]["exact_match,none"]
+    if 0 < accuracy < 1:  # both groups present: the comparison table
+        assert "## needle: heads whose statistics predict correctness best" in summary
+    assert "| copy_mc | acc,none |" in summary and "sample_len" not in summary
     assert (out / "plots" / "length_induction.png").exists()
+
+
+def test_rerun_resumes_from_committed_requests(evaluated, byte_checkpoint, task_dir, monkeypatch):
+    """A second run with the same settings answers every request from DIR/requests, never the model."""
+    from lm_eval.models.huggingface import HFLM
+
+    from circuit_stats.evaluation import evaluate
+
+    out, first = evaluated
+    before = sorted(p.name for p in (out / "requests").iterdir())
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model ran for a committed request")
+
+    monkeypatch.setattr(HFLM, "_model_call", no_model)
+    monkeypatch.setattr(HFLM, "_model_generate", no_model)
+    model, tok = load(byte_checkpoint)
+    again = evaluate(model, ["copy_mc", "needle"], tokenizer=tok, out=out, include_path=task_dir, limit=LIMIT)
+    assert sorted(p.name for p in (out / "requests").iterdir()) == before
+    for task, metric in (("copy_mc", "acc,none"), ("needle", "exact_match,none")):
+        assert again["results"][task][metric] == first["results"][task][metric]

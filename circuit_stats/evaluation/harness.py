@@ -18,6 +18,10 @@ from .requirement import require_lm_eval
 from .store import EvalDir
 
 
+class EvaluationFailed(RuntimeError):
+    """The evaluation stopped (a request failed); what finished stays committed."""
+
+
 def check_settings(model, tasks: Sequence[str], statistics: Sequence[str], local_window: int,
                    limit: Optional[float], num_fewshot: Optional[int]) -> None:
     """``ValueError`` naming the bad argument, before any work."""
@@ -51,7 +55,7 @@ def evaluate(model, tasks: Sequence[str], *, tokenizer, out: Union[str, Path], i
         position_bins, statistics, local_window: as ``profile``'s.
 
     Returns lm-eval's results dict (with ``samples``). A failing request is recorded in
-    ``failures.json`` and raised; finished requests stay committed for a re-run.
+    ``failures.json`` and raised as ``EvaluationFailed``; finished requests stay committed for a re-run.
     """
     require_lm_eval()
     statistics = tuple(statistics)
@@ -87,8 +91,12 @@ def evaluate(model, tasks: Sequence[str], *, tokenizer, out: Union[str, Path], i
         store.clear_failures()
         t0 = time.time()
         lm = RecordingHFLM(model, tokenizer, store, edges=edges, statistics=statistics, local_window=local_window)
-        results = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
-                                  num_fewshot=num_fewshot, log_samples=True)
+        try:
+            results = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
+                                      num_fewshot=num_fewshot, log_samples=True)
+        except Exception as err:
+            raise EvaluationFailed(f"{type(err).__name__}: {err} (recorded in {store.root / 'failures.json'} when a "
+                                   "request failed; finished requests are kept: rerun to resume)") from err
         store.finish(elapsed=time.time() - t0)
         request_rows, requests = store.committed()
         stats = statistics_table(request_rows, statistics)
