@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
                    help="default: the checkpoint's on a GPU, float32 on the CPU")
     e.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     e.add_argument("--no-plots", action="store_true")
+    e.add_argument("--shard", default=None, metavar="I/N",
+                   help="run shard I of N (0-based) of every task's documents; default: from torchrun "
+                        "(RANK/WORLD_SIZE) or a SLURM array. Then run once without sharding to merge")
     e.set_defaults(func=run)
 
 
@@ -52,40 +55,43 @@ def check_inputs(a) -> None:
     from ..scans.settings import check_device
 
     check_device(a.device)
+    from ..scans.sharding import parse_shard, shard_from_env
+
+    a.shard = parse_shard(a.shard) if a.shard else shard_from_env()
 
 
 def load_model(a):
-    """The model on ``--device`` in ``--dtype`` (float32 on the CPU by default) and its tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
+    """The model on ``--device`` in ``--dtype`` (float32 on the CPU by default), as ``profile``
+    loads it, and its tokenizer."""
+    from ..cli import load_profile_model
     from ..tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(a.model, revision=a.revision, what="lm-eval's requests")
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = getattr(torch, a.dtype) if a.dtype else ("auto" if device.type != "cpu" else torch.float32)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(a.model, revision=a.revision, dtype=dtype,
-                                                     attn_implementation="circuit_stats")
-    except OSError as err:
-        raise ValueError(f"model {a.model}: cannot be loaded ({err})") from None
-    return model.to(device).eval(), tokenizer
+    return load_profile_model(a).eval(), tokenizer
 
 
 def run(a) -> int:
     check_inputs(a)
+    from ..scans.sharding import local_device
     from .harness import EvaluationFailed, evaluate
 
+    a.device = local_device(a.device)
     model, tokenizer = load_model(a)
     t0 = time.time()
     out = Path(a.out)
     try:
         results = evaluate(model, a.tasks, tokenizer=tokenizer, out=out, include_path=a.include_path, limit=a.limit,
                            num_fewshot=a.num_fewshot, position_bins=a.bins, statistics=a.statistics,
-                           local_window=a.local_window, plots=not a.no_plots, model_name=a.model, revision=a.revision)
+                           local_window=a.local_window, plots=not a.no_plots, model_name=a.model, revision=a.revision,
+                           shard=a.shard)
     except (EvaluationFailed, RuntimeError) as err:
         print(f"circuit-stats eval: error: {err}", file=sys.stderr)
         return 1
+    if a.shard.count > 1:
+        n_docs = sum(len(ids) for ids in results["documents"].values())
+        print(f"shard {a.shard}: evaluated {n_docs} documents in {time.time() - t0:.1f}s; once every shard has "
+              f"finished, run the same command without --shard (outside torchrun) to write the tables in {out}")
+        return 0
     n_docs = sum(len({s["doc_id"] for s in v}) for v in results["samples"].values())
     print(f"evaluated {n_docs} documents of {', '.join(a.tasks)} in {time.time() - t0:.1f}s -> {out / 'results.json'}, "
           f"{out / 'samples.parquet'}, {out / 'statistics.parquet'}, {out / 'summary.md'}")

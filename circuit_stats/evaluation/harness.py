@@ -15,6 +15,8 @@ from ..models.positions import BinSpec, bin_edges
 from ..profiling.profile import STATISTICS, record_options
 from ..profiling.writer import atomic_write_parquet, atomic_write_text
 from .requirement import require_lm_eval
+from ..scans.sharding import Shard
+from .shards import shard_samples, task_sizes
 from .store import EvalDir
 
 
@@ -41,7 +43,7 @@ def check_settings(model, tasks: Sequence[str], statistics: Sequence[str], local
 def evaluate(model, tasks: Sequence[str], *, tokenizer, out: Union[str, Path], include_path: Optional[str] = None,
              limit: Optional[float] = None, num_fewshot: Optional[int] = None, position_bins: BinSpec = "log2",
              statistics: Sequence[str] = STATISTICS, local_window: int = 16, plots: bool = True,
-             model_name: Optional[str] = None, revision: Optional[str] = None) -> dict:
+             model_name: Optional[str] = None, revision: Optional[str] = None, shard: Optional[Shard] = None) -> dict:
     """Run lm-eval ``tasks`` on ``model`` with ``simple_evaluate`` and record every request's statistics.
 
     Args:
@@ -53,8 +55,11 @@ def evaluate(model, tasks: Sequence[str], *, tokenizer, out: Union[str, Path], i
         include_path: a folder of task YAMLs (lm-eval's ``TaskManager(include_path=...)``).
         limit, num_fewshot: as lm-eval's.
         position_bins, statistics, local_window: as ``profile``'s.
+        shard: run only this shard's documents (``shards``) and commit their requests; the tables
+            are written by one unsharded run afterwards, which reuses every committed request.
 
-    Returns lm-eval's results dict (with ``samples``). A failing request is recorded in
+    Returns lm-eval's results dict (with ``samples``); for a shard, ``{"shard": "I/N", "documents":
+    {task: [doc_id, ...]}}``. A failing request is recorded in
     ``failures.json`` and raised as ``EvaluationFailed``; finished requests stay committed for a re-run.
     """
     require_lm_eval()
@@ -80,7 +85,9 @@ def evaluate(model, tasks: Sequence[str], *, tokenizer, out: Union[str, Path], i
                     limit=limit, num_fewshot=num_fewshot, statistics=list(statistics), local_window=local_window,
                     position_bins=[e if e != float("inf") else "inf" for e in edges],
                     dtype=str(next(model.parameters()).dtype).replace("torch.", ""))
-    store = EvalDir(out)
+    sharded = shard is not None and shard.count > 1
+    samples = shard_samples(task_sizes(tasks, manager, limit), shard) if sharded else None
+    store = EvalDir(out, shard)
     lock = FileLock(str(store.lock_path))
     try:
         lock.acquire(timeout=0)
@@ -92,14 +99,17 @@ def evaluate(model, tasks: Sequence[str], *, tokenizer, out: Union[str, Path], i
         t0 = time.time()
         lm = RecordingHFLM(model, tokenizer, store, edges=edges, statistics=statistics, local_window=local_window)
         try:
-            results = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
+            results = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager,
+                                      limit=None if sharded else limit, samples=samples,
                                       num_fewshot=num_fewshot, log_samples=True)
         except Exception as err:
-            raise EvaluationFailed(f"{type(err).__name__}: {err} (recorded in {store.root / 'failures.json'} when a "
+            raise EvaluationFailed(f"{type(err).__name__}: {err} (recorded in {store.failures_path} when a "
                                    "request failed; finished requests are kept: rerun to resume)") from err
+        if sharded:  # (lm-eval returns None on a torchrun LOCAL_RANK > 0: the requests are committed all the same)
+            return {"shard": str(shard), "documents": samples}
         store.finish(elapsed=time.time() - t0)
-        request_rows, requests = store.committed()
-        stats = statistics_table(request_rows, statistics)
+        requests = pd.DataFrame(lm.answered).drop_duplicates(["task", "doc_id", "request"])  # repeats: one each
+        stats = statistics_table(store.request_rows(requests), statistics)
         samples = samples_table(results["samples"], requests)
         aggregated = {k: v for k, v in results.items() if k != "samples"}
         atomic_write_text(store.root / "results.json",

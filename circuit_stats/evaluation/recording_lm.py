@@ -11,7 +11,8 @@ Each request runs alone (batch size 1, so no padding ever enters a statistic) in
   generated token but the last, which is never read).
 
 A finished request is committed to the ``EvalDir`` with its response; a re-run returns the
-committed response without running the model again.
+committed response without running the model again. ``answered`` lists every request of this
+run with lm-eval's (task, doc_id).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class RecordingHFLM(HFLM):
         self.edges = list(edges)
         self.statistics = tuple(statistics)
         self.options = record_options(self.statistics, local_window)
+        self.answered: list[dict] = []  # key, task, doc_id, request, n_tokens of every request answered
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         return self.run_each("loglikelihood", requests, disable_tqdm)
@@ -66,7 +68,7 @@ class RecordingHFLM(HFLM):
         run = getattr(super(), request_type)
         responses = []
         for inst in tqdm(requests, desc=request_type, disable=disable_tqdm):
-            key = request_key(inst.task_name, inst.doc_id, inst.idx, inst.args)
+            key = request_key(inst.task_name, inst.idx, inst.args)
             done = self.store.response(key)
             if done is None:
                 try:
@@ -75,6 +77,8 @@ class RecordingHFLM(HFLM):
                     self.store.write_failure(key, err)
                     raise
             responses.append(restore_response(request_type, done["response"]))
+            self.answered.append({"key": key, "task": inst.task_name, "doc_id": int(inst.doc_id),
+                                  "request": int(inst.idx), "n_tokens": done["n_tokens"]})
         return responses
 
     def run_one(self, run, request_type: str, inst, key: str) -> dict:
@@ -82,10 +86,6 @@ class RecordingHFLM(HFLM):
             (response,) = run([inst], disable_tqdm=True)
         stats = statistics_frame(rec, self.statistics, f"attention statistics of request {key}")
         first_head = stats[(stats["layer"] == 0) & (stats["head"] == 0)]
-        meta = {"task": inst.task_name, "doc_id": int(inst.doc_id), "request": int(inst.idx),
-                "request_type": request_type, "n_tokens": int(first_head["n_queries"].sum()), "response": response}
-        stats.insert(0, "task", inst.task_name)
-        stats.insert(1, "doc_id", int(inst.doc_id))
-        stats.insert(2, "request", int(inst.idx))
+        meta = {"request_type": request_type, "n_tokens": int(first_head["n_queries"].sum()), "response": response}
         self.store.write_request(key, meta, stats)
         return meta

@@ -12,27 +12,32 @@ from typing import Any, Optional
 import pandas as pd
 
 from ..profiling.writer import ProfileDir, atomic_write_parquet, atomic_write_text
+from ..scans.sharding import Shard
 
 MANIFEST = "evaluation.json"
 
 
-def request_key(task: str, doc_id: int, idx: int, arguments: Any) -> str:
-    """``task/doc_id/idx/<12 hex of the arguments>``: names one lm-eval request."""
+def request_key(task: str, idx: int, arguments: Any) -> str:
+    """``task/idx/<12 hex of the arguments>``: names one lm-eval request by its content (lm-eval
+    renumbers doc ids when it runs a selection of documents, as a shard does)."""
     digest = hashlib.sha256(json.dumps(arguments, default=str, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{task}/{doc_id}/{idx}/{digest}"
+    return f"{task}/{idx}/{digest}"
 
 
 class EvalDir(ProfileDir):
     """``DIR/evaluation.json`` (settings, elapsed seconds), ``DIR/requests/<sha>.parquet`` (the
     request's statistics) + ``<sha>.json`` (its response, written last: the commit mark),
-    ``DIR/failures.json``."""
+    ``DIR/failures.json`` (``failures.shard-I-of-N.json`` for shard I of N)."""
 
     manifest_name = MANIFEST
 
-    def __init__(self, root):
+    def __init__(self, root, shard: Optional[Shard] = None):
         super().__init__(root)
         self.parts = self.root / "requests"
-        self.lock_path = self.root / ".evaluation.lock"
+        # shards write into one directory at once: each has its own lock and failures file
+        tag = f".shard-{shard.index}-of-{shard.count}" if shard is not None and shard.count > 1 else ""
+        self.lock_path = self.root / f".evaluation{tag}.lock"
+        self.failures_path = self.root / f"failures{tag}.json"
 
     def request_path(self, key: str, suffix: str) -> Path:
         return self.parts / (hashlib.sha256(key.encode()).hexdigest()[:24] + suffix)
@@ -47,15 +52,16 @@ class EvalDir(ProfileDir):
         atomic_write_parquet(self.request_path(key, ".parquet"), stats)
         atomic_write_text(self.request_path(key, ".json"), json.dumps({"key": key, **meta}))
 
-    def committed(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """(every committed request's statistics rows, one row per committed request)."""
-        metas = [json.loads(p.read_text()) for p in sorted(self.parts.glob("*.json"))] if self.parts.exists() else []
-        stats = [pd.read_parquet(self.request_path(m["key"], ".parquet")) for m in metas]
-        requests = pd.DataFrame([{k: v for k, v in m.items() if k != "response"} for m in metas])
-        return (pd.concat(stats, ignore_index=True) if stats else pd.DataFrame()), requests
+    def request_rows(self, answered: pd.DataFrame) -> pd.DataFrame:
+        """The statistics rows of the ``answered`` requests (``key, task, doc_id, request``), each
+        row tagged with its task, doc_id and request."""
+        frames = [pd.read_parquet(self.request_path(r.key, ".parquet")).assign(task=r.task, doc_id=r.doc_id,
+                                                                              request=r.request)
+                  for r in answered.itertuples()]
+        return pd.concat(frames, ignore_index=True)
 
     def write_failure(self, key: str, error: BaseException) -> None:
-        path = self.root / "failures.json"
+        path = self.failures_path
         failures = json.loads(path.read_text()) if path.exists() else []
         failures.append({"request": key, "error": f"{type(error).__name__}: {error}"})
         atomic_write_text(path, json.dumps(failures, indent=1))
@@ -67,4 +73,4 @@ class EvalDir(ProfileDir):
         atomic_write_text(self.root / MANIFEST, json.dumps(manifest, indent=1))
 
     def clear_failures(self) -> None:
-        (self.root / "failures.json").unlink(missing_ok=True)
+        self.failures_path.unlink(missing_ok=True)

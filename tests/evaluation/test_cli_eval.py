@@ -41,3 +41,38 @@ def test_eval_on_the_bundled_model(byte_checkpoint, task_dir, tmp_path, capsys):
     stats = pd.read_parquet(out / "statistics.parquet")
     assert list(stats.columns[-2:]) == ["sink", "induction"] and stats["doc_id"].nunique() == 3
     assert len(pd.read_parquet(out / "samples.parquet")) == 3 and (out / "summary.md").exists()
+
+
+def test_torchrun_two_processes_then_merge(byte_checkpoint, task_dir, tmp_path, monkeypatch):
+    """Two torchrun ranks split the documents; the merge answers every request from their parts
+    (the model never runs) and holds every document exactly once."""
+    import os
+    import subprocess
+    import sys
+
+    from lm_eval.models.huggingface import HFLM
+
+    out = tmp_path / "out"
+    argv = ["eval", str(byte_checkpoint), "--tasks", "copy_mc", "--include-path", str(task_dir), "--limit", "5",
+            "--statistics", "sink,induction", "--out", str(out), "--no-plots"]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          "0", "-m", "circuit_stats.cli", *argv], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "shard 0/2" in run.stdout and "shard 1/2" in run.stdout
+    assert len(list((out / "requests").glob("*.json"))) == 5 * 4 and not (out / "results.json").exists()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the merge ran the model")
+
+    monkeypatch.setattr(HFLM, "_model_call", no_model)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(argv) == 0
+    samples = pd.read_parquet(out / "samples.parquet")
+    assert sorted(samples["doc_id"]) == [0, 1, 2, 3, 4]
+    stats = pd.read_parquet(out / "statistics.parquet")
+    heads = stats.groupby("doc_id").apply(lambda g: len(g[["layer", "head"]].drop_duplicates()))
+    assert sorted(heads.index) == [0, 1, 2, 3, 4] and (heads == 2 * 4).all()
+    # the merged statistics equal a single process's (the same committed requests)
+    assert (out / "results.json").exists() and stats[["sink", "induction"]].notna().all().all()
