@@ -25,6 +25,7 @@ def add_parser(sub) -> None:
                                     "(needs `pip install circuit-stats[eval]`)")
     e.add_argument("model", help="hub model id or a local checkpoint directory (with its tokenizer)")
     e.add_argument("--revision", default=None)
+    e.add_argument("--tokenizer", default=None, help="a transformers tokenizer name or folder (default: the model's)")
     e.add_argument("--tasks", type=task_list, required=True, help="comma list of lm-eval task names")
     e.add_argument("--include-path", default=None, help="a folder of task YAMLs (lm-eval's --include_path)")
     e.add_argument("--limit", type=arg.positive_number, default=None, help="documents per task (lm-eval's --limit)")
@@ -66,7 +67,8 @@ def load_model(a):
     from ..cli import load_profile_model
     from ..tokenizers import load_tokenizer
 
-    tokenizer = load_tokenizer(a.model, revision=a.revision, what="lm-eval's requests")
+    tokenizer = load_tokenizer(a.tokenizer or a.model, revision=None if a.tokenizer else a.revision,
+                               what="lm-eval's requests")
     return load_profile_model(a).eval(), tokenizer
 
 

@@ -76,3 +76,37 @@ def test_torchrun_two_processes_then_merge(byte_checkpoint, task_dir, tmp_path, 
     assert sorted(heads.index) == [0, 1, 2, 3, 4] and (heads == 2 * 4).all()
     # the merged statistics equal a single process's (the same committed requests)
     assert (out / "results.json").exists() and stats[["sink", "induction"]].notna().all().all()
+
+
+def test_unknown_task_exits_2(byte_checkpoint, task_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["eval", str(byte_checkpoint), "--tasks", "copy_mc,no_such_task", "--include-path", str(task_dir),
+                 "--out", str(out)]) == 2
+    assert "no_such_task" in capsys.readouterr().err
+    assert not (out / "results.json").exists()
+
+
+def test_failing_request_is_recorded_and_exits_1(byte_checkpoint, task_dir, tmp_path, monkeypatch, capsys):
+    """A request whose statistics are not finite stops the run: failures.json names it, exit 1,
+    no tables; the requests finished before it stay committed."""
+    import json
+
+    import circuit_stats.evaluation.recording_lm as recording_lm
+    from circuit_stats.finite import NonFiniteError
+
+    real, calls = recording_lm.statistics_frame, []
+
+    def nan_on_third(rec, statistics, what):
+        calls.append(what)
+        if len(calls) == 3:
+            raise NonFiniteError(f"{what}: NaN in sink")
+        return real(rec, statistics, what)
+
+    monkeypatch.setattr(recording_lm, "statistics_frame", nan_on_third)
+    out = tmp_path / "out"
+    assert main(["eval", str(byte_checkpoint), "--tasks", "copy_mc", "--include-path", str(task_dir), "--limit", "2",
+                 "--statistics", "sink", "--out", str(out), "--no-plots"]) == 1
+    assert "failures.json" in capsys.readouterr().err
+    failures = json.loads((out / "failures.json").read_text())
+    assert len(failures) == 1 and "NonFiniteError" in failures[0]["error"] and failures[0]["request"] in calls[2]
+    assert len(list((out / "requests").glob("*.json"))) == 2 and not (out / "results.json").exists()
