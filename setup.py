@@ -48,10 +48,13 @@ setup(
         "tokenizers>=0.22,<0.24",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "accelerate", "rouge-score>=0.1.2,<0.2"],
+        # the tests exercise every optional feature: wu2024's ROUGE-1 and the lm-eval evaluations
+        "test": ["pytest", "pytest-benchmark", "accelerate", "rouge-score>=0.1.2,<0.2", "lm-eval>=0.4.13,<0.5"],
         "datasets": ["datasets>=2.14,<5"],
         # retrieval's convention="wu2024": ROUGE-1 success test, as Wu et al.
         "retrieval": ["rouge-score>=0.1.2,<0.2"],
+        # circuit-stats eval / circuit_stats.evaluate: lm-evaluation-harness (tested with 0.4.13)
+        "eval": ["lm-eval>=0.4.13,<0.5"],
     },
     entry_points={"console_scripts": ["circuit-stats=circuit_stats.cli:main"]},
 )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import arguments as arg
+from .evaluation.cli import add_parser as add_eval
 from .tokenization import load_tokenizer
 
 
@@ -287,7 +288,7 @@ def add_profile(sub) -> None:
 
 
 # One function per command: it adds the command's parser and sets ``func`` to run it.
-COMMANDS = (add_scan, add_report, add_revisions, add_demo, add_profile)
+COMMANDS = (add_scan, add_report, add_revisions, add_demo, add_profile, add_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,9 +68,16 @@ def profile_document(model: torch.nn.Module, ids: Sequence[int], *, edges, stati
     input_ids = torch.as_tensor([list(ids)], dtype=torch.long, device=device)
     with record(model, position_bins=list(edges), **record_options(statistics, local_window)) as rec:
         chunked_prefill(model, input_ids, chunk_size)
+    return statistics_frame(rec, statistics, "attention statistics of this document")
+
+
+def statistics_frame(rec, statistics: Sequence[str], what: str) -> pd.DataFrame:
+    """A finished ``record(position_bins=..., **record_options(...))``'s rows: ``layer, head, bin,
+    pos_lo, pos_hi, n_queries`` and ``statistics``; ``NonFiniteError`` naming ``what`` when a
+    statistic is NaN or infinite."""
     df = rec.summary().rename(columns={offset_column(1): "previous_token"})
     df = df[["layer", "head", "bin", "pos_lo", "pos_hi", "n_queries", *statistics]]
-    check_finite(df, statistics, "attention statistics of this document")
+    check_finite(df, statistics, what)
     return df
 
 

@@ -30,6 +30,8 @@ class ProfileDir:
     """``DIR/profile.json`` (settings, elapsed seconds), ``DIR/parts/<doc>.parquet``,
     ``DIR/failures.json``, ``DIR/profile.parquet``."""
 
+    manifest_name = MANIFEST
+
     def __init__(self, root: Union[str, Path]):
         self.root = Path(root)
         self.parts = self.root / "parts"
@@ -42,7 +44,7 @@ class ProfileDir:
     def start(self, settings: dict) -> set[int]:
         """Write the manifest, or check that an existing one has the same settings; return the
         indices of documents already done."""
-        manifest = self.root / MANIFEST
+        manifest = self.root / self.manifest_name
         if manifest.exists():
             old = json.loads(manifest.read_text())
             if old.get("settings") != settings:
@@ -72,13 +74,13 @@ class ProfileDir:
         atomic_write_text(self.root / FAILURES, json.dumps([failures[i] for i in sorted(failures)], indent=1))
 
     def elapsed(self) -> float:
-        return float(json.loads((self.root / MANIFEST).read_text()).get("elapsed_s", 0.0))
+        return float(json.loads((self.root / self.manifest_name).read_text()).get("elapsed_s", 0.0))
 
     def finish(self, elapsed: float) -> pd.DataFrame:
         """Combine the parts (document order) into ``profile.parquet``; add ``elapsed`` seconds."""
-        manifest = json.loads((self.root / MANIFEST).read_text())
+        manifest = json.loads((self.root / self.manifest_name).read_text())
         manifest["elapsed_s"] = float(manifest.get("elapsed_s", 0.0)) + float(elapsed)
-        atomic_write_text(self.root / MANIFEST, json.dumps(manifest, indent=1))
+        atomic_write_text(self.root / self.manifest_name, json.dumps(manifest, indent=1))
         files = sorted(self.parts.glob("*.parquet")) if self.parts.exists() else []
         if not files:
             raise RuntimeError(f"no document could be profiled; see {self.root / FAILURES}")
