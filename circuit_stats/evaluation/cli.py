@@ -65,7 +65,7 @@ def load_model(a):
     """The model on ``--device`` in ``--dtype`` (float32 on the CPU by default), as ``profile``
     loads it, and its tokenizer."""
     from ..cli import load_profile_model
-    from ..tokenizers import load_tokenizer
+    from ..tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(a.tokenizer or a.model, revision=None if a.tokenizer else a.revision,
                                what="lm-eval's requests")

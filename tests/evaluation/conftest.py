@@ -3,7 +3,6 @@ built from the bundled sample corpus (a multiple-choice copy task and a generati
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,22 +14,11 @@ SPAN, SHOWN, ANSWER = 32, 8, 8  # copy task: a 32-byte span, repeated; 8 bytes s
 
 
 @pytest.fixture(scope="session")
-def byte_checkpoint(tmp_path_factory) -> Path:
-    """checkpoint-1600 with a byte-level ``tokenizer.json`` (256 byte ids, no BOS added).
-    (Replaceable by the bundled checkpoint once it ships its own tokenizer.)"""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    out = tmp_path_factory.mktemp("checkpoint") / "checkpoint-1600"
-    shutil.copytree(CHECKPOINT, out)
-    chars = bytes_to_unicode()
-    backend = Tokenizer(models.BPE(vocab={c: b for b, c in chars.items()}, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=chars[0], bos_token=chars[0], pad_token=chars[0],
-                            split_special_tokens=True, clean_up_tokenization_spaces=False).save_pretrained(out)
-    return out
+def byte_checkpoint() -> Path:
+    """checkpoint-1600 as bundled: it ships its byte-level tokenizer (``tokenizer.json``, 256 byte
+    ids, no BOS added), so lm-eval loads it like a hub model."""
+    assert (CHECKPOINT / "tokenizer.json").exists()
+    return CHECKPOINT
 
 
 def corpus_spans(n: int, length: int, seed: int) -> list[str]:
