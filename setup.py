@@ -47,6 +47,7 @@ setup(
         # depends on it too, in this range
         "tokenizers>=0.22,<0.24",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark", "accelerate"], "datasets": ["datasets>=2.14,<5"]},
+    # nnsight: tests of record()/score_heads()/profile() on its LanguageModel (CPU-only, quick to install)
+    extras_require={"test": ["pytest", "pytest-benchmark", "accelerate", "nnsight>=0.8,<0.9"], "datasets": ["datasets>=2.14,<5"]},
     entry_points={"console_scripts": ["circuit-stats=circuit_stats.cli:main"]},
 )
