@@ -47,7 +47,12 @@ setup(
         # depends on it too, in this range
         "tokenizers>=0.22,<0.24",
     ],
-    # nnsight: tests of record()/score_heads()/profile() on its LanguageModel (CPU-only, quick to install)
-    extras_require={"test": ["pytest", "pytest-benchmark", "accelerate", "nnsight>=0.8,<0.9"], "datasets": ["datasets>=2.14,<5"]},
+    extras_require={
+        # nnsight: tests of record()/score_heads()/profile() on its LanguageModel (CPU-only, quick to install)
+        "test": ["pytest", "pytest-benchmark", "accelerate", "rouge-score>=0.1.2,<0.2", "nnsight>=0.8,<0.9"],
+        "datasets": ["datasets>=2.14,<5"],
+        # retrieval's convention="wu2024": ROUGE-1 success test, as Wu et al.
+        "retrieval": ["rouge-score>=0.1.2,<0.2"],
+    },
     entry_points={"console_scripts": ["circuit-stats=circuit_stats.cli:main"]},
 )

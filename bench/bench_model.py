@@ -50,7 +50,8 @@ def build(config, impl: str, device: str, dtype):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, attn_implementation=impl, dtype=dtype).to(device).eval()
+    with torch.device(device):  # initialise the weights where they run (a 1B model on the CPU takes seconds)
+        return AutoModelForCausalLM.from_config(config, attn_implementation=impl, dtype=dtype).eval()
 
 
 def forward_fn(model, path: str, ids):
@@ -91,6 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--lengths", default=None)
+    p.add_argument("--models", default=None, help="comma list of model shapes (default: all)")
     p.add_argument("--dtype", default=None)
     p.add_argument("--xu-sequences", type=int, default=None)
     p.add_argument("--out-dir", default=None)
@@ -101,8 +103,14 @@ def main(argv=None) -> int:
     lengths = [int(x) for x in (a.lengths or ("64,128" if a.quick else "2048,8192,32768")).split(",")]
     dtype = getattr(torch, a.dtype or ("float32" if a.quick else "bfloat16"))
     rep = 3 if a.quick else 10
+    configs = real_shape_configs(a.quick)
+    names = a.models.split(",") if a.models else list(configs)
+    unknown = sorted(set(names) - set(configs))
+    if unknown:
+        print(f"--models: unknown {unknown}; expected a comma list of {', '.join(configs)}", file=sys.stderr)
+        return 2
     rows = []
-    for name, config in real_shape_configs(a.quick).items():
+    for name, config in ((n, configs[n]) for n in names):
         for path in PATHS:
             impl = {"sdpa": "sdpa", "eager-attentions": "eager"}.get(path, "circuit_stats")
             model = build(config, impl, a.device, dtype)

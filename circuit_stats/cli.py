@@ -10,21 +10,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .protocols import PROTOCOLS
-
-
-def _options(pairs: Sequence[str]) -> dict:
-    """``--option key=value`` pairs; values are parsed as JSON when they can be."""
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise SystemExit(f"--option expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
+from . import arguments as arg
+from .tokenization import load_tokenizer
 
 
 def print_outcome(outcome, out: Path, seconds: float) -> int:
@@ -49,16 +36,23 @@ def print_outcome(outcome, out: Path, seconds: float) -> int:
     return 0 if outcome.ok else 1
 
 
+def default_revisions(model: str) -> str:
+    """``--revisions`` when not given: every checkpoint of a local directory, the paper's list for a hub id."""
+    return "all" if Path(model).is_dir() else "paper"
+
+
 def cmd_scan(a) -> int:
+    arg.check_out_dir(a.out)
     from .scans.report import write_report
     from .scans.scan import scan
     from .scans.sharding import parse_shard
 
     t0 = time.time()
-    outcome = scan(a.model, a.out, revisions_spec=a.revisions, protocol=a.protocol, refine=a.refine,
-                   limit_tokens=a.limit_tokens, protocol_options=_options(a.option), dtype=a.dtype, device=a.device,
-                   batch_size=a.batch_size, tokenizer=a.tokenizer, delete_after=a.delete_after, tokens_per_step=a.tokens_per_step,
-                   prefetch=a.prefetch, max_consecutive_failures=a.max_consecutive_failures,
+    outcome = scan(a.model, a.out, revisions_spec=default_revisions(a.model) if a.revisions is None else a.revisions, protocol=a.protocol,
+                   refine=a.refine, limit_tokens=a.limit_tokens, protocol_options=dict(a.option or []), dtype=a.dtype,
+                   device=a.device, batch_size=a.batch_size, tokenizer=a.tokenizer, delete_after=a.delete_after,
+                   tokens_per_step=a.tokens_per_step, prefetch=a.prefetch,
+                   max_consecutive_failures=a.max_consecutive_failures,
                    shard=parse_shard(a.shard) if a.shard else None, check_weights=not a.no_weights_check)
     status = print_outcome(outcome, Path(a.out), time.time() - t0)
     if a.report and len(outcome.results):
@@ -71,6 +65,10 @@ def cmd_scan(a) -> int:
 
 
 def cmd_report(a) -> int:
+    if not Path(a.dir).is_dir():
+        raise ValueError(f"DIR {a.dir} is not a directory (a scan output directory)")
+    if a.out:
+        arg.check_out_dir(a.out)
     from .scans.report import write_report
 
     screens = {}
@@ -92,6 +90,7 @@ def cmd_revisions(a) -> int:
     catalog = revisions(a.model, tokens_per_step=a.tokens_per_step, offline=a.offline or None)
     selected = select_revisions(catalog, a.revisions, str(a.model))
     if not a.check:
+        print("revision\tstep\ttokens")
         for r in selected:
             print(f"{r.revision}\t{r.step}\t{'' if r.tokens is None else r.tokens}")
         return 0
@@ -115,6 +114,7 @@ def cmd_revisions(a) -> int:
 
 
 def cmd_demo(a) -> int:
+    arg.check_out_dir(a.out)
     from .demo.series import DEMO_REPEAT_OPTIONS, demo_series_dir
     from .scans.report import write_report
     from .scans.scan import scan
@@ -137,38 +137,17 @@ def cmd_demo(a) -> int:
 
 def cmd_profile(a) -> int:
     """Position-resolved statistics of every head over a corpus (see circuit_stats.profiling)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    docs, tokenizer = profile_inputs(a)
+    model = load_profile_model(a)
     from .profiling import profile
-    from .profiling.corpus import read_corpus
+    from .scans.settings import normalised_model
 
-    docs = read_corpus(a.texts, text_field=a.text_field, split=a.split)  # bad input fails before loading
-    bins = a.bins if a.bins == "log2" else [float(e) if e == "inf" else int(e) for e in a.bins.split(",")]
-    if a.tokenizer == "bytes":
-        tokenizer = "bytes"
-    else:
-        name = a.tokenizer or a.model
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name, revision=None if a.tokenizer else a.revision)
-        except (OSError, ValueError) as err:
-            tokenizer, why = None, type(err).__name__
-        else:  # a folder without tokenizer files gives an empty tokenizer, not an error
-            why = "it has no vocabulary" if not tokenizer("hello world", add_special_tokens=False)["input_ids"] else ""
-        if why:
-            raise ValueError(f"no usable tokenizer could be loaded from {name!r} ({why}); pass --tokenizer NAME, "
-                             "or --tokenizer bytes for a byte-level model (UTF-8 bytes as token ids)")
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    # default: the checkpoint's dtype, but float32 on the CPU (half-precision CPU matmuls are slow)
-    dtype = getattr(torch, a.dtype) if a.dtype else ("auto" if device.type != "cpu" else torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(a.model, revision=a.revision, dtype=dtype,
-                                                 attn_implementation="circuit_stats").to(device)
     t0 = time.time()
     out = Path(a.out)
     try:
-        df = profile(model, docs, tokenizer=tokenizer, out=out, position_bins=bins,
-                     statistics=a.statistics.split(","), local_window=a.local_window, chunk_size=a.chunk_size,
-                     max_tokens=a.max_tokens, plots=not a.no_plots, model_name=str(a.model), revision=a.revision)
+        df = profile(model, docs, tokenizer=tokenizer, out=out, position_bins=a.bins, statistics=a.statistics,
+                     local_window=a.local_window, chunk_size=a.chunk_size, max_tokens=a.max_tokens,
+                     plots=not a.no_plots, model_name=normalised_model(a.model), revision=a.revision)
     except RuntimeError as err:  # no document could be profiled, or another run holds the directory
         print(f"circuit-stats profile: error: {err}", file=sys.stderr)
         return 1
@@ -181,94 +160,161 @@ def cmd_profile(a) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="circuit-stats", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
+def profile_inputs(a) -> tuple:
+    """The documents and tokenizer of ``circuit-stats profile``, after checking ``--out``, the
+    model path and ``--device``; before the model loads and before anything is written."""
+    arg.check_out_dir(a.out)
+    arg.check_model_source(a.model)
+    from .profiling.corpus import read_corpus
+    from .scans.settings import check_device
 
+    check_device(a.device)
+    docs = read_corpus(a.texts, text_field=a.text_field, split=a.split)
+    from transformers import AutoConfig
+
+    try:  # the config alone: a wrong model name is named as such, not as a missing tokenizer
+        AutoConfig.from_pretrained(a.model, revision=a.revision)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"model {a.model}: no model config could be loaded ({type(err).__name__}: {err})") from None
+    tokenizer = "bytes" if a.tokenizer == "bytes" else load_tokenizer(
+        a.tokenizer or a.model, revision=None if a.tokenizer else a.revision, what="--tokenizer")
+    return docs, tokenizer
+
+
+def load_profile_model(a):
+    """The model of ``circuit-stats profile`` on ``--device`` in ``--dtype``; a ValueError (exit 2)
+    naming the model when it does not load."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # default: the checkpoint's dtype, but float32 on the CPU (half-precision CPU matmuls are slow)
+    dtype = getattr(torch, a.dtype) if a.dtype else ("auto" if device.type != "cpu" else torch.float32)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(a.model, revision=a.revision, dtype=dtype,
+                                                     attn_implementation="circuit_stats")
+    except OSError as err:
+        raise ValueError(f"model {a.model}: cannot be loaded ({err})") from None
+    return model.to(device)
+
+
+def add_scan(sub) -> None:
     s = sub.add_parser("scan", help="score every head at every selected revision")
     s.add_argument("model", help="hub model id (e.g. EleutherAI/pythia-1b) or a local checkpoint directory")
-    s.add_argument("--revisions", default="paper",
-                   help="all | paper | every:N | log:K | comma list of revision names (default: paper)")
-    s.add_argument("--protocol", default="xu2026", choices=sorted(PROTOCOLS))
+    s.add_argument("--revisions", default=None,
+                   help="all | paper | every:N | log:K | comma list of revision names "
+                        "(default: all for a local directory, paper for a hub id)")
+    s.add_argument("--protocol", default="xu2026", choices=arg.PROTOCOL_NAMES)
     s.add_argument("--out", required=True, help="output directory (resumable)")
     s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="load weights in this dtype (default: the checkpoint's)")
     s.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu")
-    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--batch-size", type=arg.positive_int, default=None)
     s.add_argument("--tokenizer", default=None,
                    help="text protocols (natural, sink): 'bytes' or a tokenizer name/path (default: each checkpoint's own)")
     s.add_argument("--refine", action="store_true", help="bisect the sharpest class-fraction jump")
     s.add_argument("--delete-after", action="store_true", help="delete each downloaded revision once scanned")
-    s.add_argument("--limit-tokens", type=float, default=None, help="skip revisions trained on more tokens")
-    s.add_argument("--tokens-per-step", type=int, default=None, help="for local checkpoints without token counts")
-    s.add_argument("--option", action="append", metavar="KEY=VALUE", help="protocol option, e.g. n_sequences=500")
+    s.add_argument("--limit-tokens", type=arg.positive_number, default=None, help="skip revisions trained on more tokens")
+    s.add_argument("--tokens-per-step", type=arg.positive_int, default=None, help="for local checkpoints without token counts")
+    s.add_argument("--option", action="append", type=arg.key_value, metavar="KEY=VALUE",
+                   help="protocol option, e.g. n_sequences=500")
     s.add_argument("--report", action="store_true", help="write the report when the scan ends")
-    s.add_argument("--prefetch", type=int, default=0, metavar="N",
+    s.add_argument("--prefetch", type=arg.nonnegative_int, default=0, metavar="N",
                    help="download up to N next revisions in the background while one is scored (default 0)")
     s.add_argument("--shard", default=None, metavar="I/N",
                    help="scan shard I of N (0-based); default: from torchrun (RANK/WORLD_SIZE) or a SLURM array")
-    s.add_argument("--max-consecutive-failures", type=int, default=3, metavar="K",
+    s.add_argument("--max-consecutive-failures", type=arg.positive_int, default=3, metavar="K",
                    help="stop after K consecutive revisions fail with the same error (default 3)")
     s.add_argument("--no-weights-check", action="store_true",
                    help="do not identify identical weights across revisions (no hub metadata requests)")
     s.set_defaults(func=cmd_scan)
 
+
+def add_report(sub) -> None:
     r = sub.add_parser("report", help="write summary.json, summary.md and plots for a scan")
     r.add_argument("dir", help="a scan output directory")
     r.add_argument("--out", default=None, help="report directory (default DIR/report)")
-    r.add_argument("--induction-min-heads", type=int, default=None)
-    r.add_argument("--first-token-min-fraction", type=float, default=None)
+    r.add_argument("--induction-min-heads", type=arg.nonnegative_int, default=None)
+    r.add_argument("--first-token-min-fraction", type=arg.fraction, default=None)
     r.set_defaults(func=cmd_report)
 
+
+def add_revisions(sub) -> None:
     v = sub.add_parser("revisions", help="list a model's checkpoint catalog")
     v.add_argument("model")
     v.add_argument("--revisions", default="all")
-    v.add_argument("--tokens-per-step", type=int, default=None)
+    v.add_argument("--tokens-per-step", type=arg.positive_int, default=None)
     v.add_argument("--offline", action="store_true", help="use the built-in schedule, do not ask the hub")
     v.add_argument("--check", action="store_true",
                    help="group revisions holding identical weights (hub file metadata, or hashes of local files)")
     v.set_defaults(func=cmd_revisions)
 
+
+def add_demo(sub) -> None:
     d = sub.add_parser("demo", help="scan the bundled tiny checkpoint series and write its report")
     d.add_argument("--out", default="circuit-stats-demo")
     d.add_argument("--device", default=None)
     d.set_defaults(func=cmd_demo)
 
-    from .profiling.profile import STATISTICS
 
+def add_profile(sub) -> None:
     f = sub.add_parser("profile", help="attention statistics of every head against query position over a corpus")
     f.add_argument("model", help="hub model id or a local checkpoint directory")
     f.add_argument("--revision", default=None)
     f.add_argument("--texts", required=True,
-                   help=".txt file or directory, .jsonl, .parquet, or hf:DATASET (needs `pip install datasets`)")
+                   help=".txt file or directory, .jsonl, .parquet, or hf:DATASET "
+                        "(needs `pip install circuit-stats[datasets]`)")
     f.add_argument("--out", required=True, help="output directory (resumable)")
     f.add_argument("--tokenizer", default=None,
                    help="tokenizer name (default: the model's), or 'bytes' for a byte-level model")
     f.add_argument("--text-field", default="text", help="field / column holding the text (.jsonl, .parquet, hf:)")
     f.add_argument("--split", choices=["blocks", "file"], default="blocks",
                    help=".txt: one document per blank-line block (default) or per file")
-    f.add_argument("--bins", default="log2", help="log2, or comma-separated edges, e.g. 0,64,512,4096,inf")
-    f.add_argument("--statistics", default=",".join(STATISTICS), help=f"comma list of {', '.join(STATISTICS)}")
-    f.add_argument("--local-window", type=int, default=16, help="W of the 'local' statistic (last W keys)")
-    f.add_argument("--chunk-size", type=int, default=1024, help="tokens per forward (chunked prefill)")
-    f.add_argument("--max-tokens", type=int, default=None, help="truncate documents (default: the model's context)")
+    f.add_argument("--bins", type=arg.position_bins, default="log2",
+                   help="log2, or comma-separated edges, e.g. 0,64,512,4096,inf")
+    f.add_argument("--statistics", type=arg.statistics, default=list(arg.STATISTICS),
+                   help=f"comma list of {', '.join(arg.STATISTICS)}")
+    f.add_argument("--local-window", type=arg.positive_int, default=16, help="W of the 'local' statistic (last W keys)")
+    f.add_argument("--chunk-size", type=arg.positive_int, default=1024, help="tokens per forward (chunked prefill)")
+    f.add_argument("--max-tokens", type=arg.positive_int, default=None,
+                   help="truncate documents (default: the model's context; more than a learned position table "
+                        "holds is refused)")
     f.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="default: the checkpoint's on a GPU, float32 on the CPU")
     f.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     f.add_argument("--no-plots", action="store_true")
     f.set_defaults(func=cmd_profile)
+
+
+# One function per command: it adds the command's parser and sets ``func`` to run it.
+COMMANDS = (add_scan, add_report, add_revisions, add_demo, add_profile)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``circuit-stats`` parser; building and using it imports no torch."""
+    p = argparse.ArgumentParser(prog="circuit-stats", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a bad argument (2, argparse has printed why)
+        return stop.code
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"circuit-stats {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"circuit-stats {args.command}: interrupted; finished work is kept, run the same command to resume",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

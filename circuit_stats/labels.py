@@ -11,7 +11,10 @@ from typing import Literal, Mapping, get_args
 import numpy as np
 import pandas as pd
 
-HeadClass = Literal["induction", "duplicate-token", "previous-token", "self", "first-token", "local", "unclassified"]
+from .finite import check_finite
+
+HeadClass = Literal["induction", "duplicate-token", "previous-token", "self", "first-token", "local", "retrieval",
+                    "unclassified"]
 HEAD_CLASSES: tuple[HeadClass, ...] = get_args(HeadClass)
 
 INDUCTION: HeadClass = "induction"
@@ -20,6 +23,7 @@ PREVIOUS_TOKEN: HeadClass = "previous-token"
 SELF: HeadClass = "self"
 FIRST_TOKEN: HeadClass = "first-token"
 LOCAL: HeadClass = "local"
+RETRIEVAL: HeadClass = "retrieval"
 UNCLASSIFIED: HeadClass = "unclassified"
 
 
@@ -33,9 +37,11 @@ def flag_column(label: HeadClass) -> str:
 def label_heads(scores: pd.DataFrame, thresholds: Mapping[str, float], names: Mapping[str, HeadClass]) -> pd.DataFrame:
     """Multi-label flags (``flag_column(label)``: score >= threshold) and one primary ``label``:
     the passing class with the highest score, else ``unclassified``. ``names`` maps score columns
-    to head classes."""
+    to head classes. NaN or infinite scores are refused (``NonFiniteError``): a NaN head is not
+    an unclassified one."""
     out = scores.copy()
     cols = list(names)
+    check_finite(scores, cols, "scores to label")
     vals = scores[cols].to_numpy(dtype=float)
     passing = vals >= np.array([thresholds[c] for c in cols])
     for j, col in enumerate(cols):

@@ -7,8 +7,10 @@ from typing import Optional, Sequence, Union
 import pandas as pd
 import torch
 
+from .finite import check_finite, float_columns
 from .models import uses_circuit_stats
 from .models.wrapped import unwrap_model
+from .models.context import context_guard
 from .protocols import get_protocol
 from .protocols.engine import model_device
 
@@ -30,7 +32,8 @@ def score_heads(
     Args:
         model: a transformers causal LM using ``attn_implementation="circuit_stats"``, or an nnsight
             ``LanguageModel`` wrapping one.
-        protocol: ``"xu2026"``, ``"repeat"``, ``"sink"`` or ``"natural"`` (see the README).
+        protocol: ``"xu2026"``, ``"repeat"``, ``"sink"``, ``"natural"`` or ``"retrieval"`` (see
+            the README).
         tokenizer, texts: natural-text input for ``"sink"`` / ``"natural"``: token-id lists, or
             strings tokenized with ``tokenizer`` (a transformers tokenizer, a callable, or
             ``"bytes"`` for UTF-8 bytes; strings without a tokenizer are refused). Default texts:
@@ -48,6 +51,10 @@ def score_heads(
     Returns:
         A DataFrame with ``layer``, ``head``, the protocol's score columns and ``label``;
         ``df.attrs`` records the protocol, its exact settings, the dtype and the model.
+
+    Raises:
+        NonFiniteError: a score is NaN or infinite (the model's activations are not finite,
+            e.g. NaN weights), except where the protocol defines NaN (``Protocol.nan_scores``).
     """
     spec = get_protocol(protocol)
     protocol_options = spec.check_options(protocol_options)  # before any model work
@@ -66,7 +73,9 @@ def score_heads(
         kwargs.update(tokenizer=tokenizer, texts=texts)
     elif texts is not None or tokenizer is not None:
         raise ValueError(f"protocol {protocol!r} generates its own sequences; texts/tokenizer are not used")
-    df = spec.score(model, **kwargs)
+    with context_guard(model, f"protocol {protocol!r}"):  # refuse positions past a learned table
+        df = spec.score(model, **kwargs)
+    check_finite(df, float_columns(df, exclude=spec.nan_scores), f"{protocol} scores")
     df.attrs.update(
         protocol=protocol,
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 BYTES = "bytes"  # tokenizer="bytes": UTF-8 bytes as token ids
 VOCAB_SIZE = 256
@@ -37,6 +37,50 @@ class ByteTokenizer:
 
     def __call__(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
+
+
+def resolve_tokenizer(tokenizer):
+    """``"bytes"`` -> :class:`ByteTokenizer`; a callable (e.g. a transformers tokenizer) as is."""
+    if tokenizer == BYTES:
+        return ByteTokenizer()
+    if tokenizer is None or isinstance(tokenizer, str) or not callable(tokenizer):
+        raise ValueError("tokenizer must be a tokenizer (e.g. AutoTokenizer.from_pretrained(...)) or the explicit "
+                         f"choice 'bytes' (UTF-8 bytes as token ids, for byte-level models), got {tokenizer!r}")
+    return tokenizer
+
+
+def encode(tokenizer, text, add_special_tokens: bool) -> list[int]:
+    """``text``'s token ids with a resolved tokenizer (a :class:`ByteTokenizer`, a transformers
+    tokenizer, or any callable ``str -> ids``); token ids given instead of a string as they are."""
+    if not isinstance(text, str):
+        return [int(i) for i in text]
+    if tokenizer is None:
+        raise ValueError("texts are strings but no tokenizer was given: pass tokenizer=<a tokenizer> or "
+                         "tokenizer='bytes' (UTF-8 bytes as token ids) explicitly")
+    if isinstance(tokenizer, ByteTokenizer):
+        return tokenizer(text)
+    ids = tokenizer(text, add_special_tokens=add_special_tokens)
+    if hasattr(ids, "input_ids") or isinstance(ids, dict):
+        ids = ids["input_ids"]
+    return [int(i) for i in ids]
+
+
+def load_tokenizer(source: Union[str, Path], *, revision: Optional[str] = None, what: str = "texts"):
+    """``AutoTokenizer.from_pretrained(source, revision=revision)``; a ``ValueError`` naming
+    ``what`` needs it and the way out (``--tokenizer``) when none loads, or when the one that loads
+    has no vocabulary (a folder without tokenizer files gives such an empty tokenizer)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+    except Exception as err:  # OSError, ValueError, a hub error: the same way out for each
+        why = type(err).__name__
+    else:
+        if tokenizer("hello world", add_special_tokens=False)["input_ids"]:
+            return tokenizer
+        why = "it has no vocabulary"
+    raise ValueError(f"{what}: no usable tokenizer could be loaded from {source} ({why}); pass --tokenizer NAME, "
+                     "or --tokenizer bytes for a byte-level model (UTF-8 bytes as token ids)")
 
 
 def byte_to_unicode() -> dict[int, str]:

@@ -305,6 +305,21 @@ class Recording:
                 out[col].append(torch.stack(vals, dim=1))  # [B, L, H]
         return {col: torch.cat(vals) for col, vals in out.items()}
 
+    def per_sample_counts(self) -> dict[str, torch.Tensor]:
+        """``{statistic: Tensor[n_sequences]}`` (``[n_sequences, n_bins]`` with ``position_bins``):
+        how many queries each per-sample mean of :meth:`per_sample` averages (the same for every
+        layer); weights for pooled means and their standard errors."""
+        if not self.per_sample_enabled:
+            raise RuntimeError("record(..., per_sample=True) is needed for per-sample statistics")
+        self._check_complete()
+        out: dict[str, list] = defaultdict(list)
+        for block in self._blocks:
+            for name, s in block.sums[0].items() if block.counts else ():
+                n = block.counts[0][name].cpu().to(torch.float64)  # [B, K]
+                for col in self._columns(name, s):
+                    out[col].append(n[:, 0] if self.edges is None else n)
+        return {col: torch.cat(vals) for col, vals in out.items()}
+
     def summary(self) -> pd.DataFrame:
         """One row per (layer, head): ``layer``, ``head`` and one column per statistic.
 

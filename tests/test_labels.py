@@ -18,3 +18,11 @@ def test_flag_column():
     assert len({flag_column(c) for c in HEAD_CLASSES}) == len(HEAD_CLASSES)
     with pytest.raises(ValueError, match="label must be one of"):
         flag_column("sink")
+
+
+def test_label_heads_refuses_nan_scores_instead_of_calling_them_unclassified():
+    from circuit_stats.finite import NonFiniteError
+
+    scores = pd.DataFrame({"layer": [0, 1], "head": [2, 3], "induction": [0.9, float("nan")], "sink": [0.1, 0.1]})
+    with pytest.raises(NonFiniteError, match=r"\['induction'\] are NaN or infinite in 1 of 2 rows, first at layer 1 head 3"):
+        label_heads(scores, {"induction": 0.4, "sink": 0.5}, {"induction": "induction", "sink": "first-token"})

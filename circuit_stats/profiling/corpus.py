@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -60,8 +61,16 @@ def read_corpus(source: Union[str, Path], *, text_field: str = "text", split: st
                      "or hf:DATASET_NAME")
 
 
+def read_utf8(path: Path) -> str:
+    """The text of ``path``; a ValueError naming the file when it is not UTF-8."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"texts: {path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+
+
 def read_txt(path: Path, *, split: str = "blocks") -> list[Document]:
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_utf8(path)
     if split == "file":
         return [Document(path.name, text)] if text.strip() else []
     blocks, current = [], []
@@ -78,18 +87,17 @@ def read_txt(path: Path, *, split: str = "blocks") -> list[Document]:
 
 def read_jsonl(path: Path, *, text_field: str = "text") -> list[Document]:
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as err:
-                raise ValueError(f"texts: {path} line {n} is not JSON: {err}") from None
-            if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
-                raise ValueError(f"texts: {path} line {n} has no string field {text_field!r} "
-                                 f"(set the field with text_field= / --text-field)")
-            docs.append(Document(f"{path.name}:{n}", row[text_field]))
+    for n, line in enumerate(read_utf8(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            raise ValueError(f"texts: {path} line {n} is not JSON: {err}") from None
+        if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+            raise ValueError(f"texts: {path} line {n} has no string field {text_field!r} "
+                             f"(set the field with text_field= / --text-field)")
+        docs.append(Document(f"{path.name}:{n}", row[text_field]))
     return docs
 
 
@@ -103,11 +111,11 @@ def read_parquet(path: Path, *, text_field: str = "text") -> list[Document]:
 
 def read_hf_dataset(name: str, *, text_field: str = "text", split: str = "train",
                     config: Optional[str] = None) -> list[Document]:
-    try:
-        import datasets
-    except ImportError:
-        raise ImportError("texts='hf:...' needs the optional Hugging Face datasets package: "
-                          "pip install datasets") from None
+    if importlib.util.find_spec("datasets") is None:  # a ValueError: the CLI exits 2 before loading the model
+        raise ValueError(f"texts 'hf:{name}' needs the optional Hugging Face datasets package: "
+                         "pip install 'circuit-stats[datasets]'")
+    import datasets
+
     ds = datasets.load_dataset(name, config, split=split)
     return documents_from_dataset(ds, text_field=text_field, name=f"{name}/{split}")
 

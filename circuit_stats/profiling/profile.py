@@ -4,7 +4,8 @@ Each document runs through the model alone (no padding), in chunks that extend t
 (``prefill.chunked_prefill``), inside one ``record(position_bins=...)``; its per-(layer, head,
 bin) means become rows of ``profile.parquet``. With ``out=``, every finished document is
 committed atomically, so a re-run continues where a killed one stopped, and a document that
-fails is recorded in ``failures.json`` and skipped.
+fails (also one whose statistics are NaN or infinite: ``NonFiniteError``) is recorded in
+``failures.json`` and skipped, never pooled.
 """
 
 from __future__ import annotations
@@ -21,49 +22,22 @@ import torch
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from ..finite import check_finite
+from ..names import PROFILE_STATISTICS
 from ..models import offset_column, record, uses_circuit_stats
+from ..models.config import text_config
+from ..models.context import check_context, context_limit
 from ..models.positions import BinSpec, bin_edges
 from ..models.wrapped import unwrap_model
-from ..tokenization import BYTES, ByteTokenizer
+from ..tokenization import encode, resolve_tokenizer
 from .corpus import Document, as_documents
 from .prefill import chunked_prefill
 from .writer import ProfileDir
 
 log = logging.getLogger(__name__)
 
-# Statistic name in the profile -> what record() must be asked for.
-STATISTICS = ("sink", "previous_token", "induction", "duplicate", "entropy", "distance", "local", "top1_prob")
+STATISTICS = PROFILE_STATISTICS  # what record_options() turns into record()'s arguments
 ROW_KEYS = ["doc_index", "doc_id", "n_tokens", "layer", "head", "bin", "pos_lo", "pos_hi", "n_queries"]
-
-
-def resolve_tokenizer(tokenizer):
-    """``"bytes"`` -> ``ByteTokenizer``; a callable (e.g. a transformers tokenizer) as is."""
-    if tokenizer == BYTES:
-        return ByteTokenizer()
-    if tokenizer is None or isinstance(tokenizer, str) or not callable(tokenizer):
-        raise ValueError("tokenizer must be a tokenizer (e.g. AutoTokenizer.from_pretrained(...)) or the explicit "
-                         f"choice 'bytes' (UTF-8 bytes as token ids, for byte-level models), got {tokenizer!r}")
-    return tokenizer
-
-
-def tokenize(doc: Document, tokenizer, add_special_tokens: bool) -> list[int]:
-    if not isinstance(doc.text, str):
-        return list(doc.text)
-    if tokenizer is None:
-        raise ValueError("texts are strings but no tokenizer was given: pass tokenizer=<a tokenizer> or "
-                         "tokenizer='bytes' (UTF-8 bytes as token ids) explicitly")
-    if isinstance(tokenizer, ByteTokenizer):
-        return tokenizer(doc.text)
-    ids = tokenizer(doc.text, add_special_tokens=add_special_tokens)
-    if hasattr(ids, "input_ids") or isinstance(ids, dict):
-        ids = ids["input_ids"]
-    return [int(i) for i in ids]
-
-
-def model_context(model: torch.nn.Module) -> Optional[int]:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    n = getattr(config, "max_position_embeddings", None)
-    return int(n) if n else None
 
 
 def record_options(statistics: Sequence[str], local_window: int) -> dict:
@@ -89,13 +63,16 @@ def record_options(statistics: Sequence[str], local_window: int) -> dict:
 @torch.no_grad()
 def profile_document(model: torch.nn.Module, ids: Sequence[int], *, edges, statistics: Sequence[str],
                      local_window: int, chunk_size: int) -> pd.DataFrame:
-    """One document's rows: ``layer, head, bin, pos_lo, pos_hi, n_queries`` and the statistics."""
+    """One document's rows: ``layer, head, bin, pos_lo, pos_hi, n_queries`` and the statistics.
+    Raises ``NonFiniteError`` when a statistic is NaN or infinite (the document then fails)."""
     device = next(model.parameters()).device
     input_ids = torch.as_tensor([list(ids)], dtype=torch.long, device=device)
     with record(model, position_bins=list(edges), **record_options(statistics, local_window)) as rec:
         chunked_prefill(model, input_ids, chunk_size)
     df = rec.summary().rename(columns={offset_column(1): "previous_token"})
-    return df[["layer", "head", "bin", "pos_lo", "pos_hi", "n_queries", *statistics]]
+    df = df[["layer", "head", "bin", "pos_lo", "pos_hi", "n_queries", *statistics]]
+    check_finite(df, statistics, "attention statistics of this document")
+    return df
 
 
 def corpus_fingerprint(docs: Sequence[Document]) -> str:
@@ -139,7 +116,8 @@ def profile(
         chunk_size: tokens per forward (chunked prefill through the KV cache): bounds activation
             memory, not the result.
         max_tokens: truncate documents to this many tokens (default: the model's context,
-            ``max_position_embeddings``).
+            ``max_position_embeddings``). More than a learned position table holds (GPT-2, OPT)
+            is refused; more than a rotary model was trained on gives a warning.
         add_special_tokens: passed to a transformers tokenizer (e.g. to prepend its BOS).
 
     Returns:
@@ -158,16 +136,18 @@ def profile(
         raise ValueError(f"local_window must be an int >= 1, got {local_window!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-    limit = model_context(model) if max_tokens is None else int(max_tokens)
-    if limit is not None and limit < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
+    limit = context_limit(model) if max_tokens is None else max_tokens
+    if max_tokens is not None:  # past a learned position table: refused; past a rotary model's context: a warning
+        check_context(model, max_tokens, f"max_tokens={max_tokens}")
     docs = as_documents(texts)
     if not docs:
         raise ValueError("texts: no documents")
     tok = None
     if any(isinstance(d.text, str) for d in docs):
         tok = resolve_tokenizer(tokenizer)
-    vocab = int((model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config).vocab_size)
+    vocab = int(text_config(model.config).vocab_size)
     settings = dict(
         model=model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
         revision=revision, statistics=list(statistics), position_bins=[e if e != float("inf") else "inf" for e in edges],
@@ -197,7 +177,7 @@ def profile(
             for i in bar:
                 doc = docs[i]
                 try:
-                    ids = tokenize(doc, tok, add_special_tokens)
+                    ids = encode(tok, doc.text, add_special_tokens)
                     if not ids:
                         raise ValueError("empty document (no tokens)")
                     if max(ids) >= vocab or min(ids) < 0:

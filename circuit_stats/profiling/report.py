@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .profile import STATISTICS
+from ..names import PROFILE_STATISTICS as STATISTICS
 from .writer import atomic_write_text
 
 KEYS = ("layer", "head", "bin", "pos_lo", "pos_hi")
@@ -31,16 +31,19 @@ def statistic_columns(df: pd.DataFrame) -> list[str]:
 
 def pooled(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     """Query-weighted means of every statistic over documents (and whatever is not in ``by``),
-    with the summed ``n_queries``."""
+    with the summed ``n_queries``. A NaN row makes its group's mean NaN (never a number that
+    counts it as 0)."""
     stats = statistic_columns(df)
     w = df["n_queries"].to_numpy(dtype=float)
     tmp = df[list(by)].copy()
     tmp["n_queries"] = w
     for c in stats:
         tmp[c] = df[c].to_numpy(dtype=float) * w
-    g = tmp.groupby(list(by), sort=True).sum().reset_index()
+    groups = tmp.groupby(list(by), sort=True)
+    g = groups.sum().reset_index()
+    has_nan = groups[stats].count().reset_index(drop=True) < groups.size().reset_index(drop=True).to_numpy()[:, None]
     for c in stats:
-        g[c] = g[c] / g["n_queries"]
+        g[c] = (g[c] / g["n_queries"]).mask(has_nan[c].to_numpy())
     return g
 
 
@@ -163,8 +166,11 @@ def write_summary(df: pd.DataFrame, root: Path, settings: dict, failures: dict, 
     lines += ["", "## Extreme heads (all positions)", ""]
     for c in stats:
         top = per_head.nlargest(3, c)
+        nan = per_head[per_head[c].isna()]
         lines.append(f"- highest {c}: " + ", ".join(f"L{int(r.layer)}H{int(r.head)} {getattr(r, c):.3f}"
-                                                    for r in top.itertuples()))
+                                                    for r in top.itertuples())
+                     + (f" (NaN: {', '.join(f'L{int(r.layer)}H{int(r.head)}' for r in nan.itertuples())})"
+                        if len(nan) else ""))
     lines += ["", "Plots: `plots/position_<statistic>.png` (per layer, each head against query position) and "
               "`plots/heads.png` (layer x head maps). Rows: `profile.parquet`.", ""]
     path = Path(root) / "summary.md"

@@ -1,52 +1,29 @@
 """The profile output directory: settings manifest, one part per finished document, failures,
-and the combined ``profile.parquet``. Every file is written atomically (temporary file, then
-``os.replace``), so a killed run leaves only complete files and a re-run continues."""
+and the combined ``profile.parquet``. Every file is written atomically (``atomic.atomic_write``:
+a temporary file, then ``os.replace``; modes follow the umask), so a killed run leaves only
+complete files and a re-run continues."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Union
 
 import pandas as pd
+
+from ..atomic import atomic_write
 
 MANIFEST = "profile.json"
 RESULT = "profile.parquet"
 FAILURES = "failures.json"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 class ProfileDir:

@@ -8,6 +8,8 @@ from typing import Iterable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..models.config import text_config
+from ..models.context import check_context
 from ..models.recording import record
 
 
@@ -25,6 +27,7 @@ class Batch:
 class RunResult:
     means: dict[str, torch.Tensor]  # {statistic: [layers, heads]}
     per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # {statistic: [seqs, L, H]}
+    counts: dict[str, torch.Tensor] = field(default_factory=dict)  # {statistic: [seqs]} queries per row
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -32,7 +35,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def vocab_size(model: torch.nn.Module) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model.config)
     return int(config.vocab_size)
 
 
@@ -66,8 +69,11 @@ def run_batches(
 ) -> RunResult:
     """Run every batch through the model inside one ``record()`` and return the means
     (``[layers, heads]`` per statistic) and, with ``per_sample``, the per-row means
-    (``[rows, layers, heads]``, rows in batch order)."""
+    (``[rows, layers, heads]``, rows in batch order) and the queries each averages (``[rows]``)."""
     device = device or model_device(model)
+    batches = list(batches)  # small id tensors: the longest is checked against the context before any forward
+    if batches:
+        check_context(model, max(b.input_ids.shape[1] for b in batches), f"protocol {desc!r}")
     was_training = model.training
     model.eval()
 
@@ -82,6 +88,8 @@ def run_batches(
                 rec.set_inputs(query_mask=qm, probe_keys=to_device(batch.probe_keys))
                 model(input_ids=to_device(batch.input_ids), attention_mask=to_device(batch.attention_mask),
                       use_cache=False)
-        return RunResult(rec.tensors(), rec.per_sample() if per_sample else {})
+        if not per_sample:
+            return RunResult(rec.tensors())
+        return RunResult(rec.tensors(), rec.per_sample(), rec.per_sample_counts())
     finally:
         model.train(was_training)

@@ -29,6 +29,7 @@ from .frames import flat, head_frame
 from .spec import Protocol, require_choice, require_int, require_thresholds
 from .texts import check_no_double_bos, config_bos_id, text_batches, tokenize_texts, tokenizer_bos_id
 from .transformerlens import transformerlens_scores
+from .uncertainty import label_margins, pooled_se, se_column
 
 CONVENTIONS = ("circuit_stats", "transformerlens")
 DEFAULTS = dict(max_tokens=None, convention="circuit_stats", exclude_bos=False, exclude_current_token=False,
@@ -51,7 +52,8 @@ def validate(o: dict) -> None:
 def score(model, *, tokenizer=None, texts=None, batch_size: int = 1, device=None,
           bos_token_id: Optional[int] = None, progress: bool = True, **options) -> pd.DataFrame:
     """Per-(layer, head) ``induction``, ``duplicate``, ``previous_token``, ``sink``, ``entropy``,
-    ``is_*`` and ``label``; ``df.attrs["settings"]`` says how texts were tokenized and averaged."""
+    their standard errors over texts (``<score>_se``), ``is_*``, ``label``, ``label_margin`` and
+    ``is_borderline``; ``df.attrs["settings"]`` says how texts were tokenized and averaged."""
     o = PROTOCOL.check_options(options)
     tl = o["convention"] == "transformerlens"
     enc = tokenize_texts(texts, tokenizer, model, add_special_tokens=False if tl else None)
@@ -76,16 +78,21 @@ def score(model, *, tokenizer=None, texts=None, batch_size: int = 1, device=None
         check_no_double_bos(enc, bos_token_id)
         bos = bos_token_id
         res = run_batches(model, text_batches(seqs, batch_size, bos), total=-(-len(seqs) // batch_size),
-                          offsets=(1,), token_match=True, entropy=True, device=device, desc="natural",
-                          progress=progress)
-        m = dict(res.means, previous_token=res.means[offset_column(1)])
+                          offsets=(1,), token_match=True, entropy=True, per_sample=True, device=device,
+                          desc="natural", progress=progress)
+        statistic = dict(zip(SCORES, SCORES), previous_token=offset_column(1))
+        m = {col: res.means[stat] for col, stat in statistic.items()}
+        m.update({se_column(col): pooled_se(res.per_sample, res.counts, stat) for col, stat in statistic.items()})
         averaging = "pooled over every query of every text"
     df = head_frame(*m["sink"].shape)
     for col in SCORES:
         df[col] = flat(m[col])
-    df = label_heads(df, o["thresholds"], NAMES)
+    for col in SCORES:
+        df[se_column(col)] = flat(m[se_column(col)])
+    df = label_margins(label_heads(df, o["thresholds"], NAMES), o["thresholds"], NAMES)
     n_tokens = sum(map(len, seqs)) - (len(seqs) if tl else 0)  # text tokens, without the added BOS
     df.attrs.update(settings=dict(o, n_texts=len(seqs), n_tokens=n_tokens, bos_token_id=bos, averaging=averaging,
+                                  standard_error="over texts",
                                   tokenizer=enc.tokenizer, special_tokens=enc.special_tokens))
     return df
 

@@ -23,7 +23,8 @@ from ..labels import DUPLICATE_TOKEN, FIRST_TOKEN, INDUCTION, PREVIOUS_TOKEN, la
 from ..models import offset_column
 from .engine import Batch, check_token_range, prepend_bos, run_batches, vocab_size
 from .frames import flat, head_frame
-from .spec import Protocol, require_int, require_thresholds, require_vocab_range
+from .spec import Protocol, require_int, require_seed, require_thresholds, require_vocab_range
+from .uncertainty import label_margins, pooled_se, se_column
 
 # thresholds are keyed by kind of head; COLUMNS maps each key to its score column here
 DEFAULTS = dict(n_sequences=64, seq_len=64, seed=0, vocab_range=None,
@@ -37,7 +38,7 @@ NAMES = {"induction_offset": INDUCTION, "previous_token": PREVIOUS_TOKEN, "dupli
 def validate(o: dict) -> None:
     require_int(o, "n_sequences", 1)
     require_int(o, "seq_len", 2)
-    require_int(o, "seed", 0)
+    require_seed(o)
     require_thresholds(o)
     require_vocab_range(o)
 
@@ -66,24 +67,28 @@ def second_copy_batches(seqs: torch.Tensor, L: int, batch_size: int, bos: Option
 def score(model, *, batch_size: int = 16, device=None, bos_token_id: Optional[int] = None,
           progress: bool = True, **options) -> pd.DataFrame:
     """Per-(layer, head) ``previous_token``, ``induction_offset``, ``duplicate_offset``, ``sink``,
-    ``is_*`` and ``label``."""
+    their standard errors over sequences (``<score>_se``), ``is_*``, ``label``, ``label_margin``
+    and ``is_borderline`` (see ``uncertainty.py``)."""
     o = PROTOCOL.check_options(options)
     L = o["seq_len"]
     low, high = o["vocab_range"] or default_vocab_range(vocab_size(model))
     check_token_range(model, low, high, "repeat")
     seqs = make_sequences(o["n_sequences"], L, low, high, o["seed"])
     res = run_batches(model, second_copy_batches(seqs, L, batch_size, bos_token_id),
-                      total=-(-len(seqs) // batch_size), offsets=(1, L - 1, L), device=device, desc="repeat",
-                      progress=progress)
-    m = res.means
-    df = head_frame(*m["sink"].shape)
-    df["previous_token"] = flat(m[offset_column(1)])
-    df["induction_offset"] = flat(m[offset_column(L - 1)])
-    df["duplicate_offset"] = flat(m[offset_column(L)])
-    df["sink"] = flat(m["sink"])
-    df = label_heads(df, {COLUMNS[k]: v for k, v in o["thresholds"].items()}, NAMES)
+                      total=-(-len(seqs) // batch_size), offsets=(1, L - 1, L), per_sample=True, device=device,
+                      desc="repeat", progress=progress)
+    statistic = {"previous_token": offset_column(1), "induction_offset": offset_column(L - 1),
+                 "duplicate_offset": offset_column(L), "sink": "sink"}
+    df = head_frame(*res.means["sink"].shape)
+    for col, stat in statistic.items():
+        df[col] = flat(res.means[stat])
+    for col, stat in statistic.items():
+        df[se_column(col)] = flat(pooled_se(res.per_sample, res.counts, stat))
+    thresholds = {COLUMNS[k]: v for k, v in o["thresholds"].items()}
+    df = label_margins(label_heads(df, thresholds, NAMES), thresholds, NAMES)
     df.attrs.update(settings=dict(o, vocab_range=[low, high], bos_token_id=bos_token_id,
-                                  averaging="offsets: second-copy queries; sink: every query; pooled over sequences"))
+                                  averaging="offsets: second-copy queries; sink: every query; pooled over sequences",
+                                  standard_error="over sequences"))
     return df
 
 

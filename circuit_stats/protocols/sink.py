@@ -34,6 +34,7 @@ from .engine import run_batches
 from .frames import flat, head_frame
 from .spec import Protocol, require_choice, require_int, require_open_unit
 from .texts import check_no_double_bos, text_batches, tokenize_texts
+from .uncertainty import label_margins, mean_se, se_column
 
 CONVENTIONS = ("circuit_stats", "gu2025")
 DEFAULTS = dict(seq_len=64, n_sequences=None, eps=0.3, convention="circuit_stats", drop_short=False)
@@ -85,8 +86,8 @@ def sink_rate(alpha0_per_prompt: torch.Tensor, eps: float) -> torch.Tensor:
 
 def score(model, *, tokenizer=None, texts=None, batch_size: int = 16, device=None,
           bos_token_id: Optional[int] = None, progress: bool = True, **options) -> pd.DataFrame:
-    """Per-(layer, head) ``alpha0``, ``sink_rate``, ``is_first_token`` and ``label``; sink rates in
-    ``df.attrs``."""
+    """Per-(layer, head) ``alpha0``, its standard error over prompts (``alpha0_se``), ``sink_rate``,
+    ``is_first_token``, ``label``, ``label_margin`` and ``is_borderline``; sink rates in ``df.attrs``."""
     o = PROTOCOL.check_options(options)
     gu = o["convention"] == "gu2025"
     enc = tokenize_texts(texts, tokenizer, model)  # the tokenizer's default special tokens, as Gu et al.
@@ -109,17 +110,21 @@ def score(model, *, tokenizer=None, texts=None, batch_size: int = 16, device=Non
     alpha0 = per.double().mean(0) if gu else res.means["sink"]  # equal-length prompts: the same
     df = head_frame(*alpha0.shape)
     df["alpha0"] = flat(alpha0)
+    df[se_column("alpha0")] = flat(mean_se(per, None if gu else res.counts["sink"])[1])
     df["sink_rate"] = flat((per > o["eps"]).double().mean(0) * 100)  # Gu et al.'s rate, per head
     df[FLAG] = df["alpha0"] > o["eps"]
     df["label"] = df[FLAG].map({True: FIRST_TOKEN, False: UNCLASSIFIED})
+    df = label_margins(df, {"alpha0": o["eps"]}, {"alpha0": FIRST_TOKEN})
     rates = sink_rate(per, o["eps"])
     df.attrs.update(
         sink_rate=float(rates.mean()),
+        sink_rate_se=float(mean_se(rates)[1]),
         sink_rate_per_prompt=[float(r) for r in rates],
         settings=dict(o, n_prompts=len(prompts), n_dropped_short=n_dropped, bos_token_id=bos,
                       prompt_lengths=sorted({len(p) + (batch_bos is not None) for p in prompts}),
                       averaging=("per prompt, then the mean over prompts" if gu
                                  else "pooled over every query of every window"),
+                      standard_error="over prompts",
                       tokenizer=enc.tokenizer, special_tokens=enc.special_tokens),
     )
     return df

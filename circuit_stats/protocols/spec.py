@@ -23,6 +23,11 @@ class Protocol:
         induction_flag: the boolean column that counts a head as an induction head (onsets).
         validate: checks the resolved options' values (ranges, choices) and raises a clear error
             naming the option; called by :meth:`check_options`, before any model work.
+        nan_scores: score columns that are NaN by definition in some runs (retrieval's
+            ``retrieval_score`` when no trial was copied); NaN in any other score column means
+            the model's activations are not finite, and ``score_heads`` refuses the table.
+        needs_lm_head: it reads the model's logits (generation), so it cannot score the
+            transformer without its LM head (``model.base_model``).
     """
 
     name: str
@@ -32,6 +37,8 @@ class Protocol:
     induction_score: Optional[str] = None
     induction_flag: Optional[str] = None
     validate: Optional[Callable[[dict], None]] = None
+    nan_scores: tuple[str, ...] = ()
+    needs_lm_head: bool = False
 
     def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """Every option resolved against ``defaults``; raises before any work (no model needed)
@@ -70,13 +77,39 @@ def _same_kind(value: Any, default: Any) -> bool:
 
 
 # ---------------------------------------------------------------- value checks for ``validate``
-def require_int(options: Mapping[str, Any], key: str, low: int, *, optional: bool = False) -> None:
-    """``options[key]`` is an int >= ``low`` (or None when ``optional``)."""
+MAX_SEED = 2**32 - 1  # numpy's RandomState takes seeds in [0, 2**32)
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def require_int(options: Mapping[str, Any], key: str, low: int, high: Optional[int] = None, *,
+                optional: bool = False) -> None:
+    """``options[key]`` is an int in ``[low, high]`` (no upper bound for None), or None when
+    ``optional``."""
     v = options[key]
     if optional and v is None:
         return
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ValueError(f"option {key!r} must be an int >= {low}{' or None' if optional else ''}, got {v!r}")
+    if not is_int(v) or v < low or (high is not None and v > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"option {key!r} must be an int {allowed}{' or None' if optional else ''}, got {v!r}")
+
+
+def require_seed(options: Mapping[str, Any], key: str = "seed") -> None:
+    """``options[key]`` is a random seed: an int in ``[0, MAX_SEED]``."""
+    require_int(options, key, 0, MAX_SEED)
+
+
+def require_list(options: Mapping[str, Any], key: str, check: Callable[[Any], bool], what: str) -> None:
+    """``options[key]`` is a non-empty list whose every item passes ``check`` (``what`` says how)."""
+    v = options[key]
+    if not isinstance(v, (list, tuple)) or not v or not all(check(x) for x in v):
+        raise ValueError(f"option {key!r} must be a non-empty list of {what}, got {v!r}")
 
 
 def require_open_unit(options: Mapping[str, Any], key: str) -> None:
@@ -86,11 +119,15 @@ def require_open_unit(options: Mapping[str, Any], key: str) -> None:
         raise ValueError(f"option {key!r} must be a number in (0, 1), got {v!r}")
 
 
-def require_number(options: Mapping[str, Any], key: str, low: float, high: float = float("inf")) -> None:
-    """``options[key]`` is a number in ``[low, high]``."""
+def require_number(options: Mapping[str, Any], key: str, low: float, high: float = float("inf"), *,
+                   low_open: bool = False, high_open: bool = False) -> None:
+    """``options[key]`` is a number in ``[low, high]`` (``(low`` / ``high)`` when open)."""
     v = options[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
-        raise ValueError(f"option {key!r} must be a number in [{low}, {high}], got {v!r}")
+    above = is_number(v) and (v > low if low_open else v >= low)
+    below = is_number(v) and (v < high if high_open else v <= high)
+    if not (above and below):
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"option {key!r} must be a number in {interval}, got {v!r}")
 
 
 def require_thresholds(options: Mapping[str, Any], key: str = "thresholds") -> None:
@@ -112,7 +149,7 @@ def require_vocab_range(options: Mapping[str, Any], min_width: int = 1, key: str
     vr = options[key]
     if vr is None:
         return
-    if not (isinstance(vr, (list, tuple)) and len(vr) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                                    for v in vr) and 0 <= vr[0] and vr[1] - vr[0] >= min_width):
+    if not (isinstance(vr, (list, tuple)) and len(vr) == 2 and all(is_int(v) for v in vr) and 0 <= vr[0]
+            and vr[1] - vr[0] >= min_width):
         width = f" and at least {min_width} ids" if min_width > 1 else ""
         raise ValueError(f"option {key!r} must be None or (low, high) ints with 0 <= low < high{width}, got {vr!r}")

@@ -38,6 +38,7 @@ import torch
 from ..models import offset_column, probe_column
 from .engine import Batch, run_batches
 from .texts import pad_right
+from .uncertainty import mean_se, se_column
 
 
 def _batches(seqs: Sequence[Sequence[int]], batch_size: int, exclusions: bool) -> Iterator[tuple[Batch, dict]]:
@@ -84,7 +85,8 @@ def transformerlens_scores(
 
     Returns ``{"previous_token", "duplicate", "induction", "sink", ["entropy"]: [layers, heads]}``
     (float64): the three TransformerLens scores, plus the per-text mean attention on key 0 and
-    (``entropy``) the per-text mean row entropy in nats, both over every query.
+    (``entropy``) the per-text mean row entropy in nats, both over every query; each averaged
+    over texts, with its standard error over texts under ``<name>_se``.
     """
     if any(len(s) < 2 for s in seqs):
         raise ValueError("every sequence needs >= 2 tokens (TransformerLens refuses shorter ones)")
@@ -132,8 +134,11 @@ def transformerlens_scores(
             num["induction"] = num["induction"] - masked_total(offset_column(0), "repeats_previous")
         if eb and ec:
             denom += 1.0  # A[0, 0] was removed twice
-    out = {k: (v / denom).mean(0) for k, v in num.items()}
-    out["sink"] = main["sink"].mean(0)
+    per_text = {k: v / denom for k, v in num.items()}
+    per_text["sink"] = main["sink"]
     if entropy:
-        out["entropy"] = main["entropy"].mean(0)
+        per_text["entropy"] = main["entropy"]
+    out = {}
+    for name, values in per_text.items():
+        out[name], out[se_column(name)] = mean_se(values)
     return out

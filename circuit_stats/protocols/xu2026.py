@@ -29,7 +29,8 @@ from ..labels import (
 from ..models import probe_column
 from .engine import Batch, check_token_range, prepend_bos, run_batches
 from .frames import flat, head_frame
-from .spec import Protocol, require_int, require_number, require_vocab_range
+from .spec import Protocol, require_int, require_number, require_seed, require_vocab_range
+from .uncertainty import label_margins, mean_se, ratio_se, se_column
 
 CLASSES = (INDUCTION, DUPLICATE_TOKEN, PREVIOUS_TOKEN, SELF, FIRST_TOKEN, LOCAL)
 LOW, HIGH = 100, 10000
@@ -43,7 +44,7 @@ def validate(o: dict) -> None:
     require_int(o, "n_sequences", 1)
     require_int(o, "seq_len", MIN_SEQ_LEN)
     for key in ("seed", "baseline_seed"):
-        require_int(o, key, 0)
+        require_seed(o, key)
     require_int(o, "n_baseline", 1)
     require_vocab_range(o, min_width=2)  # a and b are distinct
     for key in ("class_threshold", "induction_screen", "first_token_screen", "previous_token_screen"):
@@ -116,6 +117,28 @@ def probe_batches(seqs: np.ndarray, keys: np.ndarray, batch_size: int, bos: Opti
         yield Batch(ids, None, qm, probe)
 
 
+def attention_column(head_class: str) -> str:
+    """``"previous-token"`` -> ``"attn_previous_token"``."""
+    return f"attn_{head_class.replace('-', '_')}"
+
+
+def selectivity_column(head_class: str) -> str:
+    """``"previous-token"`` -> ``"sel_previous_token"``."""
+    return f"sel_{head_class.replace('-', '_')}"
+
+
+def target_attention(per_sample: dict[str, torch.Tensor], n_probes: int) -> dict[str, torch.Tensor]:
+    """Per-sequence attention of the last query on each class target and on the baseline,
+    ``{attn_<class>, baseline: [sequences, layers, heads]}``, from the probe columns in
+    :func:`target_keys` order (local: the mean of its four keys)."""
+    probes = [per_sample[probe_column(i)] for i in range(n_probes)]
+    attn = {INDUCTION: probes[0], DUPLICATE_TOKEN: probes[1], PREVIOUS_TOKEN: probes[2], SELF: probes[3],
+            FIRST_TOKEN: probes[4], LOCAL: torch.stack(probes[5:9]).mean(0)}
+    out = {attention_column(c): attn[c] for c in CLASSES}
+    out["baseline"] = torch.stack(probes[9:]).mean(0)
+    return out
+
+
 def score(model, *, batch_size: int = 32, device=None, bos_token_id: Optional[int] = None,
           progress: bool = True, **options) -> pd.DataFrame:
     o = PROTOCOL.check_options(options)
@@ -130,25 +153,20 @@ def score(model, *, batch_size: int = 32, device=None, bos_token_id: Optional[in
     keys = target_keys(ab, T, baseline)
     n_batches = -(-len(seqs) // batch_size)
     res = run_batches(model, probe_batches(seqs, keys, batch_size, bos_token_id), total=n_batches,
-                      device=device, desc="xu2026", progress=progress)
-    probes = [res.means[probe_column(i)] for i in range(keys.shape[1])]
-    attn = {
-        INDUCTION: probes[0], DUPLICATE_TOKEN: probes[1], PREVIOUS_TOKEN: probes[2],
-        SELF: probes[3], FIRST_TOKEN: probes[4], LOCAL: torch.stack(probes[5:9]).mean(0),
-    }
-    base = torch.stack(probes[9:]).mean(0)
-    L, H = base.shape
-    df = head_frame(L, H)
-    for c in CLASSES:
-        df[f"attn_{c.replace('-', '_')}"] = flat(attn[c])
-    df["baseline"] = flat(base)
+                      per_sample=True, device=device, desc="xu2026", progress=progress)
+    per_seq = target_attention({name: t.double() for name, t in res.per_sample.items()}, keys.shape[1])
+    df = head_frame(*per_seq["baseline"].shape[1:])
+    for col, values in per_seq.items():
+        df[col], df[se_column(col)] = (flat(t) for t in mean_se(values))
     denom = np.maximum(df["baseline"].to_numpy(), 1e-8)
-    sel_cols = [f"sel_{c.replace('-', '_')}" for c in CLASSES]
+    sel_cols = [selectivity_column(c) for c in CLASSES]
     for c, col in zip(CLASSES, sel_cols):
-        df[col] = df[f"attn_{c.replace('-', '_')}"].to_numpy() / denom
+        df[col] = df[attention_column(c)].to_numpy() / denom
+        df[se_column(col)] = flat(ratio_se(per_seq[attention_column(c)], per_seq["baseline"]))
     sel = df[sel_cols].to_numpy()
     best = sel.argmax(1)
     df["label"] = [CLASSES[b] if sel[i, b] >= o["class_threshold"] else UNCLASSIFIED for i, b in enumerate(best)]
+    df = label_margins(df, dict.fromkeys(sel_cols, o["class_threshold"]), dict(zip(sel_cols, CLASSES)))
     df["screen_induction"] = df["sel_induction"] >= o["induction_screen"]
     df["screen_first_token"] = df["sel_first_token"] >= o["first_token_screen"]
     df["screen_previous_token"] = df["sel_previous_token"] >= o["previous_token_screen"]

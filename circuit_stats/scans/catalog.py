@@ -5,7 +5,8 @@
 * a local directory: sub-folders ``step{N}``, ``checkpoint-{N}`` (HF Trainer) or
   ``step{N}-tokens{X}B``, each a ``save_pretrained`` folder; tokens from the folder's
   ``trainer_state.json`` (``num_input_tokens_seen``) when present, else from the name, else
-  ``step x tokens_per_step``;
+  ``step x tokens_per_step``; other folders, and links to a checkpoint folder of the same
+  directory (a link must not pass for a revision of its own), are skipped with a warning;
 * a hub model id: the repository's branches from ``huggingface_hub.list_repo_refs`` (the truth:
   revisions go missing), falling back to the built-in schedule when the hub cannot be reached.
 """
@@ -114,13 +115,29 @@ def paper_revisions(model_id: str) -> Optional[list[str]]:
 
 
 # ---------------------------------------------------------------- catalogs
+def skip_reason(sub: Path, real_root: Path) -> Optional[str]:
+    """Why the folder ``sub`` of a checkpoint directory is not a revision (None if it is one)."""
+    if parse_revision_name(sub.name) is None:
+        return "its name is not step{N}, checkpoint-{N} or step{N}-tokens{X}B"
+    if not (sub / "config.json").exists():
+        return "no config.json"
+    target = sub.resolve()
+    if sub.is_symlink() and target.parent == real_root and parse_revision_name(target.name) is not None:
+        return f"a link to {target.name}, which is scanned under its own name"
+    return None
+
+
 def _local_revisions(root: Path, tokens_per_step: Optional[int]) -> list[Revision]:
-    out = []
-    for sub in root.iterdir():
-        parsed = parse_revision_name(sub.name) if sub.is_dir() else None
-        if parsed is None or not (sub / "config.json").exists():
+    out, skipped = [], []
+    real_root = root.resolve()
+    for sub in sorted(root.iterdir()):
+        if not sub.is_dir() or sub.name.startswith("."):
             continue
-        step, tokens = parsed
+        why = skip_reason(sub, real_root)
+        if why is not None:
+            skipped.append(f"{sub.name}: {why}")
+            continue
+        step, tokens = parse_revision_name(sub.name)
         state = sub / "trainer_state.json"
         if state.exists():
             try:
@@ -132,6 +149,8 @@ def _local_revisions(root: Path, tokens_per_step: Optional[int]) -> list[Revisio
         if tokens is None and tokens_per_step:
             tokens = step * int(tokens_per_step)
         out.append(Revision(sub.name, step, tokens))
+    if skipped:
+        logger.warning("%s: skipped %d folder(s) that are not checkpoints: %s", root, len(skipped), "; ".join(skipped))
     if not out:
         raise ValueError(f"{root} holds no checkpoint folders named step{{N}}, checkpoint-{{N}} or "
                          "step{N}-tokens{X}B with a config.json")

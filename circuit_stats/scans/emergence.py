@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 
-from ..labels import FIRST_TOKEN, INDUCTION, UNCLASSIFIED
+from ..finite import float_columns, non_finite_rows
+from ..labels import FIRST_TOKEN, HEAD_CLASSES, INDUCTION, UNCLASSIFIED, flag_column
 from ..protocols import get_protocol
+from ..protocols.uncertainty import BORDERLINE_SE, se_column
 
 DEFAULT_SCREENS = {"induction_min_heads": 3, "first_token_min_fraction": 0.5, "recall_target": 2 / 3}
 
@@ -16,6 +19,7 @@ def class_fractions(results: pd.DataFrame) -> pd.DataFrame:
     """Per revision (rows, in training order): the share of heads with each label (columns)."""
     if results.empty:
         return pd.DataFrame()
+    results = with_labels(results)
     frac = pd.crosstab([results["step"], results["revision"]], results["label"], normalize="index")
     return frac.sort_index()
 
@@ -67,6 +71,28 @@ def _first(revs: pd.DataFrame, passes) -> Optional[dict]:
     return None
 
 
+def onset_interval(onset: Optional[dict], revs: pd.DataFrame, by_rev: dict, score: Optional[str]) -> Optional[dict]:
+    """Where an onset lies and whether it exceeds noise: ``after`` (the onset revision), ``before``
+    (the scanned revision just before it; None at the first) and, when the table has the score's
+    standard error (``<score>_se``), per head that turned induction at the onset the change in
+    ``score`` in standard errors, ``z = (after - before) / sqrt(se_after^2 + se_before^2)``;
+    ``exceeds_noise`` when every such head's ``z >= BORDERLINE_SE`` (2)."""
+    if onset is None:
+        return None
+    i = list(revs.revision).index(onset["revision"])
+    out = {"before": revision_info(revs, revs.revision.iloc[i - 1]) if i else None, "after": onset,
+           "change_z": None, "exceeds_noise": None}
+    se = None if score is None else se_column(score)
+    if not i or se is None or se not in by_rev[onset["revision"]]:
+        return out
+    after, before = (by_rev[r].set_index(["layer", "head"]) for r in (onset["revision"], revs.revision.iloc[i - 1]))
+    new = sorted(induction_heads(by_rev[onset["revision"]]) - induction_heads(by_rev[revs.revision.iloc[i - 1]]))
+    z = {f"L{a}H{b}": float((after.loc[(a, b), score] - before.loc[(a, b), score])
+                            / np.hypot(after.loc[(a, b), se], before.loc[(a, b), se])) for a, b in new}
+    out.update(change_z=z, exceeds_noise=bool(z) and all(v >= BORDERLINE_SE for v in z.values()))
+    return out
+
+
 def split_duplicates(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
     """The rows of revisions with their own weights, and ``{revision: duplicate_of}`` for the
     revisions that repeat another's weights (left out of onsets and jumps)."""
@@ -77,12 +103,43 @@ def split_duplicates(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str
     return results[~marked], {str(r): str(d) for r, d in zip(dups["revision"], dups["duplicate_of"])}
 
 
+def with_labels(results: pd.DataFrame) -> pd.DataFrame:
+    """The table with its ``label`` column; a table without one (a retrieval scan written before
+    that protocol labelled heads) gets it from its ``is_<class>`` flags, the first class of
+    ``HEAD_CLASSES`` that a head passes, else ``unclassified``."""
+    if "label" in results or results.empty:
+        return results
+    flags = [(c, flag_column(c)) for c in HEAD_CLASSES if c != UNCLASSIFIED and flag_column(c) in results]
+    if not flags:
+        raise ValueError("the results table has neither a 'label' column nor is_<class> flag columns "
+                         f"(columns: {list(results.columns)})")
+    label = pd.Series(UNCLASSIFIED, index=results.index, dtype=object)
+    for cls, col in reversed(flags):
+        label = label.mask(results[col].astype(bool), cls)
+    return results.assign(label=label)
+
+
+def split_non_finite(results: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of revisions whose scores are all finite, and the revisions holding a NaN or
+    infinite score (except where the protocol defines NaN, ``Protocol.nan_scores``): left out of
+    onsets, jumps and circuits, since a NaN head is neither classified nor unclassified."""
+    if results.empty:
+        return results, []
+    protocol = get_protocol(str(results["protocol"].iloc[0])) if "protocol" in results else None
+    bad = non_finite_rows(results, float_columns(results, exclude=protocol.nan_scores if protocol else ()))
+    revs = list(dict.fromkeys(results.loc[bad, "revision"]))
+    return results[~results["revision"].isin(revs)], revs
+
+
 def summarise(results: pd.DataFrame, screens: Optional[dict] = None) -> dict:
     """Onsets, sharpest jumps, onset ratio, early-screen recall and sink-free layers, over the
-    revisions with their own weights (duplicates are listed under ``duplicates``)."""
-    results, duplicates = split_duplicates(results)
+    revisions with their own weights and finite scores (duplicates are listed under
+    ``duplicates``, revisions with NaN scores under ``non_finite``)."""
+    results, duplicates = split_duplicates(with_labels(results))
+    results, non_finite = split_non_finite(results)
     if results.empty:
-        raise ValueError("no finished revisions to summarise")
+        raise ValueError("no finished revisions to summarise"
+                         + (f" (every revision holds NaN scores: {non_finite})" if non_finite else ""))
     sc = {**DEFAULT_SCREENS, **(screens or {})}
     revs = revisions_table(results)
     by_rev = {r: g for r, g in results.groupby("revision")}
@@ -104,6 +161,8 @@ def summarise(results: pd.DataFrame, screens: Optional[dict] = None) -> dict:
                         and frac.loc[r, FIRST_TOKEN] >= sc["first_token_min_fraction"])
     classes.setdefault(INDUCTION, {"fraction": {}, "sharpest_jump": None})["onset"] = ind_onset
     classes.setdefault(FIRST_TOKEN, {"fraction": {}, "sharpest_jump": None})["onset"] = sink_onset
+    protocol = get_protocol(str(results.protocol.iloc[0]))
+    classes[INDUCTION]["onset_interval"] = onset_interval(ind_onset, revs, by_rev, protocol.induction_score)
 
     ratio = None
     if ind_onset and sink_onset and ind_onset["tokens"] and sink_onset["tokens"]:
@@ -130,4 +189,5 @@ def summarise(results: pd.DataFrame, screens: Optional[dict] = None) -> dict:
         "early_screen_recall": {"per_revision": recall, "first_reaching_target": first_recall},
         "layers_never_first_token": [int(x) for x in layers if x not in sink_layers],
         "duplicates": duplicates,
+        "non_finite": non_finite,
     }

@@ -19,14 +19,16 @@ from matplotlib.ticker import EngFormatter, PercentFormatter  # noqa: E402
 from .. import labels  # noqa: E402
 from ..labels import FIRST_TOKEN, INDUCTION, UNCLASSIFIED  # noqa: E402
 from ..protocols import get_protocol  # noqa: E402
-from .emergence import class_fractions, revisions_table, split_duplicates, summarise  # noqa: E402
-from .files import atomic_write, write_json  # noqa: E402
+from ..protocols.uncertainty import BORDERLINE_SE, se_column  # noqa: E402
+from .emergence import (class_fractions, revisions_table, split_duplicates, split_non_finite, summarise,  # noqa: E402
+                        with_labels)
+from .files import atomic_write, read_json, write_json  # noqa: E402
 
 # ---------------------------------------------------------------- plots
 # One colour per head class everywhere; unclassified heads stay in the background.
 CLASS_COLOURS = {labels.INDUCTION: "tab:blue", labels.PREVIOUS_TOKEN: "tab:orange", labels.DUPLICATE_TOKEN: "tab:green",
                  labels.FIRST_TOKEN: "tab:red", labels.SELF: "tab:purple", labels.LOCAL: "tab:brown",
-                 labels.UNCLASSIFIED: "#d9d9d9"}
+                 labels.RETRIEVAL: "tab:cyan", labels.UNCLASSIFIED: "#d9d9d9"}
 LOG_SPAN = 100  # a token axis spanning more than this ratio is drawn on a log scale (plus a linear zoom)
 ZOOM_BELOW = 8  # on a linear axis, zoom on the sharpest jump when it is narrower than 1/8 of the axis
 
@@ -174,7 +176,8 @@ def plot_heatmaps(results: pd.DataFrame, panels: list[tuple[str, str]], summary:
 
 def plot_trajectories(results: pd.DataFrame, summary: dict, revs: pd.DataFrame, path: Path) -> bool:
     """The protocol's induction score of the final induction circuit's heads over training (of
-    the four highest-scoring heads at the last revision when there is no circuit)."""
+    the four highest-scoring heads at the last revision when there is no circuit), with a band of
+    +-1 standard error where the table has ``<score>_se``."""
     col = get_protocol(summary["protocol"]).induction_score
     if col is None or col not in results:
         return False
@@ -191,7 +194,10 @@ def plot_trajectories(results: pd.DataFrame, summary: dict, revs: pd.DataFrame, 
         g = results[(results.layer == layer) & (results["head"] == head)].set_index("revision").reindex(revs.revision)
         y = g[col].to_numpy(dtype=float)
         values.append(y)
-        ax.plot(x, y, marker="o", ms=3, label=f"L{layer}H{head}", zorder=3)
+        line, = ax.plot(x, y, marker="o", ms=3, label=f"L{layer}H{head}", zorder=3)
+        if se_column(col) in g:  # +-1 standard error over the protocol's sampling unit
+            se = g[se_column(col)].to_numpy(dtype=float)
+            ax.fill_between(x, y - se, y + se, color=line.get_color(), alpha=0.2, lw=0, zorder=2)
     _mark_events(ax, summary, revs, x)
     _token_axis(ax, x, xlabel, log=_is_wide(x))
     v = np.concatenate(values) if values else np.array([])
@@ -204,6 +210,8 @@ def plot_trajectories(results: pd.DataFrame, summary: dict, revs: pd.DataFrame, 
         ax.set_ylim(-0.03, 1.03)
     else:
         ax.set_ylabel(f"{col} (the protocol's induction score)")
+    if se_column(col) in results:
+        title += ", bands +-1 standard error"
     ax.set_title(f"{display_name(summary['model'])}: {title} (protocol {summary['protocol']})", fontsize=9)
     handles, names = ax.get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8)
@@ -225,6 +233,23 @@ def _fmt_rev(info: Optional[dict]) -> str:
     return f"`{info['revision']}` (step {info['step']:,}{tok})"
 
 
+def onset_noise_lines(interval: Optional[dict]) -> list[str]:
+    """The induction onset's interval and its change in standard errors, as Markdown bullets."""
+    if not interval:
+        return []
+    if interval["before"] is None:
+        return ["  - reached at the first scanned revision: no interval, no change to test"]
+    lines = [f"  - lies between {_fmt_rev(interval['before'])} and {_fmt_rev(interval['after'])}"]
+    z = interval.get("change_z")
+    if z is None:
+        lines.append("  - no standard errors in this table (scanned before they existed): noise not tested")
+    elif z:
+        verdict = "exceeds" if interval["exceeds_noise"] else "does not clearly exceed"
+        lines.append(f"  - the change {verdict} noise: heads that turned induction moved by "
+                     + ", ".join(f"{h} {v:+.1f} SE" for h, v in z.items()) + f" (threshold {BORDERLINE_SE:g} SE)")
+    return lines
+
+
 def markdown(summary: dict, plots: list[str]) -> str:
     sc = summary["screens"]
     lines = [f"# circuit-stats report: {display_name(summary['model'])}", "",
@@ -234,6 +259,7 @@ def markdown(summary: dict, plots: list[str]) -> str:
         lines += [f"**No head passed any class threshold in these {summary['n_revisions']} revisions.**", ""]
     lines += ["## Onsets", "",
               f"- induction (>= {sc['induction_min_heads']} induction heads): {_fmt_rev(summary['classes']['induction']['onset'])}",
+              *onset_noise_lines(summary["classes"]["induction"].get("onset_interval")),
               f"- first-token (>= {sc['first_token_min_fraction']:.0%} of heads): {_fmt_rev(summary['classes']['first-token']['onset'])}"]
     ratio = summary["induction_to_sink_onset_ratio_tokens"]
     lines.append(f"- first-token onset / induction onset, in tokens: {ratio:.1f}x" if ratio else
@@ -247,8 +273,9 @@ def markdown(summary: dict, plots: list[str]) -> str:
         lines.append("| (none: no class fraction changed) | | | |")
     rec = summary["early_screen_recall"]["first_reaching_target"]
     circuit = summary["final_induction_circuit"]
+    last = summary["revisions"][-1]["revision"]
     lines += ["", "## Early screen", "",
-              f"Final induction circuit (induction heads at the last revision): {len(circuit)} heads "
+              f"Final induction circuit (induction heads at the last revision, `{last}`): {len(circuit)} heads "
               f"{', '.join(f'L{a}H{b}' for a, b in circuit) or '(none)'}."]
     if circuit:
         share = rec.get("fraction_of_total_tokens") if rec else None
@@ -261,8 +288,26 @@ def markdown(summary: dict, plots: list[str]) -> str:
         lines += ["## Revisions with repeated weights", "",
                   f"{len(dups)} revisions hold the same weights as another revision and are left out of onsets, "
                   "jumps and plots:", ""] + [f"- `{r}` = `{d}`" for r, d in dups.items()] + [""]
+    lines += left_out(summary)
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def left_out(summary: dict) -> list[str]:
+    """Markdown lines naming the revisions this report leaves out: failed, or with NaN scores."""
+    failed, nan = summary.get("failed") or {}, summary.get("non_finite") or []
+    if not failed and not nan:
+        return []
+    lines = ["## Revisions left out", ""]
+    lines += [f"- `{r}` failed (see failed/): {err}" for r, err in failed.items()]
+    lines += [f"- `{r}` holds NaN or infinite scores (its model's activations are not finite)" for r in nan]
+    return lines + ["", "Onsets, jumps and the final circuit above are computed without them.", ""]
+
+
+def failed_revisions(scan_dir: Path) -> dict[str, str]:
+    """``{revision: error}`` of the scan's ``failed/<rev>.json`` records (none for a live table)."""
+    records = [read_json(p) for p in sorted((scan_dir / "failed").glob("*.json"))]
+    return {r["revision"]: r.get("error", "") for r in records if r and "revision" in r}
 
 
 def write_report(scan_dir: Union[str, Path], out: Optional[Union[str, Path]] = None,
@@ -273,11 +318,14 @@ def write_report(scan_dir: Union[str, Path], out: Optional[Union[str, Path]] = N
     table = scan_dir / "results.parquet"
     if not table.exists():
         raise FileNotFoundError(f"{table} not found: run `circuit-stats scan` first")
-    results = pd.read_parquet(table)
+    results = with_labels(pd.read_parquet(table))
     out = Path(out) if out else scan_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(results, screens)
+    done = set(results["revision"])
+    summary["failed"] = {r: e for r, e in failed_revisions(scan_dir).items() if r not in done}
     results, _ = split_duplicates(results)
+    results, _ = split_non_finite(results)
     revs = revisions_table(results)
     plots = ["class_fractions.png"]
     plot_fractions(summary, results, revs, out / plots[0])

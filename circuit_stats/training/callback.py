@@ -46,7 +46,7 @@ class CircuitStatsCallback(TrainerCallback):
     Args:
         every: optimizer steps between scorings (default 500, the Trainer's default
             ``save_steps``; see bench/bench_training.py for the overhead).
-        protocol: ``repeat`` (default), ``natural``, ``sink`` or ``xu2026``.
+        protocol: ``repeat`` (default), ``natural``, ``sink``, ``xu2026`` or ``retrieval``.
         out: the table's directory (default ``<args.output_dir>/circuit_stats``).
         log: send counts and per-head scores through ``Trainer.log`` (needs :meth:`attach`).
         log_heads: include the per-head scores in the logs (counts are always logged).

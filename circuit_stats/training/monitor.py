@@ -25,6 +25,7 @@ from typing import Callable, Optional, Sequence, Union
 import pandas as pd
 import torch
 
+from ..finite import NonFiniteError
 from ..labels import HEAD_CLASSES, UNCLASSIFIED, flag_column
 from ..protocols import get_protocol
 from .results import LiveResults
@@ -70,7 +71,8 @@ class Monitor:
             and back.
         every: score when ``global_step % every == 0`` (step 0, the initial weights, included).
         out: the run directory for ``results.parquet`` and ``monitor.json``.
-        protocol: a head-scoring protocol (``repeat`` by default: cheap, needs no data).
+        protocol: a head-scoring protocol (``repeat`` by default: cheap, needs no data;
+            ``retrieval`` scores the full model, since it generates).
         model_name: the table's ``model`` column (default: ``config._name_or_path`` or the class name).
         tokens_per_step: fills the ``tokens`` column as ``step * tokens_per_step`` (else pass
             ``tokens=`` to :meth:`step`; without either the column is empty and reports use steps).
@@ -136,10 +138,14 @@ class Monitor:
         return self.score(global_step, tokens)
 
     def score(self, global_step: int, tokens: Optional[int] = None) -> pd.DataFrame:
-        """Score now (off the grid too) and append the rows for ``global_step``."""
+        """Score now (off the grid too) and append the rows for ``global_step``. Raises
+        ``NonFiniteError`` (nothing written) when a score is NaN or infinite (diverged weights)."""
         if tokens is None and self.tokens_per_step is not None:
             tokens = global_step * self.tokens_per_step
-        scores = score_live_model(self.model, self.protocol, self.score_kwargs)
+        try:
+            scores = score_live_model(self.model, self.protocol, self.score_kwargs)
+        except NonFiniteError as err:
+            raise NonFiniteError(f"step {global_step}: {err}") from err
         rows = self._table().add(global_step, tokens, scores)
         if self.log is not None:
             self.log(metrics(rows), global_step)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Union
 
 import pandas as pd
-from ..scans.scan import META_COLUMNS  # the checkpoint scan's columns before the protocol's own
+from ..scans.directory import META_COLUMNS  # the checkpoint scan's columns before the protocol's own
 
 logger = logging.getLogger(__name__)
 

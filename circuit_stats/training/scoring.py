@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from ..models import IMPLEMENTATION, uses_circuit_stats
+from ..protocols import get_protocol
 from ..scoring import score_heads
 
 
@@ -84,9 +85,11 @@ def score_live_model(model: torch.nn.Module, protocol: str, options: Mapping) ->
     The forward runs on ``model.base_model`` (the transformer without the LM head): attention
     statistics do not depend on the head, and skipping the vocabulary projection halves the cost
     of scoring small models with large vocabularies (Pythia-70M: 26M of its 45M matmul
-    parameters are the unembedding). The scores equal those of the full model (tested).
+    parameters are the unembedding). The scores equal those of the full model (tested). A protocol
+    that generates (``retrieval``: ``Protocol.needs_lm_head``) runs on the full model.
 
     Returns one row per (layer, head): ``layer``, ``head``, the protocol's scores and ``label``."""
     model = unwrap_model(model)
+    target = model if get_protocol(protocol).needs_lm_head else getattr(model, "base_model", model)
     with scoring_mode(model):
-        return score_heads(getattr(model, "base_model", model), protocol, progress=False, **options)
+        return score_heads(target, protocol, progress=False, **options)

@@ -60,3 +60,74 @@ def test_a_model_without_tokenizer_needs_an_explicit_choice(tmp_path, capsys):
     assert main(["profile", str(bare), "--texts", str(texts), "--out", str(tmp_path / "o")]) == 2
     assert "--tokenizer bytes" in capsys.readouterr().err
     assert main(["profile", MODEL, "--texts", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_a_document_with_nan_activations_fails_with_exit_status_1(tmp_path, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[ord("Z")] = float("nan")  # the byte Z has a NaN embedding
+    model.save_pretrained(tmp_path / "nan-model")
+    clean, dirty = "the mill and the mill and the mill", "the Zmill and the mill"
+    (tmp_path / "clean.txt").write_text(clean + "\n")
+    (tmp_path / "both.txt").write_text(f"{clean}\n\n{dirty}\n")
+    args = ["--tokenizer", "bytes", "--bins", "0,8,inf", "--no-plots"]
+    assert main(["profile", str(tmp_path / "nan-model"), "--texts", str(tmp_path / "clean.txt"),
+                 "--out", str(tmp_path / "clean"), *args]) == 0
+    assert main(["profile", str(tmp_path / "nan-model"), "--texts", str(tmp_path / "both.txt"),
+                 "--out", str(tmp_path / "both"), *args]) == 1
+    assert "1 documents failed" in capsys.readouterr().err
+    failures = json.loads((tmp_path / "both" / "failures.json").read_text())
+    assert [f["doc_index"] for f in failures] == [1] and failures[0]["error"].startswith("NonFiniteError")
+    summary = (tmp_path / "both" / "summary.md").read_text()
+    assert "1 profiled, 1 failed" in summary
+    rows = lambda text: [line for line in text.splitlines() if line.startswith("| ") and "layer" not in line]
+    assert rows(summary) == rows((tmp_path / "clean" / "summary.md").read_text())
+
+
+@pytest.mark.parametrize("model,why", [("/no/such/model", "not a hub model id"), ("EMPTY", "holds no config.json")])
+def test_a_bogus_model_is_refused_before_loading(tmp_path, capsys, model, why):
+    (tmp_path / "t.txt").write_text("some text\n")
+    (tmp_path / "EMPTY").mkdir()
+    model = str(tmp_path / "EMPTY") if model == "EMPTY" else model
+    assert main(["profile", model, "--texts", str(tmp_path / "t.txt"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"model {model}" in err and why in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_hf_texts_without_datasets_exit_2_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    # a hub id that cannot be loaded here: reaching the model would fail differently
+    assert main(["profile", "someone/some-model", "--texts", "hf:wikitext", "--out", str(tmp_path / "o")]) == 2
+    assert "pip install 'circuit-stats[datasets]'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_max_tokens_past_learned_positions_exit_2_naming_the_limit(tmp_path, capsys):
+    from circuit_stats.models import tiny_model
+
+    tiny_model("gpt2", n_positions=32, vocab_size=256).save_pretrained(tmp_path / "gpt2")
+    (tmp_path / "t.txt").write_text("x" * 100 + "\n")
+    argv = ["profile", str(tmp_path / "gpt2"), "--texts", str(tmp_path / "t.txt"), "--tokenizer", "bytes",
+            "--out", str(tmp_path / "o"), "--no-plots"]
+    assert main(argv + ["--max-tokens", "40"]) == 2
+    err = capsys.readouterr().err
+    assert "max_tokens=40 needs 40 positions" in err and "for 32 only" in err
+    assert not (tmp_path / "o").exists()
+    assert main(argv) == 0  # default: cut at the model's 32 positions
+    assert set(pd.read_parquet(tmp_path / "o" / "profile.parquet")["n_tokens"]) == {32}
+
+
+def test_the_same_model_by_relative_and_absolute_path_resumes(tmp_path, capsys, monkeypatch):
+    texts = tmp_path / "t.txt"
+    texts.write_text("abc abc abc\n")
+    argv = ["--texts", str(texts), "--tokenizer", "bytes", "--out", str(tmp_path / "o"), "--no-plots"]
+    monkeypatch.chdir(demo_series_dir())
+    assert main(["profile", "checkpoint-1600", *argv]) == 0
+    assert main(["profile", MODEL, *argv]) == 0
+    assert "other settings" not in capsys.readouterr().err

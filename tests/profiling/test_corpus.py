@@ -73,3 +73,24 @@ def test_bundled_sample_corpus():
     docs = read_corpus(sample_corpus_path())
     assert len(docs) >= 8
     assert all(500 < len(d.text.encode()) <= 2048 for d in docs), "documents fit the demo model's context"
+
+
+@pytest.mark.parametrize("name", ["latin1.txt", "latin1.jsonl"])
+def test_a_file_that_is_not_utf8_is_named(tmp_path, name):
+    path = tmp_path / name
+    text = json.dumps({"text": "caf\u00e9"}, ensure_ascii=False) if name.endswith(".jsonl") else "caf\u00e9 au lait"
+    path.write_bytes(text.encode("latin-1"))
+    at = text.index("\u00e9")
+    with pytest.raises(ValueError, match=rf"texts: .*{name} is not UTF-8 text \(byte {at}:"):
+        read_corpus(path)
+    if name.endswith(".txt"):
+        with pytest.raises(ValueError, match=name):
+            read_corpus(tmp_path)  # a directory of .txt files names the bad one
+
+
+def test_hf_datasets_without_the_package_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # importlib.util.find_spec -> None: not installed
+    with pytest.raises(ValueError, match=r"pip install 'circuit-stats\[datasets\]'"):
+        read_corpus("hf:wikitext")

@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from circuit_stats.finite import NonFiniteError
 from circuit_stats.models import tiny_model
 from circuit_stats.profiling import chunked_prefill, profile
 from circuit_stats.profiling.profile import STATISTICS, profile_document
@@ -131,3 +132,58 @@ def test_output_directory_resumes_and_records_failures(model, seed, tmp_path, mo
 
     with pytest.raises(ValueError, match="other settings"):
         profile(model, docs, out=out, statistics=("sink",), progress=False)
+
+
+def nan_embedding(model, token: int):
+    """``model`` with a NaN embedding row for ``token``: every document holding it has NaN activations."""
+    with torch.no_grad():
+        model.get_input_embeddings().weight[token] = float("nan")
+    return model
+
+
+def test_a_nan_document_fails_and_stays_out_of_the_pooled_summary(model, seed, tmp_path):
+    clean, dirty = token_docs(seed, (70, 41))
+    dirty[len(dirty) // 2] = 30  # id 30 never occurs elsewhere (token_docs draws from [3, 20))
+    nan_embedding(model, 30)
+    alone = profile(model, [clean], out=tmp_path / "clean", statistics=STATS, progress=False, plots=False)
+    df = profile(model, [clean, dirty], out=tmp_path / "both", statistics=STATS, progress=False, plots=False)
+    failures = json.loads((tmp_path / "both" / "failures.json").read_text())
+    assert [(f["doc_index"], f["error"].split(":")[0]) for f in failures] == [(1, "NonFiniteError")]
+    assert "NaN" in failures[0]["error"]
+    assert sorted(df["doc_index"].unique()) == [0] and not df[list(STATS)].isna().any().any()
+    summary = (tmp_path / "both" / "summary.md").read_text()
+    assert "1 profiled, 1 failed" in summary
+    # the pooled table is the clean document's alone, not diluted by NaN counted as 0
+    table = lambda text: [line for line in text.splitlines() if line.startswith("| ") and "layer" not in line]
+    assert table(summary) == table((tmp_path / "clean" / "summary.md").read_text())
+    assert not alone[list(STATS)].isna().any().any()
+    with pytest.raises(NonFiniteError, match="NaN"):  # without out=, it raises
+        profile(model, [dirty], statistics=STATS, progress=False)
+
+
+def test_pooling_propagates_nan_instead_of_counting_it_as_zero(tmp_path):
+    from circuit_stats.profiling.report import pooled, write_summary
+
+    rows = pd.DataFrame({"doc_index": [0, 1, 0, 1], "n_tokens": 8, "layer": 0, "head": [0, 0, 1, 1], "bin": 0,
+                         "pos_lo": 0, "pos_hi": -1, "n_queries": [4, 4, 4, 4],
+                         "local": [1.0, float("nan"), 0.5, 0.25], "sink": [0.5, 0.5, 0.2, 0.4]})
+    per_head = pooled(rows, ("layer", "head")).set_index("head")
+    assert math.isnan(per_head.loc[0, "local"]) and per_head.loc[1, "local"] == pytest.approx(0.375)
+    assert per_head.loc[0, "sink"] == pytest.approx(0.5) and per_head.loc[1, "sink"] == pytest.approx(0.3)
+    assert math.isnan(pooled(rows, ("layer",))["local"].iloc[0])
+    text = write_summary(rows, tmp_path, {}, {}, 0.0).read_text()
+    assert "| 0 | [0, inf) | 8 | 0.400 | nan |" in text
+    assert "NaN: L0H0" in text
+
+
+def test_profile_files_follow_the_umask(model, seed, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        profile(model, token_docs(seed, (20, 12)), out=tmp_path / "p", statistics=["sink"], progress=False)
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "p").rglob("*") if p.is_file() and p.name != ".profile.lock"]
+    assert len(files) >= 5  # profile.json, 2 parts, profile.parquet, summary.md, plots
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in files), {p.name: oct(p.stat().st_mode) for p in files}

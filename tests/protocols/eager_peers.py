@@ -70,6 +70,51 @@ def gu_reference(eager, prompts: list[list[int]]) -> torch.Tensor:
     return torch.stack([eager_attention(eager, p)[..., :, 0].mean(-1) for p in prompts])
 
 
+# ---------------------------------------------------------------- Wu et al. 2024, retrieval heads
+# A transcription of nightdessert/Retrieval_Head, retrieval_head_detection.py (LLMNeedleHaystackTester:
+# find_needle_idx, decode, retrieval_calculate, and the success test of evaluate_and_log), with HF eager
+# attention in place of their patched flash attention, one trial at a time.
+
+def wu_find_needle_idx(prompt_ids: torch.Tensor, needle_ids: list[int]) -> tuple[int, int]:
+    """Their ``find_needle_idx``: the first span whose token set overlaps the needle's by > 90%."""
+    span_len = len(needle_ids)
+    for i in range(len(prompt_ids)):
+        span_ids = set(prompt_ids[i : i + span_len].tolist())
+        if float(len(span_ids.intersection(set(needle_ids)))) / len(set(needle_ids)) > 0.9:
+            return i, i + span_len
+    return -1, -1
+
+
+@torch.no_grad()
+def wu_trial(eager, prompt_ids: torch.Tensor, real_needle_ids: list[int], decode_text, newline_id, rouge_recall,
+             decode_len: int = 50):
+    """``(retrieval score [layers, heads], success)`` of one trial, as their code computes it."""
+    needle_start, needle_end = wu_find_needle_idx(prompt_ids, real_needle_ids)
+    q_outputs = eager(input_ids=prompt_ids[None, :-1], use_cache=True)
+    past_kv = q_outputs.past_key_values
+    inp = prompt_ids[-1]
+    n_layers, n_heads = eager.config.num_hidden_layers, eager.config.num_attention_heads
+    score = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    output = []
+    for _ in range(decode_len):
+        inp = inp.view(1, 1)
+        outputs = eager(input_ids=inp, past_key_values=past_kv, use_cache=True, output_attentions=True)
+        past_kv = outputs.past_key_values
+        inp = outputs.logits[0, -1].argmax()
+        output.append(inp.item())
+        for layer in range(n_layers):  # retrieval_calculate, topk=1
+            for head in range(n_heads):
+                values, idx = outputs.attentions[layer][0][head][-1].topk(1)
+                for v, i in zip(values, idx):
+                    if needle_start <= i < needle_end and inp.item() == prompt_ids[i].item():
+                        score[layer, head] += 1 / (needle_end - needle_start)
+                        break
+        if inp.item() == newline_id:
+            break
+    response = decode_text(output).strip()
+    return score, rouge_recall(decode_text(real_needle_ids), response) * 100 > 50
+
+
 def measure_attention_sink(model, tokenizer, prompts, score_path, token_length=50, device=torch.device("cpu")):
     """Gu et al.: each prompt tokenized with the tokenizer's defaults, cut to ``token_length``
     tokens, one eager ``generate`` step with ``output_attentions=True``; the prefill's attention

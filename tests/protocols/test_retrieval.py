@@ -1,5 +1,6 @@
 """The retrieval-head protocol (Wu et al. 2024) on the bundled demo model, against an eager oracle."""
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -90,10 +91,50 @@ def test_trials_put_the_needle_where_the_spans_say():
 
 
 @pytest.mark.parametrize("options, match", [
-    (dict(prefix_len=16), "prefix_len"), (dict(context_lengths=[10]), "no room"),
+    (dict(prefix_len=16), "prefix_len"), (dict(context_lengths=[10]), "room for a haystack"),
     (dict(depths=[1.5]), "depths"), (dict(needle_len=40), "distinct"), (dict(vocab_range=[0, 999]), "vocab_range"),
     (dict(colour=1), "unknown"),
 ])
 def test_bad_options_are_refused(options, match):
     with pytest.raises(ValueError, match=match):
         circuit_stats.score_heads(load(1600), "retrieval", tokenizer="bytes", progress=False, **options)
+
+
+def test_wu2024_equals_a_transcription_of_their_code():
+    """convention="wu2024" against eager_peers.wu_trial (their find_needle_idx, decode, retrieval_calculate
+    and ROUGE-1 success test) on the same prompts: a punctuation haystack and letter needles, so that
+    ROUGE's words are exactly the copied answers."""
+    pytest.importorskip("rouge_score")
+    from eager_peers import wu_trial
+
+    from circuit_stats.protocols import retrieval, wu2024
+
+    ours, eager = load(1600), load(1600, "eager")
+    rng = np.random.RandomState(0)
+    haystack = "".join(rng.choice(list(".,;:!?-()"), size=400))
+    o = dict(convention="wu2024", context_lengths=[72, 96], depths=[0.2, 0.6], n_needles=2, needle_len=10,
+             prefix_len=2, vocab_range=[110, 123], seed=3)  # answers of 8 letters in 'n'..'z'
+    df = circuit_stats.score_heads(ours, "retrieval", tokenizer="bytes", texts=[haystack], progress=False, **o)
+    o = retrieval.PROTOCOL.check_options(o)
+    hay = list(haystack.encode())
+    scores, success = [], []
+    for i, length in enumerate(o["context_lengths"]):
+        prompts, _, needles = retrieval.build_trials(hay, length, o["depths"], 2, 10, 2,
+                                                     retrieval.needle_candidates(hay, 256, o["vocab_range"]),
+                                                     o["seed"] + i, None)
+        for prompt, needle in zip(prompts, needles):
+            s, ok = wu_trial(eager, prompt, needle[2:].tolist(), lambda ids: wu2024.decode(None, ids), 10,
+                             wu2024.rouge1_recall)
+            scores.append(s)
+            success.append(ok)
+    scores, success = torch.stack(scores), torch.tensor(success)
+    assert success.sum() >= 2, "the demo model must copy some needles for the comparison to mean anything"
+    assert df.attrs["settings"]["n_copied"] == int(success.sum())
+    np.testing.assert_allclose(df["retrieval_score"], scores[success].mean(0).reshape(-1), atol=1e-12)
+    np.testing.assert_allclose(df["retrieval_score_all_trials"], scores.mean(0).reshape(-1), atol=1e-12)
+    assert df["retrieval_score"].max() > 0.5  # the induction heads retrieve
+
+
+def test_wu2024_needs_a_tokenizer_to_decode():
+    with pytest.raises(ValueError, match="wu2024.*tokenizer="):
+        circuit_stats.score_heads(load(0), "retrieval", texts=[[46, 44] * 60], convention="wu2024", progress=False)

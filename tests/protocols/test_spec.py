@@ -28,6 +28,28 @@ BAD = [  # (protocol, options, error type, message)
     ("xu2026", {"class_threshold": -1.0}, ValueError, "'class_threshold'"),
     ("xu2026", {"class_threshold": "30"}, TypeError, "'class_threshold' must be float"),
     ("xu2026", {"seed": -1}, ValueError, "'seed'"),
+    ("xu2026", {"baseline_seed": 2**32}, ValueError, "'baseline_seed' must be an int in \\[0, 4294967295\\]"),
+    ("repeat", {"seed": -3}, ValueError, "'seed' must be an int in \\[0, 4294967295\\], got -3"),
+    ("repeat", {"seed": 2**64}, ValueError, "'seed' must be an int in \\[0, 4294967295\\]"),
+    # retrieval (issue 19): each of these was accepted, or failed after the model ran
+    ("retrieval", {"n_needles": 0}, ValueError, "'n_needles' must be an int >= 1, got 0"),
+    ("retrieval", {"seed": -3}, ValueError, "'seed' must be an int in \\[0, 4294967295\\], got -3"),
+    ("retrieval", {"seed": 2**32 - 1, "context_lengths": [64, 96]}, ValueError, "'seed' must be an int in \\[0, 4294967294\\]"),
+    ("retrieval", {"threshold": -0.5}, ValueError, "'threshold' must be a number in \\(0.0, 1.0\\], got -0.5"),
+    ("retrieval", {"threshold": 0}, ValueError, "'threshold' must be a number in \\(0.0, 1.0\\]"),
+    ("retrieval", {"success_recall": 3}, ValueError, "'success_recall' must be a number in \\[0.0, 1.0\\), got 3"),
+    ("retrieval", {"success_recall": 1.0}, ValueError, "'success_recall' must be a number in \\[0.0, 1.0\\)"),
+    ("retrieval", {"needle_len": 1}, ValueError, "'needle_len' must be an int >= 2"),
+    ("retrieval", {"prefix_len": 0}, ValueError, "'prefix_len' must be an int in \\[1, 15\\]"),
+    ("retrieval", {"prefix_len": 16}, ValueError, "'prefix_len' must be an int in \\[1, 15\\]"),
+    ("retrieval", {"context_lengths": []}, ValueError, "'context_lengths' must be a non-empty list"),
+    ("retrieval", {"context_lengths": [20]}, ValueError, "'context_lengths' .* ints > needle_len \\+ prefix_len = 20"),
+    ("retrieval", {"context_lengths": [64.5]}, ValueError, "'context_lengths'"),
+    ("retrieval", {"depths": []}, ValueError, "'depths' must be a non-empty list of numbers in \\[0, 1\\]"),
+    ("retrieval", {"depths": [0.5, -0.1]}, ValueError, "'depths'"),
+    ("retrieval", {"vocab_range": [9, 3]}, ValueError, "'vocab_range'"),
+    ("retrieval", {"chunk_size": 0}, ValueError, "'chunk_size' must be an int >= 1"),
+    ("retrieval", {"n_needles": "2"}, TypeError, "'n_needles' must be int"),
 ]
 
 

@@ -84,3 +84,30 @@ def test_name_parsing():
     assert rv.parse_revision_name("step12-tokens5B") == (12, 5 * 10**9)
     assert rv.parse_revision_name("checkpoint-7") == (7, None)
     assert rv.parse_revision_name("main") is None
+
+
+def test_skipped_folders_are_named_in_a_warning(tmp_path, caplog):
+    _save(tmp_path / "checkpoint-1000")
+    _save(tmp_path / "checkpoint-1100 copy")
+    _save(tmp_path / "step 1300")
+    (tmp_path / "checkpoint-1400").mkdir()  # no config.json
+    with caplog.at_level("WARNING", logger=rv.__name__):
+        cat = rv.revisions(tmp_path)
+    assert [r.revision for r in cat] == ["checkpoint-1000"]
+    text = caplog.text
+    assert "skipped 3 folder(s)" in text
+    assert "checkpoint-1100 copy: its name is not" in text and "step 1300: its name is not" in text
+    assert "checkpoint-1400: no config.json" in text
+
+
+def test_a_link_to_a_checkpoint_of_the_same_directory_is_not_a_revision(tmp_path, caplog):
+    _save(tmp_path / "checkpoint-1000", {"num_input_tokens_seen": 1000})
+    _save(tmp_path / "checkpoint-1300", {"num_input_tokens_seen": 1300})
+    (tmp_path / "checkpoint-1200").symlink_to(tmp_path / "checkpoint-1000")
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    _save(elsewhere / "final")
+    (tmp_path / "checkpoint-1500").symlink_to(elsewhere / "final")  # a real checkpoint stored elsewhere
+    with caplog.at_level("WARNING", logger=rv.__name__):
+        cat = rv.revisions(tmp_path)
+    assert cat == [("checkpoint-1000", 1000, 1000), ("checkpoint-1300", 1300, 1300), ("checkpoint-1500", 1500, None)]
+    assert "checkpoint-1200: a link to checkpoint-1000" in caplog.text

@@ -43,7 +43,8 @@ def test_rerunning_the_demo_skips_finished_revisions(demo_run, capsys):
 def test_cli_revisions_and_errors(capsys, tmp_path):
     assert main(["revisions", "EleutherAI/pythia-1b", "--offline", "--revisions", "paper"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 10 and lines[0].split("\t") == ["step1", "1", "2097152"]
+    assert lines[0].split("\t") == ["revision", "step", "tokens"]  # a header, then one line per revision
+    assert len(lines) == 11 and lines[1].split("\t") == ["step1", "1", "2097152"]
     assert main(["report", str(tmp_path)]) == 2
     assert "run `circuit-stats scan` first" in capsys.readouterr().err
 
@@ -82,7 +83,7 @@ SMALL = ["--protocol", "repeat", "--option", "seq_len=8", "--option", "n_sequenc
 @pytest.mark.parametrize("args, message", [
     (["--option", "seq_len=abc"], "--option: repeat option 'seq_len' must be int"),
     (["--option", "n_seqs=2"], "--option: unknown repeat options ['n_seqs']"),
-    (["--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["--batch-size", "0"], "argument --batch-size: expected a positive integer, got '0'"),
     (["--device", "cuda:99"], "--device 'cuda:99'"),
     (["--revisions", ""], "--revisions: the revision spec is empty"),
     (["--revisions", " , "], "--revisions: the revision spec is empty"),
@@ -105,7 +106,7 @@ def test_cli_log_1_is_one_revision(capsys):
     from circuit_stats.demo.series import demo_series_dir
 
     assert main(["revisions", str(demo_series_dir()), "--revisions", "log:1"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["checkpoint-1600\t1600\t4915200"]
+    assert capsys.readouterr().out.splitlines() == ["revision\tstep\ttokens", "checkpoint-1600\t1600\t4915200"]
 
 
 def test_cli_failed_revisions_give_a_nonzero_exit_with_a_summary(tmp_path, capsys):
@@ -142,6 +143,79 @@ def test_cli_scan_tokenizer_setting(tmp_path, capsys):
                  "--option", "max_tokens=50", "--out", str(out)]) == 1
     assert "--tokenizer bytes" in capsys.readouterr().out + "".join(
         p.read_text() for p in (out / "failed").glob("*.json"))
+
+
+def nan_weights(checkpoint):
+    """Overwrite ``checkpoint``'s weights with a copy whose first attention layer is NaN."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    with torch.no_grad():
+        model.gpt_neox.layers[0].attention.query_key_value.weight.fill_(float("nan"))
+    model.save_pretrained(checkpoint)
+
+
+def test_cli_a_revision_with_nan_weights_fails_and_the_report_leaves_it_out(tmp_path, capsys):
+    root = series_copy(tmp_path, ["checkpoint-0", "checkpoint-1600"])
+    nan_weights(root / "checkpoint-1600")
+    out = tmp_path / "scan"
+    demo = ["--option", "seq_len=32", "--option", "n_sequences=8", "--option", "vocab_range=[32, 127]"]
+    assert main(["scan", str(root), "--revisions", "all", "--out", str(out), "--protocol", "repeat", "--report",
+                 *demo]) == 1
+    err = capsys.readouterr().err
+    assert "checkpoint-1600: NonFiniteError" in err and "NaN" in err
+    assert json.loads((out / "failed" / "checkpoint-1600.json").read_text())["error"].startswith("NonFiniteError")
+    assert set(pd.read_parquet(out / "results.parquet").revision) == {"checkpoint-0"}
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert list(summary["failed"]) == ["checkpoint-1600"] and summary["revisions"][-1]["revision"] == "checkpoint-0"
+    md = (out / "report" / "summary.md").read_text()
+    assert "at the last revision, `checkpoint-0`" in md and "`checkpoint-1600` failed" in md
+
+
+RETRIEVAL = ["--protocol", "retrieval", "--tokenizer", "bytes", "--option", "context_lengths=[48]",
+             "--option", "depths=[0.5]", "--option", "n_needles=1", "--option", "needle_len=8", "--option", "prefix_len=2"]
+
+
+@pytest.mark.parametrize("option, message", [
+    ("n_needles=0", "'n_needles' must be an int >= 1, got 0"),
+    ("seed=-3", "'seed' must be an int in [0, 4294967295], got -3"),
+    ("threshold=-0.5", "'threshold' must be a number in (0.0, 1.0], got -0.5"),
+    ("success_recall=3", "'success_recall' must be a number in [0.0, 1.0), got 3"),
+])
+def test_cli_bad_retrieval_options_exit_2_before_loading_and_the_corrected_run_works(tmp_path, capsys, monkeypatch,
+                                                                                    option, message):
+    import circuit_stats.scans.scorer as scan_module
+    from circuit_stats.demo.series import demo_series_dir
+
+    loads = []
+    real_load = scan_module.load_checkpoint
+    monkeypatch.setattr(scan_module, "load_checkpoint", lambda *a, **k: (loads.append(a), real_load(*a, **k))[1])
+    out = tmp_path / "scan"
+    argv = ["scan", str(demo_series_dir()), "--revisions", "checkpoint-0,checkpoint-1600", "--out", str(out), *RETRIEVAL]
+    assert main(argv + ["--option", option]) == 2
+    assert f"--option: option {message}" in capsys.readouterr().err
+    assert not out.exists() and not loads, "nothing loaded, nothing written"
+    if option == "n_needles=0":  # the corrected run is not refused for 'other settings'
+        assert main(argv + ["--report"]) == 0
+        assert len(loads) == 2
+        summary = json.loads((out / "report" / "summary.json").read_text())
+        assert summary["protocol"] == "retrieval" and "retrieval" in summary["classes"]
+        table = pd.read_parquet(out / "results.parquet")
+        assert set(table.label) <= {"retrieval", "unclassified"} and table.label.eq("retrieval").any()
+
+
+def test_a_local_directory_is_scanned_whole_by_default(tmp_path):
+    from circuit_stats.demo.series import DEMO_REPEAT_OPTIONS, demo_series_dir
+
+    series = tmp_path / "series"
+    series.mkdir()
+    for name in ("checkpoint-0", "checkpoint-1600"):
+        (series / name).symlink_to(demo_series_dir() / name)  # links out of the directory: real checkpoints
+    options = [f"{k}={json.dumps(v)}" for k, v in {**DEMO_REPEAT_OPTIONS, "n_sequences": 4}.items()]
+    argv = ["scan", str(series), "--protocol", "repeat", "--out", str(tmp_path / "o"), "--dtype", "float32"]
+    assert main(argv + [x for o in options for x in ("--option", o)]) == 0  # no --revisions: all, not paper
+    assert set(pd.read_parquet(tmp_path / "o" / "results.parquet").revision) == {"checkpoint-0", "checkpoint-1600"}
 
 
 def test_cli_scan_text_protocol_uses_the_bundled_tokenizer(tmp_path):

@@ -22,3 +22,17 @@ def test_summary_numbers(synthetic_results):
     s2 = summarise(synthetic_results.copy(), {"induction_min_heads": 4, "first_token_min_fraction": 0.7})
     assert s2["classes"]["induction"]["onset"]["revision"] == "s20"
     assert s2["classes"]["first-token"]["onset"]["revision"] == "s80"
+
+
+def test_the_induction_onset_lies_between_two_revisions_and_is_tested_against_noise(synthetic_results):
+    # s0 -> s10: heads (0, 1) and (0, 2) turn induction (sel_induction 2 -> 60)
+    no_se = summarise(synthetic_results.copy())["classes"]["induction"]["onset_interval"]
+    assert no_se["before"]["revision"] == "s0" and no_se["after"]["revision"] == "s10"
+    assert no_se["change_z"] is None and no_se["exceeds_noise"] is None  # a table scanned before standard errors
+    clear = summarise(synthetic_results.assign(sel_induction_se=1.0))["classes"]["induction"]["onset_interval"]
+    assert clear["change_z"] == pytest.approx({"L0H1": 58 / 2**0.5, "L0H2": 58 / 2**0.5})
+    assert clear["exceeds_noise"] is True
+    noisy = summarise(synthetic_results.assign(sel_induction_se=25.0))["classes"]["induction"]["onset_interval"]
+    assert noisy["change_z"]["L0H1"] == pytest.approx(58 / (25 * 2**0.5)) and noisy["exceeds_noise"] is False
+    first = summarise(synthetic_results.copy(), {"induction_min_heads": 1})["classes"]["induction"]
+    assert first["onset"]["revision"] == "s0" and first["onset_interval"]["before"] is None

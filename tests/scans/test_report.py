@@ -91,3 +91,38 @@ def test_the_early_screen_sentence_reads_as_one_statement(tmp_path, synthetic_re
     assert ("First revision where at least 67% of these heads already count as induction heads: `s10` "
             "(step 10, 100 tokens). It comes 12.5% of the way through the scanned training, by tokens seen.") in md
     assert "of the scanned tokens" not in md
+
+
+def test_a_revision_with_nan_scores_is_left_out_not_called_unclassified(tmp_path, synthetic_results):
+    df = synthetic_results.copy()
+    last = df.revision == "s80"
+    df.loc[last, "sel_induction"] = float("nan")  # as a scan of NaN weights wrote them before the check
+    df.loc[last, ["label", "screen_induction"]] = ["unclassified", False]
+    df.to_parquet(tmp_path / "results.parquet")
+    summary = write_report(tmp_path)
+    assert summary["non_finite"] == ["s80"] and summary["revisions"][-1]["revision"] == "s40"
+    assert summary["final_induction_circuit"] == [[0, 0], [0, 1], [0, 2], [0, 3]]  # s40's, not s80's empty one
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "`s80` holds NaN or infinite scores" in md and "at the last revision, `s40`): 4 heads" in md
+
+
+def test_a_table_without_label_column_is_labelled_from_its_flags(tmp_path):
+    """A retrieval scan written before retrieval labelled its heads: only is_retrieval."""
+    import pandas as pd
+
+    rows = [dict(model="m", revision=f"s{step}", step=step, tokens=step * 10, protocol="retrieval", layer=layer,
+                 head=head, retrieval_score=float("nan") if step == 0 else 0.1 * head,
+                 is_retrieval=step > 0 and head >= 2)
+            for step in (0, 10, 20) for layer in range(2) for head in range(4)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "results.parquet")
+    summary = write_report(tmp_path)
+    assert summary["classes"]["retrieval"]["fraction"] == {"s0": 0.0, "s10": 0.5, "s20": 0.5}
+    assert summary["non_finite"] == []  # retrieval_score is NaN by definition when no trial was copied
+
+
+def test_the_report_gives_the_onset_interval_and_its_noise_test(tmp_path, synthetic_results):
+    synthetic_results.assign(sel_induction_se=1.0).to_parquet(tmp_path / "results.parquet")
+    write_report(tmp_path)
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "lies between `s0` (step 0, 0 tokens) and `s10`" in md
+    assert "the change exceeds noise: heads that turned induction moved by L0H1 +41.0 SE, L0H2 +41.0 SE" in md

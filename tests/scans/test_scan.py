@@ -10,7 +10,6 @@ import pytest
 import torch
 from scan_fakes import CATALOG, fake_scan, fake_scores
 
-import circuit_stats.scans.files as files_mod
 import circuit_stats.scans.loading as loading_mod
 from circuit_stats.models.families import tiny_model
 from circuit_stats.scans.emergence import largest_jump
@@ -55,7 +54,7 @@ REAL = {"replace": os.replace, "unlink": os.unlink}
 def patch_writes(monkeypatch, on_write):
     """Route every file move and removal (os.replace, os.unlink, Path.unlink) through ``on_write``."""
     for name, real in REAL.items():
-        monkeypatch.setattr(files_mod.os, name, lambda *a, _real=real, **k: (on_write(), _real(*a, **k))[1])
+        monkeypatch.setattr(os, name, lambda *a, _real=real, **k: (on_write(), _real(*a, **k))[1])
 
 
 def count_writes(monkeypatch, out, run) -> int:
@@ -294,3 +293,18 @@ def test_delete_after_removes_the_cached_revision(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "scan_cache_dir", lambda: Cache())
     assert loading_mod.delete_cached_revision("EleutherAI/pythia-1b", "abc") == 123 and deleted
     assert loading_mod.delete_cached_revision("EleutherAI/pythia-1b", "zzz") == 0
+
+
+def test_nan_scores_from_any_scorer_fail_the_revision_instead_of_entering_the_table(tmp_path):
+    score, _ = fake_scores(50)
+
+    def nan_at_step30(rev, fetched):
+        df = score(rev, fetched)
+        if rev.revision == "step30":  # e.g. a custom scorer on a checkpoint with NaN weights
+            df.loc[df.index[-1], "induction"] = float("nan")
+        return df
+
+    outcome = fake_scan(tmp_path, nan_at_step30).run(CATALOG[::10][:4])
+    assert sorted(outcome.results.revision.unique()) == ["step0", "step10", "step20"]
+    assert list(outcome.failed) == ["step30"] and outcome.failed["step30"].startswith("NonFiniteError: scores: ['induction']")
+    assert json.loads((tmp_path / "failed" / "step30.json").read_text())["error"].startswith("NonFiniteError")

@@ -162,3 +162,26 @@ def test_bad_arguments_fail_before_training(tmp_path):
     trainer = make_trainer(tmp_path, callbacks=[CircuitStatsCallback(every=2, **OPTIONS)])
     with pytest.raises(RuntimeError, match="attach"):
         trainer.train()
+
+
+RETRIEVAL = dict(context_lengths=[48], depths=[0.5], n_needles=1, needle_len=8, prefix_len=2, tokenizer="bytes",
+                 texts=["the mill and the river and the bridge, the mill and the river"])
+
+
+def test_the_retrieval_protocol_scores_inside_a_training_run(tmp_path):
+    """retrieval generates (it reads logits): it runs on the full model, not the LM-head-less base."""
+    trainer = make_trainer(tmp_path, max_steps=2, save_steps=2)
+    CircuitStatsCallback(every=2, protocol="retrieval", **RETRIEVAL).attach(trainer)
+    trainer.train()
+    table = pd.read_parquet(tmp_path / "circuit_stats" / "results.parquet")
+    assert sorted(table.step.unique()) == [0, 2] and (table.protocol == "retrieval").all()
+    assert {"retrieval_score", "retrieval_score_all_trials", "is_retrieval", "label"} <= set(table.columns)
+    assert set(table.label) <= {"retrieval", "unclassified"}
+    assert table.retrieval_score_all_trials.notna().all()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-2", attn_implementation="circuit_stats")
+    offline = circuit_stats.score_heads(model, "retrieval", progress=False, **RETRIEVAL)
+    live = table[table.step == 2].reset_index(drop=True)
+    pd.testing.assert_series_equal(live.retrieval_score_all_trials, offline.retrieval_score_all_trials)
+    from circuit_stats.scans.report import write_report
+
+    assert write_report(tmp_path / "circuit_stats")["protocol"] == "retrieval"

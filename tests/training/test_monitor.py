@@ -122,3 +122,16 @@ def test_table_is_written_atomically_with_umask_permissions(tmp_path):
     assert back.revision.tolist() == ["step3", "step3"] and back.tokens.tolist() == [96, 96]
     with pytest.raises(ValueError, match="already"):
         table.add(3, 96, scores)
+
+
+def test_nan_weights_raise_naming_the_step_and_write_no_row(tmp_path):
+    from circuit_stats.finite import NonFiniteError
+
+    model = tiny_training_model()
+    monitor = Monitor(model, every=2, out=tmp_path / "run", **OPTIONS)
+    assert monitor.step(0) is not None
+    with torch.no_grad():
+        model.gpt_neox.layers[1].attention.query_key_value.weight.fill_(float("nan"))  # training diverged
+    with pytest.raises(NonFiniteError, match=r"step 2: .* NaN or infinite in 4 of 8 rows, first at layer 1"):
+        monitor.step(2)
+    assert set(pd.read_parquet(tmp_path / "run" / "results.parquet").step) == {0}

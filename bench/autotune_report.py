@@ -1,0 +1,74 @@
+"""The autotuner's choices after a run: run a module's ``main`` in this process, then write what
+every Triton autotuner in memory picked for each key.
+
+    python -m bench.autotune_report --json choices.json bench.bench_kernel --lengths 2048
+
+Autotuners are found by type (``triton.runtime.autotuner.Autotuner``), not by name, so nothing
+here depends on how the kernel modules name or wrap them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+
+def config_dict(config: Any) -> dict:
+    """A ``triton.Config`` as plain values: its kwargs, warps, stages (and CTAs where set)."""
+    out = dict(getattr(config, "kwargs", {}))
+    for name in ("num_warps", "num_stages", "num_ctas"):
+        if getattr(config, name, None) is not None:
+            out[name] = getattr(config, name)
+    return out
+
+
+def autotuners() -> list:
+    from triton.runtime.autotuner import Autotuner
+
+    return [obj for obj in gc.get_objects() if isinstance(obj, Autotuner)]
+
+
+def kernel_name(tuner: Any) -> str:
+    fn = getattr(tuner, "base_fn", None) or getattr(tuner, "fn", None)
+    while fn is not None and not hasattr(fn, "__name__") and hasattr(fn, "fn"):
+        fn = fn.fn
+    return getattr(fn, "__name__", type(tuner).__name__)
+
+
+def tuner_choices(tuners: Optional[list] = None) -> list[dict]:
+    """One row per (autotuner, key) it has tuned: kernel, key names and values, the chosen
+    config, how many configs it could choose from."""
+    rows = []
+    for tuner in autotuners() if tuners is None else tuners:
+        names = list(getattr(tuner, "keys", []) or [])
+        for key, config in dict(getattr(tuner, "cache", {}) or {}).items():
+            values = list(key) if isinstance(key, tuple) else [key]
+            rows.append({"kernel": kernel_name(tuner), "key": dict(zip(names, map(str, values))),
+                         "key_extra": [str(v) for v in values[len(names):]], "config": config_dict(config),
+                         "n_configs": len(getattr(tuner, "configs", []) or [])})
+    return rows
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", type=Path, required=True, help="where to write the choices")
+    p.add_argument("module", help="module whose main(argv) to run, e.g. bench.bench_kernel")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    a = p.parse_args(argv)
+    rc = 1
+    try:
+        rc = importlib.import_module(a.module).main(a.args)
+    finally:
+        choices = tuner_choices()
+        a.json.write_text(json.dumps({"module": a.module, "returncode": rc, "choices": choices}, indent=1))
+        print(f"autotune choices: {len(choices)} (kernel, key) pairs -> {a.json}")
+    return rc or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

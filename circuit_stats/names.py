@@ -1,0 +1,9 @@
+"""Names the whole application shares, importable without torch (the command line's parser uses
+them): the protocols and the statistics a profile (and an evaluation) reports."""
+
+from __future__ import annotations
+
+# circuit_stats.protocols.PROTOCOLS's keys (tests/test_command_line.py checks they agree)
+PROTOCOL_NAMES = ("natural", "repeat", "retrieval", "sink", "xu2026")
+# Per (document, layer, head, position bin): what record() is asked for is in profiling.profile.record_options.
+PROFILE_STATISTICS = ("sink", "previous_token", "induction", "duplicate", "entropy", "distance", "local", "top1_prob")
