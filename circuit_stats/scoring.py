@@ -9,6 +9,7 @@ import torch
 
 from .finite import check_finite, float_columns
 from .models import uses_circuit_stats
+from .models.wrapped import unwrap_model
 from .models.context import context_guard
 from .protocols import get_protocol
 from .protocols.engine import model_device
@@ -29,7 +30,8 @@ def score_heads(
     """Score every attention head of ``model`` with ``protocol``, through the fused kernel.
 
     Args:
-        model: a transformers causal LM using ``attn_implementation="circuit_stats"``.
+        model: a transformers causal LM using ``attn_implementation="circuit_stats"``, or an nnsight
+            ``LanguageModel`` wrapping one.
         protocol: ``"xu2026"``, ``"repeat"``, ``"sink"``, ``"natural"`` or ``"retrieval"`` (see
             the README).
         tokenizer, texts: natural-text input for ``"sink"`` / ``"natural"``: token-id lists, or
@@ -56,6 +58,7 @@ def score_heads(
     """
     spec = get_protocol(protocol)
     protocol_options = spec.check_options(protocol_options)  # before any model work
+    model = unwrap_model(model)  # an nnsight LanguageModel: the transformers model it wraps
     if not uses_circuit_stats(model):
         raise ValueError("score_heads needs a model loaded with attn_implementation='circuit_stats' "
                          "(or switched with model.set_attn_implementation('circuit_stats'))")

@@ -28,6 +28,7 @@ from ..kernels import AttentionStats, SideInputs
 from ..kernels.side_inputs import check_offsets
 from .families import attention_interface_refusal
 from .positions import BinSpec, bin_bounds, bin_edges, bin_weights, query_positions
+from .wrapped import unwrap_model
 
 # The name registered with transformers' AttentionInterface / AttentionMaskInterface.
 IMPLEMENTATION = "circuit_stats"
@@ -422,7 +423,8 @@ def record(
     """Record per-(layer, head) attention statistics of every forward inside the block.
 
     Args:
-        model: a transformers model loaded with ``attn_implementation="circuit_stats"``.
+        model: a transformers model loaded with ``attn_implementation="circuit_stats"`` (or an nnsight
+            ``LanguageModel`` wrapping one: its ``._module`` is recorded).
         offsets: fixed diagonal offsets (``1`` = previous token) -> columns ``offset_<o>``.
         token_ids: ``[B, N]`` ids for token-match ``induction`` / ``duplicate``; defaults to the
             forward's ``input_ids`` when ``token_match=True``.
@@ -447,6 +449,7 @@ def record(
     ``sink`` is always recorded. Results: ``rec.tensors()``, ``rec.summary()``.
     """
     global _ACTIVE
+    model = unwrap_model(model)  # an nnsight LanguageModel: the transformers model it wraps
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise TypeError(f"record() needs a transformers model, got {type(model).__name__}")
     if not uses_circuit_stats(model) and attention_interface_refusal(model):

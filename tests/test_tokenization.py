@@ -80,3 +80,15 @@ def test_a_model_that_is_not_byte_level_is_refused(tmp_path):
 def test_no_bos_declared_when_the_config_has_none():
     tok = byte_level_tokenizer(bos_token_id=None, eos_token_id=None)
     assert tok.bos_token_id is None and tok.pad_token_id is None and tok("ab")["input_ids"] == [97, 98]
+
+
+def test_new_demo_checkpoints_carry_the_tokenizer(tmp_path):
+    from circuit_stats.demo.train import train
+
+    train(tmp_path / "series", steps=1, schedule=[0, 1], monitor_every=0, log=lambda *_: None)
+    for step in (0, 1):
+        d = tmp_path / "series" / f"checkpoint-{step}"
+        tok = AutoTokenizer.from_pretrained(d)
+        assert tok(MIXED)["input_ids"] == list(MIXED.encode("utf-8")) and tok.bos_token_id == 0
+        for name in TOKENIZER_FILES:
+            assert (d / name).read_bytes() == (bundled_checkpoints()[0] / name).read_bytes()

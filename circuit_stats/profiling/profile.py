@@ -28,6 +28,7 @@ from ..models import offset_column, record, uses_circuit_stats
 from ..models.config import text_config
 from ..models.context import check_context, context_limit
 from ..models.positions import BinSpec, bin_edges
+from ..models.wrapped import unwrap_model
 from ..tokenization import encode, resolve_tokenizer
 from .corpus import Document, as_documents
 from .prefill import chunked_prefill
@@ -110,7 +111,8 @@ def profile(
     """Attention statistics of every head against query position over a corpus.
 
     Args:
-        model: a transformers causal LM using ``attn_implementation="circuit_stats"``.
+        model: a transformers causal LM using ``attn_implementation="circuit_stats"``, or an nnsight
+            ``LanguageModel`` wrapping one.
         texts: a path (.txt / .jsonl / .parquet / directory / ``hf:NAME``, see
             ``corpus.read_corpus``), a ``datasets.Dataset``, or a list of strings or token-id lists.
         tokenizer: a tokenizer for string texts, or ``"bytes"`` (UTF-8 bytes as ids) explicitly.
@@ -130,6 +132,7 @@ def profile(
         ``doc_id``, ``n_tokens``, ``layer``, ``head``, ``bin``, ``pos_lo``, ``pos_hi`` (-1: open),
         ``n_queries`` and one column per statistic (means over the bin's queries).
     """
+    model = unwrap_model(model)  # an nnsight LanguageModel: the transformers model it wraps
     if not uses_circuit_stats(model):
         raise ValueError("profile needs a model loaded with attn_implementation='circuit_stats' "
                          "(or switched with model.set_attn_implementation('circuit_stats'))")
