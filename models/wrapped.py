@@ -18,8 +18,10 @@ def unwrap_model(model):
 
     Raises:
         ValueError: the wrapper has not loaded its weights yet (nnsight's ``dispatch=False``
-            default keeps a meta-device model until the first trace, then swaps in another).
+            default keeps a meta-device model until the first trace, then swaps in another), or
+            it is a TransformerLens bridge (see :func:`refuse_transformerlens_bridge`).
     """
+    refuse_transformerlens_bridge(model)
     if isinstance(model, torch.nn.Module):
         return model
     inner = getattr(model, "_module", None)
@@ -30,3 +32,18 @@ def unwrap_model(model):
                          "dispatch=True (e.g. LanguageModel(path, dispatch=True, attn_implementation='circuit_stats')) "
                          "or call .dispatch() first")
     return inner
+
+
+def refuse_transformerlens_bridge(model) -> None:
+    """TransformerLens 4's ``TransformerBridge`` (an ``nn.Module`` holding the transformers model as
+    ``original_model``) switches that model to eager attention so that its ``hook_pattern`` fires,
+    and runs attention through its own components: the fused kernel would never see a call, so it
+    is refused with the call to use instead (TransformerLens 4.3 ``force_eager_attention``)."""
+    inner = getattr(model, "original_model", None)
+    if not (isinstance(inner, torch.nn.Module) and hasattr(inner, "config") and hasattr(model, "cfg")):
+        return
+    name = getattr(inner.config, "_name_or_path", "") or "<the model's name or path>"
+    raise ValueError(f"this is a TransformerLens {type(model).__name__}: it runs the model's attention eagerly through "
+                     "its own hooks, so circuit_stats never sees it. Load the transformers model itself: "
+                     f"model = AutoModelForCausalLM.from_pretrained({name!r}, attn_implementation='circuit_stats'), "
+                     "then circuit_stats.record(model, ...) / score_heads(model, ...) / profile(model, ...)")

@@ -80,3 +80,22 @@ def test_nnsight_language_model(plain):
     np.testing.assert_allclose(a["induction"], b["induction"], atol=1e-6)
     p = circuit_stats.profile(lm, [TEXT], tokenizer=lm.tokenizer, plots=False, progress=False)
     assert p["n_tokens"].iloc[0] == len(TEXT.encode())
+
+
+class FakeBridge(torch.nn.Module):
+    """What TransformerLens 4's TransformerBridge holds: ``original_model`` (the transformers model,
+    switched to eager attention) and its own ``cfg``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.original_model, self.cfg = model, object()
+
+
+def test_a_transformerlens_bridge_is_refused_with_the_call_to_use(plain):
+    def record(m):
+        with circuit_stats.record(m):
+            pass
+
+    for call in (record, lambda m: circuit_stats.score_heads(m, "repeat"), unwrap_model):
+        with pytest.raises(ValueError, match="TransformerLens FakeBridge.*attn_implementation='circuit_stats'"):
+            call(FakeBridge(plain))
