@@ -98,4 +98,5 @@ def score(model, *, tokenizer=None, texts=None, batch_size: int = 1, device=None
 
 
 PROTOCOL = Protocol(name="natural", score=score, defaults=DEFAULTS, takes_texts=True,
-                    induction_score="induction", induction_flag="is_induction", validate=validate)
+                    induction_score="induction", induction_flag="is_induction", validate=validate,
+                    first_token_score="sink")

@@ -93,4 +93,5 @@ def score(model, *, batch_size: int = 16, device=None, bos_token_id: Optional[in
 
 
 PROTOCOL = Protocol(name="repeat", score=score, defaults=DEFAULTS, takes_texts=False,
-                    induction_score="induction_offset", induction_flag="is_induction", validate=validate)
+                    induction_score="induction_offset", induction_flag="is_induction", validate=validate,
+                    first_token_score="sink")

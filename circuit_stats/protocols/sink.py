@@ -130,4 +130,5 @@ def score(model, *, tokenizer=None, texts=None, batch_size: int = 16, device=Non
     return df
 
 
-PROTOCOL = Protocol(name="sink", score=score, defaults=DEFAULTS, takes_texts=True, validate=validate)
+PROTOCOL = Protocol(name="sink", score=score, defaults=DEFAULTS, takes_texts=True, validate=validate,
+                    first_token_score="alpha0")

@@ -21,6 +21,8 @@ class Protocol:
             sequences it generates itself.
         induction_score: the column holding its per-head induction score (plots), if any.
         induction_flag: the boolean column that counts a head as an induction head (onsets).
+        first_token_score: the column whose threshold makes a head first-token (sink), if any
+            (the scan report tests the first-token onset's change against its standard error).
         validate: checks the resolved options' values (ranges, choices) and raises a clear error
             naming the option; called by :meth:`check_options`, before any model work.
         nan_scores: score columns that are NaN by definition in some runs (retrieval's
@@ -36,6 +38,7 @@ class Protocol:
     takes_texts: bool
     induction_score: Optional[str] = None
     induction_flag: Optional[str] = None
+    first_token_score: Optional[str] = None
     validate: Optional[Callable[[dict], None]] = None
     nan_scores: tuple[str, ...] = ()
     needs_lm_head: bool = False

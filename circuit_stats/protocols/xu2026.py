@@ -175,4 +175,5 @@ def score(model, *, batch_size: int = 32, device=None, bos_token_id: Optional[in
 
 
 PROTOCOL = Protocol(name="xu2026", score=score, defaults=DEFAULTS, takes_texts=False,
-                    induction_score="sel_induction", induction_flag="screen_induction", validate=validate)
+                    induction_score="sel_induction", induction_flag="screen_induction", validate=validate,
+                    first_token_score="sel_first_token")

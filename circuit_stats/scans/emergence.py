@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -71,12 +71,14 @@ def _first(revs: pd.DataFrame, passes) -> Optional[dict]:
     return None
 
 
-def onset_interval(onset: Optional[dict], revs: pd.DataFrame, by_rev: dict, score: Optional[str]) -> Optional[dict]:
+def onset_interval(onset: Optional[dict], revs: pd.DataFrame, by_rev: dict, score: Optional[str],
+                   heads: Callable[[pd.DataFrame], set]) -> Optional[dict]:
     """Where an onset lies and whether it exceeds noise: ``after`` (the onset revision), ``before``
     (the scanned revision just before it; None at the first) and, when the table has the score's
-    standard error (``<score>_se``), per head that turned induction at the onset the change in
-    ``score`` in standard errors, ``z = (after - before) / sqrt(se_after^2 + se_before^2)``;
-    ``exceeds_noise`` when every such head's ``z >= BORDERLINE_SE`` (2)."""
+    standard error (``<score>_se``), for each head that ``heads(rows)`` counts at the onset but not
+    before it, the change in ``score`` in standard errors, ``z = (after - before) /
+    sqrt(se_after^2 + se_before^2)``; ``exceeds_noise`` when every such head's ``|z| >=
+    BORDERLINE_SE`` (2)."""
     if onset is None:
         return None
     i = list(revs.revision).index(onset["revision"])
@@ -85,12 +87,18 @@ def onset_interval(onset: Optional[dict], revs: pd.DataFrame, by_rev: dict, scor
     se = None if score is None else se_column(score)
     if not i or se is None or se not in by_rev[onset["revision"]]:
         return out
-    after, before = (by_rev[r].set_index(["layer", "head"]) for r in (onset["revision"], revs.revision.iloc[i - 1]))
-    new = sorted(induction_heads(by_rev[onset["revision"]]) - induction_heads(by_rev[revs.revision.iloc[i - 1]]))
+    prev = revs.revision.iloc[i - 1]
+    after, before = (by_rev[r].set_index(["layer", "head"]) for r in (onset["revision"], prev))
+    new = sorted(heads(by_rev[onset["revision"]]) - heads(by_rev[prev]))
     z = {f"L{a}H{b}": float((after.loc[(a, b), score] - before.loc[(a, b), score])
                             / np.hypot(after.loc[(a, b), se], before.loc[(a, b), se])) for a, b in new}
-    out.update(change_z=z, exceeds_noise=bool(z) and all(v >= BORDERLINE_SE for v in z.values()))
+    out.update(change_z=z, exceeds_noise=bool(z) and all(abs(v) >= BORDERLINE_SE for v in z.values()))
     return out
+
+
+def labelled(label: str) -> Callable[[pd.DataFrame], set]:
+    """The heads of one revision's rows whose ``label`` is ``label``."""
+    return lambda rows: {(int(r.layer), int(r.head)) for r in rows.itertuples() if r.label == label}
 
 
 def split_duplicates(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -162,7 +170,10 @@ def summarise(results: pd.DataFrame, screens: Optional[dict] = None) -> dict:
     classes.setdefault(INDUCTION, {"fraction": {}, "sharpest_jump": None})["onset"] = ind_onset
     classes.setdefault(FIRST_TOKEN, {"fraction": {}, "sharpest_jump": None})["onset"] = sink_onset
     protocol = get_protocol(str(results.protocol.iloc[0]))
-    classes[INDUCTION]["onset_interval"] = onset_interval(ind_onset, revs, by_rev, protocol.induction_score)
+    classes[INDUCTION]["onset_interval"] = onset_interval(ind_onset, revs, by_rev, protocol.induction_score,
+                                                          induction_heads)
+    classes[FIRST_TOKEN]["onset_interval"] = onset_interval(sink_onset, revs, by_rev, protocol.first_token_score,
+                                                            labelled(FIRST_TOKEN))
 
     ratio = None
     if ind_onset and sink_onset and ind_onset["tokens"] and sink_onset["tokens"]:

@@ -233,8 +233,8 @@ def _fmt_rev(info: Optional[dict]) -> str:
     return f"`{info['revision']}` (step {info['step']:,}{tok})"
 
 
-def onset_noise_lines(interval: Optional[dict]) -> list[str]:
-    """The induction onset's interval and its change in standard errors, as Markdown bullets."""
+def onset_noise_lines(interval: Optional[dict], label: str) -> list[str]:
+    """An onset's interval and its change in standard errors, as Markdown bullets."""
     if not interval:
         return []
     if interval["before"] is None:
@@ -245,7 +245,7 @@ def onset_noise_lines(interval: Optional[dict]) -> list[str]:
         lines.append("  - no standard errors in this table (scanned before they existed): noise not tested")
     elif z:
         verdict = "exceeds" if interval["exceeds_noise"] else "does not clearly exceed"
-        lines.append(f"  - the change {verdict} noise: heads that turned induction moved by "
+        lines.append(f"  - the change {verdict} noise: heads that turned {label} moved by "
                      + ", ".join(f"{h} {v:+.1f} SE" for h, v in z.items()) + f" (threshold {BORDERLINE_SE:g} SE)")
     return lines
 
@@ -259,8 +259,9 @@ def markdown(summary: dict, plots: list[str]) -> str:
         lines += [f"**No head passed any class threshold in these {summary['n_revisions']} revisions.**", ""]
     lines += ["## Onsets", "",
               f"- induction (>= {sc['induction_min_heads']} induction heads): {_fmt_rev(summary['classes']['induction']['onset'])}",
-              *onset_noise_lines(summary["classes"]["induction"].get("onset_interval")),
-              f"- first-token (>= {sc['first_token_min_fraction']:.0%} of heads): {_fmt_rev(summary['classes']['first-token']['onset'])}"]
+              *onset_noise_lines(summary["classes"]["induction"].get("onset_interval"), "induction"),
+              f"- first-token (>= {sc['first_token_min_fraction']:.0%} of heads): {_fmt_rev(summary['classes']['first-token']['onset'])}",
+              *onset_noise_lines(summary["classes"]["first-token"].get("onset_interval"), "first-token")]
     ratio = summary["induction_to_sink_onset_ratio_tokens"]
     lines.append(f"- first-token onset / induction onset, in tokens: {ratio:.1f}x" if ratio else
                  "- first-token onset / induction onset: not defined (an onset was not reached)")

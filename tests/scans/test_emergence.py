@@ -36,3 +36,12 @@ def test_the_induction_onset_lies_between_two_revisions_and_is_tested_against_no
     assert noisy["change_z"]["L0H1"] == pytest.approx(58 / (25 * 2**0.5)) and noisy["exceeds_noise"] is False
     first = summarise(synthetic_results.copy(), {"induction_min_heads": 1})["classes"]["induction"]
     assert first["onset"]["revision"] == "s0" and first["onset_interval"]["before"] is None
+
+
+def test_the_first_token_onset_is_tested_against_noise_on_its_own_score(synthetic_results):
+    df = synthetic_results.assign(sel_first_token=synthetic_results["label"].eq("first-token") * 58.0 + 2.0,
+                                  sel_first_token_se=1.0)
+    interval = summarise(df)["classes"]["first-token"]["onset_interval"]
+    assert (interval["before"]["revision"], interval["after"]["revision"]) == ("s20", "s40")
+    assert interval["change_z"] == pytest.approx({"L0H3": 58 / 2**0.5, "L1H3": 58 / 2**0.5})
+    assert interval["exceeds_noise"] is True
