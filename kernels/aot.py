@@ -37,6 +37,7 @@ from triton.runtime.jit import JITFunction, MockTensor
 from . import triton_attention as ta
 from .sass_loops import mma_loops
 from .side_inputs import SideInputs
+from .triton_common import head_block
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # Statistics sets: "none" (lse + sink only, always returned), "point" (+ 3 fixed offsets and 2
@@ -166,7 +167,7 @@ def decode_launch(variant: CompileVariant) -> tuple[JITFunction, tuple, dict]:
     f = decode_features(variant)
     n_off, n_probe = (3, 2) if variant.stats != "none" and variant.stats != "window" else (0, 0)
     n_splits, R = -(-Nk // DECODE_SPLIT_LEN), B * Hq * Nq
-    part_o = TensorSpec(f32, (n_splits, R, td.head_dim_block(D)))
+    part_o = TensorSpec(f32, (n_splits, R, head_block(D)))
     part_s = TensorSpec(f32, (n_splits, R, td.partial_columns(n_off, n_probe, f)))
     if variant.kernel == "split":
         q = TensorSpec(dtype, (B, Hq, Nq, D))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -10,9 +11,12 @@ from typing import Optional, Sequence
 
 import torch
 
+from . import triton_decode
 from .chunked import attention_lse_sink_sdpa, attention_with_stats_chunked
 from .side_inputs import SideInputs, check_offsets
 from .stats import AttentionStats
+from .triton_attention import attention_with_stats_triton
+from .triton_common import MAX_HEAD_DIM
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BACKENDS = ("auto", "torch", "triton")
@@ -24,7 +28,7 @@ BACKENDS = ("auto", "torch", "triton")
 TRITON_SUPPORTED_FEATURES: frozenset[str] = frozenset(
     {"window", "softcap", "sinks", "distance", "local_window", "top1", "span"})
 OPTIONAL_FEATURES = ("window", "softcap", "sinks", "distance", "local_window", "top1", "span", "head_dim>256")
-TRITON_MAX_HEAD_DIM = 256  # the fused kernel pads head dims on chip up to this size
+TRITON_MAX_HEAD_DIM = MAX_HEAD_DIM  # the kernels pad head dims on chip up to this size
 _warned_features: set[str] = set()
 
 
@@ -199,9 +203,11 @@ def attention_with_stats(
     backend = resolve_backend(backend, q.device, [f for f in OPTIONAL_FEATURES if used[f]])
 
     if backend == "triton":
-        from .triton_attention import attention_with_stats_triton
-
-        out, stats = attention_with_stats_triton(
+        # Decode (Nq <= 16) over long keys: the split-key kernel; otherwise the fused one.
+        split_len = triton_decode.decode_split_len(q, k)
+        launch = attention_with_stats_triton if split_len is None else functools.partial(
+            triton_decode.attention_with_stats_decode, split_len=split_len)
+        out, stats = launch(
             q, k, v, scale=float(scale), side=side_inputs, offsets=offsets, entropy=entropy, distance=distance,
             local_window=local_window, top1=top1, window=window, softcap=None if softcap is None else float(softcap),
             sinks=sinks)

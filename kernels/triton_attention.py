@@ -38,7 +38,6 @@ Statistics that were not requested are compiled out (``tl.constexpr`` flags).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -46,62 +45,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import TRITON_MAX_HEAD_DIM
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-
-LOG2E = 1.4426950408889634  # host side: scale * log2(e) turns scores into log2 units
-LN2 = tl.constexpr(0.6931471805599453)  # kernel side: log2 units back to nats
-LOG2E_K = tl.constexpr(LOG2E)  # kernel side: nats to log2 units (learned sink logits)
-# A finite "minus infinity" for the running max, so that a tile in which a row has no
-# attendable key yields alpha = exp2(0) = 1 instead of exp2(-inf + inf) = NaN.
-NEG_BIG = tl.constexpr(-1.0e30)
-
-MAX_HEAD_DIM = TRITON_MAX_HEAD_DIM  # dispatch routes larger head dims to the torch backend
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def head_block(head_dim: int) -> int:
-    """On-chip head-dim tile: the next power of two, at least 16 (the smallest ``tl.dot`` K)."""
-    return max(16, triton.next_power_of_2(head_dim))
-
-
-@triton.jit
-def tanh_softcap(x, cap_in):
-    """``tanh(x * cap_in)`` as ``1 - 2 / (e^(2y) + 1)`` (``tl.math`` has no tanh): one ``exp2`` and
-    one approximate reciprocal-multiply (``div.approx``, 2 ulp; an overflowing ``e^(2y)`` gives
-    exactly 1). Absolute error a few 1e-8; NaN stays NaN."""
-    e = tl.math.exp2(2.8853900817779268 * (x * cap_in))
-    return 1.0 - tl.math.fdiv(tl.full(x.shape, 2.0, tl.float32), e + 1.0, approx=True)
-
-
-@triton.jit
-def join_learned_sink(lse2, m, has_key, sink2):
-    """Add a learned sink logit ``sink2`` (log2 units) to each row's key log-sum-exp ``lse2``
-    (``m``: the row max the key sums are relative to). Returns ``(lse2 with the sink, norm)``,
-    ``norm = 2^(m - lse2)`` turning a key sum of ``2^(s2 - m)`` into probabilities (0 on rows
-    with no attendable key). Shared by the fused epilogue and the split-decode combine."""
-    keys2 = tl.where(has_key, lse2, float("-inf"))
-    top2 = tl.maximum(keys2, sink2)
-    lse2 = top2 + tl.math.log2(tl.math.exp2(keys2 - top2) + tl.math.exp2(sink2 - top2))
-    return lse2, tl.where(has_key, tl.math.exp2(m - lse2), 0.0)
-
-
-@triton.jit
-def row_entropy2(e, l, m, lse2, norm, sink2, HAS_SINKS: tl.constexpr):
-    """Row entropy in bits from ``e = sum_j 2^(s2_j - m) (s2_j - m)`` and ``l = sum_j 2^(s2_j - m)``:
-    ``log2 l - e / l``; with a learned sink, ``-sum p log2 p`` over the keys
-    (``p_j = 2^(s2_j - m) norm``) and the sink. 0 on rows with no attendable key."""
-    if HAS_SINKS:
-        p_sink = tl.math.exp2(sink2 - lse2)
-        ent2 = -norm * (e + l * (m - lse2)) - p_sink * (sink2 - lse2)
-    else:
-        l_safe = tl.where(l > 0, l, 1.0)
-        ent2 = tl.where(l > 0, tl.math.log2(l_safe) - e / l_safe, 0.0)
-    return ent2
+from .triton_common import (LN2, LOG2E_K, MAX_HEAD_DIM, NEG_BIG, SMEM_LIMIT_BYTES, head_block, interpreting,
+                            join_learned_sink, point_prob, row_entropy2, score_scales, smem_bytes, tanh_softcap)
 
 
 @triton.jit
@@ -229,19 +176,6 @@ def _attn_fwd_inner(
 
 
 @triton.jit
-def _point_prob(q, K, key, valid, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2,
-                HAS_SOFTCAP: tl.constexpr):
-    """Probability of each row on one key per row: exp2(s2(q . k_key) - lse2), s2 the (capped)
-    score in log2 units."""
-    kk = tl.load(K + key[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
-                 mask=valid[:, None] & d_ok[None, :], other=0.0)
-    s = tl.sum(q * kk.to(tl.float32), 1)
-    if HAS_SOFTCAP:
-        s = tanh_softcap(s, cap_in)
-    return tl.math.exp2(tl.where(valid, s * qk_scale - lse2, float("-inf")))
-
-
-@triton.jit
 def _attn_stats_fwd(
     Q, K, V, Out, LSE, SINK, OFFS, PRB, IND, DUP, ENT, DIST, LOC, TOP_I, TOP_P, SPANM, LEARNED,
     TOK, TOKP, KPM, FIRST, OFFSET_VALUES, PROBE_KEYS, SPAN, SINK_LOGITS,
@@ -365,35 +299,20 @@ def _attn_stats_fwd(
     # left of a row's sliding window has probability 0.
     q32 = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
     first_vec = tl.zeros([BLOCK_M], dtype=tl.int32) + first
-    sink_ok = has_key & (first_vec <= q_pos)
-    if HAS_WINDOW:
-        sink_ok = sink_ok & (first_vec > q_pos - window)
-    tl.store(SINK + row, _point_prob(q32, Kb, first_vec, sink_ok & row_ok, stride_kn, stride_kd,
-                                     offs_d, d_ok, qk_scale, cap_in, lse2, HAS_SOFTCAP), mask=row_ok)
-
+    tl.store(SINK + row, point_prob(q32, Kb, first_vec, has_key & row_ok & (first_vec <= q_pos), q_pos, window, KPMb,
+                                    stride_mn, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2,
+                                    HAS_WINDOW, False, HAS_SOFTCAP), mask=row_ok)
     for t in tl.static_range(N_OFFSETS):
-        o = tl.load(OFFSET_VALUES + t)
-        key = q_pos - o
-        ok = has_key & row_ok & (key >= 0)
-        if HAS_WINDOW:
-            ok = ok & (key > q_pos - window)  # o < window
-        if HAS_PAD:
-            ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
+        key = q_pos - tl.load(OFFSET_VALUES + t)
         tl.store(OFFS + row * N_OFFSETS + t,
-                 _point_prob(q32, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2,
-                             HAS_SOFTCAP),
+                 point_prob(q32, Kb, key, has_key & row_ok & (key >= 0), q_pos, window, KPMb, stride_mn, stride_kn,
+                            stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP),
                  mask=row_ok)
-
     for t in tl.static_range(N_PROBES):
         key = tl.zeros([BLOCK_M], dtype=tl.int32) + tl.load(PROBE_KEYS + b * N_PROBES + t)
-        ok = has_key & row_ok & (key <= q_pos)
-        if HAS_WINDOW:
-            ok = ok & (key > q_pos - window)
-        if HAS_PAD:
-            ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
         tl.store(PRB + row * N_PROBES + t,
-                 _point_prob(q32, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2,
-                             HAS_SOFTCAP),
+                 point_prob(q32, Kb, key, has_key & row_ok & (key <= q_pos), q_pos, window, KPMb, stride_mn, stride_kn,
+                            stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP),
                  mask=row_ok)
 
     if HAS_TOK:
@@ -416,16 +335,6 @@ def _attn_stats_fwd(
 
 # ----------------------------------------------------------------------------------------------
 # Autotuning: which tiles a launch may use.
-
-# Shared memory a config needs, as triton 3.9 allocates it: the Q tile plus num_stages buffers
-# each of K and V (checked against the compiled kernels by bench.compile_report).
-SMEM_LIMIT_BYTES = 227 * 1024  # Hopper's per-block maximum (Ampere A100: 163 KB)
-
-
-def smem_bytes(block_m: int, block_n: int, num_stages: int, block_d: int, elt_bytes: int) -> int:
-    """Shared memory of one program: Q tile + ``num_stages`` K and V tiles."""
-    return elt_bytes * (block_m * block_d + 2 * block_n * block_d * num_stages)
-
 
 PREFILL_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
@@ -637,9 +546,7 @@ def launch_arguments(
     def or_lse(t):  # an output that is off: any float32 pointer, never written
         return lse if t is None else t
 
-    # softcap * tanh(s / softcap) in log2 units: the loop computes tanh(qk * cap_in) * qk_scale
-    qk_scale = (scale if softcap is None else softcap) * LOG2E
-    cap_in = 1.0 if softcap is None else scale / softcap
+    qk_scale, cap_in = score_scales(scale, softcap)
     args = (
         q, k, v, out, lse, sink, or_lse(offs), or_lse(probes), or_lse(ind), or_lse(dup), or_lse(ent),
         or_lse(dist), or_lse(loc), top_i if top1 else first, or_lse(top_p), or_lse(span_mass), or_lse(learned),
@@ -687,19 +594,10 @@ def attention_with_stats_triton(
                          "(the torch backend takes any head_dim)")
     if scale < 0:  # the loop scales the row max, not the tile: that needs scale >= 0
         raise ValueError(f"scale must be >= 0 for the Triton kernel, got {scale}")
-    if block is None:  # decode (Nq <= 16) over long keys: split the keys over programs
-        from . import triton_decode
-
-        split_len = triton_decode.decode_split_len(q, k)
-        if split_len is not None:
-            return triton_decode.attention_with_stats_decode(
-                q, k, v, scale=scale, side=side, offsets=offsets, entropy=entropy, distance=distance,
-                local_window=local_window, top1=top1, window=window, softcap=softcap, sinks=sinks,
-                split_len=split_len)
     launch = launch_arguments(q, k, v, scale=scale, side=side, offsets=offsets, entropy=entropy, distance=distance,
                               local_window=local_window, top1=top1, window=window, softcap=softcap, sinks=sinks)
     n_rows, n_programs = launch.grid_rows
-    if block is None and not _interpreting():
+    if block is None and not interpreting():
         grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), n_programs)  # noqa: E731
         _TUNERS[launch.bucket][grid](*launch.args, **launch.constexprs)
     else:

@@ -72,7 +72,6 @@ spills in the configurations the pruner keeps (checked ahead of time on a CPU).
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -82,13 +81,8 @@ import triton.language as tl
 
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-from .triton_attention import join_learned_sink, row_entropy2, tanh_softcap
-
-LOG2E = 1.4426950408889634
-LN2 = tl.constexpr(0.6931471805599453)
-LOG2E_K = tl.constexpr(LOG2E)
-# A finite "minus infinity" for running maxima (exp2(NEG_BIG - NEG_BIG) = 1, never NaN).
-NEG_BIG = tl.constexpr(-1.0e30)
+from .triton_common import (LN2, LOG2E_K, NEG_BIG, head_block, interpreting, join_learned_sink, point_prob,
+                            row_entropy2, score_scales, smem_fits, tanh_softcap)
 
 # Calls with more queries than this go to the fused kernel (its 16-row decode tiles and up).
 DECODE_MAX_QUERIES = 16
@@ -108,11 +102,6 @@ INTERPRET_BLOCK_N = 16
 # GQA groups up to 16 fits in one row block; sm_90 compiles of 32- and 64-row tiles with all
 # statistics spilled with 4 warps, so larger packs are split into more row blocks instead.
 ROWS_BLOCK = 16
-
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,18 +201,6 @@ def _sweep(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx
-
-
-@triton.jit
-def _point_partial(q, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, m_i,
-                   HAS_SOFTCAP: tl.constexpr):
-    """2^(s2_key - m_s) for one key per row where ``ok`` (key attendable and in this split), else 0."""
-    kk = tl.load(Kb + key[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
-                 mask=ok[:, None] & d_ok[None, :], other=0.0)
-    s = tl.sum(q.to(tl.float32) * kk.to(tl.float32), 1)
-    if HAS_SOFTCAP:
-        s = tanh_softcap(s, cap_in)
-    return tl.math.exp2(tl.where(ok, s * qk_scale - m_i, float("-inf")))
 
 
 @triton.jit
@@ -332,31 +309,21 @@ def _decode_split_fwd(
     # Point keys: reload q (the loop's copy lives in the dot layout) and gather one key row each.
     qe = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     first_vec = tl.zeros([BLOCK_M], dtype=tl.int32) + first
-    ok = row_ok & (first_vec <= q_pos) & (first_vec >= k_lo) & (first_vec < k_hi)
-    if HAS_WINDOW:
-        ok = ok & (first_vec > q_pos - window)
-    tl.store(S + 2, _point_partial(qe, Kb, first_vec, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in,
-                                   m_i, HAS_SOFTCAP), mask=row_ok)
+    in_split = row_ok & (first_vec >= k_lo) & (first_vec < k_hi)
+    tl.store(S + 2, point_prob(qe, Kb, first_vec, in_split & (first_vec <= q_pos), q_pos, window, KPMb, stride_mn,
+                               stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, m_i, HAS_WINDOW, False,
+                               HAS_SOFTCAP), mask=row_ok)
     for t in range(N_OFFSETS):  # a loop, not unrolled: one key row live at a time
         key = q_pos - tl.load(OFFSET_VALUES + t)
         ok = row_ok & (key >= 0) & (key >= k_lo) & (key < k_hi)
-        if HAS_WINDOW:
-            ok = ok & (key > q_pos - window)
-        if HAS_PAD:
-            ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
-        tl.store(S + 3 + t, _point_partial(qe, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in,
-                                           m_i, HAS_SOFTCAP), mask=row_ok)
+        tl.store(S + 3 + t, point_prob(qe, Kb, key, ok, q_pos, window, KPMb, stride_mn, stride_kn, stride_kd, offs_d,
+                                       d_ok, qk_scale, cap_in, m_i, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP), mask=row_ok)
     for t in range(N_PROBES):
         key = tl.zeros([BLOCK_M], dtype=tl.int32) + tl.load(PROBE_KEYS + b * N_PROBES + t)
         ok = row_ok & (key <= q_pos) & (key >= k_lo) & (key < k_hi)
-        if HAS_WINDOW:
-            ok = ok & (key > q_pos - window)
-        if HAS_PAD:
-            ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
         tl.store(S + 3 + N_OFFSETS + t,
-                 _point_partial(qe, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, m_i,
-                                HAS_SOFTCAP),
-                 mask=row_ok)
+                 point_prob(qe, Kb, key, ok, q_pos, window, KPMb, stride_mn, stride_kn, stride_kd, offs_d, d_ok,
+                            qk_scale, cap_in, m_i, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP), mask=row_ok)
     c = 3 + N_OFFSETS + N_PROBES
     if HAS_TOK:
         tl.store(S + c, ind_acc, mask=row_ok)
@@ -495,13 +462,6 @@ def _decode_combine(
 # ---------------------------------------------------------------------------------------------
 
 
-def _smem_ok(cfg: triton.Config, block_m: int, block_d: int, elt_bytes: int) -> bool:
-    """Q tile plus ``num_stages`` K/V tile pairs (triton 3.9 allocates ``stages`` buffers) must fit
-    in ~200 KB of shared memory (Hopper: 228 KB per SM)."""
-    bn = cfg.kwargs["BLOCK_N"]
-    return elt_bytes * (block_m * block_d + 2 * bn * block_d * cfg.num_stages) <= 200 * 1024
-
-
 def prune_split_configs(configs: list[triton.Config], named_args: dict, **kwargs: Any) -> list[triton.Config]:
     """Keep configs that fit shared memory and registers.
 
@@ -513,7 +473,7 @@ def prune_split_configs(configs: list[triton.Config], named_args: dict, **kwargs
     bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
     bm = kwargs.get("BLOCK_M", named_args.get("BLOCK_M"))
     elt = named_args["Q"].element_size() if hasattr(named_args.get("Q"), "element_size") else 2
-    kept = [c for c in configs if _smem_ok(c, bm, bd, elt)]
+    kept = [c for c in configs if smem_fits(bm, c.kwargs["BLOCK_N"], c.num_stages, bd, elt)]
     if elt >= 4:
         kept = [c for c in kept if c.kwargs["BLOCK_N"] * bd <= 2048 or c.kwargs["BLOCK_N"] == 16]
     else:
@@ -551,7 +511,7 @@ def _sm_count(device_index: int) -> int:
 def combine_rows_block(n_rows: int, sm_count: int) -> int:
     """Rows per combine program: 16 under the interpreter; on GPU a power of two up to 16 that
     still leaves ``PROGRAMS_PER_SM`` programs per SM (decode has few rows: usually 1)."""
-    if _interpreting():
+    if interpreting():
         return 16
     per_program = max(1, n_rows // (PROGRAMS_PER_SM * sm_count))
     return min(16, 1 << (per_program.bit_length() - 1))
@@ -560,11 +520,6 @@ def combine_rows_block(n_rows: int, sm_count: int) -> int:
 def combine_warps(constexprs: dict) -> int:
     """Warps for a combine program: one per 256 elements of its [BLOCK_R, BLOCK_D] tile, 1 to 4."""
     return max(1, min(4, constexprs["BLOCK_R"] * constexprs["BLOCK_D"] // 256))
-
-
-def head_dim_block(head_dim: int) -> int:
-    """On-chip head-dim tile: the next power of two, at least 16 (the smallest tl.dot)."""
-    return max(16, triton.next_power_of_2(head_dim))
 
 
 def plan_split_len(batch: int, q_heads: int, kv_heads: int, n_queries: int, n_keys: int,
@@ -640,16 +595,14 @@ def split_kernel_args(q: Any, k: Any, v: Any, part_o: Any, part_s: Any, tok: Any
     Hkv, Nk = k.shape[1], k.shape[2]
     group = Hq // Hkv
     f = features
-    # softcap * tanh(s / softcap) in log2 units: the loop computes tanh(qk * cap_in) * qk_scale
-    qk_scale = (scale if f.softcap is None else f.softcap) * LOG2E
-    cap_in = 1.0 if f.softcap is None else scale / f.softcap
+    qk_scale, cap_in = score_scales(scale, f.softcap)
     args = (
         q, k, v, part_o, part_s, tok, tokp, kpm, first, off_vals, probe_vals, span,
         *q.stride(), *k.stride(), *v.stride(), *kpm.stride(),
         Hq, Hkv, group, Nq, Nk, qk_scale, split_len, B * Hq * Nq, cap_in, f.window or 0, f.local_window or 0,
     )
     constexprs = dict(
-        HEAD_DIM=D, BLOCK_D=head_dim_block(D), N_COLS=partial_columns(n_offsets, n_probes, f),
+        HEAD_DIM=D, BLOCK_D=head_block(D), N_COLS=partial_columns(n_offsets, n_probes, f),
         N_OFFSETS=n_offsets, N_PROBES=n_probes, HAS_PAD=has_pad,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **f.split_flags(), BLOCK_M=ROWS_BLOCK,
     )
@@ -674,7 +627,7 @@ def combine_kernel_args(part_o: Any, part_s: Any, out: Any, stats: AttentionStat
             or_lse(stats.span), stats.top1_index if f.top1 else lse, or_lse(stats.top1_prob),
             or_lse(stats.learned_sink), f.sinks if f.sinks is not None else lse, B * Hq * Nq, n_splits, Hq, Nq)
     constexprs = dict(
-        HEAD_DIM=D, BLOCK_D=head_dim_block(D), N_COLS=n_cols, BLOCK_C=triton.next_power_of_2(n_cols),
+        HEAD_DIM=D, BLOCK_D=head_block(D), N_COLS=n_cols, BLOCK_C=triton.next_power_of_2(n_cols),
         N_OFFSETS=n_offsets, N_PROBES=n_probes, HAS_TOK=f.token_match, HAS_ENT=f.entropy, HAS_DIST=f.distance,
         HAS_LOCAL=f.local_window is not None, HAS_SPAN=f.span, HAS_TOP1=f.top1, HAS_SINKS=f.sinks is not None,
         BLOCK_R=block_r,
@@ -718,7 +671,7 @@ def attention_with_stats_decode(
         raise ValueError(f"batch x kv heads must be <= 65535 for the decode kernel, got {B} x {Hkv}")
     if top1 and Nk > 1 << 24:  # the partials carry the top-1 key as a float32
         raise ValueError(f"top1 in the decode kernel needs k_len <= 2**24, got {Nk}")
-    if block_n is None and _interpreting():
+    if block_n is None and interpreting():
         block_n = INTERPRET_BLOCK_N
     if split_len is None:
         split_len = decode_split_len(q, k) or triton.cdiv(Nk, SPLIT_ALIGN) * SPLIT_ALIGN
@@ -737,7 +690,7 @@ def attention_with_stats_decode(
                               sinks=sinks.to(f32).contiguous() if sinks is not None else None)
     R = B * Hq * Nq
     n_cols = partial_columns(n_off, n_probe, features)
-    part_o = torch.empty(n_splits, R, head_dim_block(D), dtype=f32, device=dev)
+    part_o = torch.empty(n_splits, R, head_block(D), dtype=f32, device=dev)
     part_s = torch.empty(n_splits, R, n_cols, dtype=f32, device=dev)
 
     out = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=dev)

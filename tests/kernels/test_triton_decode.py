@@ -4,6 +4,7 @@ import pytest
 import torch
 from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive
 from circuit_stats.kernels import triton_decode
+from circuit_stats.kernels.triton_common import head_block
 from circuit_stats.kernels.triton_decode import attention_with_stats_decode, plan_split_len
 from conftest import DEVICE, KERNEL_DTYPES
 
@@ -162,7 +163,7 @@ def test_bad_split_len_and_long_queries_are_refused():
 def test_autotune_pruner_keeps_configs_that_fit(dtype, head_dim):
     """The pruner keeps at least one config, never one over the shared-memory budget, and for fp32
     only the small key tiles that compiled without spills (BLOCK_N x BLOCK_D <= 2048, or 16 keys)."""
-    bd, bm = triton_decode.head_dim_block(head_dim), triton_decode.ROWS_BLOCK
+    bd, bm = head_block(head_dim), triton_decode.ROWS_BLOCK
     q = torch.zeros(1, dtype=dtype)
     kept = triton_decode.prune_split_configs(triton_decode.SPLIT_CONFIGS, {"Q": q}, BLOCK_D=bd, BLOCK_M=bm)
     assert kept
