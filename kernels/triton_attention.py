@@ -47,8 +47,8 @@ import triton.language as tl
 
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-from .triton_common import (LN2, LOG2E_K, MAX_HEAD_DIM, NEG_BIG, SMEM_LIMIT_BYTES, head_block, interpreting,
-                            join_learned_sink, point_prob, row_entropy2, score_scales, smem_bytes, tanh_softcap)
+from .triton_common import (LN2, LOG2E_K, MAX_HEAD_DIM, NEG_BIG, SMEM_LIMIT_BYTES, device_guard, head_block,
+                            interpreting, join_learned_sink, point_prob, row_entropy2, score_scales, smem_bytes, tanh_softcap)
 
 
 @triton.jit
@@ -299,9 +299,12 @@ def _attn_stats_fwd(
     # left of a row's sliding window has probability 0.
     q32 = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
     first_vec = tl.zeros([BLOCK_M], dtype=tl.int32) + first
-    tl.store(SINK + row, point_prob(q32, Kb, first_vec, has_key & row_ok & (first_vec <= q_pos), q_pos, window, KPMb,
-                                    stride_mn, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2,
-                                    HAS_WINDOW, False, HAS_SOFTCAP), mask=row_ok)
+    sink_ok = has_key & (first_vec <= q_pos)
+    if HAS_WINDOW:
+        sink_ok = sink_ok & (first_vec > q_pos - window)
+    tl.store(SINK + row, point_prob(q32, Kb, first_vec, sink_ok & row_ok, q_pos, window, KPMb, stride_mn, stride_kn,
+                                    stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2, False, False, HAS_SOFTCAP),
+             mask=row_ok)
     for t in tl.static_range(N_OFFSETS):
         key = q_pos - tl.load(OFFSET_VALUES + t)
         tl.store(OFFS + row * N_OFFSETS + t,
@@ -597,10 +600,12 @@ def attention_with_stats_triton(
     launch = launch_arguments(q, k, v, scale=scale, side=side, offsets=offsets, entropy=entropy, distance=distance,
                               local_window=local_window, top1=top1, window=window, softcap=softcap, sinks=sinks)
     n_rows, n_programs = launch.grid_rows
-    if block is None and not interpreting():
-        grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), n_programs)  # noqa: E731
-        _TUNERS[launch.bucket][grid](*launch.args, **launch.constexprs)
-    else:
-        bm, bn = block or (INTERPRET_BLOCK, INTERPRET_BLOCK)
-        _attn_stats_fwd[(triton.cdiv(n_rows, bm), n_programs)](*launch.args, **launch.constexprs, BLOCK_M=bm, BLOCK_N=bn)
+    with device_guard(q.device):  # Triton launches on the current device: make it q's
+        if block is None and not interpreting():
+            grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), n_programs)  # noqa: E731
+            _TUNERS[launch.bucket][grid](*launch.args, **launch.constexprs)
+        else:
+            bm, bn = block or (INTERPRET_BLOCK, INTERPRET_BLOCK)
+            _attn_stats_fwd[(triton.cdiv(n_rows, bm), n_programs)](*launch.args, **launch.constexprs, BLOCK_M=bm,
+                                                                   BLOCK_N=bn)
     return launch.out, launch.stats

@@ -6,10 +6,13 @@ Imports go one way: ``dispatch -> {chunked, triton_attention, triton_decode} -> 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import os
 from typing import Optional
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -69,19 +72,38 @@ def score_scales(scale: float, softcap: Optional[float]) -> tuple[float, float]:
     return qk_scale, cap_in
 
 
-def device_guard(device: torch.device):
-    """The context that makes ``device`` current for a launch: Triton launches on the current
-    CUDA device and stream, so a layer on ``cuda:1`` must enter it (``device_map="auto"``).
-    A no-op context for other devices (the interpreter on the CPU)."""
-    return torch.cuda.device(device) if device.type == "cuda" else _NoDevice()
+def device_guard(device: torch.device) -> contextlib.AbstractContextManager:
+    """The context every launch enters: ``torch.cuda.device(device)`` for a CUDA device, since
+    Triton launches on the current CUDA device and stream (a layer on ``cuda:1`` under
+    ``device_map="auto"`` must run there); nothing for other devices (the interpreter, which is
+    checked to run with this NumPy: ``check_interpreter``)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    check_interpreter()
+    return contextlib.nullcontext()
 
 
-class _NoDevice:
-    def __enter__(self):
-        return None
+@functools.cache
+def check_interpreter() -> None:
+    """Fail clearly where Triton's interpreter cannot run our loops. Triton 3.6's interpreter
+    turns a loop bound (a 1-element array) into an int with ``int(array)``, which NumPy >= 2.4
+    refuses ("only 0-dimensional arrays can be converted to Python scalars"); Triton 3.9 squeezes
+    the array first. With such a Triton, NumPy must be < 2.4."""
+    try:
+        int(np.ones(1))
+        return  # this NumPy still converts 1-element arrays
+    except TypeError:
+        pass
+    try:
+        from triton.runtime import interpreter
 
-    def __exit__(self, *exc):
-        return False
+        squeezes = "squeeze()" in inspect.getsource(interpreter._patch_lang_tensor)
+    except (ImportError, AttributeError, OSError, TypeError):
+        return  # another Triton layout: nothing known to check
+    if not squeezes:
+        raise RuntimeError(f"the Triton {triton.__version__} interpreter (TRITON_INTERPRET=1) cannot run these kernels "
+                           f"with NumPy {np.__version__}: install numpy<2.4 (pip install 'numpy<2.4') or a newer "
+                           "Triton (3.9 works)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,8 +81,8 @@ import triton.language as tl
 
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-from .triton_common import (LN2, LOG2E_K, NEG_BIG, head_block, interpreting, join_learned_sink, point_prob,
-                            row_entropy2, score_scales, smem_fits, tanh_softcap)
+from .triton_common import (LN2, LOG2E_K, NEG_BIG, device_guard, head_block, interpreting, join_learned_sink,
+                            point_prob, row_entropy2, score_scales, smem_fits, tanh_softcap)
 
 # Calls with more queries than this go to the fused kernel (its 16-row decode tiles and up).
 DECODE_MAX_QUERIES = 16
@@ -309,8 +309,8 @@ def _decode_split_fwd(
     # Point keys: reload q (the loop's copy lives in the dot layout) and gather one key row each.
     qe = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     first_vec = tl.zeros([BLOCK_M], dtype=tl.int32) + first
-    in_split = row_ok & (first_vec >= k_lo) & (first_vec < k_hi)
-    tl.store(S + 2, point_prob(qe, Kb, first_vec, in_split & (first_vec <= q_pos), q_pos, window, KPMb, stride_mn,
+    ok = row_ok & (first_vec <= q_pos) & (first_vec >= k_lo) & (first_vec < k_hi)
+    tl.store(S + 2, point_prob(qe, Kb, first_vec, ok, q_pos, window, KPMb, stride_mn,
                                stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, m_i, HAS_WINDOW, False,
                                HAS_SOFTCAP), mask=row_ok)
     for t in range(N_OFFSETS):  # a loop, not unrolled: one key row live at a time
@@ -716,13 +716,13 @@ def attention_with_stats_decode(
         q, k, v, part_o, part_s, tok, tokp, kpm, side.first_key, off_vals, probe_vals, span, scale=scale,
         split_len=split_len, n_offsets=n_off, n_probes=n_probe, has_pad=has_pad, features=features)
     grid = (n_splits, triton.cdiv((Hq // Hkv) * Nq, constexprs["BLOCK_M"]), B * Hkv)
-    if block_n is None:
-        _decode_split_fwd_tuned[grid](*args, **constexprs)
-    else:
-        _decode_split_fwd[grid](*args, **constexprs, BLOCK_N=block_n)
-
     cargs, cconst = combine_kernel_args(
         part_o, part_s, out, stats, n_splits=n_splits, n_offsets=n_off, n_probes=n_probe, features=features,
         block_r=combine_rows_block(R, device_sm_count(dev)))
-    _decode_combine[(triton.cdiv(R, cconst["BLOCK_R"]),)](*cargs, **cconst, num_warps=combine_warps(cconst))
+    with device_guard(dev):  # Triton launches on the current device: make it q's
+        if block_n is None:
+            _decode_split_fwd_tuned[grid](*args, **constexprs)
+        else:
+            _decode_split_fwd[grid](*args, **constexprs, BLOCK_N=block_n)
+        _decode_combine[(triton.cdiv(R, cconst["BLOCK_R"]),)](*cargs, **cconst, num_warps=combine_warps(cconst))
     return out, stats
