@@ -45,10 +45,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .request import StatsRequest
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-from .triton_common import (LN2, LOG2E_K, MAX_HEAD_DIM, NEG_BIG, SMEM_LIMIT_BYTES, device_guard, head_block,
-                            interpreting, join_learned_sink, point_prob, row_entropy2, score_scales, smem_bytes, tanh_softcap)
+from .triton_common import (LN2, LOG2E_K, MAX_HEAD_DIM, NEG_BIG, SMEM_LIMIT_BYTES, constexpr_names, device_guard,
+                            head_block, interpreting, join_learned_sink, point_prob, row_entropy2, score_scales,
+                            smem_bytes, tanh_softcap)
 
 
 @triton.jit
@@ -454,9 +456,9 @@ def _prune_for(bucket: str):
 # The fused kernel itself, for ahead-of-time compilation (kernels.aot).
 FUSED_KERNEL = _attn_stats_fwd
 
-# The autotuner also keys on argument dtypes, so fp16, bf16 and fp32 are tuned separately.
-AUTOTUNE_KEY = ["HEAD_DIM", "N_OFFSETS", "N_PROBES", "HAS_PAD", "HAS_TOK", "HAS_ENT", "FP32_INPUT", "HAS_WINDOW",
-                "HAS_SOFTCAP", "HAS_SINKS", "HAS_DIST", "HAS_LOCAL", "HAS_TOP1", "HAS_SPAN"]
+# Tuned per value of every constexpr but the tile (the autotuner also keys on argument dtypes, so
+# fp16, bf16 and fp32 are tuned separately; BLOCK_D follows HEAD_DIM).
+AUTOTUNE_KEY = [name for name in constexpr_names(_attn_stats_fwd) if name not in ("BLOCK_D", "BLOCK_M", "BLOCK_N")]
 _TUNERS = {
     bucket: triton.autotune(
         configs=DECODE_CONFIGS if bucket == "decode" else PREFILL_CONFIGS,
@@ -502,92 +504,53 @@ class KernelLaunch:
     stats: AttentionStats
 
 
-def launch_arguments(
-    q: Any, k: Any, v: Any, *, scale: float, side: SideInputs, offsets: Sequence[int], entropy: bool,
-    distance: bool = False, local_window: Optional[int] = None, top1: bool = False, window: Optional[int] = None,
-    softcap: Optional[float] = None, sinks: Any = None, tensors: Optional[Any] = None,
-) -> KernelLaunch:
+def launch_arguments(q: Any, k: Any, v: Any, request: StatsRequest, side: SideInputs,
+                     tensors: Optional[Any] = None) -> KernelLaunch:
     """Allocate the outputs and build the argument list of one launch.
 
     ``q [B, Hq, Nq, D]``, ``k``/``v [B, Hkv, Nk, D]`` are tensors, or shape-only stand-ins
     (``kernels.aot.TensorSpec``) together with ``tensors=kernels.aot.SpecTensors()``; by default
-    outputs are allocated with ``TorchTensors(q.device)``. ``sinks``: ``[Hq]`` learned sink logits.
-    Inputs are assumed validated (``dispatch.attention_with_stats``)."""
+    outputs are allocated with ``TorchTensors(q.device)``. Inputs are assumed validated
+    (``dispatch.attention_with_stats``)."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     tensors = tensors or TorchTensors(q.device)
-    key_padding_mask, probe_keys, token_ids = side.key_padding_mask, side.probe_keys, side.token_ids
-    f32 = torch.float32
+    flags = request.flags(side)
     out = tensors.empty((B, Hq, Nq, D), q.dtype)
-    lse = tensors.empty((B, Hq, Nq), f32)
-    sink = tensors.empty((B, Hq, Nq), f32)
-    n_off = len(offsets)
-    offs = tensors.empty((B, Hq, Nq, n_off), f32) if n_off else None
-    n_probe = probe_keys.shape[1] if probe_keys is not None else 0
-    probes = tensors.empty((B, Hq, Nq, n_probe), f32) if n_probe else None
-    has_tok = token_ids is not None
-    has_span = side.span is not None
-
-    def row_stat(wanted: bool, dtype=f32):
-        return tensors.empty((B, Hq, Nq), dtype) if wanted else None
-
-    ind, dup, ent = row_stat(has_tok), row_stat(has_tok), row_stat(entropy)
-    dist, loc, span_mass = row_stat(distance), row_stat(local_window is not None), row_stat(has_span)
-    top_i, top_p = row_stat(top1, torch.int64), row_stat(top1)
-    learned = row_stat(sinks is not None)
-    off_vals = tensors.values(list(offsets) or [0], torch.int32)
+    stats = request.allocate((B, Hq, Nq), side, tensors.empty)
+    lse = stats.lse
+    off_vals = tensors.values(list(request.offsets) or [0], torch.int32)
     first = side.first_key
-    tok, tokp = (token_ids, side.prev_token_ids) if has_tok else (off_vals, off_vals)  # never read when off
-    if key_padding_mask is not None:
-        kpm = key_padding_mask.to(torch.int8)
+    tok, tokp = (side.token_ids, side.prev_token_ids) if flags["HAS_TOK"] else (off_vals, off_vals)  # read if on
+    if flags["HAS_PAD"]:
+        kpm = side.key_padding_mask.to(torch.int8)
         kpm_strides = tuple(kpm.stride())
     else:
         kpm, kpm_strides = first, (0, 0)  # never read
-    span = side.span.to(torch.int32) if has_span else off_vals
-    sink_logits = sinks.to(f32) if sinks is not None else lse  # never read when off
+    span = side.span.to(torch.int32) if flags["HAS_SPAN"] else off_vals
+    sink_logits = request.sinks.to(torch.float32) if flags["HAS_SINKS"] else lse  # never read when off
 
     def or_lse(t):  # an output that is off: any float32 pointer, never written
         return lse if t is None else t
 
-    qk_scale, cap_in = score_scales(scale, softcap)
+    qk_scale, cap_in = score_scales(request.scale, request.softcap)
+    st = stats
     args = (
-        q, k, v, out, lse, sink, or_lse(offs), or_lse(probes), or_lse(ind), or_lse(dup), or_lse(ent),
-        or_lse(dist), or_lse(loc), top_i if top1 else first, or_lse(top_p), or_lse(span_mass), or_lse(learned),
-        tok, tokp, kpm, first, off_vals, probe_keys if n_probe else off_vals, span, sink_logits,
+        q, k, v, out, lse, st.sink, or_lse(st.offsets), or_lse(st.probes), or_lse(st.induction), or_lse(st.duplicate),
+        or_lse(st.entropy), or_lse(st.distance), or_lse(st.local), st.top1_index if request.top1 else first,
+        or_lse(st.top1_prob), or_lse(st.span), or_lse(st.learned_sink),
+        tok, tokp, kpm, first, off_vals, side.probe_keys if flags["N_PROBES"] else off_vals, span, sink_logits,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *kpm_strides,
-        Hq, Hq // Hkv, Nq, Nk, qk_scale, cap_in, window or 0, local_window or 0,
+        Hq, Hq // Hkv, Nq, Nk, qk_scale, cap_in, request.window or 0, request.local_window or 0,
     )
-    constexprs = dict(
-        HEAD_DIM=D, BLOCK_D=head_block(D), N_OFFSETS=n_off, N_PROBES=n_probe,
-        HAS_PAD=key_padding_mask is not None, HAS_TOK=has_tok, HAS_ENT=entropy,
-        FP32_INPUT=q.dtype == torch.float32,
-        HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None, HAS_SINKS=sinks is not None,
-        HAS_DIST=distance, HAS_LOCAL=local_window is not None, HAS_TOP1=top1, HAS_SPAN=has_span,
-    )
-    stats = AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup, entropy=ent,
-                           distance=dist, local=loc, top1_index=top_i, top1_prob=top_p, span=span_mass,
-                           learned_sink=learned)
+    constexprs = dict(HEAD_DIM=D, BLOCK_D=head_block(D), **flags, FP32_INPUT=q.dtype == torch.float32)
     return KernelLaunch(args=args, constexprs=constexprs, grid_rows=(Nq, B * Hq), bucket=tuner_bucket(Nq),
                         out=out, stats=stats)
 
 
-def attention_with_stats_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    scale: float,
-    side: SideInputs,
-    offsets: Sequence[int],
-    entropy: bool,
-    distance: bool = False,
-    local_window: Optional[int] = None,
-    top1: bool = False,
-    window: Optional[int] = None,
-    softcap: Optional[float] = None,
-    sinks: Optional[torch.Tensor] = None,
-    block: Optional[tuple[int, int]] = None,
-) -> tuple[torch.Tensor, AttentionStats]:
+def attention_with_stats_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, request: StatsRequest,
+                                side: SideInputs, block: Optional[tuple[int, int]] = None,
+                                ) -> tuple[torch.Tensor, AttentionStats]:
     """Launch the fused kernel. Inputs are assumed validated by ``attention_with_stats``.
 
     ``block=(BLOCK_M, BLOCK_N)`` forces a tile shape (tests, benchmarks); otherwise the
@@ -595,10 +558,9 @@ def attention_with_stats_triton(
     if q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"head_dim must be at most {MAX_HEAD_DIM} for the Triton kernel, got {q.shape[-1]} "
                          "(the torch backend takes any head_dim)")
-    if scale < 0:  # the loop scales the row max, not the tile: that needs scale >= 0
-        raise ValueError(f"scale must be >= 0 for the Triton kernel, got {scale}")
-    launch = launch_arguments(q, k, v, scale=scale, side=side, offsets=offsets, entropy=entropy, distance=distance,
-                              local_window=local_window, top1=top1, window=window, softcap=softcap, sinks=sinks)
+    if request.scale < 0:  # the loop scales the row max, not the tile: that needs scale >= 0
+        raise ValueError(f"scale must be >= 0 for the Triton kernel, got {request.scale}")
+    launch = launch_arguments(q, k, v, request, side)
     n_rows, n_programs = launch.grid_rows
     with device_guard(q.device):  # Triton launches on the current device: make it q's
         if block is None and not interpreting():

@@ -10,7 +10,7 @@ import contextlib
 import functools
 import inspect
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -178,3 +178,17 @@ def point_prob(q, Kb, key, ok, q_pos, window, KPMb, stride_mn, stride_kn, stride
     if HAS_SOFTCAP:
         s = tanh_softcap(s, cap_in)
     return tl.math.exp2(tl.where(ok, s * qk_scale - ref2, float("-inf")))
+
+
+def constexpr_names(kernel: Any) -> tuple[str, ...]:
+    """The ``tl.constexpr`` parameters of a ``@triton.jit`` kernel (compiled or interpreted), in
+    order."""
+    fn = getattr(kernel, "fn", kernel)
+    return tuple(name for name, p in inspect.signature(fn).parameters.items()
+                 if "constexpr" in str(p.annotation))
+
+
+def kernel_flags(kernel: Any, flags: dict) -> dict:
+    """The entries of ``flags`` (``StatsRequest.flags``) that ``kernel`` declares as constexprs."""
+    names = constexpr_names(kernel)
+    return {name: value for name, value in flags.items() if name in names}

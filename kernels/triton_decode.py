@@ -71,18 +71,19 @@ spills in the configurations the pruner keeps (checked ahead of time on a CPU).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import triton
 import triton.language as tl
 
+from .request import StatsRequest, torch_allocator
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-from .triton_common import (LN2, LOG2E_K, NEG_BIG, device_guard, head_block, interpreting, join_learned_sink,
-                            point_prob, row_entropy2, score_scales, smem_fits, tanh_softcap)
+from .triton_common import (LN2, LOG2E_K, NEG_BIG, constexpr_names, device_guard, head_block, interpreting,
+                            join_learned_sink, kernel_flags, point_prob, row_entropy2, score_scales, smem_fits, tanh_softcap)
 
 # Calls with more queries than this go to the fused kernel (its 16-row decode tiles and up).
 DECODE_MAX_QUERIES = 16
@@ -495,10 +496,11 @@ SPLIT_CONFIGS = [
 SPLIT_KERNEL = _decode_split_fwd
 COMBINE_KERNEL = _decode_combine
 
+# Tuned per value of every constexpr but the key tile (DOT_PRECISION follows the dtype, a key too).
+SPLIT_AUTOTUNE_KEY = [name for name in constexpr_names(_decode_split_fwd) if name not in ("BLOCK_N", "DOT_PRECISION")]
 _decode_split_fwd_tuned = triton.autotune(
     configs=SPLIT_CONFIGS,
-    key=["HEAD_DIM", "BLOCK_D", "N_COLS", "N_OFFSETS", "N_PROBES", "HAS_PAD", "HAS_TOK", "HAS_ENT", "HAS_WINDOW",
-         "HAS_SOFTCAP", "HAS_DIST", "HAS_LOCAL", "HAS_TOP1", "HAS_SPAN", "BLOCK_M"],
+    key=SPLIT_AUTOTUNE_KEY,
     prune_configs_by={"early_config_prune": prune_split_configs},
 )(_decode_split_fwd)
 
@@ -554,69 +556,42 @@ def decode_split_len(q: torch.Tensor, k: torch.Tensor) -> Optional[int]:
     return plan_split_len(B, Hq, k.shape[1], Nq, k.shape[2], device_sm_count(q.device))
 
 
-@dataclass(frozen=True)
-class DecodeFeatures:
-    """The statistics and score modifiers of one split-decode launch beyond the point statistics.
-
-    ``window``/``local_window``: ints or None; ``softcap``: float or None; ``sinks``: ``[Hq]``
-    float tensor (or a stand-in) or None; ``span``: the batch has a ``SideInputs.span``."""
-
-    token_match: bool = False
-    entropy: bool = False
-    distance: bool = False
-    local_window: Optional[int] = None
-    top1: bool = False
-    span: bool = False
-    window: Optional[int] = None
-    softcap: Optional[float] = None
-    sinks: Any = None
-
-    def split_flags(self) -> dict:
-        return dict(HAS_TOK=self.token_match, HAS_ENT=self.entropy, HAS_WINDOW=self.window is not None,
-                    HAS_SOFTCAP=self.softcap is not None, HAS_DIST=self.distance,
-                    HAS_LOCAL=self.local_window is not None, HAS_TOP1=self.top1, HAS_SPAN=self.span)
-
-
-def partial_columns(n_offsets: int, n_probes: int, features: DecodeFeatures) -> int:
-    """Columns of the partial-statistics buffer: m, l, sink, offsets, probes, ind, dup, distance,
-    local, span, top-1 key, entropy (those present)."""
-    f = features
-    return (3 + n_offsets + n_probes + 2 * int(f.token_match) + int(f.distance) + int(f.local_window is not None)
-            + int(f.span) + int(f.top1) + int(f.entropy))
+def partial_columns(flags: dict) -> int:
+    """Columns of the partial-statistics buffer for a launch's ``StatsRequest.flags``: m, l, sink,
+    offsets, probes, ind, dup, distance, local, span, top-1 key, entropy (those present)."""
+    f = flags
+    return (3 + f["N_OFFSETS"] + f["N_PROBES"] + 2 * int(f["HAS_TOK"]) + int(f["HAS_DIST"]) + int(f["HAS_LOCAL"])
+            + int(f["HAS_SPAN"]) + int(f["HAS_TOP1"]) + int(f["HAS_ENT"]))
 
 
 def split_kernel_args(q: Any, k: Any, v: Any, part_o: Any, part_s: Any, tok: Any, tokp: Any, kpm: Any,
-                      first: Any, off_vals: Any, probe_vals: Any, span: Any, *, scale: float, split_len: int,
-                      n_offsets: int, n_probes: int, has_pad: bool, features: DecodeFeatures) -> tuple[tuple, dict]:
+                      first: Any, off_vals: Any, probe_vals: Any, span: Any, *, request: StatsRequest, flags: dict,
+                      split_len: int) -> tuple[tuple, dict]:
     """Positional arguments and constexprs of ``_decode_split_fwd`` (less BLOCK_N, and the launch
     options), from tensors or ``triton.runtime.jit.MockTensor``s: the one place that builds them,
-    shared by the launcher and ahead-of-time compilation."""
+    shared by the launcher and ahead-of-time compilation. ``flags``: ``request.flags(side)``."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
-    group = Hq // Hkv
-    f = features
-    qk_scale, cap_in = score_scales(scale, f.softcap)
+    qk_scale, cap_in = score_scales(request.scale, request.softcap)
     args = (
         q, k, v, part_o, part_s, tok, tokp, kpm, first, off_vals, probe_vals, span,
         *q.stride(), *k.stride(), *v.stride(), *kpm.stride(),
-        Hq, Hkv, group, Nq, Nk, qk_scale, split_len, B * Hq * Nq, cap_in, f.window or 0, f.local_window or 0,
+        Hq, Hkv, Hq // Hkv, Nq, Nk, qk_scale, split_len, B * Hq * Nq, cap_in, request.window or 0,
+        request.local_window or 0,
     )
     constexprs = dict(
-        HEAD_DIM=D, BLOCK_D=head_block(D), N_COLS=partial_columns(n_offsets, n_probes, f),
-        N_OFFSETS=n_offsets, N_PROBES=n_probes, HAS_PAD=has_pad,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **f.split_flags(), BLOCK_M=ROWS_BLOCK,
+        HEAD_DIM=D, BLOCK_D=head_block(D), N_COLS=partial_columns(flags), **kernel_flags(SPLIT_KERNEL, flags),
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", BLOCK_M=ROWS_BLOCK,
     )
     return args, constexprs
 
 
-def combine_kernel_args(part_o: Any, part_s: Any, out: Any, stats: AttentionStats, *, n_splits: int,
-                        n_offsets: int, n_probes: int, features: DecodeFeatures,
-                        block_r: int) -> tuple[tuple, dict]:
+def combine_kernel_args(part_o: Any, part_s: Any, out: Any, stats: AttentionStats, *, request: StatsRequest,
+                        flags: dict, n_splits: int, block_r: int) -> tuple[tuple, dict]:
     """Positional arguments and constexprs of ``_decode_combine`` (see ``split_kernel_args``);
     ``stats`` holds the allocated outputs (statistics that are off are None)."""
     B, Hq, Nq, D = out.shape
-    f = features
-    n_cols = partial_columns(n_offsets, n_probes, f)
+    n_cols = partial_columns(flags)
     lse = stats.lse
 
     def or_lse(t):  # an output that is off: any float32 pointer, never written
@@ -624,35 +599,17 @@ def combine_kernel_args(part_o: Any, part_s: Any, out: Any, stats: AttentionStat
 
     args = (part_o, part_s, out, lse, stats.sink, or_lse(stats.offsets), or_lse(stats.probes), or_lse(stats.induction),
             or_lse(stats.duplicate), or_lse(stats.entropy), or_lse(stats.distance), or_lse(stats.local),
-            or_lse(stats.span), stats.top1_index if f.top1 else lse, or_lse(stats.top1_prob),
-            or_lse(stats.learned_sink), f.sinks if f.sinks is not None else lse, B * Hq * Nq, n_splits, Hq, Nq)
-    constexprs = dict(
-        HEAD_DIM=D, BLOCK_D=head_block(D), N_COLS=n_cols, BLOCK_C=triton.next_power_of_2(n_cols),
-        N_OFFSETS=n_offsets, N_PROBES=n_probes, HAS_TOK=f.token_match, HAS_ENT=f.entropy, HAS_DIST=f.distance,
-        HAS_LOCAL=f.local_window is not None, HAS_SPAN=f.span, HAS_TOP1=f.top1, HAS_SINKS=f.sinks is not None,
-        BLOCK_R=block_r,
-    )
+            or_lse(stats.span), stats.top1_index if request.top1 else lse, or_lse(stats.top1_prob),
+            or_lse(stats.learned_sink), request.sinks if request.sinks is not None else lse, B * Hq * Nq, n_splits,
+            Hq, Nq)
+    constexprs = dict(HEAD_DIM=D, BLOCK_D=head_block(D), N_COLS=n_cols, BLOCK_C=triton.next_power_of_2(n_cols),
+                      **kernel_flags(COMBINE_KERNEL, flags), BLOCK_R=block_r)
     return args, constexprs
 
 
-def attention_with_stats_decode(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    scale: float,
-    side: SideInputs,
-    offsets: Sequence[int],
-    entropy: bool,
-    distance: bool = False,
-    local_window: Optional[int] = None,
-    top1: bool = False,
-    window: Optional[int] = None,
-    softcap: Optional[float] = None,
-    sinks: Optional[torch.Tensor] = None,
-    split_len: Optional[int] = None,
-    block_n: Optional[int] = None,
-) -> tuple[torch.Tensor, AttentionStats]:
+def attention_with_stats_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, request: StatsRequest,
+                                side: SideInputs, split_len: Optional[int] = None, block_n: Optional[int] = None,
+                                ) -> tuple[torch.Tensor, AttentionStats]:
     """Split-key launch: same contract and outputs as ``attention_with_stats_triton``.
 
     Inputs are assumed validated by ``attention_with_stats`` (shapes ``q [B, Hq, Nq, D]``,
@@ -669,7 +626,7 @@ def attention_with_stats_decode(
         raise ValueError(f"q length must be <= {DECODE_MAX_QUERIES} for the decode kernel, got {Nq}")
     if B * Hkv > 65535:  # the grid's third axis
         raise ValueError(f"batch x kv heads must be <= 65535 for the decode kernel, got {B} x {Hkv}")
-    if top1 and Nk > 1 << 24:  # the partials carry the top-1 key as a float32
+    if request.top1 and Nk > 1 << 24:  # the partials carry the top-1 key as a float32
         raise ValueError(f"top1 in the decode kernel needs k_len <= 2**24, got {Nk}")
     if block_n is None and interpreting():
         block_n = INTERPRET_BLOCK_N
@@ -681,44 +638,26 @@ def attention_with_stats_decode(
     n_splits = triton.cdiv(Nk, split_len)
 
     dev, f32 = q.device, torch.float32
-    n_off = len(offsets)
-    n_probe = side.probe_keys.shape[1] if side.probe_keys is not None else 0
-    has_tok = side.token_ids is not None
-    has_pad = side.key_padding_mask is not None
-    features = DecodeFeatures(token_match=has_tok, entropy=entropy, distance=distance, local_window=local_window,
-                              top1=top1, span=side.span is not None, window=window, softcap=softcap,
-                              sinks=sinks.to(f32).contiguous() if sinks is not None else None)
+    if request.sinks is not None:
+        request = dataclasses.replace(request, sinks=request.sinks.to(f32).contiguous())
+    flags = request.flags(side)
     R = B * Hq * Nq
-    n_cols = partial_columns(n_off, n_probe, features)
     part_o = torch.empty(n_splits, R, head_block(D), dtype=f32, device=dev)
-    part_s = torch.empty(n_splits, R, n_cols, dtype=f32, device=dev)
-
+    part_s = torch.empty(n_splits, R, partial_columns(flags), dtype=f32, device=dev)
     out = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=dev)
+    stats = request.allocate((B, Hq, Nq), side, torch_allocator(dev))
 
-    def row_stat(wanted: bool, dtype=f32):
-        return torch.empty(B, Hq, Nq, dtype=dtype, device=dev) if wanted else None
+    off_vals = torch.tensor(list(request.offsets) or [0], dtype=torch.int32, device=dev)
+    tok, tokp = (side.token_ids, side.prev_token_ids) if flags["HAS_TOK"] else (off_vals, off_vals)  # else never read
+    kpm = side.key_padding_mask.to(torch.int8) if flags["HAS_PAD"] else off_vals[:1].view(1, 1)
+    probe_vals = side.probe_keys if flags["N_PROBES"] else off_vals
+    span = side.span.to(torch.int32) if flags["HAS_SPAN"] else off_vals
 
-    stats = AttentionStats(
-        lse=row_stat(True), sink=row_stat(True),
-        offsets=torch.empty(B, Hq, Nq, n_off, dtype=f32, device=dev) if n_off else None,
-        probes=torch.empty(B, Hq, Nq, n_probe, dtype=f32, device=dev) if n_probe else None,
-        induction=row_stat(has_tok), duplicate=row_stat(has_tok), entropy=row_stat(entropy),
-        distance=row_stat(distance), local=row_stat(local_window is not None), top1_index=row_stat(top1, torch.int64),
-        top1_prob=row_stat(top1), span=row_stat(side.span is not None), learned_sink=row_stat(sinks is not None))
-
-    off_vals = torch.tensor(list(offsets) or [0], dtype=torch.int32, device=dev)
-    tok, tokp = (side.token_ids, side.prev_token_ids) if has_tok else (off_vals, off_vals)  # else never read
-    kpm = side.key_padding_mask.to(torch.int8) if has_pad else off_vals[:1].view(1, 1)
-    probe_vals = side.probe_keys if n_probe else off_vals
-    span = side.span.to(torch.int32) if side.span is not None else off_vals
-
-    args, constexprs = split_kernel_args(
-        q, k, v, part_o, part_s, tok, tokp, kpm, side.first_key, off_vals, probe_vals, span, scale=scale,
-        split_len=split_len, n_offsets=n_off, n_probes=n_probe, has_pad=has_pad, features=features)
+    args, constexprs = split_kernel_args(q, k, v, part_o, part_s, tok, tokp, kpm, side.first_key, off_vals, probe_vals,
+                                         span, request=request, flags=flags, split_len=split_len)
     grid = (n_splits, triton.cdiv((Hq // Hkv) * Nq, constexprs["BLOCK_M"]), B * Hkv)
-    cargs, cconst = combine_kernel_args(
-        part_o, part_s, out, stats, n_splits=n_splits, n_offsets=n_off, n_probes=n_probe, features=features,
-        block_r=combine_rows_block(R, device_sm_count(dev)))
+    cargs, cconst = combine_kernel_args(part_o, part_s, out, stats, request=request, flags=flags, n_splits=n_splits,
+                                        block_r=combine_rows_block(R, device_sm_count(dev)))
     with device_guard(dev):  # Triton launches on the current device: make it q's
         if block_n is None:
             _decode_split_fwd_tuned[grid](*args, **constexprs)

@@ -5,6 +5,7 @@ import contextlib
 
 import pytest
 import torch
+from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import SideInputs, triton_attention, triton_decode
 
 
@@ -52,14 +53,13 @@ def inputs(n_q: int, n_k: int):
 
 def test_fused_launch_enters_the_tensors_device(recorder):
     q, k, v, side = inputs(20, 20)
-    triton_attention.attention_with_stats_triton(q, k, v, scale=0.25, side=side, offsets=(), entropy=False)
+    triton_attention.attention_with_stats_triton(q, k, v, StatsRequest(scale=0.25), side)
     assert recorder.launches == [("fused", q.device)]
 
 
 def test_split_decode_and_combine_launches_enter_the_tensors_device(recorder):
     q, k, v, side = inputs(1, 64)
-    triton_decode.attention_with_stats_decode(q, k, v, scale=0.25, side=side, offsets=(), entropy=False,
-                                              split_len=32)
+    triton_decode.attention_with_stats_decode(q, k, v, StatsRequest(scale=0.25), side, split_len=32)
     assert recorder.launches == [("split", q.device), ("combine", q.device)]
 
 
