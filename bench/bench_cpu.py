@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import inspect
 import math
 import os
 import platform
@@ -87,13 +89,25 @@ def chunked_at(ref: str) -> types.ModuleType:
     return mod
 
 
+def takes_request(chunked_fn):
+    """``chunked_fn`` called as ``(q, k, v, request, side)``: a baseline from before
+    ``StatsRequest`` takes the request's fields as keywords."""
+    if "request" in inspect.signature(chunked_fn).parameters:
+        return chunked_fn
+
+    def call(q, k, v, request, side, **kwargs):
+        fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
+        return chunked_fn(q, k, v, side=side, **fields, **kwargs)
+    return call
+
+
 @contextlib.contextmanager
 def torch_backend(module: types.ModuleType):
     """Route ``attention_with_stats``' torch backend to ``module.attention_with_stats_chunked``."""
     from circuit_stats.kernels import dispatch
 
     current = dispatch.attention_with_stats_chunked
-    dispatch.attention_with_stats_chunked = module.attention_with_stats_chunked
+    dispatch.attention_with_stats_chunked = takes_request(module.attention_with_stats_chunked)
     try:
         yield
     finally:

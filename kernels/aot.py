@@ -36,7 +36,9 @@ from triton.runtime.jit import JITFunction, MockTensor
 
 from . import triton_attention as ta
 from .sass_loops import mma_loops
+from .request import StatsRequest
 from .side_inputs import SideInputs
+from .triton_common import head_block
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # Statistics sets: "none" (lse + sink only, always returned), "point" (+ 3 fixed offsets and 2
@@ -110,15 +112,14 @@ class CompileVariant:
         return f"D{self.head_dim} {self.dtype} {self.stats}{pad} Nq{self.q_len} Nk{self.k_len}{kernel}"
 
 
-def variant_launch(variant: CompileVariant) -> ta.KernelLaunch:
-    """The launcher's arguments for ``variant``, built by ``launch_arguments`` on stand-ins."""
-    B, Hq, Hkv, Nq, Nk, D = (variant.batch, variant.heads, variant.kv_heads, variant.q_len,
-                             variant.k_len, variant.head_dim)
-    dtype, i32 = DTYPES[variant.dtype], torch.int32
-    q = TensorSpec(dtype, (B, Hq, Nq, D))
-    k, v = TensorSpec(dtype, (B, Hkv, Nk, D)), TensorSpec(dtype, (B, Hkv, Nk, D))
+def variant_request(variant: CompileVariant) -> tuple[StatsRequest, SideInputs]:
+    """The request and side inputs (shape-only stand-ins) of ``variant``'s statistics set. The
+    fused "window" variants carry the point statistics too, the decode ones do not (as measured
+    in the compile reports)."""
+    B, Nk = variant.batch, variant.k_len
+    i32 = torch.int32
     stats_all = variant.stats in ("all", "modifiers", "full")
-    stats_point = variant.stats != "none"
+    stats_point = variant.stats != "none" and (variant.kernel == "fused" or variant.stats != "window")
     stats_long = variant.stats in ("long", "full")
     modifiers = variant.stats in ("modifiers", "full")
     windowed = modifiers or variant.stats == "window"
@@ -131,25 +132,25 @@ def variant_launch(variant: CompileVariant) -> ta.KernelLaunch:
         probe_keys=TensorSpec(i32, (B, 2)) if stats_point else None,
         span=TensorSpec(torch.int64, (B, 2)) if stats_long else None,
     )
-    return ta.launch_arguments(q, k, v, scale=D ** -0.5, side=side, offsets=(1, 2, 3) if stats_point else (),
-                               entropy=stats_all, distance=stats_long, local_window=64 if stats_long else None,
-                               top1=stats_long, window=4096 if windowed else None,
-                               softcap=50.0 if modifiers else None,
-                               sinks=TensorSpec(torch.float32, (Hq,)) if windowed else None, tensors=SpecTensors())
+    request = StatsRequest(scale=variant.head_dim ** -0.5, offsets=(1, 2, 3) if stats_point else (),
+                           entropy=stats_all, distance=stats_long, local_window=64 if stats_long else None,
+                           top1=stats_long, window=4096 if windowed else None, softcap=50.0 if modifiers else None,
+                           sinks=TensorSpec(torch.float32, (variant.heads,)) if windowed else None)
+    return request, side
 
 
-def decode_features(variant: CompileVariant):
-    """The split-decode kernels' ``DecodeFeatures`` for ``variant``'s statistics set."""
-    from .triton_decode import DecodeFeatures
+def variant_inputs(variant: CompileVariant) -> tuple[TensorSpec, TensorSpec, TensorSpec]:
+    """``q [B, Hq, Nq, D]``, ``k``, ``v [B, Hkv, Nk, D]`` stand-ins of ``variant``."""
+    dtype = DTYPES[variant.dtype]
+    kv = (variant.batch, variant.kv_heads, variant.k_len, variant.head_dim)
+    return (TensorSpec(dtype, (variant.batch, variant.heads, variant.q_len, variant.head_dim)),
+            TensorSpec(dtype, kv), TensorSpec(dtype, kv))
 
-    stats_all = variant.stats in ("all", "modifiers", "full")
-    stats_long = variant.stats in ("long", "full")
-    modifiers = variant.stats in ("modifiers", "full")
-    windowed = modifiers or variant.stats == "window"
-    return DecodeFeatures(token_match=stats_all, entropy=stats_all, distance=stats_long,
-                          local_window=64 if stats_long else None, top1=stats_long, span=stats_long,
-                          window=4096 if windowed else None, softcap=50.0 if modifiers else None,
-                          sinks=TensorSpec(torch.float32, (variant.heads,)) if windowed else None)
+
+def variant_launch(variant: CompileVariant) -> ta.KernelLaunch:
+    """The launcher's arguments for ``variant``, built by ``launch_arguments`` on stand-ins."""
+    request, side = variant_request(variant)
+    return ta.launch_arguments(*variant_inputs(variant), request, side, tensors=SpecTensors())
 
 
 DECODE_SPLIT_LEN = 512  # keys per split in the decode compile variants
@@ -160,40 +161,27 @@ def decode_launch(variant: CompileVariant) -> tuple[JITFunction, tuple, dict]:
     its combine (``"combine"``), built by ``triton_decode``'s own argument builders on stand-ins."""
     from . import triton_decode as td
 
-    B, Hq, Hkv, Nq, Nk, D = (variant.batch, variant.heads, variant.kv_heads, variant.q_len,
-                             variant.k_len, variant.head_dim)
-    dtype, i32, f32 = DTYPES[variant.dtype], torch.int32, torch.float32
-    f = decode_features(variant)
-    n_off, n_probe = (3, 2) if variant.stats != "none" and variant.stats != "window" else (0, 0)
-    n_splits, R = -(-Nk // DECODE_SPLIT_LEN), B * Hq * Nq
-    part_o = TensorSpec(f32, (n_splits, R, td.head_dim_block(D)))
-    part_s = TensorSpec(f32, (n_splits, R, td.partial_columns(n_off, n_probe, f)))
+    request, side = variant_request(variant)
+    flags = request.flags(side)
+    q, k, v = variant_inputs(variant)
+    B, Hq, Nq, D = q.shape
+    i32, f32 = torch.int32, torch.float32
+    n_splits, R = -(-variant.k_len // DECODE_SPLIT_LEN), B * Hq * Nq
+    part_o = TensorSpec(f32, (n_splits, R, head_block(D)))
+    part_s = TensorSpec(f32, (n_splits, R, td.partial_columns(flags)))
     if variant.kernel == "split":
-        q = TensorSpec(dtype, (B, Hq, Nq, D))
-        k, v = TensorSpec(dtype, (B, Hkv, Nk, D)), TensorSpec(dtype, (B, Hkv, Nk, D))
-        off_vals = TensorSpec(i32, (max(n_off, 1),))
-        tok = TensorSpec(i32, (B, Nk)) if f.token_match else off_vals
-        kpm = TensorSpec(torch.int8, (B, Nk)) if variant.padded else TensorSpec(i32, (1, 1))
+        off_vals = TensorSpec(i32, (max(len(request.offsets), 1),))
+        tok = side.token_ids if flags["HAS_TOK"] else off_vals
+        kpm = TensorSpec(torch.int8, (B, variant.k_len)) if variant.padded else TensorSpec(i32, (1, 1))
         args, constexprs = td.split_kernel_args(
-            q, k, v, part_o, part_s, tok, tok, kpm, TensorSpec(i32, (B,)), off_vals,
-            TensorSpec(i32, (B, n_probe)) if n_probe else off_vals, TensorSpec(i32, (B, 2)) if f.span else off_vals,
-            scale=D ** -0.5, split_len=DECODE_SPLIT_LEN, n_offsets=n_off, n_probes=n_probe, has_pad=variant.padded,
-            features=f)
+            q, k, v, part_o, part_s, tok, tok, kpm, side.first_key, off_vals,
+            side.probe_keys if flags["N_PROBES"] else off_vals,
+            TensorSpec(i32, (B, 2)) if flags["HAS_SPAN"] else off_vals,
+            request=request, flags=flags, split_len=DECODE_SPLIT_LEN)
         return td.SPLIT_KERNEL, args, constexprs
-    from .stats import AttentionStats
-
-    def row(wanted, dt=f32):
-        return TensorSpec(dt, (B, Hq, Nq)) if wanted else None
-
-    stats = AttentionStats(
-        lse=row(True), sink=row(True), offsets=TensorSpec(f32, (B, Hq, Nq, n_off)) if n_off else None,
-        probes=TensorSpec(f32, (B, Hq, Nq, n_probe)) if n_probe else None, induction=row(f.token_match),
-        duplicate=row(f.token_match), entropy=row(f.entropy), distance=row(f.distance),
-        local=row(f.local_window is not None), top1_index=row(f.top1, torch.int64), top1_prob=row(f.top1),
-        span=row(f.span), learned_sink=row(f.sinks is not None))
-    args, constexprs = td.combine_kernel_args(part_o, part_s, TensorSpec(dtype, (B, Hq, Nq, D)), stats,
-                                              n_splits=n_splits, n_offsets=n_off, n_probes=n_probe, features=f,
-                                              block_r=16)
+    stats = request.allocate((B, Hq, Nq), side, SpecTensors().empty)
+    args, constexprs = td.combine_kernel_args(part_o, part_s, TensorSpec(q.dtype, q.shape), stats, request=request,
+                                              flags=flags, n_splits=n_splits, block_r=16)
     return td.COMBINE_KERNEL, args, constexprs
 
 

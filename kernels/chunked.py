@@ -12,12 +12,14 @@ probability matrix itself is never written.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
+from .request import StatsRequest, torch_allocator
 from .side_inputs import SideInputs
 from .stats import AttentionStats
 
@@ -130,23 +132,9 @@ def attention_lse_sink_sdpa(
     return out, AttentionStats(lse=lse, sink=sink)
 
 
-def attention_with_stats_chunked(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    scale: float,
-    side: SideInputs,
-    offsets: Sequence[int],
-    entropy: bool,
-    distance: bool = False,
-    local_window: Optional[int] = None,
-    top1: bool = False,
-    window: Optional[int] = None,
-    softcap: Optional[float] = None,
-    sinks: Optional[torch.Tensor] = None,
-    chunk_size: Optional[int] = None,
-) -> tuple[torch.Tensor, AttentionStats]:
+def attention_with_stats_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, request: StatsRequest,
+                                 side: SideInputs, chunk_size: Optional[int] = None,
+                                 ) -> tuple[torch.Tensor, AttentionStats]:
     """See ``attention_with_stats``; ``side`` holds the padding mask, first keys, token ids,
     probe keys and span; ``sinks`` is ``[Hq]`` float. ``chunk_size`` defaults to as many
     queries as fit ``CHUNK_BUDGET_ELEMENTS`` scores per head of the keys the chunk attends.
@@ -158,8 +146,7 @@ def attention_with_stats_chunked(
     instead of a synchronisation after every operation of every chunk, which a busy machine
     punishes most, and each thread's chunk stays in its core's cache. Every head is computed
     exactly as it would be alone."""
-    kwargs = dict(scale=scale, side=side, offsets=offsets, entropy=entropy, distance=distance,
-                  local_window=local_window, top1=top1, window=window, softcap=softcap, chunk_size=chunk_size)
+    kwargs = dict(chunk_size=chunk_size)
     Hq, Nq = q.shape[1], q.shape[2]
     Hkv, Nk = k.shape[1], k.shape[2]
     G = Hq // Hkv
@@ -173,15 +160,17 @@ def attention_with_stats_chunked(
             kwargs["token_pairs"] = (duplicate_pairs, induction_pairs)
     threads = torch.get_num_threads()
     workers = min(threads, Hq)
+    sinks = request.sinks
     if q.device.type != "cpu" or workers < 2 or Nq * Nk < PARALLEL_MIN_SCORES:
-        return attention_heads_chunked(q, k, v, sinks=sinks, **kwargs)
+        return attention_heads_chunked(q, k, v, request, side, **kwargs)
 
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()  # thread-local modes
 
     def head(h: int):  # query head h with its kv head, in one intra-op thread
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            head_request = request if sinks is None else dataclasses.replace(request, sinks=sinks[h : h + 1])
             return attention_heads_chunked(q[:, h : h + 1], k[:, h // G : h // G + 1], v[:, h // G : h // G + 1],
-                                           sinks=None if sinks is None else sinks[h : h + 1], **kwargs)
+                                           head_request, side, **kwargs)
 
     torch.set_num_threads(1)  # new threads take this count at their first parallel operation
     try:
@@ -194,240 +183,292 @@ def attention_with_stats_chunked(
     return out, AttentionStats(**stats)
 
 
-def attention_heads_chunked(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    scale: float,
-    side: SideInputs,
-    offsets: Sequence[int],
-    entropy: bool,
-    distance: bool = False,
-    local_window: Optional[int] = None,
-    top1: bool = False,
-    window: Optional[int] = None,
-    softcap: Optional[float] = None,
-    sinks: Optional[torch.Tensor] = None,
-    chunk_size: Optional[int] = None,
-    token_pairs: Optional[tuple] = None,
-) -> tuple[torch.Tensor, AttentionStats]:
-    """``attention_with_stats_chunked`` in the calling thread, every head in each operation.
-    ``token_pairs``: ``matching_pairs`` for the duplicate and the induction mass, or None for
-    dense per-chunk weights."""
-    key_padding_mask, probe_keys, token_ids, span = side.key_padding_mask, side.probe_keys, side.token_ids, side.span
-    first_key, prev_token_ids = side.first_key.long(), side.prev_token_ids
-    if probe_keys is not None:
-        probe_keys = probe_keys.long()
-    B, Hq, Nq, D = q.shape
-    Hkv, Nk = k.shape[1], k.shape[2]
-    G = Hq // Hkv
-    shift = Nk - Nq  # query c sits at key position shift + c
-    per_row = CHUNK_BUDGET_ELEMENTS // B  # scores per head per query chunk, over its keys
-    dev = q.device
-    f32 = torch.float32
-    # Group query heads by their kv head so that k/v are never copied per query head.
-    kf = k.to(f32)[:, :, None]  # [B, Hkv, 1, Nk, D]
-    vf = v.to(f32)[:, :, None]
+@dataclasses.dataclass
+class Chunk:
+    """Query rows ``c0 .. c1`` (``C`` of them) over the keys ``k_lo .. k_hi`` (``K``) they may
+    attend; ``q_pos [C]``: their absolute positions; ``diag``: the key column of query ``c0``."""
 
-    out = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=dev)
-    row_nan = torch.empty(B, Hq, Nq, dtype=torch.bool, device=dev)
-    lse = torch.empty(B, Hq, Nq, dtype=f32, device=dev)
-    sink = torch.empty_like(lse)
-    offs = torch.empty(B, Hq, Nq, len(offsets), dtype=f32, device=dev) if len(offsets) else None
-    n_probe = probe_keys.shape[1] if probe_keys is not None else 0
-    probes = torch.empty(B, Hq, Nq, n_probe, dtype=f32, device=dev) if n_probe else None
-    ind = torch.empty_like(lse) if token_ids is not None else None
-    dup = torch.empty_like(lse) if token_ids is not None else None
-    ent = torch.empty_like(lse) if entropy else None
-    dist = torch.empty_like(lse) if distance else None
-    local = torch.empty_like(lse) if local_window is not None else None
-    top1_prob = torch.empty_like(lse) if top1 else None
-    top1_index = torch.empty(B, Hq, Nq, dtype=torch.long, device=dev) if top1 else None
-    span_mass = torch.empty_like(lse) if span is not None else None
-    learned = torch.empty_like(lse) if sinks is not None else None
-    sink_logit = sinks.to(f32).view(1, Hkv, G, 1) if sinks is not None else None
-    # softcap * tanh(s / softcap): fold 1 / softcap into the query scale
-    q_scale = scale if softcap is None else scale / softcap
-    off_t = torch.as_tensor(list(offsets), dtype=torch.long, device=dev)
-    qs = q.to(f32) * q_scale  # scaled once, not per chunk
-    causal_masks = {}  # C -> [C, C] bool, True above the diagonal (key after query)
-    finite = all_finite(q, k)
-    mask_value = NEG_BIG if finite else -math.inf
-    if key_padding_mask is not None:  # attendable keys before each position, for has_key
-        n_keys = torch.nn.functional.pad(key_padding_mask.long().cumsum(-1), (1, 0))  # [B, Nk + 1]
+    c0: int
+    c1: int
+    k_lo: int
+    k_hi: int
+    q_pos: torch.Tensor
+    rows: torch.Tensor  # arange(C)
+    diag: int
 
-    # The two score-sized temporaries (s then t, and u) live in buffers reused by every chunk
-    # (not where autograd records the operations: out= has no derivative).
-    needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, sinks))
-    buffers = [torch.empty(0, dtype=f32, device=dev), torch.empty(0, dtype=f32, device=dev)]
+    @property
+    def C(self) -> int:
+        return self.c1 - self.c0
 
-    def tile(i, C, K) -> Optional[torch.Tensor]:  # [B, Hkv, G, C, K] view of buffer i
-        n = B * Hq * C * K
-        if needs_grad:
+    @property
+    def K(self) -> int:
+        return self.k_hi - self.k_lo
+
+
+@dataclasses.dataclass
+class ChunkSoftmax:
+    """One chunk's softmax, ``[B, Hkv, G, C, K]`` (or ``[B, Hkv, G, C]`` per row): ``t`` the log
+    of the unnormalised probabilities (score - ``m``), ``u = exp(t)`` (0 on masked keys), ``m``
+    the row's reference max, ``m_keys``/``arg`` the max (and argmax) key score, ``l_keys`` and
+    ``l`` the sums of ``u`` without and with the learned sink (``u_sink = exp(t_sink)``), ``norm``
+    ``l`` or 1 on empty rows, ``has_key [B, 1, 1, C]`` rows with an attendable key."""
+
+    t: torch.Tensor
+    u: torch.Tensor
+    m: torch.Tensor
+    m_keys: torch.Tensor
+    arg: Optional[torch.Tensor]
+    l_keys: torch.Tensor
+    l: torch.Tensor
+    norm: torch.Tensor
+    has_key: torch.Tensor
+    t_sink: Optional[torch.Tensor]
+    u_sink: Optional[torch.Tensor]
+
+
+class ChunkedHeads:
+    """``attention_heads_chunked``'s state: inputs prepared once, outputs, reused buffers; one
+    method per step of a query chunk (masks, softmax core, point statistics, key-weighted
+    masses, token match, entropy and top-1)."""
+
+    def __init__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, request: StatsRequest, side: SideInputs,
+                 token_pairs: Optional[tuple]):
+        self.request, self.side, self.token_pairs = request, side, token_pairs
+        self.first_key = side.first_key.long()
+        self.probe_keys = side.probe_keys.long() if side.probe_keys is not None else None
+        B, Hq, Nq, D = q.shape
+        Hkv, Nk = k.shape[1], k.shape[2]
+        self.B, self.Hq, self.Nq, self.D, self.Hkv, self.Nk, self.G = B, Hq, Nq, D, Hkv, Nk, Hq // Hkv
+        self.shift = Nk - Nq  # query c sits at key position shift + c
+        self.dev = dev = q.device
+        f32 = torch.float32
+        # Group query heads by their kv head so that k/v are never copied per query head.
+        self.kf = k.to(f32)[:, :, None]  # [B, Hkv, 1, Nk, D]
+        self.vf = v.to(f32)[:, :, None]
+        self.out = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=dev)
+        self.row_nan = torch.empty(B, Hq, Nq, dtype=torch.bool, device=dev)
+        self.stats = request.allocate((B, Hq, Nq), side, torch_allocator(dev))
+        sinks = request.sinks
+        self.sink_logit = sinks.to(f32).view(1, Hkv, self.G, 1) if sinks is not None else None
+        # softcap * tanh(s / softcap): fold 1 / softcap into the query scale
+        q_scale = request.scale if request.softcap is None else request.scale / request.softcap
+        self.off_t = torch.as_tensor(list(request.offsets), dtype=torch.long, device=dev)
+        self.qs = q.to(f32) * q_scale  # scaled once, not per chunk
+        self.causal_masks = {}  # C -> [C, C] bool, True above the diagonal (key after query)
+        self.finite = all_finite(q, k)
+        self.mask_value = NEG_BIG if self.finite else -math.inf
+        if side.key_padding_mask is not None:  # attendable keys before each position, for has_key
+            self.n_keys = torch.nn.functional.pad(side.key_padding_mask.long().cumsum(-1), (1, 0))  # [B, Nk + 1]
+        # The two score-sized temporaries (s then t, and u) live in buffers reused by every chunk
+        # (not where autograd records the operations: out= has no derivative).
+        self.needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, sinks))
+        self.buffers = [torch.empty(0, dtype=f32, device=dev), torch.empty(0, dtype=f32, device=dev)]
+
+    def tile(self, i: int, C: int, K: int) -> Optional[torch.Tensor]:
+        """``[B, Hkv, G, C, K]`` view of buffer ``i`` (None where autograd records)."""
+        n = self.B * self.Hq * C * K
+        if self.needs_grad:
             return None
-        if buffers[i].numel() < n:
-            buffers[i] = torch.empty(n, dtype=f32, device=dev)
-        return buffers[i][:n].view(B, Hkv, G, C, K)
+        if self.buffers[i].numel() < n:
+            self.buffers[i] = torch.empty(n, dtype=torch.float32, device=self.dev)
+        return self.buffers[i][:n].view(self.B, self.Hkv, self.G, C, K)
 
-    def put(dst, c0, c1, val):  # [B, Hkv, G, C, ...] -> dst[:, :, c0:c1]
-        dst[:, :, c0:c1] = val.reshape(B, Hq, c1 - c0, *val.shape[4:])
+    def put(self, dst: torch.Tensor, ch: Chunk, val: torch.Tensor) -> None:
+        """``[B, Hkv, G, C, ...]`` -> ``dst[:, :, c0:c1]``."""
+        dst[:, :, ch.c0 : ch.c1] = val.reshape(self.B, self.Hq, ch.C, *val.shape[4:])
 
-    c0 = 0
-    while c0 < Nq:
-        C = chunk_size or chunk_rows(per_row, shift + c0, window)
-        c1 = min(Nq, c0 + C)
-        C = c1 - c0
-        k_lo, k_hi = 0, shift + c1  # keys this chunk can attend
-        if window is not None:
-            k_lo = max(0, shift + c0 - window + 1)
-        K = k_hi - k_lo
-        q_pos = torch.arange(c0, c1, device=dev) + shift  # [C]
+    def run(self, chunk_size: Optional[int]) -> tuple[torch.Tensor, AttentionStats]:
+        per_row = CHUNK_BUDGET_ELEMENTS // self.B  # scores per head per query chunk, over its keys
+        window, st = self.request.window, self.stats
+        c0 = 0
+        while c0 < self.Nq:
+            c1 = min(self.Nq, c0 + (chunk_size or chunk_rows(per_row, self.shift + c0, window)))
+            k_lo = max(0, self.shift + c0 - window + 1) if window is not None else 0  # keys this chunk can attend
+            ch = Chunk(c0, c1, k_lo, self.shift + c1, torch.arange(c0, c1, device=self.dev) + self.shift,
+                       torch.arange(c1 - c0, device=self.dev), self.shift + c0 - k_lo)
+            masks, has_key = self.masks(ch)
+            p = self.softmax(ch, masks, has_key)
+            self.point_statistics(ch, p)
+            self.key_weighted_masses(ch, p)
+            if self.token_pairs is not None:
+                self.sparse_token_match(ch, p)
+            elif self.side.token_ids is not None:
+                self.dense_token_match(ch, p)
+            if st.entropy is not None:
+                self.entropy(ch, p)
+            if st.top1_index is not None:
+                self.put(st.top1_index, ch, torch.where(p.has_key, p.arg + ch.k_lo, -1))
+                # the max key's t is m_keys - m (0 without sinks): its probability is exp(that) / l
+                self.put(st.top1_prob, ch, torch.where(p.has_key, torch.exp(p.m_keys - p.m) / p.norm, 0.0))
+            c0 = c1
+        self.row_nan |= self.out.isnan().any(-1)
+        return self.out, st.mark_nan_rows(self.row_nan)
 
-        qc = qs[:, :, c0:c1].reshape(B, Hkv, G, C, D)
-        s = torch.matmul(qc, kf[:, :, :, k_lo:k_hi].transpose(-1, -2), out=tile(0, C, K))  # [B, Hkv, G, C, K]
-        if softcap is not None:
-            s.tanh_().mul_(softcap)
-        # Masks are built on the blocks where rows differ only: the causal diagonal block
-        # (keys shift + c0 ...) and a window's left block (the chunk's first C keys).
-        rows = torch.arange(C, device=dev)
-        diag = shift + c0 - k_lo
-        if C not in causal_masks:  # key diag + c vs query r
-            causal_masks[C] = rows[None, :] > rows[:, None]
-        masks = [(slice(diag, None), causal_masks[C])]  # (key columns, mask): applied to s, then to u
-        if window is not None and k_lo > 0:  # key k_lo + c is in query r's window iff c > r - 1
+    def masks(self, ch: Chunk) -> tuple[list, torch.Tensor]:
+        """``([(key columns, mask)], has_key [B, 1, 1, C])``: masks are built on the blocks where
+        rows differ only: the causal diagonal block (keys shift + c0 ...) and a window's left block
+        (the chunk's first C keys); applied to the scores, then to their exponentials."""
+        C, K, rows, window, dev = ch.C, ch.K, ch.rows, self.request.window, self.dev
+        kpm = self.side.key_padding_mask
+        if C not in self.causal_masks:  # key diag + c vs query r
+            self.causal_masks[C] = rows[None, :] > rows[:, None]
+        masks = [(slice(ch.diag, None), self.causal_masks[C])]
+        if window is not None and ch.k_lo > 0:  # key k_lo + c is in query r's window iff c > r - 1
             masks.append((slice(None, C), ~(rows[None, :] >= rows[:, None])[:, : min(C, K)]))
         elif window is not None:  # keys from 0: key c is in query r's window iff c > q_r - window
             left = torch.arange(min(C, K), device=dev)
-            masks.append((slice(None, min(C, K)), ~(left[None, :] > q_pos[:, None] - window)))
-        if key_padding_mask is not None:
-            masks.append((slice(None), ~key_padding_mask[:, None, None, None, k_lo:k_hi]))
-            lo_pos = (q_pos - window + 1).clamp(min=0) if window is not None else torch.zeros_like(q_pos)
-            has_key = (n_keys[:, q_pos + 1] - n_keys[:, lo_pos] > 0)[:, None, None]  # [B, 1, 1, C]
+            masks.append((slice(None, min(C, K)), ~(left[None, :] > ch.q_pos[:, None] - window)))
+        if kpm is not None:
+            masks.append((slice(None), ~kpm[:, None, None, None, ch.k_lo : ch.k_hi]))
+            lo_pos = (ch.q_pos - window + 1).clamp(min=0) if window is not None else torch.zeros_like(ch.q_pos)
+            has_key = (self.n_keys[:, ch.q_pos + 1] - self.n_keys[:, lo_pos] > 0)[:, None, None]  # [B, 1, 1, C]
         else:  # every query may attend itself
             has_key = torch.ones(1, 1, 1, C, dtype=torch.bool, device=dev)
+        return masks, has_key
 
+    def softmax(self, ch: Chunk, masks: list, has_key: torch.Tensor) -> ChunkSoftmax:
+        """Scores, masks, the softmax core; writes ``out``, ``lse``, ``learned_sink`` and NaN rows."""
+        B, Hkv, G, C, D = self.B, self.Hkv, self.G, ch.C, self.D
+        qc = self.qs[:, :, ch.c0 : ch.c1].reshape(B, Hkv, G, C, D)
+        s = torch.matmul(qc, self.kf[:, :, :, ch.k_lo : ch.k_hi].transpose(-1, -2), out=self.tile(0, C, ch.K))
+        if self.request.softcap is not None:
+            s.tanh_().mul_(self.request.softcap)
         for cols, mask in masks:
-            s[..., cols].masked_fill_(mask, mask_value)
-
-        if top1:
+            s[..., cols].masked_fill_(mask, self.mask_value)
+        arg = None
+        if self.request.top1:
             m_keys, arg = s.max(-1)
         else:
             m_keys = s.amax(-1)
-        if sink_logit is None and key_padding_mask is None:  # every row has a key
+        sink_logit = self.sink_logit
+        if sink_logit is None and self.side.key_padding_mask is None:  # every row has a key
             m = m_keys
         elif sink_logit is None:
             m = torch.where(has_key, m_keys, 0.0)  # empty rows: every u underflows to 0
         else:
             m = torch.maximum(m_keys, sink_logit)  # NaN-propagating
         t = s.sub_(m[..., None])  # log of the unnormalised probabilities
-        if finite:  # exp is ~40x slower where its result is subnormal (masked keys, t < -87.3):
+        if self.finite:  # exp is ~40x slower where its result is subnormal (masked keys, t < -87.3):
             t.clamp_(min=EXP_FLOOR)  # floor at exp(-87) = 1.6e-38, then masked keys set to 0 exactly
-        u = torch.exp(t, out=tile(1, C, K))
-        if finite:
+        u = torch.exp(t, out=self.tile(1, C, ch.K))
+        if self.finite:
             for cols, mask in masks:
                 u[..., cols].masked_fill_(mask, 0.0)
         l_keys = u.sum(-1)
+        t_sink = u_sink = None
         if sink_logit is None:
             l = l_keys
         else:
             t_sink = sink_logit - m
             u_sink = t_sink.exp()
             l = l_keys + u_sink
-            put(learned, c0, c1, u_sink / l)
+            self.put(self.stats.learned_sink, ch, u_sink / l)
         norm = torch.where(l > 0, l, 1.0)  # 1 / norm turns sums of u into probabilities
-        put(out, c0, c1, (u @ vf[:, :, :, k_lo:k_hi]) / norm[..., None])
+        self.put(self.out, ch, (u @ self.vf[:, :, :, ch.k_lo : ch.k_hi]) / norm[..., None])
         row_lse = m + torch.log(l)  # -inf on empty rows
-        put(lse, c0, c1, row_lse)
+        self.put(self.stats.lse, ch, row_lse)
+        self.put(self.row_nan, ch, row_lse.isnan())
+        return ChunkSoftmax(t, u, m, m_keys, arg, l_keys, l, norm, has_key, t_sink, u_sink)
 
-        if key_padding_mask is None and k_lo == 0:  # the first key is key 0, in the chunk
-            put(sink, c0, c1, u[..., 0] / norm)
+    def point_statistics(self, ch: Chunk, p: ChunkSoftmax) -> None:
+        """The first-key sink, the fixed offsets and the probe keys: gathered probabilities."""
+        B, Hkv, G, C, K, k_lo, st = self.B, self.Hkv, self.G, ch.C, ch.K, ch.k_lo, self.stats
+        u, norm = p.u, p.norm
+        if self.side.key_padding_mask is None and k_lo == 0:  # the first key is key 0, in the chunk
+            self.put(st.sink, ch, u[..., 0] / norm)
         else:
-            idx = (first_key - k_lo).clamp(0, K - 1).view(B, 1, 1, 1, 1).expand(B, Hkv, G, C, 1)
-            first_in = (first_key >= k_lo).view(B, 1, 1, 1) & has_key  # a first key left of a window: p = 0
-            put(sink, c0, c1, torch.where(first_in, u.gather(-1, idx)[..., 0] / norm, 0.0))
-
-        if offs is not None:
-            key = q_pos[:, None] - off_t[None, :]  # [C, n_off]
-            idx = (key - k_lo).clamp(min=0)[None, None, None].expand(B, Hkv, G, C, len(offsets))
+            idx = (self.first_key - k_lo).clamp(0, K - 1).view(B, 1, 1, 1, 1).expand(B, Hkv, G, C, 1)
+            first_in = (self.first_key >= k_lo).view(B, 1, 1, 1) & p.has_key  # a first key left of a window: p = 0
+            self.put(st.sink, ch, torch.where(first_in, u.gather(-1, idx)[..., 0] / norm, 0.0))
+        if st.offsets is not None:
+            key = ch.q_pos[:, None] - self.off_t[None, :]  # [C, n_off]
+            idx = (key - k_lo).clamp(min=0)[None, None, None].expand(B, Hkv, G, C, len(self.off_t))
             val = u.gather(-1, idx) / norm[..., None]  # masked keys carry u = 0
-            put(offs, c0, c1, torch.where(key[None, None, None] >= k_lo, val, 0.0))
-
-        if probes is not None:
-            rel = probe_keys - k_lo  # [B, P]
-            idx = rel.clamp(0, K - 1)[:, None, None, None, :].expand(B, Hkv, G, C, n_probe)
+            self.put(st.offsets, ch, torch.where(key[None, None, None] >= k_lo, val, 0.0))
+        if st.probes is not None:
+            rel = self.probe_keys - k_lo  # [B, P]
+            idx = rel.clamp(0, K - 1)[:, None, None, None, :].expand(B, Hkv, G, C, rel.shape[1])
             ok = ((rel >= 0) & (rel < K))[:, None, None, None, :]
-            put(probes, c0, c1, torch.where(ok, u.gather(-1, idx) / norm[..., None], 0.0))
+            self.put(st.probes, ch, torch.where(ok, u.gather(-1, idx) / norm[..., None], 0.0))
 
-        # Masses whose weights depend on the key only (span, distance, local): one matmul of
-        # u with weight columns, plus a small block correction for local.
+    def key_weighted_masses(self, ch: Chunk, p: ChunkSoftmax) -> None:
+        """Masses whose weights depend on the key only (span, distance, local): one matmul of u
+        with weight columns, plus a small block correction for local."""
+        B, Hkv, G, C, K, k_lo, st = self.B, self.Hkv, self.G, ch.C, ch.K, ch.k_lo, self.stats
+        f32 = torch.float32
         cols, targets = [], []
-        k_pos = torch.arange(k_lo, k_hi, device=dev)  # [K]
-        if span_mass is not None:
+        k_pos = torch.arange(k_lo, ch.k_hi, device=self.dev)  # [K]
+        if st.span is not None:
+            span = self.side.span
             cols.append(((k_pos[None, :] >= span[:, :1]) & (k_pos[None, :] < span[:, 1:])).to(f32))  # [B, K]
-            targets.append(("span", span_mass))
-        if dist is not None:  # sum u (last - j) - (last - i) sum u: no large cancelling terms
-            last = shift + c1 - 1
+            targets.append(("span", st.span))
+        last = self.shift + ch.c1 - 1
+        if st.distance is not None:  # sum u (last - j) - (last - i) sum u: no large cancelling terms
             cols.append((last - k_pos).to(f32)[None].expand(B, K))
-            targets.append(("distance", dist))
-        if local is not None:  # ones from the first query's band start; rows r > 0 start r later
-            a_first = shift + c0 - local_window + 1
+            targets.append(("distance", st.distance))
+        if st.local is not None:  # ones from the first query's band start; rows r > 0 start r later
+            a_first = self.shift + ch.c0 - self.request.local_window + 1
             cols.append((k_pos >= a_first).to(f32)[None].expand(B, K))
-            targets.append(("local", local))
-        if cols:
-            weight = torch.stack(cols, -1)  # [B, K, R]
-            sums = (u.reshape(B, Hq * C, K) @ weight).reshape(B, Hkv, G, C, len(cols))
-            for r, (name, dst) in enumerate(targets):
-                val = sums[..., r]
-                if name == "distance":
-                    val = val - (last - q_pos).to(f32) * l_keys
-                elif name == "local":  # subtract keys a_first .. a_first + r - 1 of row r
-                    lo = a_first - k_lo
-                    c_lo, c_hi = max(lo, 0), min(lo + C, K)
-                    if c_hi > c_lo:
-                        over = (torch.arange(c_lo, c_hi, device=dev)[None, :] - lo) < rows[:, None]  # [C, cols]
-                        val = val - (u[..., c_lo:c_hi] * over).sum(-1)
-                put(dst, c0, c1, val / norm)
+            targets.append(("local", st.local))
+        if not cols:
+            return
+        weight = torch.stack(cols, -1)  # [B, K, R]
+        sums = (p.u.reshape(B, self.Hq * C, K) @ weight).reshape(B, Hkv, G, C, len(cols))
+        for r, (name, dst) in enumerate(targets):
+            val = sums[..., r]
+            if name == "distance":
+                val = val - (last - ch.q_pos).to(f32) * p.l_keys
+            elif name == "local":  # subtract keys a_first .. a_first + r - 1 of row r
+                lo = a_first - k_lo
+                c_lo, c_hi = max(lo, 0), min(lo + C, K)
+                if c_hi > c_lo:
+                    over = (torch.arange(c_lo, c_hi, device=self.dev)[None, :] - lo) < ch.rows[:, None]  # [C, cols]
+                    val = val - (p.u[..., c_lo:c_hi] * over).sum(-1)
+            self.put(dst, ch, val / p.norm)
 
-        # Token-match masses: weights per (row, key), shared by every head; one batched matmul.
-        if token_pairs is not None:  # gather u at the matching pairs of this chunk's rows
-            for dst, (pb, pr, pk) in zip((dup, ind), token_pairs):
-                i0, i1 = torch.searchsorted(pr, torch.tensor([c0, c1], device=dev)).tolist()
-                pb, pr, pk = pb[i0:i1], pr[i0:i1] - c0, pk[i0:i1] - k_lo  # keys left of a window's tile: p = 0
-                val = u[pb, :, :, pr, pk.clamp(min=0)]  # [P, Hkv, G]
-                if k_lo > 0:
-                    val = torch.where((pk >= 0)[:, None, None], val, 0.0)
-                acc = torch.zeros(B * C, Hkv, G, dtype=f32, device=dev).index_add_(0, pb * C + pr, val)
-                put(dst, c0, c1, acc.view(B, C, Hkv, G).permute(0, 2, 3, 1) / norm)
-        elif token_ids is not None:
-            tq = token_ids[:, c0 + shift : c1 + shift]  # [B, C]
-            w = torch.empty(B, C, 2, K, dtype=f32, device=dev)
-            torch.eq(token_ids[:, None, k_lo:k_hi], tq[:, :, None], out=w[:, :, 0])
-            w[:, :, 0, diag:] *= rows[None, :] < rows[:, None]  # duplicate: j < i
-            torch.eq(prev_token_ids[:, None, k_lo:k_hi], tq[:, :, None], out=w[:, :, 1])  # j <= i from causality
-            sums = torch.einsum("bhck,bcrk->bhcr", u.reshape(B, Hq, C, K), w).reshape(B, Hkv, G, C, 2) / norm[..., None]
-            put(dup, c0, c1, sums[..., 0])
-            put(ind, c0, c1, sums[..., 1])
+    def sparse_token_match(self, ch: Chunk, p: ChunkSoftmax) -> None:
+        """Token-match masses from ``matching_pairs``: gather u at this chunk's rows' pairs."""
+        B, C, k_lo, st = self.B, ch.C, ch.k_lo, self.stats
+        for dst, (pb, pr, pk) in zip((st.duplicate, st.induction), self.token_pairs):
+            i0, i1 = torch.searchsorted(pr, torch.tensor([ch.c0, ch.c1], device=self.dev)).tolist()
+            pb, pr, pk = pb[i0:i1], pr[i0:i1] - ch.c0, pk[i0:i1] - k_lo  # keys left of a window's tile: p = 0
+            val = p.u[pb, :, :, pr, pk.clamp(min=0)]  # [P, Hkv, G]
+            if k_lo > 0:
+                val = torch.where((pk >= 0)[:, None, None], val, 0.0)
+            acc = torch.zeros(B * C, self.Hkv, self.G, dtype=torch.float32, device=self.dev)
+            acc.index_add_(0, pb * C + pr, val)
+            self.put(dst, ch, acc.view(B, C, self.Hkv, self.G).permute(0, 2, 3, 1) / p.norm)
 
-        if ent is not None:  # H = log l - sum(u t) / l
-            if not finite:  # a -inf score has u = 0 and must add 0, not 0 * -inf = NaN
-                t.clamp_(min=NEG_BIG)
-            # row-wise dot products, in place (a batched GEMV is several times slower)
-            ut = (u * t if needs_grad else t.mul_(u)).sum(-1)
-            if sink_logit is not None:  # the learned sink is one more outcome
-                ut = ut + u_sink * t_sink
-            put(ent, c0, c1, torch.where(l > 0, torch.log(norm) - ut / norm, 0.0))
+    def dense_token_match(self, ch: Chunk, p: ChunkSoftmax) -> None:
+        """Token-match masses: weights per (row, key), shared by every head; one batched matmul."""
+        B, C, K, k_lo, rows = self.B, ch.C, ch.K, ch.k_lo, ch.rows
+        token_ids = self.side.token_ids
+        tq = token_ids[:, ch.c0 + self.shift : ch.c1 + self.shift]  # [B, C]
+        w = torch.empty(B, C, 2, K, dtype=torch.float32, device=self.dev)
+        torch.eq(token_ids[:, None, k_lo : ch.k_hi], tq[:, :, None], out=w[:, :, 0])
+        w[:, :, 0, ch.diag:] *= rows[None, :] < rows[:, None]  # duplicate: j < i
+        torch.eq(self.side.prev_token_ids[:, None, k_lo : ch.k_hi], tq[:, :, None], out=w[:, :, 1])  # j <= i
+        sums = torch.einsum("bhck,bcrk->bhcr", p.u.reshape(B, self.Hq, C, K), w).reshape(B, self.Hkv, self.G, C, 2)
+        sums = sums / p.norm[..., None]
+        self.put(self.stats.duplicate, ch, sums[..., 0])
+        self.put(self.stats.induction, ch, sums[..., 1])
 
-        if top1_index is not None:
-            put(top1_index, c0, c1, torch.where(has_key, arg + k_lo, -1))
-            # the max key's t is m_keys - m (0 without sinks): its probability is exp(that) / l
-            put(top1_prob, c0, c1, torch.where(has_key, torch.exp(m_keys - m) / norm, 0.0))
+    def entropy(self, ch: Chunk, p: ChunkSoftmax) -> None:
+        """H = log l - sum(u t) / l (the learned sink is one more outcome)."""
+        t = p.t
+        if not self.finite:  # a -inf score has u = 0 and must add 0, not 0 * -inf = NaN
+            t.clamp_(min=NEG_BIG)
+        # row-wise dot products, in place (a batched GEMV is several times slower)
+        ut = (p.u * t if self.needs_grad else t.mul_(p.u)).sum(-1)
+        if p.u_sink is not None:
+            ut = ut + p.u_sink * p.t_sink
+        self.put(self.stats.entropy, ch, torch.where(p.l > 0, torch.log(p.norm) - ut / p.norm, 0.0))
 
-        put(row_nan, c0, c1, row_lse.isnan())
-        c0 = c1
 
-    row_nan |= out.isnan().any(-1)
-    stats = AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup,
-                           entropy=ent, distance=dist, local=local, top1_index=top1_index, top1_prob=top1_prob,
-                           span=span_mass, learned_sink=learned)
-    return out, stats.mark_nan_rows(row_nan)
+def attention_heads_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, request: StatsRequest,
+                            side: SideInputs, chunk_size: Optional[int] = None, token_pairs: Optional[tuple] = None,
+                            ) -> tuple[torch.Tensor, AttentionStats]:
+    """``attention_with_stats_chunked`` in the calling thread, every head in each operation.
+    ``token_pairs``: ``matching_pairs`` for the duplicate and the induction mass, or None for
+    dense per-chunk weights."""
+    return ChunkedHeads(q, k, v, request, side, token_pairs).run(chunk_size)

@@ -10,9 +10,13 @@ from typing import Optional, Sequence
 
 import torch
 
+from . import triton_decode
 from .chunked import attention_lse_sink_sdpa, attention_with_stats_chunked
+from .request import StatsRequest
 from .side_inputs import SideInputs, check_offsets
 from .stats import AttentionStats
+from .triton_attention import attention_with_stats_triton
+from .triton_common import MAX_HEAD_DIM
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BACKENDS = ("auto", "torch", "triton")
@@ -24,7 +28,7 @@ BACKENDS = ("auto", "torch", "triton")
 TRITON_SUPPORTED_FEATURES: frozenset[str] = frozenset(
     {"window", "softcap", "sinks", "distance", "local_window", "top1", "span"})
 OPTIONAL_FEATURES = ("window", "softcap", "sinks", "distance", "local_window", "top1", "span", "head_dim>256")
-TRITON_MAX_HEAD_DIM = 256  # the fused kernel pads head dims on chip up to this size
+TRITON_MAX_HEAD_DIM = MAX_HEAD_DIM  # the kernels pad head dims on chip up to this size
 _warned_features: set[str] = set()
 
 
@@ -193,27 +197,24 @@ def attention_with_stats(
         if given:
             raise ValueError(f"pass {given} inside side_inputs, not beside it")
         side_inputs.check_matches(q, k)
-    used = {"window": window is not None, "softcap": softcap is not None, "sinks": sinks is not None,
-            "distance": distance, "local_window": local_window is not None, "top1": top1,
-            "span": side_inputs.span is not None, "head_dim>256": D > TRITON_MAX_HEAD_DIM}
+    request = StatsRequest(scale=float(scale), offsets=tuple(offsets), entropy=entropy, distance=distance,
+                           local_window=local_window, top1=top1, window=window,
+                           softcap=None if softcap is None else float(softcap), sinks=sinks)
+    used = dict(request.uses(side_inputs), **{"head_dim>256": D > TRITON_MAX_HEAD_DIM})
     backend = resolve_backend(backend, q.device, [f for f in OPTIONAL_FEATURES if used[f]])
 
     if backend == "triton":
-        from .triton_attention import attention_with_stats_triton
-
-        out, stats = attention_with_stats_triton(
-            q, k, v, scale=float(scale), side=side_inputs, offsets=offsets, entropy=entropy, distance=distance,
-            local_window=local_window, top1=top1, window=window, softcap=None if softcap is None else float(softcap),
-            sinks=sinks)
+        # Decode (Nq <= 16) over long keys: the split-key kernel; otherwise the fused one.
+        split_len = triton_decode.decode_split_len(q, k)
+        if split_len is None:
+            out, stats = attention_with_stats_triton(q, k, v, request, side_inputs)
+        else:
+            out, stats = triton_decode.attention_with_stats_decode(q, k, v, request, side_inputs, split_len=split_len)
         # The kernel's epilogue takes a NaN row sum for "no attendable key"; the output row is NaN
         # there, so mark the statistics from it (one read of the output, no synchronisation).
         return out, stats.mark_nan_rows(out.isnan().any(-1))
-    plain = not (offsets or entropy or any(used.values()) or side_inputs.token_ids is not None
-                 or side_inputs.probe_keys is not None)
-    if plain:  # output, lse and sink only (a model outside record()): PyTorch's SDPA kernel on the CPU
-        fast = attention_lse_sink_sdpa(q, k, v, scale=float(scale), side=side_inputs)
+    if request.is_plain(side_inputs) and not used["head_dim>256"]:  # output, lse and sink only: SDPA on the CPU
+        fast = attention_lse_sink_sdpa(q, k, v, scale=request.scale, side=side_inputs)
         if fast is not None:
             return fast
-    return attention_with_stats_chunked(q, k, v, scale=float(scale), side=side_inputs, offsets=offsets, entropy=entropy,
-                                        distance=distance, local_window=local_window, top1=top1, window=window,
-                                        softcap=None if softcap is None else float(softcap), sinks=sinks)
+    return attention_with_stats_chunked(q, k, v, request, side_inputs)

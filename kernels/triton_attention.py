@@ -38,7 +38,6 @@ Statistics that were not requested are compiled out (``tl.constexpr`` flags).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -46,62 +45,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import TRITON_MAX_HEAD_DIM
+from .request import StatsRequest
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-
-LOG2E = 1.4426950408889634  # host side: scale * log2(e) turns scores into log2 units
-LN2 = tl.constexpr(0.6931471805599453)  # kernel side: log2 units back to nats
-LOG2E_K = tl.constexpr(LOG2E)  # kernel side: nats to log2 units (learned sink logits)
-# A finite "minus infinity" for the running max, so that a tile in which a row has no
-# attendable key yields alpha = exp2(0) = 1 instead of exp2(-inf + inf) = NaN.
-NEG_BIG = tl.constexpr(-1.0e30)
-
-MAX_HEAD_DIM = TRITON_MAX_HEAD_DIM  # dispatch routes larger head dims to the torch backend
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def head_block(head_dim: int) -> int:
-    """On-chip head-dim tile: the next power of two, at least 16 (the smallest ``tl.dot`` K)."""
-    return max(16, triton.next_power_of_2(head_dim))
-
-
-@triton.jit
-def tanh_softcap(x, cap_in):
-    """``tanh(x * cap_in)`` as ``1 - 2 / (e^(2y) + 1)`` (``tl.math`` has no tanh): one ``exp2`` and
-    one approximate reciprocal-multiply (``div.approx``, 2 ulp; an overflowing ``e^(2y)`` gives
-    exactly 1). Absolute error a few 1e-8; NaN stays NaN."""
-    e = tl.math.exp2(2.8853900817779268 * (x * cap_in))
-    return 1.0 - tl.math.fdiv(tl.full(x.shape, 2.0, tl.float32), e + 1.0, approx=True)
-
-
-@triton.jit
-def join_learned_sink(lse2, m, has_key, sink2):
-    """Add a learned sink logit ``sink2`` (log2 units) to each row's key log-sum-exp ``lse2``
-    (``m``: the row max the key sums are relative to). Returns ``(lse2 with the sink, norm)``,
-    ``norm = 2^(m - lse2)`` turning a key sum of ``2^(s2 - m)`` into probabilities (0 on rows
-    with no attendable key). Shared by the fused epilogue and the split-decode combine."""
-    keys2 = tl.where(has_key, lse2, float("-inf"))
-    top2 = tl.maximum(keys2, sink2)
-    lse2 = top2 + tl.math.log2(tl.math.exp2(keys2 - top2) + tl.math.exp2(sink2 - top2))
-    return lse2, tl.where(has_key, tl.math.exp2(m - lse2), 0.0)
-
-
-@triton.jit
-def row_entropy2(e, l, m, lse2, norm, sink2, HAS_SINKS: tl.constexpr):
-    """Row entropy in bits from ``e = sum_j 2^(s2_j - m) (s2_j - m)`` and ``l = sum_j 2^(s2_j - m)``:
-    ``log2 l - e / l``; with a learned sink, ``-sum p log2 p`` over the keys
-    (``p_j = 2^(s2_j - m) norm``) and the sink. 0 on rows with no attendable key."""
-    if HAS_SINKS:
-        p_sink = tl.math.exp2(sink2 - lse2)
-        ent2 = -norm * (e + l * (m - lse2)) - p_sink * (sink2 - lse2)
-    else:
-        l_safe = tl.where(l > 0, l, 1.0)
-        ent2 = tl.where(l > 0, tl.math.log2(l_safe) - e / l_safe, 0.0)
-    return ent2
+from .triton_common import (LN2, LOG2E_K, MAX_HEAD_DIM, NEG_BIG, SMEM_LIMIT_BYTES, constexpr_names, device_guard,
+                            head_block, interpreting, join_learned_sink, point_prob, row_entropy2, score_scales,
+                            smem_bytes, tanh_softcap)
 
 
 @triton.jit
@@ -226,19 +175,6 @@ def _attn_fwd_inner(
             acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
     return acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx
-
-
-@triton.jit
-def _point_prob(q, K, key, valid, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2,
-                HAS_SOFTCAP: tl.constexpr):
-    """Probability of each row on one key per row: exp2(s2(q . k_key) - lse2), s2 the (capped)
-    score in log2 units."""
-    kk = tl.load(K + key[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
-                 mask=valid[:, None] & d_ok[None, :], other=0.0)
-    s = tl.sum(q * kk.to(tl.float32), 1)
-    if HAS_SOFTCAP:
-        s = tanh_softcap(s, cap_in)
-    return tl.math.exp2(tl.where(valid, s * qk_scale - lse2, float("-inf")))
 
 
 @triton.jit
@@ -368,32 +304,20 @@ def _attn_stats_fwd(
     sink_ok = has_key & (first_vec <= q_pos)
     if HAS_WINDOW:
         sink_ok = sink_ok & (first_vec > q_pos - window)
-    tl.store(SINK + row, _point_prob(q32, Kb, first_vec, sink_ok & row_ok, stride_kn, stride_kd,
-                                     offs_d, d_ok, qk_scale, cap_in, lse2, HAS_SOFTCAP), mask=row_ok)
-
+    tl.store(SINK + row, point_prob(q32, Kb, first_vec, sink_ok & row_ok, q_pos, window, KPMb, stride_mn, stride_kn,
+                                    stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2, False, False, HAS_SOFTCAP),
+             mask=row_ok)
     for t in tl.static_range(N_OFFSETS):
-        o = tl.load(OFFSET_VALUES + t)
-        key = q_pos - o
-        ok = has_key & row_ok & (key >= 0)
-        if HAS_WINDOW:
-            ok = ok & (key > q_pos - window)  # o < window
-        if HAS_PAD:
-            ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
+        key = q_pos - tl.load(OFFSET_VALUES + t)
         tl.store(OFFS + row * N_OFFSETS + t,
-                 _point_prob(q32, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2,
-                             HAS_SOFTCAP),
+                 point_prob(q32, Kb, key, has_key & row_ok & (key >= 0), q_pos, window, KPMb, stride_mn, stride_kn,
+                            stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP),
                  mask=row_ok)
-
     for t in tl.static_range(N_PROBES):
         key = tl.zeros([BLOCK_M], dtype=tl.int32) + tl.load(PROBE_KEYS + b * N_PROBES + t)
-        ok = has_key & row_ok & (key <= q_pos)
-        if HAS_WINDOW:
-            ok = ok & (key > q_pos - window)
-        if HAS_PAD:
-            ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
         tl.store(PRB + row * N_PROBES + t,
-                 _point_prob(q32, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2,
-                             HAS_SOFTCAP),
+                 point_prob(q32, Kb, key, has_key & row_ok & (key <= q_pos), q_pos, window, KPMb, stride_mn, stride_kn,
+                            stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP),
                  mask=row_ok)
 
     if HAS_TOK:
@@ -416,16 +340,6 @@ def _attn_stats_fwd(
 
 # ----------------------------------------------------------------------------------------------
 # Autotuning: which tiles a launch may use.
-
-# Shared memory a config needs, as triton 3.9 allocates it: the Q tile plus num_stages buffers
-# each of K and V (checked against the compiled kernels by bench.compile_report).
-SMEM_LIMIT_BYTES = 227 * 1024  # Hopper's per-block maximum (Ampere A100: 163 KB)
-
-
-def smem_bytes(block_m: int, block_n: int, num_stages: int, block_d: int, elt_bytes: int) -> int:
-    """Shared memory of one program: Q tile + ``num_stages`` K and V tiles."""
-    return elt_bytes * (block_m * block_d + 2 * block_n * block_d * num_stages)
-
 
 PREFILL_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
@@ -542,9 +456,9 @@ def _prune_for(bucket: str):
 # The fused kernel itself, for ahead-of-time compilation (kernels.aot).
 FUSED_KERNEL = _attn_stats_fwd
 
-# The autotuner also keys on argument dtypes, so fp16, bf16 and fp32 are tuned separately.
-AUTOTUNE_KEY = ["HEAD_DIM", "N_OFFSETS", "N_PROBES", "HAS_PAD", "HAS_TOK", "HAS_ENT", "FP32_INPUT", "HAS_WINDOW",
-                "HAS_SOFTCAP", "HAS_SINKS", "HAS_DIST", "HAS_LOCAL", "HAS_TOP1", "HAS_SPAN"]
+# Tuned per value of every constexpr but the tile (the autotuner also keys on argument dtypes, so
+# fp16, bf16 and fp32 are tuned separately; BLOCK_D follows HEAD_DIM).
+AUTOTUNE_KEY = [name for name in constexpr_names(_attn_stats_fwd) if name not in ("BLOCK_D", "BLOCK_M", "BLOCK_N")]
 _TUNERS = {
     bucket: triton.autotune(
         configs=DECODE_CONFIGS if bucket == "decode" else PREFILL_CONFIGS,
@@ -590,94 +504,53 @@ class KernelLaunch:
     stats: AttentionStats
 
 
-def launch_arguments(
-    q: Any, k: Any, v: Any, *, scale: float, side: SideInputs, offsets: Sequence[int], entropy: bool,
-    distance: bool = False, local_window: Optional[int] = None, top1: bool = False, window: Optional[int] = None,
-    softcap: Optional[float] = None, sinks: Any = None, tensors: Optional[Any] = None,
-) -> KernelLaunch:
+def launch_arguments(q: Any, k: Any, v: Any, request: StatsRequest, side: SideInputs,
+                     tensors: Optional[Any] = None) -> KernelLaunch:
     """Allocate the outputs and build the argument list of one launch.
 
     ``q [B, Hq, Nq, D]``, ``k``/``v [B, Hkv, Nk, D]`` are tensors, or shape-only stand-ins
     (``kernels.aot.TensorSpec``) together with ``tensors=kernels.aot.SpecTensors()``; by default
-    outputs are allocated with ``TorchTensors(q.device)``. ``sinks``: ``[Hq]`` learned sink logits.
-    Inputs are assumed validated (``dispatch.attention_with_stats``)."""
+    outputs are allocated with ``TorchTensors(q.device)``. Inputs are assumed validated
+    (``dispatch.attention_with_stats``)."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     tensors = tensors or TorchTensors(q.device)
-    key_padding_mask, probe_keys, token_ids = side.key_padding_mask, side.probe_keys, side.token_ids
-    f32 = torch.float32
+    flags = request.flags(side)
     out = tensors.empty((B, Hq, Nq, D), q.dtype)
-    lse = tensors.empty((B, Hq, Nq), f32)
-    sink = tensors.empty((B, Hq, Nq), f32)
-    n_off = len(offsets)
-    offs = tensors.empty((B, Hq, Nq, n_off), f32) if n_off else None
-    n_probe = probe_keys.shape[1] if probe_keys is not None else 0
-    probes = tensors.empty((B, Hq, Nq, n_probe), f32) if n_probe else None
-    has_tok = token_ids is not None
-    has_span = side.span is not None
-
-    def row_stat(wanted: bool, dtype=f32):
-        return tensors.empty((B, Hq, Nq), dtype) if wanted else None
-
-    ind, dup, ent = row_stat(has_tok), row_stat(has_tok), row_stat(entropy)
-    dist, loc, span_mass = row_stat(distance), row_stat(local_window is not None), row_stat(has_span)
-    top_i, top_p = row_stat(top1, torch.int64), row_stat(top1)
-    learned = row_stat(sinks is not None)
-    off_vals = tensors.values(list(offsets) or [0], torch.int32)
+    stats = request.allocate((B, Hq, Nq), side, tensors.empty)
+    lse = stats.lse
+    off_vals = tensors.values(list(request.offsets) or [0], torch.int32)
     first = side.first_key
-    tok, tokp = (token_ids, side.prev_token_ids) if has_tok else (off_vals, off_vals)  # never read when off
-    if key_padding_mask is not None:
-        kpm = key_padding_mask.to(torch.int8)
+    tok, tokp = (side.token_ids, side.prev_token_ids) if flags["HAS_TOK"] else (off_vals, off_vals)  # read if on
+    if flags["HAS_PAD"]:
+        kpm = side.key_padding_mask.to(torch.int8)
         kpm_strides = tuple(kpm.stride())
     else:
         kpm, kpm_strides = first, (0, 0)  # never read
-    span = side.span.to(torch.int32) if has_span else off_vals
-    sink_logits = sinks.to(f32) if sinks is not None else lse  # never read when off
+    span = side.span.to(torch.int32) if flags["HAS_SPAN"] else off_vals
+    sink_logits = request.sinks.to(torch.float32) if flags["HAS_SINKS"] else lse  # never read when off
 
     def or_lse(t):  # an output that is off: any float32 pointer, never written
         return lse if t is None else t
 
-    # softcap * tanh(s / softcap) in log2 units: the loop computes tanh(qk * cap_in) * qk_scale
-    qk_scale = (scale if softcap is None else softcap) * LOG2E
-    cap_in = 1.0 if softcap is None else scale / softcap
+    qk_scale, cap_in = score_scales(request.scale, request.softcap)
+    st = stats
     args = (
-        q, k, v, out, lse, sink, or_lse(offs), or_lse(probes), or_lse(ind), or_lse(dup), or_lse(ent),
-        or_lse(dist), or_lse(loc), top_i if top1 else first, or_lse(top_p), or_lse(span_mass), or_lse(learned),
-        tok, tokp, kpm, first, off_vals, probe_keys if n_probe else off_vals, span, sink_logits,
+        q, k, v, out, lse, st.sink, or_lse(st.offsets), or_lse(st.probes), or_lse(st.induction), or_lse(st.duplicate),
+        or_lse(st.entropy), or_lse(st.distance), or_lse(st.local), st.top1_index if request.top1 else first,
+        or_lse(st.top1_prob), or_lse(st.span), or_lse(st.learned_sink),
+        tok, tokp, kpm, first, off_vals, side.probe_keys if flags["N_PROBES"] else off_vals, span, sink_logits,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *kpm_strides,
-        Hq, Hq // Hkv, Nq, Nk, qk_scale, cap_in, window or 0, local_window or 0,
+        Hq, Hq // Hkv, Nq, Nk, qk_scale, cap_in, request.window or 0, request.local_window or 0,
     )
-    constexprs = dict(
-        HEAD_DIM=D, BLOCK_D=head_block(D), N_OFFSETS=n_off, N_PROBES=n_probe,
-        HAS_PAD=key_padding_mask is not None, HAS_TOK=has_tok, HAS_ENT=entropy,
-        FP32_INPUT=q.dtype == torch.float32,
-        HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None, HAS_SINKS=sinks is not None,
-        HAS_DIST=distance, HAS_LOCAL=local_window is not None, HAS_TOP1=top1, HAS_SPAN=has_span,
-    )
-    stats = AttentionStats(lse=lse, sink=sink, offsets=offs, probes=probes, induction=ind, duplicate=dup, entropy=ent,
-                           distance=dist, local=loc, top1_index=top_i, top1_prob=top_p, span=span_mass,
-                           learned_sink=learned)
+    constexprs = dict(HEAD_DIM=D, BLOCK_D=head_block(D), **flags, FP32_INPUT=q.dtype == torch.float32)
     return KernelLaunch(args=args, constexprs=constexprs, grid_rows=(Nq, B * Hq), bucket=tuner_bucket(Nq),
                         out=out, stats=stats)
 
 
-def attention_with_stats_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    scale: float,
-    side: SideInputs,
-    offsets: Sequence[int],
-    entropy: bool,
-    distance: bool = False,
-    local_window: Optional[int] = None,
-    top1: bool = False,
-    window: Optional[int] = None,
-    softcap: Optional[float] = None,
-    sinks: Optional[torch.Tensor] = None,
-    block: Optional[tuple[int, int]] = None,
-) -> tuple[torch.Tensor, AttentionStats]:
+def attention_with_stats_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, request: StatsRequest,
+                                side: SideInputs, block: Optional[tuple[int, int]] = None,
+                                ) -> tuple[torch.Tensor, AttentionStats]:
     """Launch the fused kernel. Inputs are assumed validated by ``attention_with_stats``.
 
     ``block=(BLOCK_M, BLOCK_N)`` forces a tile shape (tests, benchmarks); otherwise the
@@ -685,24 +558,16 @@ def attention_with_stats_triton(
     if q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"head_dim must be at most {MAX_HEAD_DIM} for the Triton kernel, got {q.shape[-1]} "
                          "(the torch backend takes any head_dim)")
-    if scale < 0:  # the loop scales the row max, not the tile: that needs scale >= 0
-        raise ValueError(f"scale must be >= 0 for the Triton kernel, got {scale}")
-    if block is None:  # decode (Nq <= 16) over long keys: split the keys over programs
-        from . import triton_decode
-
-        split_len = triton_decode.decode_split_len(q, k)
-        if split_len is not None:
-            return triton_decode.attention_with_stats_decode(
-                q, k, v, scale=scale, side=side, offsets=offsets, entropy=entropy, distance=distance,
-                local_window=local_window, top1=top1, window=window, softcap=softcap, sinks=sinks,
-                split_len=split_len)
-    launch = launch_arguments(q, k, v, scale=scale, side=side, offsets=offsets, entropy=entropy, distance=distance,
-                              local_window=local_window, top1=top1, window=window, softcap=softcap, sinks=sinks)
+    if request.scale < 0:  # the loop scales the row max, not the tile: that needs scale >= 0
+        raise ValueError(f"scale must be >= 0 for the Triton kernel, got {request.scale}")
+    launch = launch_arguments(q, k, v, request, side)
     n_rows, n_programs = launch.grid_rows
-    if block is None and not _interpreting():
-        grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), n_programs)  # noqa: E731
-        _TUNERS[launch.bucket][grid](*launch.args, **launch.constexprs)
-    else:
-        bm, bn = block or (INTERPRET_BLOCK, INTERPRET_BLOCK)
-        _attn_stats_fwd[(triton.cdiv(n_rows, bm), n_programs)](*launch.args, **launch.constexprs, BLOCK_M=bm, BLOCK_N=bn)
+    with device_guard(q.device):  # Triton launches on the current device: make it q's
+        if block is None and not interpreting():
+            grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), n_programs)  # noqa: E731
+            _TUNERS[launch.bucket][grid](*launch.args, **launch.constexprs)
+        else:
+            bm, bn = block or (INTERPRET_BLOCK, INTERPRET_BLOCK)
+            _attn_stats_fwd[(triton.cdiv(n_rows, bm), n_programs)](*launch.args, **launch.constexprs, BLOCK_M=bm,
+                                                                   BLOCK_N=bn)
     return launch.out, launch.stats

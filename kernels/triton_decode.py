@@ -71,24 +71,19 @@ spills in the configurations the pruner keeps (checked ahead of time on a CPU).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import os
-from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import triton
 import triton.language as tl
 
+from .request import StatsRequest, torch_allocator
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-from .triton_attention import join_learned_sink, row_entropy2, tanh_softcap
-
-LOG2E = 1.4426950408889634
-LN2 = tl.constexpr(0.6931471805599453)
-LOG2E_K = tl.constexpr(LOG2E)
-# A finite "minus infinity" for running maxima (exp2(NEG_BIG - NEG_BIG) = 1, never NaN).
-NEG_BIG = tl.constexpr(-1.0e30)
+from .triton_common import (LN2, LOG2E_K, NEG_BIG, constexpr_names, device_guard, head_block, interpreting,
+                            join_learned_sink, kernel_flags, point_prob, row_entropy2, score_scales, smem_fits, tanh_softcap)
 
 # Calls with more queries than this go to the fused kernel (its 16-row decode tiles and up).
 DECODE_MAX_QUERIES = 16
@@ -108,11 +103,6 @@ INTERPRET_BLOCK_N = 16
 # GQA groups up to 16 fits in one row block; sm_90 compiles of 32- and 64-row tiles with all
 # statistics spilled with 4 warps, so larger packs are split into more row blocks instead.
 ROWS_BLOCK = 16
-
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,18 +202,6 @@ def _sweep(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx
-
-
-@triton.jit
-def _point_partial(q, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, m_i,
-                   HAS_SOFTCAP: tl.constexpr):
-    """2^(s2_key - m_s) for one key per row where ``ok`` (key attendable and in this split), else 0."""
-    kk = tl.load(Kb + key[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
-                 mask=ok[:, None] & d_ok[None, :], other=0.0)
-    s = tl.sum(q.to(tl.float32) * kk.to(tl.float32), 1)
-    if HAS_SOFTCAP:
-        s = tanh_softcap(s, cap_in)
-    return tl.math.exp2(tl.where(ok, s * qk_scale - m_i, float("-inf")))
 
 
 @triton.jit
@@ -333,30 +311,20 @@ def _decode_split_fwd(
     qe = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     first_vec = tl.zeros([BLOCK_M], dtype=tl.int32) + first
     ok = row_ok & (first_vec <= q_pos) & (first_vec >= k_lo) & (first_vec < k_hi)
-    if HAS_WINDOW:
-        ok = ok & (first_vec > q_pos - window)
-    tl.store(S + 2, _point_partial(qe, Kb, first_vec, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in,
-                                   m_i, HAS_SOFTCAP), mask=row_ok)
+    tl.store(S + 2, point_prob(qe, Kb, first_vec, ok, q_pos, window, KPMb, stride_mn,
+                               stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, m_i, HAS_WINDOW, False,
+                               HAS_SOFTCAP), mask=row_ok)
     for t in range(N_OFFSETS):  # a loop, not unrolled: one key row live at a time
         key = q_pos - tl.load(OFFSET_VALUES + t)
         ok = row_ok & (key >= 0) & (key >= k_lo) & (key < k_hi)
-        if HAS_WINDOW:
-            ok = ok & (key > q_pos - window)
-        if HAS_PAD:
-            ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
-        tl.store(S + 3 + t, _point_partial(qe, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in,
-                                           m_i, HAS_SOFTCAP), mask=row_ok)
+        tl.store(S + 3 + t, point_prob(qe, Kb, key, ok, q_pos, window, KPMb, stride_mn, stride_kn, stride_kd, offs_d,
+                                       d_ok, qk_scale, cap_in, m_i, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP), mask=row_ok)
     for t in range(N_PROBES):
         key = tl.zeros([BLOCK_M], dtype=tl.int32) + tl.load(PROBE_KEYS + b * N_PROBES + t)
         ok = row_ok & (key <= q_pos) & (key >= k_lo) & (key < k_hi)
-        if HAS_WINDOW:
-            ok = ok & (key > q_pos - window)
-        if HAS_PAD:
-            ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
         tl.store(S + 3 + N_OFFSETS + t,
-                 _point_partial(qe, Kb, key, ok, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, m_i,
-                                HAS_SOFTCAP),
-                 mask=row_ok)
+                 point_prob(qe, Kb, key, ok, q_pos, window, KPMb, stride_mn, stride_kn, stride_kd, offs_d, d_ok,
+                            qk_scale, cap_in, m_i, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP), mask=row_ok)
     c = 3 + N_OFFSETS + N_PROBES
     if HAS_TOK:
         tl.store(S + c, ind_acc, mask=row_ok)
@@ -495,13 +463,6 @@ def _decode_combine(
 # ---------------------------------------------------------------------------------------------
 
 
-def _smem_ok(cfg: triton.Config, block_m: int, block_d: int, elt_bytes: int) -> bool:
-    """Q tile plus ``num_stages`` K/V tile pairs (triton 3.9 allocates ``stages`` buffers) must fit
-    in ~200 KB of shared memory (Hopper: 228 KB per SM)."""
-    bn = cfg.kwargs["BLOCK_N"]
-    return elt_bytes * (block_m * block_d + 2 * bn * block_d * cfg.num_stages) <= 200 * 1024
-
-
 def prune_split_configs(configs: list[triton.Config], named_args: dict, **kwargs: Any) -> list[triton.Config]:
     """Keep configs that fit shared memory and registers.
 
@@ -513,7 +474,7 @@ def prune_split_configs(configs: list[triton.Config], named_args: dict, **kwargs
     bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
     bm = kwargs.get("BLOCK_M", named_args.get("BLOCK_M"))
     elt = named_args["Q"].element_size() if hasattr(named_args.get("Q"), "element_size") else 2
-    kept = [c for c in configs if _smem_ok(c, bm, bd, elt)]
+    kept = [c for c in configs if smem_fits(bm, c.kwargs["BLOCK_N"], c.num_stages, bd, elt)]
     if elt >= 4:
         kept = [c for c in kept if c.kwargs["BLOCK_N"] * bd <= 2048 or c.kwargs["BLOCK_N"] == 16]
     else:
@@ -535,10 +496,11 @@ SPLIT_CONFIGS = [
 SPLIT_KERNEL = _decode_split_fwd
 COMBINE_KERNEL = _decode_combine
 
+# Tuned per value of every constexpr but the key tile (DOT_PRECISION follows the dtype, a key too).
+SPLIT_AUTOTUNE_KEY = [name for name in constexpr_names(_decode_split_fwd) if name not in ("BLOCK_N", "DOT_PRECISION")]
 _decode_split_fwd_tuned = triton.autotune(
     configs=SPLIT_CONFIGS,
-    key=["HEAD_DIM", "BLOCK_D", "N_COLS", "N_OFFSETS", "N_PROBES", "HAS_PAD", "HAS_TOK", "HAS_ENT", "HAS_WINDOW",
-         "HAS_SOFTCAP", "HAS_DIST", "HAS_LOCAL", "HAS_TOP1", "HAS_SPAN", "BLOCK_M"],
+    key=SPLIT_AUTOTUNE_KEY,
     prune_configs_by={"early_config_prune": prune_split_configs},
 )(_decode_split_fwd)
 
@@ -551,7 +513,7 @@ def _sm_count(device_index: int) -> int:
 def combine_rows_block(n_rows: int, sm_count: int) -> int:
     """Rows per combine program: 16 under the interpreter; on GPU a power of two up to 16 that
     still leaves ``PROGRAMS_PER_SM`` programs per SM (decode has few rows: usually 1)."""
-    if _interpreting():
+    if interpreting():
         return 16
     per_program = max(1, n_rows // (PROGRAMS_PER_SM * sm_count))
     return min(16, 1 << (per_program.bit_length() - 1))
@@ -560,11 +522,6 @@ def combine_rows_block(n_rows: int, sm_count: int) -> int:
 def combine_warps(constexprs: dict) -> int:
     """Warps for a combine program: one per 256 elements of its [BLOCK_R, BLOCK_D] tile, 1 to 4."""
     return max(1, min(4, constexprs["BLOCK_R"] * constexprs["BLOCK_D"] // 256))
-
-
-def head_dim_block(head_dim: int) -> int:
-    """On-chip head-dim tile: the next power of two, at least 16 (the smallest tl.dot)."""
-    return max(16, triton.next_power_of_2(head_dim))
 
 
 def plan_split_len(batch: int, q_heads: int, kv_heads: int, n_queries: int, n_keys: int,
@@ -599,71 +556,42 @@ def decode_split_len(q: torch.Tensor, k: torch.Tensor) -> Optional[int]:
     return plan_split_len(B, Hq, k.shape[1], Nq, k.shape[2], device_sm_count(q.device))
 
 
-@dataclass(frozen=True)
-class DecodeFeatures:
-    """The statistics and score modifiers of one split-decode launch beyond the point statistics.
-
-    ``window``/``local_window``: ints or None; ``softcap``: float or None; ``sinks``: ``[Hq]``
-    float tensor (or a stand-in) or None; ``span``: the batch has a ``SideInputs.span``."""
-
-    token_match: bool = False
-    entropy: bool = False
-    distance: bool = False
-    local_window: Optional[int] = None
-    top1: bool = False
-    span: bool = False
-    window: Optional[int] = None
-    softcap: Optional[float] = None
-    sinks: Any = None
-
-    def split_flags(self) -> dict:
-        return dict(HAS_TOK=self.token_match, HAS_ENT=self.entropy, HAS_WINDOW=self.window is not None,
-                    HAS_SOFTCAP=self.softcap is not None, HAS_DIST=self.distance,
-                    HAS_LOCAL=self.local_window is not None, HAS_TOP1=self.top1, HAS_SPAN=self.span)
-
-
-def partial_columns(n_offsets: int, n_probes: int, features: DecodeFeatures) -> int:
-    """Columns of the partial-statistics buffer: m, l, sink, offsets, probes, ind, dup, distance,
-    local, span, top-1 key, entropy (those present)."""
-    f = features
-    return (3 + n_offsets + n_probes + 2 * int(f.token_match) + int(f.distance) + int(f.local_window is not None)
-            + int(f.span) + int(f.top1) + int(f.entropy))
+def partial_columns(flags: dict) -> int:
+    """Columns of the partial-statistics buffer for a launch's ``StatsRequest.flags``: m, l, sink,
+    offsets, probes, ind, dup, distance, local, span, top-1 key, entropy (those present)."""
+    f = flags
+    return (3 + f["N_OFFSETS"] + f["N_PROBES"] + 2 * int(f["HAS_TOK"]) + int(f["HAS_DIST"]) + int(f["HAS_LOCAL"])
+            + int(f["HAS_SPAN"]) + int(f["HAS_TOP1"]) + int(f["HAS_ENT"]))
 
 
 def split_kernel_args(q: Any, k: Any, v: Any, part_o: Any, part_s: Any, tok: Any, tokp: Any, kpm: Any,
-                      first: Any, off_vals: Any, probe_vals: Any, span: Any, *, scale: float, split_len: int,
-                      n_offsets: int, n_probes: int, has_pad: bool, features: DecodeFeatures) -> tuple[tuple, dict]:
+                      first: Any, off_vals: Any, probe_vals: Any, span: Any, *, request: StatsRequest, flags: dict,
+                      split_len: int) -> tuple[tuple, dict]:
     """Positional arguments and constexprs of ``_decode_split_fwd`` (less BLOCK_N, and the launch
     options), from tensors or ``triton.runtime.jit.MockTensor``s: the one place that builds them,
-    shared by the launcher and ahead-of-time compilation."""
+    shared by the launcher and ahead-of-time compilation. ``flags``: ``request.flags(side)``."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
-    group = Hq // Hkv
-    f = features
-    # softcap * tanh(s / softcap) in log2 units: the loop computes tanh(qk * cap_in) * qk_scale
-    qk_scale = (scale if f.softcap is None else f.softcap) * LOG2E
-    cap_in = 1.0 if f.softcap is None else scale / f.softcap
+    qk_scale, cap_in = score_scales(request.scale, request.softcap)
     args = (
         q, k, v, part_o, part_s, tok, tokp, kpm, first, off_vals, probe_vals, span,
         *q.stride(), *k.stride(), *v.stride(), *kpm.stride(),
-        Hq, Hkv, group, Nq, Nk, qk_scale, split_len, B * Hq * Nq, cap_in, f.window or 0, f.local_window or 0,
+        Hq, Hkv, Hq // Hkv, Nq, Nk, qk_scale, split_len, B * Hq * Nq, cap_in, request.window or 0,
+        request.local_window or 0,
     )
     constexprs = dict(
-        HEAD_DIM=D, BLOCK_D=head_dim_block(D), N_COLS=partial_columns(n_offsets, n_probes, f),
-        N_OFFSETS=n_offsets, N_PROBES=n_probes, HAS_PAD=has_pad,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **f.split_flags(), BLOCK_M=ROWS_BLOCK,
+        HEAD_DIM=D, BLOCK_D=head_block(D), N_COLS=partial_columns(flags), **kernel_flags(SPLIT_KERNEL, flags),
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", BLOCK_M=ROWS_BLOCK,
     )
     return args, constexprs
 
 
-def combine_kernel_args(part_o: Any, part_s: Any, out: Any, stats: AttentionStats, *, n_splits: int,
-                        n_offsets: int, n_probes: int, features: DecodeFeatures,
-                        block_r: int) -> tuple[tuple, dict]:
+def combine_kernel_args(part_o: Any, part_s: Any, out: Any, stats: AttentionStats, *, request: StatsRequest,
+                        flags: dict, n_splits: int, block_r: int) -> tuple[tuple, dict]:
     """Positional arguments and constexprs of ``_decode_combine`` (see ``split_kernel_args``);
     ``stats`` holds the allocated outputs (statistics that are off are None)."""
     B, Hq, Nq, D = out.shape
-    f = features
-    n_cols = partial_columns(n_offsets, n_probes, f)
+    n_cols = partial_columns(flags)
     lse = stats.lse
 
     def or_lse(t):  # an output that is off: any float32 pointer, never written
@@ -671,35 +599,17 @@ def combine_kernel_args(part_o: Any, part_s: Any, out: Any, stats: AttentionStat
 
     args = (part_o, part_s, out, lse, stats.sink, or_lse(stats.offsets), or_lse(stats.probes), or_lse(stats.induction),
             or_lse(stats.duplicate), or_lse(stats.entropy), or_lse(stats.distance), or_lse(stats.local),
-            or_lse(stats.span), stats.top1_index if f.top1 else lse, or_lse(stats.top1_prob),
-            or_lse(stats.learned_sink), f.sinks if f.sinks is not None else lse, B * Hq * Nq, n_splits, Hq, Nq)
-    constexprs = dict(
-        HEAD_DIM=D, BLOCK_D=head_dim_block(D), N_COLS=n_cols, BLOCK_C=triton.next_power_of_2(n_cols),
-        N_OFFSETS=n_offsets, N_PROBES=n_probes, HAS_TOK=f.token_match, HAS_ENT=f.entropy, HAS_DIST=f.distance,
-        HAS_LOCAL=f.local_window is not None, HAS_SPAN=f.span, HAS_TOP1=f.top1, HAS_SINKS=f.sinks is not None,
-        BLOCK_R=block_r,
-    )
+            or_lse(stats.span), stats.top1_index if request.top1 else lse, or_lse(stats.top1_prob),
+            or_lse(stats.learned_sink), request.sinks if request.sinks is not None else lse, B * Hq * Nq, n_splits,
+            Hq, Nq)
+    constexprs = dict(HEAD_DIM=D, BLOCK_D=head_block(D), N_COLS=n_cols, BLOCK_C=triton.next_power_of_2(n_cols),
+                      **kernel_flags(COMBINE_KERNEL, flags), BLOCK_R=block_r)
     return args, constexprs
 
 
-def attention_with_stats_decode(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    scale: float,
-    side: SideInputs,
-    offsets: Sequence[int],
-    entropy: bool,
-    distance: bool = False,
-    local_window: Optional[int] = None,
-    top1: bool = False,
-    window: Optional[int] = None,
-    softcap: Optional[float] = None,
-    sinks: Optional[torch.Tensor] = None,
-    split_len: Optional[int] = None,
-    block_n: Optional[int] = None,
-) -> tuple[torch.Tensor, AttentionStats]:
+def attention_with_stats_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, request: StatsRequest,
+                                side: SideInputs, split_len: Optional[int] = None, block_n: Optional[int] = None,
+                                ) -> tuple[torch.Tensor, AttentionStats]:
     """Split-key launch: same contract and outputs as ``attention_with_stats_triton``.
 
     Inputs are assumed validated by ``attention_with_stats`` (shapes ``q [B, Hq, Nq, D]``,
@@ -716,9 +626,9 @@ def attention_with_stats_decode(
         raise ValueError(f"q length must be <= {DECODE_MAX_QUERIES} for the decode kernel, got {Nq}")
     if B * Hkv > 65535:  # the grid's third axis
         raise ValueError(f"batch x kv heads must be <= 65535 for the decode kernel, got {B} x {Hkv}")
-    if top1 and Nk > 1 << 24:  # the partials carry the top-1 key as a float32
+    if request.top1 and Nk > 1 << 24:  # the partials carry the top-1 key as a float32
         raise ValueError(f"top1 in the decode kernel needs k_len <= 2**24, got {Nk}")
-    if block_n is None and _interpreting():
+    if block_n is None and interpreting():
         block_n = INTERPRET_BLOCK_N
     if split_len is None:
         split_len = decode_split_len(q, k) or triton.cdiv(Nk, SPLIT_ALIGN) * SPLIT_ALIGN
@@ -728,48 +638,30 @@ def attention_with_stats_decode(
     n_splits = triton.cdiv(Nk, split_len)
 
     dev, f32 = q.device, torch.float32
-    n_off = len(offsets)
-    n_probe = side.probe_keys.shape[1] if side.probe_keys is not None else 0
-    has_tok = side.token_ids is not None
-    has_pad = side.key_padding_mask is not None
-    features = DecodeFeatures(token_match=has_tok, entropy=entropy, distance=distance, local_window=local_window,
-                              top1=top1, span=side.span is not None, window=window, softcap=softcap,
-                              sinks=sinks.to(f32).contiguous() if sinks is not None else None)
+    if request.sinks is not None:
+        request = dataclasses.replace(request, sinks=request.sinks.to(f32).contiguous())
+    flags = request.flags(side)
     R = B * Hq * Nq
-    n_cols = partial_columns(n_off, n_probe, features)
-    part_o = torch.empty(n_splits, R, head_dim_block(D), dtype=f32, device=dev)
-    part_s = torch.empty(n_splits, R, n_cols, dtype=f32, device=dev)
-
+    part_o = torch.empty(n_splits, R, head_block(D), dtype=f32, device=dev)
+    part_s = torch.empty(n_splits, R, partial_columns(flags), dtype=f32, device=dev)
     out = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=dev)
+    stats = request.allocate((B, Hq, Nq), side, torch_allocator(dev))
 
-    def row_stat(wanted: bool, dtype=f32):
-        return torch.empty(B, Hq, Nq, dtype=dtype, device=dev) if wanted else None
+    off_vals = torch.tensor(list(request.offsets) or [0], dtype=torch.int32, device=dev)
+    tok, tokp = (side.token_ids, side.prev_token_ids) if flags["HAS_TOK"] else (off_vals, off_vals)  # else never read
+    kpm = side.key_padding_mask.to(torch.int8) if flags["HAS_PAD"] else off_vals[:1].view(1, 1)
+    probe_vals = side.probe_keys if flags["N_PROBES"] else off_vals
+    span = side.span.to(torch.int32) if flags["HAS_SPAN"] else off_vals
 
-    stats = AttentionStats(
-        lse=row_stat(True), sink=row_stat(True),
-        offsets=torch.empty(B, Hq, Nq, n_off, dtype=f32, device=dev) if n_off else None,
-        probes=torch.empty(B, Hq, Nq, n_probe, dtype=f32, device=dev) if n_probe else None,
-        induction=row_stat(has_tok), duplicate=row_stat(has_tok), entropy=row_stat(entropy),
-        distance=row_stat(distance), local=row_stat(local_window is not None), top1_index=row_stat(top1, torch.int64),
-        top1_prob=row_stat(top1), span=row_stat(side.span is not None), learned_sink=row_stat(sinks is not None))
-
-    off_vals = torch.tensor(list(offsets) or [0], dtype=torch.int32, device=dev)
-    tok, tokp = (side.token_ids, side.prev_token_ids) if has_tok else (off_vals, off_vals)  # else never read
-    kpm = side.key_padding_mask.to(torch.int8) if has_pad else off_vals[:1].view(1, 1)
-    probe_vals = side.probe_keys if n_probe else off_vals
-    span = side.span.to(torch.int32) if side.span is not None else off_vals
-
-    args, constexprs = split_kernel_args(
-        q, k, v, part_o, part_s, tok, tokp, kpm, side.first_key, off_vals, probe_vals, span, scale=scale,
-        split_len=split_len, n_offsets=n_off, n_probes=n_probe, has_pad=has_pad, features=features)
+    args, constexprs = split_kernel_args(q, k, v, part_o, part_s, tok, tokp, kpm, side.first_key, off_vals, probe_vals,
+                                         span, request=request, flags=flags, split_len=split_len)
     grid = (n_splits, triton.cdiv((Hq // Hkv) * Nq, constexprs["BLOCK_M"]), B * Hkv)
-    if block_n is None:
-        _decode_split_fwd_tuned[grid](*args, **constexprs)
-    else:
-        _decode_split_fwd[grid](*args, **constexprs, BLOCK_N=block_n)
-
-    cargs, cconst = combine_kernel_args(
-        part_o, part_s, out, stats, n_splits=n_splits, n_offsets=n_off, n_probes=n_probe, features=features,
-        block_r=combine_rows_block(R, device_sm_count(dev)))
-    _decode_combine[(triton.cdiv(R, cconst["BLOCK_R"]),)](*cargs, **cconst, num_warps=combine_warps(cconst))
+    cargs, cconst = combine_kernel_args(part_o, part_s, out, stats, request=request, flags=flags, n_splits=n_splits,
+                                        block_r=combine_rows_block(R, device_sm_count(dev)))
+    with device_guard(dev):  # Triton launches on the current device: make it q's
+        if block_n is None:
+            _decode_split_fwd_tuned[grid](*args, **constexprs)
+        else:
+            _decode_split_fwd[grid](*args, **constexprs, BLOCK_N=block_n)
+        _decode_combine[(triton.cdiv(R, cconst["BLOCK_R"]),)](*cargs, **cconst, num_warps=combine_warps(cconst))
     return out, stats

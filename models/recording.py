@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from ..kernels import AttentionStats, SideInputs
+from ..kernels.names import CHANNELS, SCALAR_STATISTICS
 from ..kernels.side_inputs import check_offsets
 from .families import attention_interface_refusal
 from .positions import BinSpec, bin_bounds, bin_edges, bin_weights, query_positions
@@ -42,12 +43,6 @@ def probe_column(index: int) -> str:
     return f"probe_{index}"
 
 
-# Statistic groups a query mask can be given for (see record(query_mask=...)).
-CHANNELS = ("sink", "offsets", "probes", "induction", "duplicate", "entropy", "distance", "local", "top1_prob",
-            "span", "learned_sink")
-# Per-row float statistics of AttentionStats that are averaged as one column each (learned_sink:
-# layers with learned sinks, gpt-oss s_aux).
-SCALAR_STATISTICS = ("induction", "duplicate", "entropy", "distance", "local", "top1_prob", "span", "learned_sink")
 _ACTIVE: Optional["Recording"] = None
 
 
@@ -430,8 +425,10 @@ def record(
             forward's ``input_ids`` when ``token_match=True``.
         entropy: also record row entropy (nats).
         query_mask: ``[B, Nq]`` bool, the queries to average over (default: every non-padded one);
-            or a dict from statistic group (``"sink"``, ``"offsets"``, ``"probes"``, ``"induction"``,
-            ``"duplicate"``, ``"entropy"``, ``"default"``) to such a mask.
+            or a dict from statistic group (any of ``kernels.names.CHANNELS``: ``"sink"``,
+            ``"offsets"``, ``"probes"``, ``"induction"``, ``"duplicate"``, ``"entropy"``,
+            ``"distance"``, ``"local"``, ``"top1_prob"``, ``"span"``, ``"learned_sink"``; or
+            ``"default"``, every group not named) to such a mask.
         per_sample: also keep per-sequence means (``rec.per_sample()``).
         token_match: record ``induction`` and ``duplicate`` (implied by ``token_ids``).
         probe_keys: ``[B, P]`` absolute key positions -> columns ``probe_<t>``.

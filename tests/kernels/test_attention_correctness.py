@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import attention_with_stats, attention_with_stats_naive
 from conftest import DEVICE, KERNEL_DTYPES
 from kernel_cases import CASES, OUT_TOL, assert_stats_close, make_inputs, random_span, reference_probabilities
@@ -84,9 +85,9 @@ def test_block_shapes_do_not_change_results(seed):
 
     side = SideInputs.build(batch=2, k_len=70, device=q.device, key_padding_mask=mask, token_ids=tok,
                             probe_keys=torch.tensor([[3, 60], [0, 69]]))
-    kw = dict(scale=32 ** -0.5, side=side, offsets=(1, 5), entropy=True)
-    o1, s1 = attention_with_stats_triton(q, k, v, block=(16, 16), **kw)
-    o2, s2 = attention_with_stats_triton(q, k, v, block=(32, 16), **kw)
+    request = StatsRequest(scale=32 ** -0.5, offsets=(1, 5), entropy=True)
+    o1, s1 = attention_with_stats_triton(q, k, v, request, side, block=(16, 16))
+    o2, s2 = attention_with_stats_triton(q, k, v, request, side, block=(32, 16))
     torch.testing.assert_close(o1, o2)
     for name, val in s1.as_dict().items():
         torch.testing.assert_close(val, getattr(s2, name), atol=1e-6, rtol=1e-5)

@@ -4,6 +4,7 @@ token-match masses gathered at matching pairs and from dense weights."""
 
 import pytest
 import torch
+from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive, chunked
 from conftest import DEVICE
 from kernel_cases import CASES, OUT_TOL, assert_stats_close, make_inputs, random_span
@@ -56,9 +57,9 @@ def test_heads_in_threads_match_float64(case, modifier, token_match, heads_in_th
     # chunks of 3 queries: a window's tile starts after key 0, pairs left of it must not count
     side = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=mask, token_ids=tok,
                             probe_keys=probes, span=span)
-    out, stats = chunked.attention_with_stats_chunked(q, k, v, scale=32 ** -0.5, side=side, offsets=(0, 1, 4),
-                                                      entropy=True, distance=True, local_window=3, top1=True,
-                                                      chunk_size=3, **mods)
+    request = StatsRequest(scale=32 ** -0.5, offsets=(0, 1, 4), entropy=True, distance=True, local_window=3, top1=True,
+                           **mods)
+    out, stats = chunked.attention_with_stats_chunked(q, k, v, request, side, chunk_size=3)
     assert (out.double() - ref_out).abs().max().item() <= OUT_TOL[torch.float32], what + " chunk=3"
     assert_stats_close(stats, ref, torch.float32, what + " chunk=3", Nk)
 

@@ -3,6 +3,7 @@ several chunkings here, both backends on every head dim in ``test_attention_corr
 
 import pytest
 import torch
+from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive
 from circuit_stats.kernels.chunked import attention_with_stats_chunked
 from conftest import DEVICE
@@ -27,8 +28,8 @@ def test_new_statistics_match_float64(case, D, dtype, seed, poison_outputs):
     assert_stats_close(stats, ref, dtype, what, Nk, p_ref)
     # several query chunks per call, each with its own key range
     side = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=mask, token_ids=tok, span=span)
-    out2, stats2 = attention_with_stats_chunked(q, k, v, scale=D ** -0.5, side=side, offsets=(0, 2), entropy=True,
-                                                distance=True, local_window=W, top1=True, chunk_size=4)
+    request = StatsRequest(scale=D ** -0.5, offsets=(0, 2), entropy=True, distance=True, local_window=W, top1=True)
+    out2, stats2 = attention_with_stats_chunked(q, k, v, request, side, chunk_size=4)
     assert (out2.double() - ref_out).abs().max().item() <= OUT_TOL[dtype], what
     assert_stats_close(stats2, ref, dtype, what + " chunk=4", Nk, p_ref)
     if padding:  # the fully padded row

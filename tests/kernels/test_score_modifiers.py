@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive, stats_from_probabilities
 from circuit_stats.kernels.chunked import attention_with_stats_chunked
 from conftest import DEVICE
@@ -75,9 +76,9 @@ def test_modifiers_match_float64(backend, modifier, case, dtype, seed, poison_ou
     if backend == "torch":  # several query chunks, each with its own key range
         side = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=mask, token_ids=tok,
                                 probe_keys=probes, span=span)
-        out2, stats2 = attention_with_stats_chunked(q, k, v, scale=D ** -0.5, side=side, offsets=(0, 1, 4),
-                                                    entropy=True, distance=True, local_window=W, top1=True,
-                                                    chunk_size=3, **mods)
+        request = StatsRequest(scale=D ** -0.5, offsets=(0, 1, 4), entropy=True, distance=True, local_window=W,
+                               top1=True, **mods)
+        out2, stats2 = attention_with_stats_chunked(q, k, v, request, side, chunk_size=3)
         assert (out2.double() - ref_out).abs().max().item() <= OUT_TOL[dtype], what + " chunk=3"
         assert_stats_close(stats2, ref, dtype, what + " chunk=3", Nk, p_ref)
     if padding:  # the fully padded row
@@ -136,7 +137,7 @@ def test_triton_window_stages_for_every_tile_shape(window, block, seed):
     ref_out, ref = attention_with_stats_naive(q.double(), k.double(), v.double(), key_padding_mask=mask, token_ids=tok,
                                               span=span, **kw)
     side = SideInputs.build(batch=B, k_len=N, device=q.device, key_padding_mask=mask, token_ids=tok, span=span)
-    out, got = attention_with_stats_triton(q, k, v, scale=D ** -0.5, side=side, block=block, **kw)
+    out, got = attention_with_stats_triton(q, k, v, StatsRequest(scale=D ** -0.5, **kw), side, block=block)
     got.mark_nan_rows(out.isnan().any(-1))
     p_ref, _ = eager_probabilities(q, k, D ** -0.5, mask, window, 4.0)
     assert (out.double() - ref_out).abs().max().item() <= OUT_TOL[torch.float32]

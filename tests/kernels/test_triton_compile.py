@@ -20,6 +20,7 @@ from dataclasses import asdict
 
 import pytest
 import triton
+from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import aot
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -136,7 +137,7 @@ def test_spec_launch_matches_a_real_launch():
     k, vv = torch.randn(2, 2, 9, 40), torch.randn(2, 2, 9, 40)
     side = SideInputs.build(batch=2, k_len=9, device=q.device, token_ids=torch.randint(0, 5, (2, 9)),
                             probe_keys=torch.tensor([[0, 3], [1, 2]]))
-    real = launch_arguments(q, k, vv, scale=40 ** -0.5, side=side, offsets=(1, 2, 3), entropy=True)
+    real = launch_arguments(q, k, vv, StatsRequest(scale=40 ** -0.5, offsets=(1, 2, 3), entropy=True), side)
     assert spec.constexprs == real.constexprs and spec.bucket == real.bucket
     assert len(spec.args) == len(real.args)
     for a, b in zip(spec.args, real.args):

@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive
 from circuit_stats.kernels import triton_decode
+from circuit_stats.kernels.triton_common import head_block
 from circuit_stats.kernels.triton_decode import attention_with_stats_decode, plan_split_len
 from conftest import DEVICE, KERNEL_DTYPES
 
@@ -44,7 +46,7 @@ def run_both(q, k, v, tok, mask, offsets, probes, split_len):
     Nk = k.shape[2]
     side = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=mask, token_ids=tok,
                             probe_keys=probes)
-    got = attention_with_stats_decode(q, k, v, scale=D ** -0.5, side=side, offsets=offsets, entropy=True,
+    got = attention_with_stats_decode(q, k, v, StatsRequest(scale=D ** -0.5, offsets=offsets, entropy=True), side,
                                       split_len=split_len)
     want = attention_with_stats_naive(q.double(), k.double(), v.double(), key_padding_mask=mask, offsets=offsets,
                                       probe_keys=probes, token_ids=tok, entropy=True)
@@ -96,10 +98,10 @@ def test_split_length_does_not_change_results(seed, poison_outputs):
     mask[0, 20:] = True  # splits of 16: the first is empty, the second partly padded
     side = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=mask, token_ids=tok,
                             probe_keys=torch.tensor([[25, 70]], device=DEVICE))
-    kw = dict(scale=0.3, side=side, offsets=(1, 30), entropy=True)
-    out1, s1 = attention_with_stats_decode(q, k, v, split_len=80, **kw)
+    request = StatsRequest(scale=0.3, offsets=(1, 30), entropy=True)
+    out1, s1 = attention_with_stats_decode(q, k, v, request, side, split_len=80)
     for split_len in (16, 48):
-        out, s = attention_with_stats_decode(q, k, v, split_len=split_len, **kw)
+        out, s = attention_with_stats_decode(q, k, v, request, side, split_len=split_len)
         torch.testing.assert_close(out, out1, atol=2e-6, rtol=1e-5)
         for name, val in s1.as_dict().items():
             torch.testing.assert_close(getattr(s, name), val, atol=2e-6, rtol=1e-5, msg=f"{name} split {split_len}")
@@ -149,12 +151,12 @@ def test_plan_split_len():
 def test_bad_split_len_and_long_queries_are_refused():
     q, k, v, _, _ = make_inputs(1, 2, 2, 2, 40, 16, torch.float32, None)
     side = SideInputs.build(batch=1, k_len=40, device=q.device)
-    kw = dict(scale=0.25, side=side, offsets=(), entropy=False)
+    request = StatsRequest(scale=0.25)
     with pytest.raises(ValueError, match="split_len"):
-        attention_with_stats_decode(q, k, v, split_len=24, **kw)  # not a multiple of the 16-key tile
+        attention_with_stats_decode(q, k, v, request, side, split_len=24)  # not a multiple of the 16-key tile
     q17, k17, v17, _, _ = make_inputs(1, 2, 2, 17, 40, 16, torch.float32, None)
     with pytest.raises(ValueError, match="q length"):
-        attention_with_stats_decode(q17, k17, v17, **kw)
+        attention_with_stats_decode(q17, k17, v17, request, side)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
@@ -162,7 +164,7 @@ def test_bad_split_len_and_long_queries_are_refused():
 def test_autotune_pruner_keeps_configs_that_fit(dtype, head_dim):
     """The pruner keeps at least one config, never one over the shared-memory budget, and for fp32
     only the small key tiles that compiled without spills (BLOCK_N x BLOCK_D <= 2048, or 16 keys)."""
-    bd, bm = triton_decode.head_dim_block(head_dim), triton_decode.ROWS_BLOCK
+    bd, bm = head_block(head_dim), triton_decode.ROWS_BLOCK
     q = torch.zeros(1, dtype=dtype)
     kept = triton_decode.prune_split_configs(triton_decode.SPLIT_CONFIGS, {"Q": q}, BLOCK_D=bd, BLOCK_M=bm)
     assert kept
@@ -197,7 +199,7 @@ def test_split_decode_long_context_statistics_and_modifiers(case, dtype, mods, s
     side = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=mask, token_ids=tok,
                             probe_keys=probes, span=span)
     kw = dict(offsets=offsets, entropy=True, distance=True, local_window=W, top1=True, **mods)
-    out, stats = attention_with_stats_decode(q, k, v, scale=D ** -0.5, side=side, split_len=split_len, **kw)
+    out, stats = attention_with_stats_decode(q, k, v, StatsRequest(scale=D ** -0.5, **kw), side, split_len=split_len)
     ref_out, ref = attention_with_stats_naive(q.double(), k.double(), v.double(), key_padding_mask=mask,
                                               probe_keys=probes, token_ids=tok, span=span, **kw)
     what = f"{case} {dtype} {mods} W={W} seed={seed}"
@@ -213,10 +215,10 @@ def test_hook_routes_long_decode_with_every_feature_to_split_kernel(seed, monkey
     real = triton_decode.attention_with_stats_decode
 
     def spy(*args, **kwargs):
-        calls.append(kwargs)
+        calls.append(args[3])  # the StatsRequest
         return real(*args, **kwargs)
 
     monkeypatch.setattr(triton_decode, "attention_with_stats_decode", spy)
     q, k, v, tok, _ = make_inputs(1, 2, 1, 1, 530, 16, torch.float32, None)
     attention_with_stats(q, k, v, backend="triton", top1=True, window=100, softcap=5.0, distance=True)
-    assert len(calls) == 1 and calls[0]["top1"] and calls[0]["window"] == 100 and calls[0]["softcap"] == 5.0
+    assert len(calls) == 1 and calls[0].top1 and calls[0].window == 100 and calls[0].softcap == 5.0

@@ -3,6 +3,7 @@ backend takes any D; both match the float64 reference. Beyond 256, Triton refuse
 
 import pytest
 import torch
+from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import attention_with_stats, attention_with_stats_naive
 from conftest import DEVICE, KERNEL_DTYPES
 
@@ -51,7 +52,7 @@ def test_triton_refuses_head_dims_beyond_256():
     q = torch.randn(1, 1, 2, 264)
     side = SideInputs.build(batch=1, k_len=2, device=q.device)
     with pytest.raises(ValueError, match="head_dim"):
-        attention_with_stats_triton(q, q, q, scale=0.1, side=side, offsets=(), entropy=False)
+        attention_with_stats_triton(q, q, q, StatsRequest(scale=0.1), side)
     # The torch backend takes it.
     out, _ = attention_with_stats(q, q, q, backend="torch")
     assert out.shape == q.shape

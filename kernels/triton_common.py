@@ -1,0 +1,194 @@
+"""What the fused and the split-decode Triton kernels share: constants, limits, the shared-memory
+model, launch helpers and the ``@triton.jit`` building blocks of their epilogues.
+
+Imports go one way: ``dispatch -> {chunked, triton_attention, triton_decode} -> triton_common``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import os
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634  # host side: scale * log2(e) turns scores into log2 units
+LN2 = tl.constexpr(0.6931471805599453)  # kernel side: log2 units back to nats
+LOG2E_K = tl.constexpr(LOG2E)  # kernel side: nats to log2 units (learned sink logits)
+# A finite "minus infinity" for running maxima, so that a tile in which a row has no attendable
+# key yields alpha = exp2(0) = 1 instead of exp2(-inf + inf) = NaN.
+NEG_BIG = tl.constexpr(-1.0e30)
+
+MAX_HEAD_DIM = 256  # the kernels pad head dims on chip up to this size; dispatch routes larger ones to torch
+
+# Shared memory per program, one model for both kernels: the Q tile plus ``num_stages`` buffers
+# each of K and V, as triton allocates them (the compile report's measured figures match it, e.g.
+# 160 KB for 128x128 w8 s2 at D = 128). The limit is the per-block opt-in maximum of sm_90
+# (H100/H200: 227 KB = 232448 B, CUDA's ``sharedMemPerBlockOptin``, which Triton checks a compile
+# against). sm_80 (A100) allows 163 KB: a config between the two fails to compile there with
+# OutOfResources, which Triton's autotuner skips (timed as infinite); no kept prefill tile is above
+# 160 KB. The split-decode pruner's former 200 KB margin kept exactly the same configs.
+SMEM_LIMIT_BYTES = 227 * 1024
+
+
+def interpreting() -> bool:
+    """Whether kernels run under the Triton interpreter (``TRITON_INTERPRET=1``, on the CPU)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# Compile-time switches of the jit helpers (read when this module is imported, like Triton's own
+# TRITON_INTERPRET): whether ``tl.math.fdiv`` takes ``approx`` (Triton >= 3.9; not 3.6), and
+# whether the kernels run under the interpreter.
+FDIV_HAS_APPROX = tl.constexpr("approx" in inspect.signature(tl.math.fdiv).parameters)
+INTERPRETED = tl.constexpr(interpreting())
+
+
+def head_block(head_dim: int) -> int:
+    """On-chip head-dim tile: the next power of two, at least 16 (the smallest ``tl.dot`` K)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def smem_bytes(block_m: int, block_n: int, num_stages: int, block_d: int, elt_bytes: int) -> int:
+    """Shared memory of one program: Q tile + ``num_stages`` K and V tiles."""
+    return elt_bytes * (block_m * block_d + 2 * block_n * block_d * num_stages)
+
+
+def smem_fits(block_m: int, block_n: int, num_stages: int, block_d: int, elt_bytes: int) -> bool:
+    """Whether a tile fits ``SMEM_LIMIT_BYTES``."""
+    return smem_bytes(block_m, block_n, num_stages, block_d, elt_bytes) <= SMEM_LIMIT_BYTES
+
+
+def score_scales(scale: float, softcap: Optional[float]) -> tuple[float, float]:
+    """``(qk_scale, cap_in)``: the loops compute ``tanh(qk * cap_in) * qk_scale``, i.e.
+    ``softcap * tanh(s / softcap)`` in log2 units (``s = scale * qk``), or ``s`` in log2 units
+    without a softcap (``cap_in`` then unused)."""
+    qk_scale = (scale if softcap is None else softcap) * LOG2E
+    cap_in = 1.0 if softcap is None else scale / softcap
+    return qk_scale, cap_in
+
+
+def device_guard(device: torch.device) -> contextlib.AbstractContextManager:
+    """The context every launch enters: ``torch.cuda.device(device)`` for a CUDA device, since
+    Triton launches on the current CUDA device and stream (a layer on ``cuda:1`` under
+    ``device_map="auto"`` must run there); nothing for other devices (the interpreter, which is
+    checked to run with this NumPy: ``check_interpreter``)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    check_interpreter()
+    return contextlib.nullcontext()
+
+
+@functools.cache
+def check_interpreter() -> None:
+    """Fail clearly where Triton's interpreter cannot run our loops. Triton 3.6's interpreter
+    turns a loop bound (a 1-element array) into an int with ``int(array)``, which NumPy >= 2.4
+    refuses ("only 0-dimensional arrays can be converted to Python scalars"); Triton 3.9 squeezes
+    the array first. With such a Triton, NumPy must be < 2.4."""
+    try:
+        int(np.ones(1))
+        return  # this NumPy still converts 1-element arrays
+    except TypeError:
+        pass
+    try:
+        from triton.runtime import interpreter
+
+        squeezes = "squeeze()" in inspect.getsource(interpreter._patch_lang_tensor)
+    except (ImportError, AttributeError, OSError, TypeError):
+        return  # another Triton layout: nothing known to check
+    if not squeezes:
+        raise RuntimeError(f"the Triton {triton.__version__} interpreter (TRITON_INTERPRET=1) cannot run these kernels "
+                           f"with NumPy {np.__version__}: install numpy<2.4 (pip install 'numpy<2.4') or a newer "
+                           "Triton (3.9 works)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared @triton.jit helpers (inlined into the kernels)
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def approx_div(num, den):
+    """``num / den`` as one approximate division (PTX ``div.approx.f32``: 2 ulp; a huge ``den``
+    gives 0). Triton 3.9 spells it ``tl.math.fdiv(..., approx=True)``; Triton 3.6 has no
+    ``approx`` argument, so there it is inline PTX (the same instruction); the interpreter, which
+    runs no PTX, divides exactly."""
+    if FDIV_HAS_APPROX:
+        return tl.math.fdiv(num, den, approx=True)
+    elif INTERPRETED:
+        return num / den
+    else:
+        return tl.inline_asm_elementwise("div.approx.f32 $0, $1, $2;", "=r,r,r", [num, den],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def tanh_softcap(x, cap_in):
+    """``tanh(x * cap_in)`` as ``1 - 2 / (e^(2y) + 1)`` (``tl.math`` has no tanh): one ``exp2`` and
+    one approximate division (``approx_div``; an overflowing ``e^(2y)`` gives exactly 1).
+    Absolute error a few 1e-8; NaN stays NaN."""
+    e = tl.math.exp2(2.8853900817779268 * (x * cap_in))
+    return 1.0 - approx_div(tl.full(x.shape, 2.0, tl.float32), e + 1.0)
+
+
+@triton.jit
+def join_learned_sink(lse2, m, has_key, sink2):
+    """Add a learned sink logit ``sink2`` (log2 units) to each row's key log-sum-exp ``lse2``
+    (``m``: the row max the key sums are relative to). Returns ``(lse2 with the sink, norm)``,
+    ``norm = 2^(m - lse2)`` turning a key sum of ``2^(s2 - m)`` into probabilities (0 on rows
+    with no attendable key). Shared by the fused epilogue and the split-decode combine."""
+    keys2 = tl.where(has_key, lse2, float("-inf"))
+    top2 = tl.maximum(keys2, sink2)
+    lse2 = top2 + tl.math.log2(tl.math.exp2(keys2 - top2) + tl.math.exp2(sink2 - top2))
+    return lse2, tl.where(has_key, tl.math.exp2(m - lse2), 0.0)
+
+
+@triton.jit
+def row_entropy2(e, l, m, lse2, norm, sink2, HAS_SINKS: tl.constexpr):
+    """Row entropy in bits from ``e = sum_j 2^(s2_j - m) (s2_j - m)`` and ``l = sum_j 2^(s2_j - m)``:
+    ``log2 l - e / l``; with a learned sink, ``-sum p log2 p`` over the keys
+    (``p_j = 2^(s2_j - m) norm``) and the sink. 0 on rows with no attendable key."""
+    if HAS_SINKS:
+        p_sink = tl.math.exp2(sink2 - lse2)
+        ent2 = -norm * (e + l * (m - lse2)) - p_sink * (sink2 - lse2)
+    else:
+        l_safe = tl.where(l > 0, l, 1.0)
+        ent2 = tl.where(l > 0, tl.math.log2(l_safe) - e / l_safe, 0.0)
+    return ent2
+
+
+@triton.jit
+def point_prob(q, Kb, key, ok, q_pos, window, KPMb, stride_mn, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in,
+               ref2, HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+    """``2^(s2(q . k_key) - ref2)`` for one key per row (``s2`` the capped score in log2 units),
+    0 where the key may not be attended: ``ok`` is off, the key is left of the row's sliding
+    window or padded. ``ref2`` is the row's log-sum-exp (fused epilogue: a probability) or the
+    split's running max (split decode: a partial). ``q``: ``[BLOCK_M, BLOCK_D]`` queries."""
+    if HAS_WINDOW:
+        ok = ok & (key > q_pos - window)
+    if HAS_PAD:
+        ok = ok & (tl.load(KPMb + key.to(tl.int64) * stride_mn, mask=ok, other=0) != 0)
+    kk = tl.load(Kb + key[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
+                 mask=ok[:, None] & d_ok[None, :], other=0.0)
+    s = tl.sum(q.to(tl.float32) * kk.to(tl.float32), 1)
+    if HAS_SOFTCAP:
+        s = tanh_softcap(s, cap_in)
+    return tl.math.exp2(tl.where(ok, s * qk_scale - ref2, float("-inf")))
+
+
+def constexpr_names(kernel: Any) -> tuple[str, ...]:
+    """The ``tl.constexpr`` parameters of a ``@triton.jit`` kernel (compiled or interpreted), in
+    order."""
+    fn = getattr(kernel, "fn", kernel)
+    return tuple(name for name, p in inspect.signature(fn).parameters.items()
+                 if "constexpr" in str(p.annotation))
+
+
+def kernel_flags(kernel: Any, flags: dict) -> dict:
+    """The entries of ``flags`` (``StatsRequest.flags``) that ``kernel`` declares as constexprs."""
+    names = constexpr_names(kernel)
+    return {name: value for name, value in flags.items() if name in names}
