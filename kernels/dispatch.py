@@ -81,7 +81,8 @@ def _check_sinks(sinks, q: torch.Tensor) -> None:
         raise ValueError(f"sinks are on {sinks.device}, q on {q.device}")
 
 
-def _check_bool(name: str, value) -> None:
+def check_bool(name: str, value) -> None:
+    """Refuse anything but a real bool (``"false"`` or ``1`` would pass a truth test)."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
@@ -173,7 +174,7 @@ def attention_with_stats(
     _check_qkv(q, k, v)
     offsets = check_offsets(offsets)
     for name, flag in (("entropy", entropy), ("distance", distance), ("top1", top1)):
-        _check_bool(name, flag)
+        check_bool(name, flag)
     _check_positive_int("local_window", local_window)
     _check_positive_int("window", window)
     _check_softcap(softcap)
