@@ -12,7 +12,7 @@ from .models import uses_circuit_stats
 from .models.wrapped import unwrap_model
 from .models.context import context_guard
 from .protocols import get_protocol
-from .protocols.engine import model_device
+from .protocols.engine import check_bos_token_id, model_device
 
 
 def score_heads(
@@ -62,6 +62,7 @@ def score_heads(
     if not uses_circuit_stats(model):
         raise ValueError("score_heads needs a model loaded with attn_implementation='circuit_stats' "
                          "(or switched with model.set_attn_implementation('circuit_stats'))")
+    check_bos_token_id(model, bos_token_id)  # before any forward
     if device is not None:
         model.to(device)
     kwargs = dict(device=model_device(model), bos_token_id=bos_token_id, progress=progress, **protocol_options)

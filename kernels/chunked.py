@@ -119,6 +119,9 @@ def attention_lse_sink_sdpa(
     if Hkv != Hq:
         k = k.repeat_interleave(Hq // Hkv, 1)
         v = v.repeat_interleave(Hq // Hkv, 1)
+    # The aten kernel reads each head-dim vector as dense (any other stride is fine; a strided
+    # last dim gives wrong numbers, no error): copy only such inputs.
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         q, k, v, 0.0, is_causal=Nq > 1, attn_mask=mask, scale=scale)
     lse = lse.to(torch.float32)

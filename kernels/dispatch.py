@@ -85,7 +85,8 @@ def _check_sinks(sinks, q: torch.Tensor) -> None:
         raise ValueError(f"sinks are on {sinks.device}, q on {q.device}")
 
 
-def _check_bool(name: str, value) -> None:
+def check_bool(name: str, value) -> None:
+    """Refuse anything but a real bool (``"false"`` or ``1`` would pass a truth test)."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
@@ -143,7 +144,7 @@ def attention_with_stats(
     Args:
         q: ``[B, Hq, Nq, D]`` queries; query ``i`` sits at key position ``Nk - Nq + i``.
         k, v: ``[B, Hkv, Nk, D]``; ``Hq`` must be a multiple of ``Hkv`` (GQA / MQA).
-        scale: score scale, default ``D ** -0.5``.
+        scale: score scale, a finite float > 0; default ``D ** -0.5``.
         key_padding_mask: ``[B, Nk]`` bool, True where a key may be attended.
         offsets: fixed diagonal offsets ``o >= 0``; returns the probability on key ``i - o``.
         probe_keys: ``[B, P]`` absolute key positions (per batch row); returns every query's
@@ -177,7 +178,7 @@ def attention_with_stats(
     _check_qkv(q, k, v)
     offsets = check_offsets(offsets)
     for name, flag in (("entropy", entropy), ("distance", distance), ("top1", top1)):
-        _check_bool(name, flag)
+        check_bool(name, flag)
     _check_positive_int("local_window", local_window)
     _check_positive_int("window", window)
     _check_softcap(softcap)
@@ -186,8 +187,9 @@ def attention_with_stats(
     Nk = k.shape[2]
     if scale is None:
         scale = D ** -0.5
-    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite real number, got {scale!r}")
+    elif (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale)
+          or scale <= 0):  # one rule for every backend (0 or less: NaN rows on torch, refused by Triton)
+        raise ValueError(f"scale must be a finite real number > 0 (or None for head_dim ** -0.5), got {scale!r}")
     if side_inputs is None:
         side_inputs = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=key_padding_mask,
                                        token_ids=token_ids, probe_keys=probe_keys, span=span)

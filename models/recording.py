@@ -16,6 +16,7 @@ bins), times the batch with ``per_sample``.
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import pandas as pd
 import torch
 
 from ..kernels import AttentionStats, SideInputs
+from ..kernels.dispatch import check_bool
 from ..kernels.names import CHANNELS, SCALAR_STATISTICS
 from ..kernels.side_inputs import check_offsets
 from .families import attention_interface_refusal
@@ -33,6 +35,8 @@ from .wrapped import unwrap_model
 
 # The name registered with transformers' AttentionInterface / AttentionMaskInterface.
 IMPLEMENTATION = "circuit_stats"
+
+
 def offset_column(offset: int) -> str:
     """The result column of the fixed offset ``offset`` (``offset_1`` = previous token)."""
     return f"offset_{offset}"
@@ -93,9 +97,11 @@ class Recording:
                  position_bins=None, distance=False, local_window=None, top1=False, span=None):
         self.model = model
         self.offsets = check_offsets(offsets)
-        self.token_match = bool(token_match or token_ids is not None)
-        self.entropy = bool(entropy)
-        self.per_sample_enabled = bool(per_sample)
+        for name, flag in (("token_match", token_match), ("entropy", entropy), ("per_sample", per_sample)):
+            check_bool(name, flag)
+        self.token_match = token_match or token_ids is not None
+        self.entropy = entropy
+        self.per_sample_enabled = per_sample
         self.edges = None if position_bins is None else bin_edges(position_bins)
         self.extra_kernel_kwargs = _extra_statistics(distance, local_window, top1)
         self._user_tokens = token_ids
@@ -109,12 +115,17 @@ class Recording:
         self._last_top1: dict = {}  # layer -> [B, H] top1 key of the last query of the last forward
         self._blocks: list[_Block] = []
         self._n_forward = 0
+        self._seq_len: Optional[int] = None  # positions of the current sequences so far (None: unknown)
+        # State before the forward now running (None: none running): a forward that raises leaves
+        # some layers' contributions; they are rolled back (see _discard_failed_forward).
+        self._before_running: Optional[tuple] = None
         # (forward number, device, q_len, k_len) -> _Request: every layer of one forward on one
         # device shares its side inputs and query weights, built and validated once.
         self._requests: dict = {}
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.n_layers = int(text_config.num_hidden_layers)
         self._hook = model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+        self._done_hook = model.register_forward_hook(self._after_forward)
 
     def set_inputs(self, *, query_mask=None, probe_keys: Optional[torch.Tensor] = None,
                    token_ids: Optional[torch.Tensor] = None, span: Optional[torch.Tensor] = None) -> None:
@@ -129,11 +140,15 @@ class Recording:
 
     # ---------------------------------------------------------------- forward hooks
     def _before_forward(self, module, args, kwargs):
+        self._discard_failed_forward()
+        self._before_running = self._state()
         ids = kwargs.get("input_ids")
         if ids is None and args and isinstance(args[0], torch.Tensor) and not args[0].is_floating_point():
             ids = args[0]
         past = _cache_argument(kwargs)
         continuing = past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0
+        new = ids if ids is not None else kwargs.get("inputs_embeds")
+        self._seq_len = None if new is None else (past.get_seq_length() if continuing else 0) + new.shape[1]
         if continuing and self._tokens is not None and ids is not None:
             self._tokens = torch.cat([self._tokens, ids.to(self._tokens.device)], dim=1)
         else:
@@ -141,6 +156,31 @@ class Recording:
         if not continuing or not self._blocks:
             self._blocks.append(_Block())
         self._n_forward += 1
+
+    def _after_forward(self, module, args, output):
+        self._before_running = None  # the forward finished: its contributions stand
+
+    def _state(self) -> tuple:
+        """What a forward changes (sums are replaced, never updated in place: shallow copies do)."""
+        last = self._blocks[-1] if self._blocks else None
+        block = None if last is None else (last, _copy2(last.sums), _copy2(last.counts))
+        return (self._tokens, self._seq_len, _copy2(self._sums), _copy2(self._counts), dict(self._last_top1),
+                len(self._blocks), block)
+
+    def _discard_failed_forward(self) -> None:
+        """Roll back a forward that raised (caught inside the block), so that every layer keeps
+        the same queries: the recording holds the forwards that finished."""
+        if self._before_running is None:
+            return
+        self._tokens, self._seq_len, sums, counts, self._last_top1, n_blocks, block = self._before_running
+        self._sums, self._counts = defaultdict(dict, sums), defaultdict(dict, counts)
+        del self._blocks[n_blocks:]
+        if block is not None:  # the block the forward added to (a continuing forward's)
+            last, block_sums, block_counts = block
+            last.sums, last.counts = defaultdict(dict, block_sums), defaultdict(dict, block_counts)
+        self._before_running = None
+        warnings.warn("a forward inside record() raised before it finished: the statistics it had recorded "
+                      "were discarded; the recording holds the forwards that finished", stacklevel=3)
 
     def _request(self, module, query, key, kpm) -> _Request:
         layer = getattr(module, "layer_idx", None)
@@ -184,7 +224,12 @@ class Recording:
             if tokens is None:
                 raise ValueError("token-match statistics need token ids: pass token_ids= to record() "
                                  "(the forward was called without input_ids)")
-            if tokens.shape[0] != B or tokens.shape[1] < Nk:
+            if self._user_tokens is not None:  # one id per position so far (keys: the last Nk of them)
+                n = self._seq_len if self._seq_len is not None and self._seq_len >= Nk else Nk
+                if tuple(tokens.shape) != (B, n):
+                    raise ValueError(f"token_ids must hold one id per position of the sequences so far: "
+                                     f"need shape ({B}, {n}), got {tuple(tokens.shape)}")
+            elif tokens.shape[0] != B or tokens.shape[1] < Nk:
                 raise ValueError(f"token_ids must cover every key: need shape ({B}, {Nk}), got {tuple(tokens.shape)}")
             tokens = tokens[:, tokens.shape[1] - Nk:]
         side = SideInputs.build(batch=B, k_len=Nk, device=dev, key_padding_mask=kpm, token_ids=tokens,
@@ -231,6 +276,7 @@ class Recording:
         return {name: t[..., 0]}
 
     def _check_complete(self) -> None:
+        self._discard_failed_forward()
         if self._n_forward == 0 or not self._counts:
             raise RuntimeError("no forward pass of the model was recorded inside this record() block")
         missing = sorted(set(range(self.n_layers)) - set(self._counts))
@@ -272,6 +318,7 @@ class Recording:
     def last_top1_index(self) -> torch.Tensor:
         """``[B, n_layers, n_heads]`` int64: the top-1 key (absolute position) of the last query
         of the most recent forward, per row, layer and head (needs ``top1=True``)."""
+        self._discard_failed_forward()
         if not self._last_top1:
             raise RuntimeError("record(..., top1=True) and at least one forward are needed for last_top1_index()")
         return torch.stack([self._last_top1[layer] for layer in range(self.n_layers)], dim=1)
@@ -347,6 +394,12 @@ class Recording:
 
     def close(self) -> None:
         self._hook.remove()
+        self._done_hook.remove()
+
+
+def _copy2(d: dict) -> dict:
+    """A copy of a dict of dicts (the inner dicts copied, their values shared)."""
+    return {key: dict(inner) for key, inner in d.items()}
 
 
 def _normalise_query_mask(query_mask) -> dict[str, torch.Tensor]:
@@ -370,8 +423,7 @@ def _extra_statistics(distance: bool, local_window: Optional[int], top1: bool) -
     """Kernel keyword arguments of the optional statistics that are on (none when all are off,
     so that a kernel without them is called exactly as before)."""
     for name, flag in (("distance", distance), ("top1", top1)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {flag!r}")
+        check_bool(name, flag)
     out: dict = {}
     if distance:
         out["distance"] = True

@@ -187,8 +187,10 @@ def profile(
                     ids = encode(tok, doc.text, add_special_tokens)
                     if not ids:
                         raise ValueError("empty document (no tokens)")
-                    if max(ids) >= vocab or min(ids) < 0:
-                        raise ValueError(f"token id {max(ids)} does not fit the model's vocabulary of {vocab}")
+                    bad = next((i for i in ids if not 0 <= i < vocab), None)
+                    if bad is not None:  # the offending id, not the largest
+                        raise ValueError(f"token id {bad} (position {ids.index(bad)}) does not fit the model's "
+                                         f"vocabulary of {vocab} (ids 0..{vocab - 1})")
                     n_doc = len(ids)
                     ids = ids[:limit] if limit else ids
                     df = profile_document(model, ids, edges=edges, statistics=statistics,

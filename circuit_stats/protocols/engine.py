@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
@@ -44,6 +45,27 @@ def check_token_range(model: torch.nn.Module, low: int, high: int, what: str) ->
     v = vocab_size(model)
     if high > v or low < 0:
         raise ValueError(f"{what}: token ids in [{low}, {high}) do not fit the model's vocabulary of {v}")
+
+
+def check_bos_token_id(model: torch.nn.Module, bos_token_id) -> None:
+    """Raise unless ``bos_token_id`` is None or an int id in the model's vocabulary (checked
+    before any forward: an id outside it fails deep inside the embedding)."""
+    if bos_token_id is None:
+        return
+    v = vocab_size(model)
+    if isinstance(bos_token_id, bool) or not isinstance(bos_token_id, numbers.Integral):
+        raise TypeError(f"bos_token_id must be an int token id (or None), got {bos_token_id!r}")
+    if not 0 <= bos_token_id < v:
+        raise ValueError(f"bos_token_id {bos_token_id} is outside the model's vocabulary of {v} (ids 0..{v - 1})")
+
+
+def first_out_of_vocabulary(seqs: Sequence[Sequence[int]], vocab: int) -> Optional[tuple[int, int, int]]:
+    """``(sequence, position, id)`` of the first id of ``seqs`` outside ``[0, vocab)``, or None."""
+    for n, ids in enumerate(seqs):
+        for pos, i in enumerate(ids):
+            if not 0 <= i < vocab:
+                return n, pos, i
+    return None
 
 
 def prepend_bos(ids: torch.Tensor, bos_token_id: Optional[int]) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..tokenization import BYTES, ByteTokenizer
-from .engine import Batch, prepend_bos, vocab_size
+from .engine import Batch, first_out_of_vocabulary, prepend_bos, vocab_size
 
 __all__ = ["BYTES", "ByteTokenizer", "EncodedTexts", "default_texts", "special_tokens_added", "tokenizer_bos_id", "config_bos_id",
            "tokenize_texts", "pad_right", "text_batches", "check_no_double_bos"]
@@ -104,7 +104,7 @@ def tokenize_texts(texts, tokenizer, model, *, add_special_tokens: Optional[bool
     if isinstance(tokenizer, str) and tokenizer != BYTES:
         raise ValueError(f"tokenizer must be a tokenizer object, a callable or {BYTES!r}, got {tokenizer!r}")
     tok = ByteTokenizer() if tokenizer == BYTES else tokenizer
-    out = []
+    all_ids = []
     for t in texts:
         if isinstance(t, str):
             ids = _call(tok, t, add_special_tokens)
@@ -112,17 +112,16 @@ def tokenize_texts(texts, tokenizer, model, *, add_special_tokens: Optional[bool
             ids = t.reshape(-1).tolist()
         else:
             ids = [int(x) for x in t]
-        if ids:
-            out.append(ids)
+        all_ids.append(ids)
+    out = [ids for ids in all_ids if ids]
     if not out:
         raise ValueError("texts: no tokens to score")
     v = vocab_size(model)
-    top = max(max(ids) for ids in out)
-    low = min(min(ids) for ids in out)
-    if top >= v or low < 0:
-        bad = top if top >= v else low
-        raise ValueError(f"texts: token id {bad} does not fit the model's vocabulary of {v}"
-                         + (" (tokenizer='bytes' gives ids up to 255)" if tokenizer == BYTES else ""))
+    bad = first_out_of_vocabulary(all_ids, v)
+    if bad is not None:
+        n, pos, i = bad
+        raise ValueError(f"texts[{n}]: token id {i} (position {pos}) does not fit the model's vocabulary of {v} "
+                         f"(ids 0..{v - 1})" + (" (tokenizer='bytes' gives ids up to 255)" if tokenizer == BYTES else ""))
     if not strings:
         name, special = "token ids", {"prepended": [], "appended": []}
     else:

@@ -33,6 +33,9 @@ def qkv(B=1, Hq=2, Hkv=2, Nq=8, Nk=8, D=16, dtype=torch.float32):
         (qkv, {"probe_keys": torch.tensor([0, 1])}, ValueError, "probe_keys must have shape"),
         (qkv, {"probe_keys": torch.tensor([[0.0]])}, TypeError, "probe_keys must be an integer"),
         (qkv, {"scale": float("nan")}, ValueError, "scale"),
+        (qkv, {"scale": 0.0}, ValueError, "scale must be a finite real number > 0"),
+        (qkv, {"scale": -0.125}, ValueError, "scale must be a finite real number > 0"),
+        (qkv, {"scale": -1}, ValueError, "scale must be a finite real number > 0"),
         (qkv, {"backend": "cuda"}, ValueError, "backend must be one of"),
         (qkv, {"entropy": 1}, TypeError, "entropy"),
     ],
@@ -101,3 +104,14 @@ def test_auto_routes_head_dims_beyond_the_triton_kernel_to_torch():
     q = torch.randn(1, 2, 5, 288)
     out, stats = attention_with_stats(q, q, q, entropy=True)  # the torch backend takes any head_dim
     assert out.shape == q.shape and torch.isfinite(stats.entropy).all()
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("scale", [0.0, -0.125, -3])
+def test_scale_must_be_positive_on_every_backend(backend, scale):
+    """One rule for every backend (the torch backend gave NaN rows for scale <= 0, the Triton
+    kernel refused negative scales only), checked before any work."""
+    with pytest.raises(ValueError, match=r"scale must be a finite real number > 0 .* got " + str(scale)):
+        attention_with_stats(*qkv(), scale=scale, backend=backend, entropy=True)
+    with pytest.raises(ValueError, match=r"scale must be a finite real number > 0"):
+        attention_with_stats(*qkv(), scale=scale, backend=backend)  # the plain (SDPA) path too

@@ -30,6 +30,8 @@ def make_inputs(B, Hq, Hkv, Nq, Nk, D, dtype, padding, vocab=4):
     v = torch.randn(B, Nk, Hkv, D, device=DEVICE, dtype=dtype).transpose(1, 2)
     q = q * (1 + 3 * torch.rand(B, Hq, Nq, 1, device=DEVICE, dtype=dtype))  # some sharp rows
     tok = torch.randint(0, vocab, (B, Nk), device=DEVICE)
+    tok[:, -3:] = tok[:, -3:-2]  # planted matches in every row's last keys (attendable, Nq <= length):
+    # the last query duplicates the two keys before it and is predicted by key Nk - 2 (induction)
     mask = None
     if padding == "left":
         mask = torch.ones(B, Nk, dtype=torch.bool, device=DEVICE)

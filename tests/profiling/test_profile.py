@@ -187,3 +187,11 @@ def test_profile_files_follow_the_umask(model, seed, tmp_path):
     files = [p for p in (tmp_path / "p").rglob("*") if p.is_file() and p.name != ".profile.lock"]
     assert len(files) >= 5  # profile.json, 2 parts, profile.parquet, summary.md, plots
     assert all(p.stat().st_mode & 0o777 == 0o644 for p in files), {p.name: oct(p.stat().st_mode) for p in files}
+
+
+@pytest.mark.parametrize("doc, bad", [([5, -3, 6], "token id -3 \\(position 1\\)"),
+                                      ([5, 70, 6, 99], "token id 70 \\(position 1\\)")])
+def test_an_out_of_vocabulary_id_is_named(model, doc, bad):
+    """The message names the offending id (not the document's largest) and the vocabulary of 64."""
+    with pytest.raises(ValueError, match=bad + " does not fit the model's vocabulary of 64 \\(ids 0..63\\)"):
+        profile(model, [doc], statistics=("sink",), progress=False)

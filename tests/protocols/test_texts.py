@@ -88,7 +88,7 @@ def test_tokenize_texts_accepts_ids_and_refuses_bad_ones(model):
         tokenize_texts("one string", BYTES, model)
     with pytest.raises(ValueError, match="no tokens"):
         tokenize_texts([[]], None, model)
-    with pytest.raises(ValueError, match="token id -1 does not fit"):
+    with pytest.raises(ValueError, match=r"token id -1 \(position 1\) does not fit"):
         tokenize_texts([[3, -1]], None, model)
     small = model_pair("pythia", vocab_size=100)[0]
     with pytest.raises(ValueError, match="ids up to 255"):
