@@ -387,6 +387,15 @@ NO_SPILL_TILES = {
     # (28-76 B), and only outside the key loops (prologue and epilogue; see the compile test).
     (256, "heavy", False): _tiles((64, 32, 8, 2)),
 }
+# Triton 3.6 (the GPU machines' release) allocates registers differently: these tiles, spill-free
+# under 3.9, spill there (sm_90 bf16: D=128 all statistics 128x64 w8 s3, 32 B; every statistic and
+# modifier 64x64 w8 s2, 4 B), so the autotuner does not try them under Triton < 3.7.
+SPILLING_BEFORE_TRITON_3_7 = {
+    (128, "stats", False): _tiles((128, 64, 8, 3)),
+    (128, "heavy", False): _tiles((64, 64, 8, 2)),
+    (128, "heavy", True): _tiles((64, 64, 8, 2)),
+}
+TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2])
 # fp32 inputs (3xTF32 holds two halves of every operand): the smallest tiles only. Spill-free at
 # D <= 64 without loop statistics; the least-spilling tile measured elsewhere (see the report).
 NO_SPILL_TILES_FP32 = {64: _tiles((64, 32, 4, 2)), 128: _tiles((64, 32, 4, 2)), 256: _tiles((64, 32, 8, 2))}
@@ -396,7 +405,8 @@ LOOP_LEVELS = ("none", "window", "stats", "heavy")
 def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int, loop_level: str,
                 smem_limit: int = SMEM_LIMIT_BYTES) -> bool:
     """Whether the autotuner may try ``cfg``: it fits shared memory and is a tile measured to
-    compile without register spills (``NO_SPILL_TILES``). Decode tiles (16 rows) are small
+    compile without register spills (``NO_SPILL_TILES``, less ``SPILLING_BEFORE_TRITON_3_7`` on
+    Triton 3.6). Decode tiles (16 rows) are small
     enough for every head dim."""
     bm, bn, w, st = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages
     bd = head_block(head_dim)
@@ -409,7 +419,8 @@ def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int, loop_level
         return (bm, bn, w, st) in NO_SPILL_TILES_FP32[tile_class]
     padded = bd != head_dim and head_dim > 64
     key = (tile_class, loop_level, padded and tile_class == 128)
-    return (bm, bn, w, st) in NO_SPILL_TILES[key]
+    spilling = SPILLING_BEFORE_TRITON_3_7.get(key, frozenset()) if TRITON_VERSION < (3, 7) else frozenset()
+    return (bm, bn, w, st) in NO_SPILL_TILES[key] - spilling
 
 
 # Constexpr flags by the per-score work they add to the key loop (point statistics and learned

@@ -1,5 +1,6 @@
-"""Fixtures: the bundled demo checkpoint with a byte-level tokenizer, and local lm-eval task YAMLs
-built from the bundled sample corpus (a multiple-choice copy task and a generation needle task)."""
+"""Fixtures of the evaluation tests, imported by them (a conftest.py here would be imported as the
+module ``conftest`` and shadow tests/conftest.py): the bundled demo checkpoint and the worked
+example's lm-eval tasks (a multiple-choice copy task and a generation needle task)."""
 
 from pathlib import Path
 
