@@ -34,3 +34,12 @@ def test_ci_second_environment_shares_the_environment_ci_runs_in(tmp_path):
     run(sys.executable, "-", purelib, stdin=share)
     here = run(sys.executable, "-c", "import torch, circuit_stats; print(torch.__file__, circuit_stats.__file__)")
     assert run(python, "-c", "import torch, circuit_stats; print(torch.__file__, circuit_stats.__file__)") == here
+
+
+def test_ci_tests_the_oldest_supported_triton():
+    setup = (ROOT / "setup.py").read_text()
+    low = re.search(r'"triton>=([\d.]+),<([\d.]+)"', setup).group(1)
+    ci = (ROOT / ".ci" / "run").read_text()
+    oldest = re.search(r"^OLDEST_TRITON=([\d.]+)$", ci, re.M).group(1)
+    assert oldest.split(".")[: len(low.split("."))] == low.split("."), (oldest, low)
+    assert 'pytest tests/kernels -q -m "not hf"' in ci
