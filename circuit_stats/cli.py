@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 from . import arguments as arg
 from .evaluation.cli import add_parser as add_eval
+from .command_model import load_command_model
 from .tokenization import load_tokenizer
 
 
@@ -139,7 +140,7 @@ def cmd_demo(a) -> int:
 def cmd_profile(a) -> int:
     """Position-resolved statistics of every head over a corpus (see circuit_stats.profiling)."""
     docs, tokenizer = profile_inputs(a)
-    model = load_profile_model(a)
+    model = load_command_model(a)
     from .profiling import profile
     from .scans.settings import normalised_model
 
@@ -180,23 +181,6 @@ def profile_inputs(a) -> tuple:
     tokenizer = "bytes" if a.tokenizer == "bytes" else load_tokenizer(
         a.tokenizer or a.model, revision=None if a.tokenizer else a.revision, what="--tokenizer")
     return docs, tokenizer
-
-
-def load_profile_model(a):
-    """The model of ``circuit-stats profile`` on ``--device`` in ``--dtype``; a ValueError (exit 2)
-    naming the model when it does not load."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    # default: the checkpoint's dtype, but float32 on the CPU (half-precision CPU matmuls are slow)
-    dtype = getattr(torch, a.dtype) if a.dtype else ("auto" if device.type != "cpu" else torch.float32)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(a.model, revision=a.revision, dtype=dtype,
-                                                     attn_implementation="circuit_stats")
-    except OSError as err:
-        raise ValueError(f"model {a.model}: cannot be loaded ({err})") from None
-    return model.to(device)
 
 
 def add_scan(sub) -> None:

@@ -64,12 +64,12 @@ def check_inputs(a) -> None:
 def load_model(a):
     """The model on ``--device`` in ``--dtype`` (float32 on the CPU by default), as ``profile``
     loads it, and its tokenizer."""
-    from ..cli import load_profile_model
+    from ..command_model import load_command_model
     from ..tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(a.tokenizer or a.model, revision=None if a.tokenizer else a.revision,
                                what="lm-eval's requests")
-    return load_profile_model(a).eval(), tokenizer
+    return load_command_model(a).eval(), tokenizer
 
 
 def run(a) -> int:
