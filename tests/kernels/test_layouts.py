@@ -7,6 +7,7 @@ import pytest
 import torch
 from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive
 from circuit_stats.kernels.chunked import attention_lse_sink_sdpa
+from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels.triton_decode import attention_with_stats_decode
 from conftest import DEVICE, KERNEL_DTYPES
 from kernel_cases import OUT_TOL, STAT_TOL, assert_stats_close
@@ -55,7 +56,7 @@ BACKENDS = {
 def run(backend, q, k, v, side, stats):
     kw = dict(offsets=(1, 2), entropy=True) if stats else dict(offsets=(), entropy=False)
     if backend == "decode":
-        return attention_with_stats_decode(q, k, v, scale=q.shape[-1] ** -0.5, side=side, split_len=16, **kw)
+        return attention_with_stats_decode(q, k, v, StatsRequest(scale=q.shape[-1] ** -0.5, **kw), side, split_len=16)
     return attention_with_stats(q, k, v, backend=backend, side_inputs=side, **kw)
 
 
