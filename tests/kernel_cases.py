@@ -98,6 +98,9 @@ def assert_stats_close(got, want, dtype, what: str, n_keys: int, p_ref=None) -> 
             assert torch.equal(torch.isinf(val), torch.isinf(ref)), f"{what}: lse inf pattern"
         fin = torch.isfinite(ref)
         val, ref = val[fin], ref[fin]
-        err = (val.double() - ref).abs().max().item() if ref.numel() else 0.0
+        # lse is a score (a log): its rounding error grows with its magnitude (sharp rows at D = 256
+        # in fp32 reach 1e-5 absolute), so its tolerance is relative above 1
+        scale = ref.abs().clamp(min=1) if name == "lse" else torch.ones_like(ref)
+        err = ((val.double() - ref).abs() / scale).max().item() if ref.numel() else 0.0
         limit = tol.get(name, STAT_TOL[dtype])
-        assert err <= limit, f"{what}: {name} off by {err:.3g} (tol {limit:.3g})"
+        assert err <= limit, f"{what}: {name} off by {err:.3g}{' (relative above 1)' if name == 'lse' else ''} (tol {limit:.3g})"
