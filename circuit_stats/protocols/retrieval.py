@@ -57,6 +57,7 @@ from ..finite import NonFiniteError
 from ..labels import RETRIEVAL, UNCLASSIFIED
 from ..models import record
 from ..models.config import text_config
+from ..models.context import check_context
 from ..profiling.corpus import as_documents, sample_corpus_path
 from ..profiling.prefill import cache_keyword, chunked_prefill
 from ..tokenization import encode, resolve_tokenizer
@@ -231,6 +232,8 @@ def score(model, *, tokenizer=None, texts=None, batch_size: Optional[int] = None
           bos_token_id: Optional[int] = None, progress: bool = True, **options) -> pd.DataFrame:
     o = PROTOCOL.check_options(options)
     how = recipe(o, tokenizer)
+    # the longest prompt plus the tokens decoded after it (the last one is never fed back)
+    check_context(model, max(int(n) for n in o["context_lengths"]) + how.n_steps - 1, "protocol 'retrieval'")
     cfg = text_config(model.config)
     vocab = int(cfg.vocab_size)
     needle_len, prefix_len = int(o["needle_len"]), int(o["prefix_len"])

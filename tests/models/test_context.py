@@ -80,3 +80,15 @@ def test_check_context_without_a_stated_limit_does_nothing():
     no_limit.config = SimpleNamespace(vocab_size=10)  # e.g. ALiBi models state no position count
     assert context_limit(no_limit) is None
     check_context(no_limit, 10**6, "x")
+
+
+def test_retrieval_is_refused_before_any_forward_when_its_longest_trial_does_not_fit():
+    model = tiny_model("gpt2", n_positions=64, vocab_size=256)
+    calls = counting_forwards(model)
+    options = dict(context_lengths=[40, 60], depths=[0.5], n_needles=1, needle_len=8, prefix_len=2, vocab_range=[200, 256])
+    # 60 prompt tokens + 6 decoded (5 fed back): 65 positions
+    with pytest.raises(ValueError, match="protocol 'retrieval' needs 65 positions"):
+        circuit_stats.score_heads(model, "retrieval", texts=[list(range(1, 100))], progress=False, **options)
+    assert calls == []
+    options["context_lengths"] = [40, 59]  # 64 positions: fits
+    circuit_stats.score_heads(model, "retrieval", texts=[list(range(1, 100))], progress=False, **options)
