@@ -15,6 +15,17 @@ FAMILIES3 = ["pythia", "olmo", "olmoe"]
 
 
 
+def assert_first_sequence_follows_the_rng(seqs, ab, T: int, low: int, high: int, max_redrawn: int) -> None:
+    """The first sequence, re-derived by hand from the recipe's RNG calls (seed 42): only
+    collisions with a or b (at most ``max_redrawn`` before ab) may have been redrawn."""
+    rng = np.random.RandomState(42)
+    s0 = rng.randint(low, high, size=T)
+    a0, b0 = rng.choice(np.arange(low, high), size=2, replace=False)
+    ab0 = rng.randint(20, 128)
+    assert ab[0] == ab0 and seqs[0, ab0] == a0 and seqs[0, ab0 + 1] == b0 and seqs[0, -1] == a0
+    assert (seqs[0, :ab0] == s0[:ab0]).sum() >= ab0 - max_redrawn
+
+
 def test_xu2026_batch_follows_the_published_recipe():
     seqs, ab = xu2026.make_sequences()  # the full default: 2000 x 256, seed 42
     assert seqs.shape == (2000, 256) and seqs.min() >= 100 and seqs.max() < 10000
@@ -24,13 +35,7 @@ def test_xu2026_batch_follows_the_published_recipe():
         assert a != b
         assert set(np.flatnonzero(seqs[n] == a)) == {ab[n], 255}, f"sequence {n}: a elsewhere"
         assert set(np.flatnonzero(seqs[n] == b)) == {ab[n] + 1}, f"sequence {n}: b elsewhere"
-    # The first sequence, re-derived by hand from the recipe's RNG calls.
-    rng = np.random.RandomState(42)
-    s0 = rng.randint(100, 10000, size=256)
-    a0, b0 = rng.choice(np.arange(100, 10000), size=2, replace=False)
-    ab0 = rng.randint(20, 128)
-    assert ab[0] == ab0 and seqs[0, ab0] == a0 and seqs[0, ab0 + 1] == b0 and seqs[0, -1] == a0
-    assert (seqs[0, :ab0] == s0[:ab0]).sum() >= ab0 - 1  # only redrawn collisions may differ
+    assert_first_sequence_follows_the_rng(seqs, ab, 256, 100, 10000, max_redrawn=1)
     base = xu2026.baseline_positions()
     assert len(base) == len(set(base)) == 50
     assert not set(base) & {0, 255, 254, 253, 252, 251, 250} and min(base) >= 1 and max(base) <= 254
@@ -94,12 +99,7 @@ def test_xu2026_vocab_range_follows_the_recipe_in_that_range():
     """vocab_range=(low, high) runs the same recipe (the same RNG calls) on ids in [low, high)."""
     seqs, ab = xu2026.make_sequences(50, 140, 42, 32, 127)
     assert seqs.min() >= 32 and seqs.max() < 127
-    rng = np.random.RandomState(42)
-    s0 = rng.randint(32, 127, size=140)
-    a0, b0 = rng.choice(np.arange(32, 127), size=2, replace=False)
-    ab0 = rng.randint(20, 128)
-    assert ab[0] == ab0 and seqs[0, ab0] == a0 and seqs[0, ab0 + 1] == b0 and seqs[0, -1] == a0
-    assert (seqs[0, :ab0] == s0[:ab0]).sum() >= ab0 - 3  # only redrawn collisions may differ
+    assert_first_sequence_follows_the_rng(seqs, ab, 140, 32, 127, max_redrawn=3)
     default, paper = (xu2026.make_sequences(20, 140, 42, *r) for r in [(), (100, 10000)])
     np.testing.assert_array_equal(default[0], paper[0])
 
