@@ -569,8 +569,6 @@ def attention_with_stats_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     if q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"head_dim must be at most {MAX_HEAD_DIM} for the Triton kernel, got {q.shape[-1]} "
                          "(the torch backend takes any head_dim)")
-    if request.scale < 0:  # the loop scales the row max, not the tile: that needs scale >= 0
-        raise ValueError(f"scale must be >= 0 for the Triton kernel, got {request.scale}")
     launch = launch_arguments(q, k, v, request, side)
     n_rows, n_programs = launch.grid_rows
     with device_guard(q.device):  # Triton launches on the current device: make it q's
