@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -72,9 +72,11 @@ class SideInputs:
     ) -> "SideInputs":
         """Validate and convert the side inputs of ``batch`` rows of ``k_len`` keys on ``device``.
 
-        The value checks (``token_ids`` >= 0, ``probe_keys`` in range) read tensor values, which
-        synchronises a GPU: build once per forward, not per layer."""
+        The value checks (``token_ids`` >= 0, ``probe_keys`` and ``span`` in range) read tensor
+        values: one host synchronisation for all of them, none without token ids, probes and span
+        (padding needs none). Build once per forward, not per layer."""
         B, Nk = batch, k_len
+        checks: list[ValueCheck] = []
         if key_padding_mask is not None:
             if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
                 raise TypeError("key_padding_mask must be a bool tensor [batch, k_len] (True = attend)")
@@ -86,22 +88,25 @@ class SideInputs:
                 raise TypeError("token_ids must be an integer tensor [batch, k_len]")
             if tuple(token_ids.shape) != (B, Nk):
                 raise ValueError(f"token_ids must have shape {(B, Nk)} (one id per key), got {tuple(token_ids.shape)}")
-            if token_ids.numel() and int(token_ids.min()) < 0:
-                raise ValueError("token_ids must be non-negative token ids")
-            if token_ids.numel() and int(token_ids.max()) > torch.iinfo(torch.int32).max:
-                raise ValueError("token_ids must fit in int32")
+            token_ids = token_ids.to(device)  # every check on one device: read with one synchronisation
+            if token_ids.numel():
+                checks += [(token_ids.min() < 0, lambda: "token_ids must be non-negative token ids"),
+                           (token_ids.max() > torch.iinfo(torch.int32).max, lambda: "token_ids must fit in int32")]
             token_ids = token_ids.to(device=device, dtype=torch.int32).contiguous()
         if probe_keys is not None:
             if not _is_int_tensor(probe_keys):
                 raise TypeError("probe_keys must be an integer tensor [batch, n_probes] of key positions")
             if probe_keys.dim() != 2 or probe_keys.shape[0] != B or probe_keys.shape[1] == 0:
                 raise ValueError(f"probe_keys must have shape ({B}, n_probes >= 1), got {tuple(probe_keys.shape)}")
-            if (int(probe_keys.min()) < 0 or int(probe_keys.max()) >= Nk):
-                raise ValueError(f"probe_keys must be key positions in [0, {Nk}), got values in "
-                                 f"[{int(probe_keys.min())}, {int(probe_keys.max())}]")
+            keys = probe_keys = probe_keys.to(device)
+            checks.append(((keys.min() < 0) | (keys.max() >= Nk), lambda: f"probe_keys must be key positions in "
+                           f"[0, {Nk}), got values in [{int(keys.min())}, {int(keys.max())}]"))
             probe_keys = probe_keys.to(device=device, dtype=torch.int32).contiguous()
         if span is not None:
-            span = check_span(span, B, Nk).to(device=device, dtype=torch.int64).contiguous()
+            span = span.to(device)
+            checks += span_checks(span, B, Nk)
+            span = span.to(torch.int64).contiguous()
+        raise_failed(checks)
         return cls(
             batch=B, k_len=Nk, key_padding_mask=key_padding_mask,
             first_key=first_attendable_key(key_padding_mask, B, Nk, device),
@@ -124,14 +129,36 @@ class SideInputs:
 def check_span(span, batch: int, k_len: int) -> torch.Tensor:
     """``span`` as given if it is an integer ``[batch, 2]`` tensor of key ranges
     ``0 <= start <= end <= k_len``; a clear error otherwise."""
+    raise_failed(span_checks(span, batch, k_len))
+    return span
+
+
+def span_checks(span, batch: int, k_len: int) -> list[ValueCheck]:
+    """The value check of a span (``raise_failed``); a clear error at once for a bad type or shape."""
     if not _is_int_tensor(span):
         raise TypeError("span must be an integer tensor [batch, 2] of key ranges [start, end)")
     if tuple(span.shape) != (batch, 2):
         raise ValueError(f"span must have shape {(batch, 2)} (one [start, end) per sequence), got {tuple(span.shape)}")
+    if not span.numel():
+        return []
     start, end = span[:, 0], span[:, 1]
-    if span.numel() and (int(start.min()) < 0 or int(end.max()) > k_len or bool((start > end).any())):
-        raise ValueError(f"span must hold key ranges 0 <= start <= end <= {k_len}, got {span.tolist()}")
-    return span
+    bad = (start.min() < 0) | (end.max() > k_len) | (start > end).any()
+    return [(bad, lambda: f"span must hold key ranges 0 <= start <= end <= {k_len}, got {span.tolist()}")]
+
+
+# A value check: a 0-d bool tensor (True = the values are bad) and the error message.
+ValueCheck = tuple[torch.Tensor, Callable[[], str]]
+
+
+def raise_failed(checks: Sequence[ValueCheck]) -> None:
+    """Raise ValueError with the message of the first failed check. All checks are read with one
+    host synchronisation (none when there are no checks)."""
+    if not checks:
+        return
+    failed = torch.stack([bad.reshape(()) for bad, _ in checks]).tolist()
+    for is_bad, (_, message) in zip(failed, checks):
+        if is_bad:
+            raise ValueError(message())
 
 
 def first_attendable_key(key_padding_mask: Optional[torch.Tensor], batch: int, k_len: int, device) -> torch.Tensor:
