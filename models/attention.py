@@ -87,6 +87,16 @@ def _pattern_window(mask_function, window: Optional[int], batch_size: int, q_off
     return window
 
 
+def _first_query_position(cache_position: torch.Tensor, attention_mask: Optional[torch.Tensor], q_length: int) -> int:
+    """``cache_position[0]`` without reading the (device) tensor where transformers' contract gives
+    it: a 2-D ``attention_mask`` covers every position seen so far, the queries last, so the first
+    query sits at its length minus ``q_length``. Otherwise it is read (a host synchronisation on
+    a GPU)."""
+    if attention_mask is not None and attention_mask.dim() == 2:
+        return attention_mask.shape[1] - q_length
+    return int(cache_position[0]) if cache_position.numel() else 0
+
+
 def circuit_stats_mask(
     batch_size: int,
     *args,
@@ -109,7 +119,8 @@ def circuit_stats_mask(
     kv_length, kv_offset = int(call["kv_length"]), int(call.get("kv_offset", 0))
     if "cache_position" in call:
         positions = call["cache_position"]
-        q_length, q_offset = int(positions.shape[0]), int(positions[0]) if positions.numel() else 0
+        q_length = int(positions.shape[0])
+        q_offset = _first_query_position(positions, attention_mask, q_length)
         device = positions.device
     else:
         q_length, q_offset = int(call["q_length"]), int(call.get("q_offset", 0))

@@ -162,3 +162,25 @@ def test_mask_patterns_other_than_causal_or_sliding_are_refused():
     chunked = and_masks(causal_mask_function, lambda b, h, q, k: q // 4 == k // 4)
     with pytest.raises(NotImplementedError, match="mask pattern"):
         circuit_stats_mask(2, mask_function=chunked, local_size=4, **kw)
+
+
+def test_mask_function_reads_no_cache_position_when_the_mask_gives_it(monkeypatch):
+    """transformers' older mask call (``cache_position`` instead of ``q_offset``): the first query
+    position follows from the 2-D padding mask's length (every position seen so far), so
+    ``cache_position`` is never read, which would synchronise a GPU every forward. A meta tensor,
+    whose values cannot be read, stands for it; without a mask it is read (a CPU tensor here)."""
+    import circuit_stats.models.attention as att
+
+    # that transformers' flash_attention_mask took cache_position (this one takes q_length)
+    monkeypatch.setattr(att, "flash_attention_mask", lambda batch_size, cache_position, **kw: kw["attention_mask"])
+    positions = torch.arange(5, 8, device="meta")  # 3 queries after 5 cached keys
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[0, :2] = False
+    got = att.circuit_stats_mask(2, cache_position=positions, kv_length=8, kv_offset=0, attention_mask=mask)
+    assert got is mask
+    with pytest.raises(NotImplementedError, match="static"):  # a static cache's keys: its whole length
+        att.circuit_stats_mask(2, cache_position=positions, kv_length=16, kv_offset=0, attention_mask=mask)
+    assert att.circuit_stats_mask(2, cache_position=torch.arange(5, 8), kv_length=8, kv_offset=0,
+                                  attention_mask=None) is None
+    with pytest.raises(NotImplementedError, match="static"):
+        att.circuit_stats_mask(2, cache_position=torch.arange(5, 8), kv_length=16, kv_offset=0, attention_mask=None)
