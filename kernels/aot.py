@@ -5,7 +5,8 @@ Triton compiles for a GPU without a driver: the wheel ships ``ptxas``, ``cuobjdu
 
 * describes a launch by shapes only (:class:`CompileVariant`), builds its arguments with the
   launcher's own :func:`kernels.triton_attention.launch_arguments` on shape-only stand-ins
-  (:class:`TensorSpec`), and runs Triton's argument binder on them, so that the signature,
+  (:class:`TensorSpec`; absent optional tensors are None, the flags are the launcher's
+  ``triton.heuristics`` rules), and runs Triton's argument binder on them, so that the signature,
   constants and alignment hints are exactly those of a real launch with such tensors;
 * compiles for ``sm_90`` (Hopper) or ``sm_80`` (Ampere) with ``triton.compile``;
 * reads registers, spill bytes, stack, shared memory and tensor-core use from ``ptxas -v`` and
@@ -38,7 +39,7 @@ from . import triton_attention as ta
 from .sass_loops import mma_loops
 from .request import StatsRequest
 from .side_inputs import SideInputs
-from .triton_common import head_block
+from .triton_common import derived_flags, head_block
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # Statistics sets: "none" (lse + sink only, always returned), "point" (+ 3 fixed offsets and 2
@@ -78,8 +79,8 @@ class SpecTensors:
     def empty(self, shape: Sequence[int], dtype: torch.dtype) -> TensorSpec:
         return TensorSpec(dtype, shape)
 
-    def values(self, values: Sequence[int], dtype: torch.dtype) -> TensorSpec:
-        return TensorSpec(dtype, (len(values),))
+    def values(self, values: Sequence[int]) -> TensorSpec:
+        return TensorSpec(torch.int32, (len(values),))
 
 
 @dataclass(frozen=True)
@@ -156,33 +157,28 @@ def variant_launch(variant: CompileVariant) -> ta.KernelLaunch:
 DECODE_SPLIT_LEN = 512  # keys per split in the decode compile variants
 
 
-def decode_launch(variant: CompileVariant) -> tuple[JITFunction, tuple, dict]:
-    """``(kernel, args, constexprs)`` of the split-decode kernel (``variant.kernel == "split"``) or
-    its combine (``"combine"``), built by ``triton_decode``'s own argument builders on stand-ins."""
+def decode_launch(variant: CompileVariant) -> tuple[JITFunction, dict]:
+    """``(kernel, keyword arguments)`` of the split-decode kernel (``variant.kernel == "split"``) or
+    its combine (``"combine"``), built by ``triton_decode``'s own argument builders on stand-ins:
+    arguments, constexprs and the flags its heuristics derive (less the tile)."""
     from . import triton_decode as td
 
     request, side = variant_request(variant)
     flags = request.flags(side)
     q, k, v = variant_inputs(variant)
     B, Hq, Nq, D = q.shape
-    i32, f32 = torch.int32, torch.float32
+    f32 = torch.float32
     n_splits, R = -(-variant.k_len // DECODE_SPLIT_LEN), B * Hq * Nq
     part_o = TensorSpec(f32, (n_splits, R, head_block(D)))
     part_s = TensorSpec(f32, (n_splits, R, td.partial_columns(flags)))
     if variant.kernel == "split":
-        off_vals = TensorSpec(i32, (max(len(request.offsets), 1),))
-        tok = side.token_ids if flags["HAS_TOK"] else off_vals
-        kpm = TensorSpec(torch.int8, (B, variant.k_len)) if variant.padded else TensorSpec(i32, (1, 1))
-        args, constexprs = td.split_kernel_args(
-            q, k, v, part_o, part_s, tok, tok, kpm, side.first_key, off_vals,
-            side.probe_keys if flags["N_PROBES"] else off_vals,
-            TensorSpec(i32, (B, 2)) if flags["HAS_SPAN"] else off_vals,
-            request=request, flags=flags, split_len=DECODE_SPLIT_LEN)
-        return td.SPLIT_KERNEL, args, constexprs
+        args, constexprs = td.split_kernel_args(q, k, v, part_o, part_s, side, request=request, flags=flags,
+                                                split_len=DECODE_SPLIT_LEN, tensors=SpecTensors())
+        return td.SPLIT_KERNEL, {**args, **constexprs, **derived_flags(td.SPLIT_HEURISTICS, args)}
     stats = request.allocate((B, Hq, Nq), side, SpecTensors().empty)
     args, constexprs = td.combine_kernel_args(part_o, part_s, TensorSpec(q.dtype, q.shape), stats, request=request,
                                               flags=flags, n_splits=n_splits, block_r=16)
-    return td.COMBINE_KERNEL, args, constexprs
+    return td.COMBINE_KERNEL, {**args, **constexprs, **derived_flags(td.COMBINE_HEURISTICS, args)}
 
 
 def candidate_configs(variant: CompileVariant) -> list[triton.Config]:
@@ -190,21 +186,41 @@ def candidate_configs(variant: CompileVariant) -> list[triton.Config]:
     if variant.kernel != "fused":
         from . import triton_decode as td
 
+        _, c = decode_launch(variant)
         if variant.kernel == "combine":
-            _, _, c = decode_launch(variant)
             return [triton.Config({}, num_warps=td.combine_warps(c), num_stages=1)]
-        _, args, c = decode_launch(variant)
         return td.prune_split_configs(td.SPLIT_CONFIGS, {"Q": torch.empty(0, dtype=DTYPES[variant.dtype])},
                                       BLOCK_D=c["BLOCK_D"], BLOCK_M=c["BLOCK_M"])
     launch = variant_launch(variant)
-    c = launch.constexprs
+    c = launch.flags()
     return ta.candidate_configs(launch.bucket, head_dim=variant.head_dim,
                                 elt_bytes=DTYPES[variant.dtype].itemsize, loop_level=ta.loop_level(c))
 
 
-def kernel_function() -> JITFunction:
-    """The compilable kernel; a clear error under the interpreter."""
-    fn = ta.FUSED_KERNEL
+def variant_kernel(variant: CompileVariant) -> tuple[JITFunction, dict]:
+    """``(kernel, keyword arguments)`` of ``variant``'s launch: every parameter but the tile."""
+    if variant.kernel == "fused":
+        launch = variant_launch(variant)
+        return kernel_function(launch.bucket), {**launch.args, **launch.flags()}
+    return decode_launch(variant)
+
+
+def specialization(variant: CompileVariant, config: triton.Config, arch: int = 90) -> str:
+    """What Triton's argument binder specialises ``variant``'s launch on (with ``config``): two
+    launches share a compiled kernel iff these are equal (the JIT cache key, less the source)."""
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    fn, kwargs = variant_kernel(variant)
+    binder = create_function_from_signature(fn.signature, fn.params, make_backend(target(arch)))
+    _, spec, _ = binder(**kwargs, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages,
+                        debug=False)
+    return repr(spec)
+
+
+def kernel_function(bucket: str = "long") -> JITFunction:
+    """The compilable fused kernel of autotune ``bucket``; a clear error under the interpreter."""
+    fn = ta.fused_kernel(bucket)
     if not isinstance(fn, JITFunction):
         raise RuntimeError("the kernel cannot be compiled with TRITON_INTERPRET=1 set (it is an interpreted "
                            "function then); run `python -m circuit_stats.kernels.aot` in a process without it")
@@ -219,8 +235,9 @@ def target(arch: int):
     return GPUTarget("cuda", arch, 32)
 
 
-def compile_kernel(fn: JITFunction, args: tuple, constexprs: dict, config: triton.Config, arch: int) -> tuple[Any, str]:
-    """Compile ``fn`` for these arguments with ``config`` for ``sm_<arch>``.
+def compile_kernel(fn: JITFunction, kwargs: dict, config: triton.Config, arch: int) -> tuple[Any, str]:
+    """Compile ``fn`` for these arguments (every parameter but the tile, by name) with ``config``
+    for ``sm_<arch>``.
 
     Returns ``(compiled kernel, ptxas -v log)``; raises on a compile error."""
     from triton import knobs
@@ -233,20 +250,14 @@ def compile_kernel(fn: JITFunction, args: tuple, constexprs: dict, config: trito
     tgt = target(arch)
     backend = make_backend(tgt)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
-    kwargs = dict(constexprs, **config.kwargs, num_warps=config.num_warps,
-                  num_stages=config.num_stages, debug=False)
-    bound_args, specialization, options = binder(*args, **kwargs)
+    kwargs = dict(kwargs, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages, debug=False)
+    bound_args, specialization, options = binder(**kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args, specialization, options)
     log = io.StringIO()
     with knobs.nvidia.scope(), contextlib.redirect_stdout(log):
         knobs.nvidia.dump_ptxas_log = True  # make_cubin prints ptxas -v's report
         compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=tgt, options=options.__dict__)
     return compiled, log.getvalue()
-
-
-def compile_launch(launch: ta.KernelLaunch, config: triton.Config, arch: int) -> tuple[Any, str]:
-    """Compile the fused kernel for ``launch`` with tile ``config`` for ``sm_<arch>``."""
-    return compile_kernel(kernel_function(), launch.args, launch.constexprs, config, arch)
 
 
 def resource_usage(compiled: Any, ptxas_log: str) -> dict:
@@ -272,11 +283,7 @@ def resource_usage(compiled: Any, ptxas_log: str) -> dict:
 def compile_variant(variant: CompileVariant, config: triton.Config, arch: int) -> tuple[dict, Any]:
     """Compile one variant with one config: ``(row of figures, compiled kernel)``."""
     t0 = time.perf_counter()
-    if variant.kernel == "fused":
-        compiled, log = compile_launch(variant_launch(variant), config, arch)
-    else:
-        fn, args, constexprs = decode_launch(variant)
-        compiled, log = compile_kernel(fn, args, constexprs, config, arch)
+    compiled, log = compile_kernel(*variant_kernel(variant), config, arch)
     row = dict(asdict(variant), arch=arch, BLOCK_M=config.kwargs.get("BLOCK_M"), BLOCK_N=config.kwargs.get("BLOCK_N"),
                num_warps=config.num_warps, num_stages=config.num_stages)
     row.update(resource_usage(compiled, log), compile_s=round(time.perf_counter() - t0, 1))

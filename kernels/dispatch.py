@@ -212,9 +212,9 @@ def attention_with_stats(
             out, stats = attention_with_stats_triton(q, k, v, request, side_inputs)
         else:
             out, stats = triton_decode.attention_with_stats_decode(q, k, v, request, side_inputs, split_len=split_len)
-        # The kernel's epilogue takes a NaN row sum for "no attendable key"; the output row is NaN
-        # there, so mark the statistics from it (one read of the output, no synchronisation).
-        return out, stats.mark_nan_rows(out.isnan().any(-1))
+        # The kernels write a NaN lse exactly on the rows whose output holds a NaN: mark the
+        # other statistics from it ([B, Hq, Nq], no pass over the output, no synchronisation).
+        return out, stats.mark_nan_rows(stats.lse.isnan())
     if request.is_plain(side_inputs) and not used["head_dim>256"]:  # output, lse and sink only: SDPA on the CPU
         fast = attention_lse_sink_sdpa(q, k, v, scale=request.scale, side=side_inputs)
         if fast is not None:

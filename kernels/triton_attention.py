@@ -31,9 +31,11 @@ Any head dim from 1 to 256 runs: the tile is padded on chip to ``BLOCK_D`` (the 
 two, at least 16) with masked loads, so padding costs no HBM traffic. fp32 inputs run on the
 tensor cores as 3xTF32 (``input_precision="tf32x3"``), which keeps fp32-level accuracy.
 
-Statistics that were not requested are compiled out (``tl.constexpr`` flags).
-``launch_arguments`` builds a launch's argument list from tensors or from shape-only stand-ins
-(``kernels.aot``), so the ahead-of-time compile test compiles exactly what the launcher runs.
+Statistics that were not requested are compiled out (``tl.constexpr`` flags): their outputs are
+passed as None and ``triton.heuristics`` turns that into the flags (``FUSED_HEURISTICS``).
+``launch_arguments`` builds a launch's arguments by parameter name, from tensors or from
+shape-only stand-ins (``kernels.aot``), so the ahead-of-time compile test compiles exactly what
+the launcher runs.
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ import triton.language as tl
 from .request import StatsRequest
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-from .triton_common import (LN2, LOG2E_K, MAX_HEAD_DIM, NEG_BIG, SMEM_LIMIT_BYTES, constexpr_names, device_guard,
-                            head_block, interpreting, join_learned_sink, point_prob, row_entropy2, score_scales,
-                            smem_bytes, tanh_softcap)
+from .triton_common import (LN2, LOG2E_K, MAX_HEAD_DIM, SMEM_LIMIT_BYTES, TorchTensors, check_grid, constexpr_names,
+                            derived_flags, device_guard, extent, given, head_block, initial_loop_state, interpreting,
+                            join_learned_sink, point_prob, row_entropy2, score_scales, side_input_rows, smem_bytes,
+                            store_lse, stride_args, store_point_probs, tanh_softcap)
 
 
 @triton.jit
@@ -194,9 +197,9 @@ def _attn_stats_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // Hq
-    h = bh % Hq
+    h = tl.program_id(1).to(tl.int64)  # grid (query blocks, Hq, B): each axis within CUDA's limits
+    b = tl.program_id(2).to(tl.int64)
+    bh = b * Hq + h
     kvh = h // GROUP  # GQA / MQA: GROUP query heads share one kv head
 
     Qb = Q + b * stride_qb + h * stride_qh
@@ -212,28 +215,11 @@ def _attn_stats_fwd(
     q_ptrs = Qb + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
 
-    m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    ind_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    dup_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    ent_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    dist_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    loc_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    span_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    top_idx = tl.full([BLOCK_M], -1, dtype=tl.int32)
+    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx = initial_loop_state(BLOCK_M,
+                                                                                                         BLOCK_D)
 
-    TOKb = TOK + b * Nk
-    TOKPb = TOKP + b * Nk
-    KPMb = KPM + b * stride_mb
-    q_tok = tl.zeros([BLOCK_M], dtype=tl.int32)
-    if HAS_TOK:
-        q_tok = tl.load(TOKb + q_pos, mask=row_ok, other=-2)
-    span_lo = 0
-    span_hi = 0
-    if HAS_SPAN:
-        span_lo = tl.load(SPAN + 2 * b)
-        span_hi = tl.load(SPAN + 2 * b + 1)
+    TOKb, TOKPb, KPMb, q_tok, span_lo, span_hi = side_input_rows(TOK, TOKP, KPM, SPAN, FIRST, b, Nk, stride_mb, q_pos,
+                                                                 row_ok, BLOCK_M, HAS_TOK, HAS_PAD, HAS_SPAN)
 
     # Keys before the first unpadded key (left padding) are never attended: skip their tiles;
     # so are keys left of every row's sliding window.
@@ -292,10 +278,7 @@ def _attn_stats_fwd(
              out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
     row = bh * Nq + offs_m  # flat index into the contiguous [B, Hq, Nq] statistics
-    if HAS_SINKS:
-        tl.store(LSE + row, lse2 * LN2, mask=row_ok)
-    else:
-        tl.store(LSE + row, tl.where(has_key, lse2 * LN2, float("-inf")), mask=row_ok)
+    store_lse(LSE + row, lse2, has_key, out, d_ok, row_ok, HAS_SINKS)
 
     # Point probabilities: reload Q (in fp32) rather than keep it live through the loop. A key
     # left of a row's sliding window has probability 0.
@@ -307,18 +290,12 @@ def _attn_stats_fwd(
     tl.store(SINK + row, point_prob(q32, Kb, first_vec, sink_ok & row_ok, q_pos, window, KPMb, stride_mn, stride_kn,
                                     stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2, False, False, HAS_SOFTCAP),
              mask=row_ok)
-    for t in tl.static_range(N_OFFSETS):
-        key = q_pos - tl.load(OFFSET_VALUES + t)
-        tl.store(OFFS + row * N_OFFSETS + t,
-                 point_prob(q32, Kb, key, has_key & row_ok & (key >= 0), q_pos, window, KPMb, stride_mn, stride_kn,
-                            stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP),
-                 mask=row_ok)
-    for t in tl.static_range(N_PROBES):
-        key = tl.zeros([BLOCK_M], dtype=tl.int32) + tl.load(PROBE_KEYS + b * N_PROBES + t)
-        tl.store(PRB + row * N_PROBES + t,
-                 point_prob(q32, Kb, key, has_key & row_ok & (key <= q_pos), q_pos, window, KPMb, stride_mn, stride_kn,
-                            stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP),
-                 mask=row_ok)
+    store_point_probs(OFFS, row * N_OFFSETS, row_ok, OFFSET_VALUES, b, q32, Kb, has_key & row_ok, 0, Nk, q_pos, window,
+                      KPMb, stride_mn, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2, N_OFFSETS, False,
+                      True, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP)
+    store_point_probs(PRB, row * N_PROBES, row_ok, PROBE_KEYS, b, q32, Kb, has_key & row_ok, 0, Nk, q_pos, window,
+                      KPMb, stride_mn, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2, N_PROBES, True,
+                      True, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP)
 
     if HAS_TOK:
         tl.store(IND + row, ind_acc * norm, mask=row_ok)
@@ -486,38 +463,61 @@ INTERPRET_BLOCK = 16
 # ----------------------------------------------------------------------------------------------
 # Launch arguments, shared by the launcher and the ahead-of-time compile (kernels.aot).
 
-class TorchTensors:
-    """Allocates a launch's outputs and small constant tensors on a device."""
+# The feature flags that follow from which optional tensors a launch passes (None when absent).
+FUSED_HEURISTICS = dict(
+    N_OFFSETS=extent("OFFSET_VALUES", 0), N_PROBES=extent("PROBE_KEYS", 1), HAS_PAD=given("KPM"),
+    HAS_TOK=given("TOK"), HAS_ENT=given("ENT"), HAS_DIST=given("DIST"), HAS_LOCAL=given("LOC"),
+    HAS_TOP1=given("TOP_I"), HAS_SPAN=given("SPAN"), HAS_SINKS=given("SINK_LOGITS"),
+)
+# Decode steps grow Nk by one key: the decode bucket runs a copy of the kernel that does not
+# specialise Nk (Triton specialises integers on divisibility by 16), so that generation never stalls
+# on a recompile when Nk reaches a multiple of 16. Prefill keeps the specialisation: its token-id
+# loads vectorise on it (without it the sm_90 hot loop of D=128 bf16 with token statistics, tile
+# 128x64 w8 s3, grows from 718 to 788 instructions and spills 24 B).
+FUSED_DECODE_KERNEL = triton.jit(do_not_specialize=["Nk"])(_attn_stats_fwd.fn)
+_DECODE_TUNER = triton.autotune(configs=DECODE_CONFIGS, key=AUTOTUNE_KEY,
+                                prune_configs_by={"early_config_prune": _prune_for("decode")})(FUSED_DECODE_KERNEL)
 
-    def __init__(self, device: torch.device):
-        self.device = device
 
-    def empty(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-        return torch.empty(tuple(shape), dtype=dtype, device=self.device)
+def fused_kernel(bucket: str) -> Any:
+    """The jit kernel that launches of autotune ``bucket`` run (``kernels.aot`` compiles it)."""
+    return FUSED_DECODE_KERNEL if bucket == "decode" else FUSED_KERNEL
 
-    def values(self, values: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(list(values), dtype=dtype, device=self.device)
+
+# The launchers: the heuristics run first, so that the flags reach the autotuner's key.
+_LAUNCHERS = {bucket: triton.heuristics(FUSED_HEURISTICS)(_DECODE_TUNER if bucket == "decode" else tuner)
+              for bucket, tuner in _TUNERS.items()}
+_FIXED_TILE_LAUNCHERS = {bucket: triton.heuristics(FUSED_HEURISTICS)(fused_kernel(bucket)) for bucket in _TUNERS}
 
 
 @dataclass(frozen=True)
 class KernelLaunch:
     """Everything one launch of ``_attn_stats_fwd`` needs except the tile config.
 
-    ``args``: positional kernel arguments; ``constexprs``: the feature flags (compile-time);
-    ``grid_rows``: ``(Nq, B * Hq)``, the grid is ``(cdiv(Nq, BLOCK_M), B * Hq)``;
+    ``args``: the kernel's runtime parameters by name (None: an optional tensor that is absent);
+    ``constexprs``: its compile-time parameters that do not follow from ``args`` (``flags()``: all
+    of them but the tile); ``grid_rows``: ``(Nq, Hq, B)``, the grid is ``(cdiv(Nq, BLOCK_M), Hq, B)``;
     ``bucket``: autotune bucket (``tuner_bucket``); ``out``/``stats``: the output tensors."""
 
-    args: tuple
+    args: dict
     constexprs: dict
-    grid_rows: tuple[int, int]
+    grid_rows: tuple[int, int, int]
     bucket: str
     out: Any
     stats: AttentionStats
 
+    def flags(self) -> dict:
+        """Every constexpr of the launch but the tile: ``constexprs`` and the heuristics' flags."""
+        return {**self.constexprs, **derived_flags(FUSED_HEURISTICS, self.args)}
+
+    def grid(self, block_m: int) -> tuple[int, int, int]:
+        n_rows, heads, batch = self.grid_rows
+        return triton.cdiv(n_rows, block_m), heads, batch
+
 
 def launch_arguments(q: Any, k: Any, v: Any, request: StatsRequest, side: SideInputs,
                      tensors: Optional[Any] = None) -> KernelLaunch:
-    """Allocate the outputs and build the argument list of one launch.
+    """Allocate the outputs and build the arguments of one launch, by kernel parameter name.
 
     ``q [B, Hq, Nq, D]``, ``k``/``v [B, Hkv, Nk, D]`` are tensors, or shape-only stand-ins
     (``kernels.aot.TensorSpec``) together with ``tensors=kernels.aot.SpecTensors()``; by default
@@ -526,37 +526,29 @@ def launch_arguments(q: Any, k: Any, v: Any, request: StatsRequest, side: SideIn
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     tensors = tensors or TorchTensors(q.device)
-    flags = request.flags(side)
     out = tensors.empty((B, Hq, Nq, D), q.dtype)
-    stats = request.allocate((B, Hq, Nq), side, tensors.empty)
-    lse = stats.lse
-    off_vals = tensors.values(list(request.offsets) or [0], torch.int32)
-    first = side.first_key
-    tok, tokp = (side.token_ids, side.prev_token_ids) if flags["HAS_TOK"] else (off_vals, off_vals)  # read if on
-    if flags["HAS_PAD"]:
-        kpm = side.key_padding_mask.to(torch.int8)
-        kpm_strides = tuple(kpm.stride())
-    else:
-        kpm, kpm_strides = first, (0, 0)  # never read
-    span = side.span.to(torch.int32) if flags["HAS_SPAN"] else off_vals
-    sink_logits = request.sinks.to(torch.float32) if flags["HAS_SINKS"] else lse  # never read when off
-
-    def or_lse(t):  # an output that is off: any float32 pointer, never written
-        return lse if t is None else t
-
+    st = request.allocate((B, Hq, Nq), side, tensors.empty)
+    kpm = side.key_padding_mask.to(torch.int8) if side.key_padding_mask is not None else None
     qk_scale, cap_in = score_scales(request.scale, request.softcap)
-    st = stats
-    args = (
-        q, k, v, out, lse, st.sink, or_lse(st.offsets), or_lse(st.probes), or_lse(st.induction), or_lse(st.duplicate),
-        or_lse(st.entropy), or_lse(st.distance), or_lse(st.local), st.top1_index if request.top1 else first,
-        or_lse(st.top1_prob), or_lse(st.span), or_lse(st.learned_sink),
-        tok, tokp, kpm, first, off_vals, side.probe_keys if flags["N_PROBES"] else off_vals, span, sink_logits,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *kpm_strides,
-        Hq, Hq // Hkv, Nq, Nk, qk_scale, cap_in, request.window or 0, request.local_window or 0,
+    args = dict(
+        Q=q, K=k, V=v, Out=out, LSE=st.lse, SINK=st.sink, OFFS=st.offsets, PRB=st.probes, IND=st.induction,
+        DUP=st.duplicate, ENT=st.entropy, DIST=st.distance, LOC=st.local, TOP_I=st.top1_index, TOP_P=st.top1_prob,
+        SPANM=st.span, LEARNED=st.learned_sink, TOK=side.token_ids, TOKP=side.prev_token_ids, KPM=kpm,
+        FIRST=side.first_key, OFFSET_VALUES=tensors.values(request.offsets) if request.offsets else None,
+        PROBE_KEYS=side.probe_keys, SPAN=side.span.to(torch.int32) if side.span is not None else None,
+        SINK_LOGITS=request.sinks.to(torch.float32) if request.sinks is not None else None,
+        **stride_args(q, ("stride_qb", "stride_qh", "stride_qm", "stride_qd")),
+        **stride_args(k, ("stride_kb", "stride_kh", "stride_kn", "stride_kd")),
+        **stride_args(v, ("stride_vb", "stride_vh", "stride_vn", "stride_vd")),
+        **stride_args(out, ("stride_ob", "stride_oh", "stride_om", "stride_od")),
+        **stride_args(kpm, ("stride_mb", "stride_mn")),
+        Hq=Hq, GROUP=Hq // Hkv, Nq=Nq, Nk=Nk, qk_scale=qk_scale, cap_in=cap_in, window=request.window or 0,
+        local_window=request.local_window or 0,
     )
-    constexprs = dict(HEAD_DIM=D, BLOCK_D=head_block(D), **flags, FP32_INPUT=q.dtype == torch.float32)
-    return KernelLaunch(args=args, constexprs=constexprs, grid_rows=(Nq, B * Hq), bucket=tuner_bucket(Nq),
-                        out=out, stats=stats)
+    constexprs = dict(HEAD_DIM=D, BLOCK_D=head_block(D), FP32_INPUT=q.dtype == torch.float32,
+                      HAS_WINDOW=request.window is not None, HAS_SOFTCAP=request.softcap is not None)
+    return KernelLaunch(args=args, constexprs=constexprs, grid_rows=(Nq, Hq, B), bucket=tuner_bucket(Nq),
+                        out=out, stats=st)
 
 
 def attention_with_stats_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, request: StatsRequest,
@@ -569,14 +561,14 @@ def attention_with_stats_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     if q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"head_dim must be at most {MAX_HEAD_DIM} for the Triton kernel, got {q.shape[-1]} "
                          "(the torch backend takes any head_dim)")
+    B, Hq, Nq, _ = q.shape
+    check_grid((triton.cdiv(Nq, 16), Hq, B), "fused", ("query blocks", "query heads", "batch"))
     launch = launch_arguments(q, k, v, request, side)
-    n_rows, n_programs = launch.grid_rows
     with device_guard(q.device):  # Triton launches on the current device: make it q's
         if block is None and not interpreting():
-            grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), n_programs)  # noqa: E731
-            _TUNERS[launch.bucket][grid](*launch.args, **launch.constexprs)
+            _LAUNCHERS[launch.bucket][lambda meta: launch.grid(meta["BLOCK_M"])](**launch.args, **launch.constexprs)
         else:
             bm, bn = block or (INTERPRET_BLOCK, INTERPRET_BLOCK)
-            _attn_stats_fwd[(triton.cdiv(n_rows, bm), n_programs)](*launch.args, **launch.constexprs, BLOCK_M=bm,
-                                                                   BLOCK_N=bn)
+            _FIXED_TILE_LAUNCHERS[launch.bucket][launch.grid(bm)](**launch.args, **launch.constexprs, BLOCK_M=bm,
+                                                                  BLOCK_N=bn)
     return launch.out, launch.stats

@@ -10,7 +10,7 @@ import contextlib
 import functools
 import inspect
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -70,6 +70,70 @@ def score_scales(scale: float, softcap: Optional[float]) -> tuple[float, float]:
     qk_scale = (scale if softcap is None else softcap) * LOG2E
     cap_in = 1.0 if softcap is None else scale / softcap
     return qk_scale, cap_in
+
+
+# Grid limits of a CUDA launch: 2^31 - 1 programs along x, 65535 along y and z.
+MAX_GRID = (2**31 - 1, 65535, 65535)
+
+
+def check_grid(grid: Sequence[int], kernel: str, axes: Sequence[str]) -> None:
+    """Raise before a launch whose ``grid`` exceeds CUDA's limits (``MAX_GRID``); ``axes`` name
+    what each grid axis counts, for the message."""
+    for size, limit, what, axis in zip(grid, MAX_GRID, axes, "xyz"):
+        if size > limit:
+            raise ValueError(f"the {kernel} kernel's grid axis {axis} ({what}) is {size}, more than CUDA allows "
+                             f"({limit}); split the call into smaller batches")
+
+
+def index_tensor(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    """``values`` as an int32 tensor on ``device``, made once per (device, values) and then reused
+    (read-only), so that a launch (a decode step, a CUDA graph replay) makes no host-to-device
+    copy for its offsets."""
+    return _index_tensor(tuple(int(x) for x in values), torch.device(device))
+
+
+@functools.lru_cache(maxsize=256)
+def _index_tensor(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int32, device=device)
+
+
+class TorchTensors:
+    """Allocates a launch's outputs (``empty``) and small index tensors (``values``, int32, cached
+    per device) on a device; ``kernels.aot.SpecTensors`` is its shape-only counterpart."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def empty(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(tuple(shape), dtype=dtype, device=self.device)
+
+    def values(self, values: Sequence[int]) -> torch.Tensor:
+        return index_tensor(values, self.device)
+
+
+def stride_args(t: Any, names: Sequence[str]) -> dict:
+    """Launch arguments ``{name: stride}`` of ``t``'s dimensions; 0 each when ``t`` is None (absent)."""
+    return dict(zip(names, t.stride() if t is not None else (0,) * len(names)))
+
+
+# ``triton.heuristics`` rules: optional tensors are passed as None when absent, and the kernels'
+# constexpr flags follow from them (as FLA's ``fla/ops/attn`` does).
+HeuristicRule = Callable[[dict], Any]
+
+
+def given(name: str) -> HeuristicRule:
+    """Rule: whether the launch passes the optional tensor ``name``."""
+    return lambda args: args[name] is not None
+
+
+def extent(name: str, dim: int) -> HeuristicRule:
+    """Rule: size ``dim`` of the optional tensor ``name``, 0 when it is absent."""
+    return lambda args: 0 if args[name] is None else int(args[name].shape[dim])
+
+
+def derived_flags(rules: dict[str, HeuristicRule], args: dict) -> dict:
+    """What ``triton.heuristics(rules)`` adds to a launch with arguments ``args`` (by name)."""
+    return {flag: rule(args) for flag, rule in rules.items()}
 
 
 def device_guard(device: torch.device) -> contextlib.AbstractContextManager:
@@ -178,6 +242,94 @@ def point_prob(q, Kb, key, ok, q_pos, window, KPMb, stride_mn, stride_kn, stride
     if HAS_SOFTCAP:
         s = tanh_softcap(s, cap_in)
     return tl.math.exp2(tl.where(ok, s * qk_scale - ref2, float("-inf")))
+
+
+@triton.jit
+def store_lse(LSE_ROWS, lse2, has_key, out, d_ok, row_ok, HAS_SINKS: tl.constexpr):
+    """Store the rows' log-sum-exp in nats: -inf on a row with no attendable key (without a learned
+    sink), NaN on a row whose output ``out`` (``[rows, BLOCK_D]``, columns ``d_ok``) holds a NaN.
+    The dispatcher marks every statistic of the NaN rows from it (``AttentionStats.mark_nan_rows``),
+    with no pass over the output."""
+    lse = lse2 * LN2
+    if not HAS_SINKS:
+        lse = tl.where(has_key, lse, float("-inf"))
+    out_nan = tl.sum(((out != out) & d_ok[None, :]).to(tl.int32), 1) > 0
+    tl.store(LSE_ROWS, tl.where(out_nan, float("nan"), lse), mask=row_ok)
+
+
+@triton.jit
+def initial_loop_state(BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The key loops' running state before the first key, in their order: ``acc``
+    (``[BLOCK_M, BLOCK_D]`` output sum), ``l_i`` (row sum), ``m_i`` (row max, ``NEG_BIG``), the
+    statistics' sums (induction, duplicate, entropy, distance, local, span) and ``top_idx`` (-1)."""
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    zero = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
+    top_idx = tl.full([BLOCK_M], -1, dtype=tl.int32)
+    return acc, zero, m_i, zero, zero, zero, zero, zero, zero, top_idx
+
+
+@triton.jit
+def side_input_rows(TOK, TOKP, KPM, SPAN, FIRST, b, Nk, stride_mb, q_pos, row_ok, BLOCK_M: tl.constexpr,
+                    HAS_TOK: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SPAN: tl.constexpr):
+    """Batch row ``b``'s side inputs: ``(TOKb, TOKPb, KPMb, q_tok, span_lo, span_hi)``, the row
+    bases of the token ids, previous token ids and padding mask, the queries' tokens
+    (``[BLOCK_M]``, -2 outside ``row_ok``; zeros without tokens) and the span (0, 0 without).
+    An absent tensor (None) gets ``FIRST``'s row as its base, never read (a jit function cannot
+    return None)."""
+    TOKb = FIRST + b
+    TOKPb = FIRST + b
+    KPMb = FIRST + b
+    q_tok = tl.zeros([BLOCK_M], dtype=tl.int32)
+    if HAS_TOK:
+        TOKb = TOK + b * Nk
+        TOKPb = TOKP + b * Nk
+        q_tok = tl.load(TOKb + q_pos, mask=row_ok, other=-2)
+    if HAS_PAD:
+        KPMb = KPM + b * stride_mb
+    span_lo = 0
+    span_hi = 0
+    if HAS_SPAN:
+        span_lo = tl.load(SPAN + 2 * b)
+        span_hi = tl.load(SPAN + 2 * b + 1)
+    return TOKb, TOKPb, KPMb, q_tok, span_lo, span_hi
+
+
+@triton.jit
+def _store_point_prob(OUT, out_row, row_ok, KEYS, b, t, q, Kb, ok, k_lo, k_hi, q_pos, window, KPMb, stride_mn,
+                      stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, ref2, N: tl.constexpr, PROBES: tl.constexpr,
+                      HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+    if PROBES:  # an absolute key per batch row
+        key = tl.zeros_like(q_pos) + tl.load(KEYS + b * N + t)
+    else:  # a fixed offset back from each query
+        key = q_pos - tl.load(KEYS + t)
+    ok = ok & (key >= 0) & (key <= q_pos) & (key >= k_lo) & (key < k_hi)
+    tl.store(OUT + out_row + t, point_prob(q, Kb, key, ok, q_pos, window, KPMb, stride_mn, stride_kn, stride_kd,
+                                           offs_d, d_ok, qk_scale, cap_in, ref2, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP),
+             mask=row_ok)
+
+
+@triton.jit
+def store_point_probs(OUT, out_row, row_ok, KEYS, b, q, Kb, ok, k_lo, k_hi, q_pos, window, KPMb, stride_mn, stride_kn,
+                      stride_kd, offs_d, d_ok, qk_scale, cap_in, ref2, N: tl.constexpr, PROBES: tl.constexpr,
+                      UNROLL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr,
+                      HAS_SOFTCAP: tl.constexpr):
+    """The offset (``PROBES`` off: keys ``q_pos - KEYS[t]``) or probe (keys ``KEYS[b, t]``) point
+    statistics of the epilogues: ``point_prob`` for each of the ``N`` keys, stored at
+    ``OUT + out_row + t`` (``out_row``: each row's first column) for ``row_ok`` rows, 0 unless ``ok``
+    (``ok`` within ``row_ok``) and the key lies in
+    ``[k_lo, k_hi)`` (a split's keys) at or before the query. ``UNROLL``:
+    unrolled (fused epilogue) or a loop with one key row live at a time (split decode)."""
+    if UNROLL:
+        for t in tl.static_range(N):
+            _store_point_prob(OUT, out_row, row_ok, KEYS, b, t, q, Kb, ok, k_lo, k_hi, q_pos, window, KPMb, stride_mn,
+                              stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, ref2, N, PROBES, HAS_WINDOW,
+                              HAS_PAD, HAS_SOFTCAP)
+    else:
+        for t in range(N):
+            _store_point_prob(OUT, out_row, row_ok, KEYS, b, t, q, Kb, ok, k_lo, k_hi, q_pos, window, KPMb, stride_mn,
+                              stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, ref2, N, PROBES, HAS_WINDOW,
+                              HAS_PAD, HAS_SOFTCAP)
 
 
 def constexpr_names(kernel: Any) -> tuple[str, ...]:

@@ -82,8 +82,10 @@ import triton.language as tl
 from .request import StatsRequest, torch_allocator
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-from .triton_common import (LN2, LOG2E_K, NEG_BIG, constexpr_names, device_guard, head_block, interpreting,
-                            join_learned_sink, kernel_flags, point_prob, row_entropy2, score_scales, smem_fits, tanh_softcap)
+from .triton_common import (LN2, LOG2E_K, NEG_BIG, TorchTensors, check_grid, constexpr_names, device_guard, extent,
+                            given, head_block, initial_loop_state, interpreting, join_learned_sink, kernel_flags,
+                            point_prob, row_entropy2, score_scales, side_input_rows, smem_fits, store_lse,
+                            store_point_probs, stride_args, tanh_softcap)
 
 # Calls with more queries than this go to the fused kernel (its 16-row decode tiles and up).
 DECODE_MAX_QUERIES = 16
@@ -204,7 +206,8 @@ def _sweep(
     return acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx
 
 
-@triton.jit
+# Nk grows every decode step: not specialised (on divisibility by 16), so that it never recompiles.
+@triton.jit(do_not_specialize=["Nk"])
 def _decode_split_fwd(
     Q, K, V, PART_O, PART_S,
     TOK, TOKP, KPM, FIRST, OFFSET_VALUES, PROBE_KEYS, SPAN,
@@ -247,17 +250,8 @@ def _decode_split_fwd(
 
     Kb = K + b * stride_kb + kvh * stride_kh
     Vb = V + b * stride_vb + kvh * stride_vh
-    TOKb = TOK + b * Nk
-    TOKPb = TOKP + b * Nk
-    KPMb = KPM + b * stride_mb
-    q_tok = tl.zeros([BLOCK_M], dtype=tl.int32)
-    if HAS_TOK:
-        q_tok = tl.load(TOKb + q_pos, mask=row_ok, other=-2)
-    span_lo = 0
-    span_hi = 0
-    if HAS_SPAN:
-        span_lo = tl.load(SPAN + 2 * b)
-        span_hi = tl.load(SPAN + 2 * b + 1)
+    TOKb, TOKPb, KPMb, q_tok, span_lo, span_hi = side_input_rows(TOK, TOKP, KPM, SPAN, FIRST, b, Nk, stride_mb, q_pos,
+                                                                 row_ok, BLOCK_M, HAS_TOK, HAS_PAD, HAS_SPAN)
 
     k_lo = split * split_len
     k_hi = tl.minimum(k_lo + split_len, Nk)
@@ -273,31 +267,22 @@ def _decode_split_fwd(
     if HAS_WINDOW:
         mid = lo
 
-    m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    ind_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    dup_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    ent_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    dist_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    loc_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    span_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    top_idx = tl.full([BLOCK_M], -1, dtype=tl.int32)
+    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx = initial_loop_state(BLOCK_M,
+                                                                                                         BLOCK_D)
 
-    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx = _sweep(
-        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx,
-        q, q_pos, q_tok, Kb, Vb, TOKb, TOKPb, KPMb, offs_d, d_ok,
-        lo, mid, Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi,
-        stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-        False, HAS_PAD, HAS_TOK, HAS_ENT, PAD_D, DOT_PRECISION, BLOCK_N,
-        HAS_WINDOW, HAS_SOFTCAP, HAS_DIST, HAS_LOCAL, HAS_TOP1, HAS_SPAN)
-    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx = _sweep(
-        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx,
-        q, q_pos, q_tok, Kb, Vb, TOKb, TOKPb, KPMb, offs_d, d_ok,
-        mid, k_hi, Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi,
-        stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-        True, HAS_PAD, HAS_TOK, HAS_ENT, PAD_D, DOT_PRECISION, BLOCK_N,
-        HAS_WINDOW, HAS_SOFTCAP, HAS_DIST, HAS_LOCAL, HAS_TOP1, HAS_SPAN)
+    for masked in tl.static_range(2):  # [lo, mid) unmasked, then [mid, k_hi) masked
+        start = lo
+        stop = mid
+        if masked:
+            start = mid
+            stop = k_hi
+        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx = _sweep(
+            acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx,
+            q, q_pos, q_tok, Kb, Vb, TOKb, TOKPb, KPMb, offs_d, d_ok,
+            start, stop, Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+            masked, HAS_PAD, HAS_TOK, HAS_ENT, PAD_D, DOT_PRECISION, BLOCK_N,
+            HAS_WINDOW, HAS_SOFTCAP, HAS_DIST, HAS_LOCAL, HAS_TOP1, HAS_SPAN)
 
     # Epilogue: un-normalised partials relative to this split's max m_i.
     row = (b * Hq + h) * Nq + i  # flat [B, Hq, Nq] row
@@ -314,17 +299,13 @@ def _decode_split_fwd(
     tl.store(S + 2, point_prob(qe, Kb, first_vec, ok, q_pos, window, KPMb, stride_mn,
                                stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, m_i, HAS_WINDOW, False,
                                HAS_SOFTCAP), mask=row_ok)
-    for t in range(N_OFFSETS):  # a loop, not unrolled: one key row live at a time
-        key = q_pos - tl.load(OFFSET_VALUES + t)
-        ok = row_ok & (key >= 0) & (key >= k_lo) & (key < k_hi)
-        tl.store(S + 3 + t, point_prob(qe, Kb, key, ok, q_pos, window, KPMb, stride_mn, stride_kn, stride_kd, offs_d,
-                                       d_ok, qk_scale, cap_in, m_i, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP), mask=row_ok)
-    for t in range(N_PROBES):
-        key = tl.zeros([BLOCK_M], dtype=tl.int32) + tl.load(PROBE_KEYS + b * N_PROBES + t)
-        ok = row_ok & (key <= q_pos) & (key >= k_lo) & (key < k_hi)
-        tl.store(S + 3 + N_OFFSETS + t,
-                 point_prob(qe, Kb, key, ok, q_pos, window, KPMb, stride_mn, stride_kn, stride_kd, offs_d, d_ok,
-                            qk_scale, cap_in, m_i, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP), mask=row_ok)
+    # Offsets and probes: loops, not unrolled (one key row live at a time).
+    store_point_probs(PART_S, part * N_COLS + 3, row_ok, OFFSET_VALUES, b, qe, Kb, row_ok, k_lo, k_hi, q_pos, window,
+                      KPMb, stride_mn, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, m_i, N_OFFSETS, False,
+                      False, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP)
+    store_point_probs(PART_S, part * N_COLS + 3 + N_OFFSETS, row_ok, PROBE_KEYS, b, qe, Kb, row_ok, k_lo, k_hi, q_pos,
+                      window, KPMb, stride_mn, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, m_i, N_PROBES,
+                      True, False, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP)
     c = 3 + N_OFFSETS + N_PROBES
     if HAS_TOK:
         tl.store(S + c, ind_acc, mask=row_ok)
@@ -357,7 +338,8 @@ def _column(stat, offs_c, c: tl.constexpr):
     return tl.sum(tl.where(offs_c[None, :] == c, stat, 0.0), 1)
 
 
-@triton.jit
+# The split count grows with the keys: not specialised, so that decoding never recompiles.
+@triton.jit(do_not_specialize=["n_splits"])
 def _decode_combine(
     PART_O, PART_S, Out, LSE, SINK, OFFS, PRB, IND, DUP, ENT, DIST, LOC, SPANM, TOP_I, TOP_P, LEARNED,
     SINK_LOGITS, n_rows, n_splits, Hq, Nq,
@@ -420,13 +402,12 @@ def _decode_combine(
         norm = 1.0 / L_safe
     stat = acc_c * norm[:, None]  # column c: sum_s w_s x_s * norm (columns m, l unused)
 
-    tl.store(Out + rows[:, None] * HEAD_DIM + offs_d[None, :], (acc_o * norm[:, None]).to(Out.dtype.element_ty),
+    out = acc_o * norm[:, None]
+    tl.store(Out + rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty),
              mask=r_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+    store_lse(LSE + rows, lse2, has_key, out, offs_d < HEAD_DIM, r_ok, HAS_SINKS)
     if HAS_SINKS:
-        tl.store(LSE + rows, lse2 * LN2, mask=r_ok)
         tl.store(LEARNED + rows, tl.math.exp2(sink2 - lse2), mask=r_ok)
-    else:
-        tl.store(LSE + rows, tl.where(has_key, lse2 * LN2, float("-inf")), mask=r_ok)
     # Columns: 2 sink, then offsets, probes (one masked store each), induction, duplicate, ...
     tl.store(SINK + rows, _column(stat, offs_c, 2), mask=r_ok)
     if N_OFFSETS > 0:
@@ -471,9 +452,9 @@ def prune_split_configs(configs: list[triton.Config], named_args: dict, **kwargs
     the key loop at D = 64, 128 and 256; 3 and 4 stages did not).
     fp32 inputs (exact fp32 dots on the CUDA cores): BLOCK_N x BLOCK_D <= 2048, or 16 keys, i.e.
     32 keys at D <= 64 and 16 above (sm_90 compiles of larger fp32 tiles spill)."""
-    bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
-    bm = kwargs.get("BLOCK_M", named_args.get("BLOCK_M"))
-    elt = named_args["Q"].element_size() if hasattr(named_args.get("Q"), "element_size") else 2
+    a = {**named_args, **kwargs}  # launches pass everything by name
+    bd, bm = a["BLOCK_D"], a["BLOCK_M"]
+    elt = a["Q"].element_size() if hasattr(a.get("Q"), "element_size") else 2
     kept = [c for c in configs if smem_fits(bm, c.kwargs["BLOCK_N"], c.num_stages, bd, elt)]
     if elt >= 4:
         kept = [c for c in kept if c.kwargs["BLOCK_N"] * bd <= 2048 or c.kwargs["BLOCK_N"] == 16]
@@ -564,46 +545,60 @@ def partial_columns(flags: dict) -> int:
             + int(f["HAS_SPAN"]) + int(f["HAS_TOP1"]) + int(f["HAS_ENT"]))
 
 
-def split_kernel_args(q: Any, k: Any, v: Any, part_o: Any, part_s: Any, tok: Any, tokp: Any, kpm: Any,
-                      first: Any, off_vals: Any, probe_vals: Any, span: Any, *, request: StatsRequest, flags: dict,
-                      split_len: int) -> tuple[tuple, dict]:
-    """Positional arguments and constexprs of ``_decode_split_fwd`` (less BLOCK_N, and the launch
-    options), from tensors or ``triton.runtime.jit.MockTensor``s: the one place that builds them,
-    shared by the launcher and ahead-of-time compilation. ``flags``: ``request.flags(side)``."""
+# The flags that follow from which optional tensors a launch passes (None when absent).
+SPLIT_HEURISTICS = dict(N_OFFSETS=extent("OFFSET_VALUES", 0), N_PROBES=extent("PROBE_KEYS", 1), HAS_PAD=given("KPM"),
+                        HAS_TOK=given("TOK"), HAS_SPAN=given("SPAN"))
+COMBINE_HEURISTICS = dict(
+    N_OFFSETS=extent("OFFS", 3), N_PROBES=extent("PRB", 3), HAS_TOK=given("IND"), HAS_ENT=given("ENT"),
+    HAS_DIST=given("DIST"), HAS_LOCAL=given("LOC"), HAS_SPAN=given("SPANM"), HAS_TOP1=given("TOP_I"),
+    HAS_SINKS=given("SINK_LOGITS"),
+)
+_split_tuned_launcher = triton.heuristics(SPLIT_HEURISTICS)(_decode_split_fwd_tuned)
+_split_launcher = triton.heuristics(SPLIT_HEURISTICS)(_decode_split_fwd)
+_combine_launcher = triton.heuristics(COMBINE_HEURISTICS)(_decode_combine)
+
+
+def split_kernel_args(q: Any, k: Any, v: Any, part_o: Any, part_s: Any, side: SideInputs, *, request: StatsRequest,
+                      flags: dict, split_len: int, tensors: Any) -> tuple[dict, dict]:
+    """Arguments of ``_decode_split_fwd`` by parameter name (None: an absent optional tensor) and
+    its constexprs that do not follow from them (less BLOCK_N and the launch options), from tensors
+    or shape-only stand-ins (``kernels.aot``): the one place that builds them, shared by the
+    launcher and ahead-of-time compilation. ``flags``: ``request.flags(side)``; ``tensors``:
+    ``triton_common.TorchTensors`` or its stand-in (its ``values``)."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     qk_scale, cap_in = score_scales(request.scale, request.softcap)
-    args = (
-        q, k, v, part_o, part_s, tok, tokp, kpm, first, off_vals, probe_vals, span,
-        *q.stride(), *k.stride(), *v.stride(), *kpm.stride(),
-        Hq, Hkv, Hq // Hkv, Nq, Nk, qk_scale, split_len, B * Hq * Nq, cap_in, request.window or 0,
-        request.local_window or 0,
+    kpm = side.key_padding_mask.to(torch.int8) if side.key_padding_mask is not None else None
+    args = dict(
+        Q=q, K=k, V=v, PART_O=part_o, PART_S=part_s, TOK=side.token_ids, TOKP=side.prev_token_ids, KPM=kpm,
+        FIRST=side.first_key, OFFSET_VALUES=tensors.values(request.offsets) if request.offsets else None,
+        PROBE_KEYS=side.probe_keys, SPAN=side.span.to(torch.int32) if side.span is not None else None,
+        **stride_args(q, ("stride_qb", "stride_qh", "stride_qm", "stride_qd")),
+        **stride_args(k, ("stride_kb", "stride_kh", "stride_kn", "stride_kd")),
+        **stride_args(v, ("stride_vb", "stride_vh", "stride_vn", "stride_vd")),
+        **stride_args(kpm, ("stride_mb", "stride_mn")),
+        Hq=Hq, Hkv=Hkv, GROUP=Hq // Hkv, Nq=Nq, Nk=Nk, qk_scale=qk_scale, split_len=split_len, n_rows=B * Hq * Nq,
+        cap_in=cap_in, window=request.window or 0, local_window=request.local_window or 0,
     )
-    constexprs = dict(
-        HEAD_DIM=D, BLOCK_D=head_block(D), N_COLS=partial_columns(flags), **kernel_flags(SPLIT_KERNEL, flags),
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", BLOCK_M=ROWS_BLOCK,
-    )
+    explicit = {name: val for name, val in kernel_flags(SPLIT_KERNEL, flags).items() if name not in SPLIT_HEURISTICS}
+    constexprs = dict(HEAD_DIM=D, BLOCK_D=head_block(D), N_COLS=partial_columns(flags), **explicit,
+                      DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", BLOCK_M=ROWS_BLOCK)
     return args, constexprs
 
 
 def combine_kernel_args(part_o: Any, part_s: Any, out: Any, stats: AttentionStats, *, request: StatsRequest,
-                        flags: dict, n_splits: int, block_r: int) -> tuple[tuple, dict]:
-    """Positional arguments and constexprs of ``_decode_combine`` (see ``split_kernel_args``);
+                        flags: dict, n_splits: int, block_r: int) -> tuple[dict, dict]:
+    """Arguments of ``_decode_combine`` by name and its constexprs (see ``split_kernel_args``);
     ``stats`` holds the allocated outputs (statistics that are off are None)."""
     B, Hq, Nq, D = out.shape
     n_cols = partial_columns(flags)
-    lse = stats.lse
-
-    def or_lse(t):  # an output that is off: any float32 pointer, never written
-        return lse if t is None else t
-
-    args = (part_o, part_s, out, lse, stats.sink, or_lse(stats.offsets), or_lse(stats.probes), or_lse(stats.induction),
-            or_lse(stats.duplicate), or_lse(stats.entropy), or_lse(stats.distance), or_lse(stats.local),
-            or_lse(stats.span), stats.top1_index if request.top1 else lse, or_lse(stats.top1_prob),
-            or_lse(stats.learned_sink), request.sinks if request.sinks is not None else lse, B * Hq * Nq, n_splits,
-            Hq, Nq)
+    args = dict(PART_O=part_o, PART_S=part_s, Out=out, LSE=stats.lse, SINK=stats.sink, OFFS=stats.offsets,
+                PRB=stats.probes, IND=stats.induction, DUP=stats.duplicate, ENT=stats.entropy, DIST=stats.distance,
+                LOC=stats.local, SPANM=stats.span, TOP_I=stats.top1_index, TOP_P=stats.top1_prob,
+                LEARNED=stats.learned_sink, SINK_LOGITS=request.sinks, n_rows=B * Hq * Nq, n_splits=n_splits, Hq=Hq,
+                Nq=Nq)
     constexprs = dict(HEAD_DIM=D, BLOCK_D=head_block(D), N_COLS=n_cols, BLOCK_C=triton.next_power_of_2(n_cols),
-                      **kernel_flags(COMBINE_KERNEL, flags), BLOCK_R=block_r)
+                      BLOCK_R=block_r)
     return args, constexprs
 
 
@@ -624,8 +619,6 @@ def attention_with_stats_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     Hkv, Nk = k.shape[1], k.shape[2]
     if Nq > DECODE_MAX_QUERIES:
         raise ValueError(f"q length must be <= {DECODE_MAX_QUERIES} for the decode kernel, got {Nq}")
-    if B * Hkv > 65535:  # the grid's third axis
-        raise ValueError(f"batch x kv heads must be <= 65535 for the decode kernel, got {B} x {Hkv}")
     if request.top1 and Nk > 1 << 24:  # the partials carry the top-1 key as a float32
         raise ValueError(f"top1 in the decode kernel needs k_len <= 2**24, got {Nk}")
     if block_n is None and interpreting():
@@ -636,6 +629,8 @@ def attention_with_stats_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     if split_len <= 0 or split_len % tile:
         raise ValueError(f"split_len must be a positive multiple of the key tile {tile}, got {split_len}")
     n_splits = triton.cdiv(Nk, split_len)
+    grid = (n_splits, triton.cdiv((Hq // Hkv) * Nq, ROWS_BLOCK), B * Hkv)
+    check_grid(grid, "split-decode", ("key splits", "row blocks", "batch x kv heads"))
 
     dev, f32 = q.device, torch.float32
     if request.sinks is not None:
@@ -647,21 +642,14 @@ def attention_with_stats_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     out = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=dev)
     stats = request.allocate((B, Hq, Nq), side, torch_allocator(dev))
 
-    off_vals = torch.tensor(list(request.offsets) or [0], dtype=torch.int32, device=dev)
-    tok, tokp = (side.token_ids, side.prev_token_ids) if flags["HAS_TOK"] else (off_vals, off_vals)  # else never read
-    kpm = side.key_padding_mask.to(torch.int8) if flags["HAS_PAD"] else off_vals[:1].view(1, 1)
-    probe_vals = side.probe_keys if flags["N_PROBES"] else off_vals
-    span = side.span.to(torch.int32) if flags["HAS_SPAN"] else off_vals
-
-    args, constexprs = split_kernel_args(q, k, v, part_o, part_s, tok, tokp, kpm, side.first_key, off_vals, probe_vals,
-                                         span, request=request, flags=flags, split_len=split_len)
-    grid = (n_splits, triton.cdiv((Hq // Hkv) * Nq, constexprs["BLOCK_M"]), B * Hkv)
+    args, constexprs = split_kernel_args(q, k, v, part_o, part_s, side, request=request, flags=flags,
+                                         split_len=split_len, tensors=TorchTensors(dev))
     cargs, cconst = combine_kernel_args(part_o, part_s, out, stats, request=request, flags=flags, n_splits=n_splits,
                                         block_r=combine_rows_block(R, device_sm_count(dev)))
     with device_guard(dev):  # Triton launches on the current device: make it q's
         if block_n is None:
-            _decode_split_fwd_tuned[grid](*args, **constexprs)
+            _split_tuned_launcher[grid](**args, **constexprs)
         else:
-            _decode_split_fwd[grid](*args, **constexprs, BLOCK_N=block_n)
-        _decode_combine[(triton.cdiv(R, cconst["BLOCK_R"]),)](*cargs, **cconst, num_warps=combine_warps(cconst))
+            _split_launcher[grid](**args, **constexprs, BLOCK_N=block_n)
+        _combine_launcher[(triton.cdiv(R, cconst["BLOCK_R"]),)](**cargs, **cconst, num_warps=combine_warps(cconst))
     return out, stats

@@ -39,9 +39,11 @@ def recorder(monkeypatch):
     rec = GuardRecorder()
     for module in (triton_attention, triton_decode):
         monkeypatch.setattr(module, "device_guard", rec.guard)
-    monkeypatch.setattr(triton_attention, "_attn_stats_fwd", rec.kernel("fused"))
-    monkeypatch.setattr(triton_decode, "_decode_split_fwd", rec.kernel("split"))
-    monkeypatch.setattr(triton_decode, "_decode_combine", rec.kernel("combine"))
+    # the launchers (the kernels behind their triton.heuristics) that run under the interpreter
+    for bucket in triton_attention._FIXED_TILE_LAUNCHERS:
+        monkeypatch.setitem(triton_attention._FIXED_TILE_LAUNCHERS, bucket, rec.kernel("fused"))
+    monkeypatch.setattr(triton_decode, "_split_launcher", rec.kernel("split"))
+    monkeypatch.setattr(triton_decode, "_combine_launcher", rec.kernel("combine"))
     return rec
 
 

@@ -138,10 +138,12 @@ def test_spec_launch_matches_a_real_launch():
     side = SideInputs.build(batch=2, k_len=9, device=q.device, token_ids=torch.randint(0, 5, (2, 9)),
                             probe_keys=torch.tensor([[0, 3], [1, 2]]))
     real = launch_arguments(q, k, vv, StatsRequest(scale=40 ** -0.5, offsets=(1, 2, 3), entropy=True), side)
-    assert spec.constexprs == real.constexprs and spec.bucket == real.bucket
-    assert len(spec.args) == len(real.args)
-    for a, b in zip(spec.args, real.args):
+    assert spec.flags() == real.flags() and spec.bucket == real.bucket
+    assert spec.flags()["N_OFFSETS"] == 3 and spec.flags()["HAS_TOK"] and not spec.flags()["HAS_PAD"]
+    assert list(spec.args) == list(real.args)  # the same parameters, by name
+    for name, b in real.args.items():
+        a = spec.args[name]
         if isinstance(b, torch.Tensor):
-            assert (a.dtype, tuple(a.shape)) == (b.dtype, tuple(b.shape))
+            assert (a.dtype, tuple(a.shape)) == (b.dtype, tuple(b.shape)), name
         else:
-            assert a == b
+            assert a == b, name  # None (an absent tensor) or the same scalar

@@ -1,0 +1,197 @@
+"""Graph-safe decode (issue 22 item 4): a decode step makes no host-to-device copy and never
+synchronises the host when nothing is padded, its kernels do not recompile as the keys grow, and
+grids beyond CUDA's limits fail clearly before any launch."""
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from circuit_stats.kernels import SideInputs, attention_with_stats, triton_attention, triton_decode
+from circuit_stats.kernels.request import StatsRequest
+
+
+class HostTraffic:
+    """Counts, while ``counting()``, what copies host data to a device or waits for a device on a
+    GPU: tensors made from Python data (``torch.tensor``/``as_tensor``), moves to another device
+    and reads of tensor values (``item``, ``tolist``, ``cpu``, ``numpy``, ``bool``/``int``/
+    ``float``/``index`` of a tensor). Kernel launches run uncounted (``launching``): the
+    interpreter reads its arguments on the host, a GPU launch does not."""
+
+    READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
+
+    def __init__(self, monkeypatch):
+        self.events: list[str] = []
+        self.active = False
+        for name in self.READS:
+            monkeypatch.setattr(torch.Tensor, name, self._counted(name, getattr(torch.Tensor, name)))
+        for name in ("tensor", "as_tensor"):
+            monkeypatch.setattr(torch, name, self._counted(f"torch.{name}", getattr(torch, name)))
+        real_to = torch.Tensor.to
+
+        def to(t, *args, **kwargs):
+            target = next((a for a in (*args, kwargs.get("device")) if isinstance(a, (torch.device, str))), None)
+            if self.active and target is not None and torch.device(target) != t.device:
+                self.events.append(f"to({target})")
+            return real_to(t, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, "to", to)
+
+    def _counted(self, name, real):
+        def counted(*args, **kwargs):
+            if self.active:
+                self.events.append(name)
+            return real(*args, **kwargs)
+        return counted
+
+    @contextlib.contextmanager
+    def counting(self):
+        self.active = True
+        try:
+            yield self
+        finally:
+            self.active = False
+
+    def launching(self, name, launcher, launched: list):
+        traffic = self
+
+        class Uncounted:  # launcher[grid](...) with the counter paused
+            def __getitem__(self, grid):
+                def run(*args, **kwargs):
+                    launched.append(name)
+                    active, traffic.active = traffic.active, False
+                    try:
+                        return launcher[grid](*args, **kwargs)
+                    finally:
+                        traffic.active = active
+                return run
+        return Uncounted()
+
+
+@pytest.fixture
+def traffic(monkeypatch):
+    t = HostTraffic(monkeypatch)
+    t.launched = []
+    for bucket, launcher in triton_attention._FIXED_TILE_LAUNCHERS.items():
+        monkeypatch.setitem(triton_attention._FIXED_TILE_LAUNCHERS, bucket, t.launching("fused", launcher, t.launched))
+    for name, kernel in (("_split_launcher", "split"), ("_combine_launcher", "combine")):
+        monkeypatch.setattr(triton_decode, name, t.launching(kernel, getattr(triton_decode, name), t.launched))
+    return t
+
+
+def test_host_traffic_counts_copies_and_synchronisations(traffic):
+    """The counter itself: it sees what the decode test must not find."""
+    x = torch.ones(3)
+    with traffic.counting():
+        torch.tensor([1, 2], dtype=torch.int32)
+        float(x.sum())
+        bool((x > 0).any())
+        x.tolist()
+        x.to("meta")
+    assert traffic.events == ["torch.tensor", "__float__", "__bool__", "tolist", "to(meta)"]
+
+
+# Every statistic and modifier that needs no per-forward side input (token ids, probes and span
+# are validated when their SideInputs are built: one synchronisation per forward, not per layer).
+DECODE_STATS = dict(offsets=(1, 4), entropy=True, distance=True, local_window=5, top1=True, window=40, softcap=30.0)
+
+
+@pytest.mark.parametrize("n_keys, kernels", [(29, ["fused"]), (515, ["split", "combine"])], ids=["fused", "split"])
+def test_decode_steps_copy_nothing_and_never_synchronise(n_keys, kernels, traffic, seed):
+    """Decode steps (one query, one more key each step, across a multiple of 16) through
+    ``attention_with_stats`` with every statistic: after the first step (which caches the
+    offsets' index tensor on the device) no step copies to the device or reads a value."""
+    B, Hq, Hkv, D, steps = 2, 4, 2, 16, 5
+    k_all, v_all = torch.randn(B, Hkv, n_keys + steps, D), torch.randn(B, Hkv, n_keys + steps, D)
+    sinks = torch.randn(Hq)
+
+    def step(i):
+        nk = n_keys + i
+        q = torch.randn(B, Hq, 1, D)
+        return attention_with_stats(q, k_all[:, :, :nk], v_all[:, :, :nk], backend="triton", sinks=sinks,
+                                    **DECODE_STATS)
+
+    step(0)
+    traffic.launched.clear()
+    with traffic.counting():
+        results = [step(i) for i in range(1, steps)]
+    assert traffic.events == [], f"host copies / synchronisations in {steps - 1} decode steps: {traffic.events}"
+    assert traffic.launched == kernels * (steps - 1), traffic.launched
+    for out, st in results:  # the steps computed something (rows with keys: finite, lse finite)
+        assert torch.isfinite(out).all() and torch.isfinite(st.lse).all()
+
+
+def test_offsets_are_copied_to_the_device_once(traffic):
+    """A new set of offsets costs one copy, at its first launch; the next launch reuses it."""
+    q, k = torch.randn(1, 2, 1, 16), torch.randn(1, 1, 20, 16)
+    offsets = (2, 3, 5, 7, 11, 13)  # a tuple no other test uses: not cached yet
+    with traffic.counting():
+        attention_with_stats(q, k, k, backend="triton", offsets=offsets)
+        first = list(traffic.events)
+        attention_with_stats(q, k, k, backend="triton", offsets=offsets)
+    assert first == ["torch.tensor"] and traffic.events == first
+
+
+# ------------------------------------------------------------------------------------ grids
+
+def test_fused_grid_keeps_batch_and_heads_on_their_own_axes():
+    """B x Hq = 76800 programs, over CUDA's 65535 on one axis: heads on y, batch on z."""
+    from circuit_stats.kernels import aot
+
+    launch = aot.variant_launch(aot.CompileVariant(16, "fp16", "none", q_len=40, k_len=40, batch=300, heads=256,
+                                                   kv_heads=256))
+    assert launch.grid(16) == (3, 256, 300)
+
+
+@pytest.mark.parametrize("shape, axis", [((1, 65536), "axis y \\(query heads\\) is 65536"),
+                                         ((65536, 1), "axis z \\(batch\\) is 65536")], ids=["heads", "batch"])
+def test_fused_launch_refuses_a_grid_over_cuda_limits(shape, axis, monkeypatch):
+    B, H = shape
+    monkeypatch.setattr(triton_attention, "launch_arguments", lambda *a, **k: pytest.fail("launch built"))
+    q, k = torch.randn(B, H, 1, 1), torch.randn(B, 1, 1, 1)
+    with pytest.raises(ValueError, match=f"fused kernel's grid {axis}, more than CUDA allows \\(65535\\)"):
+        attention_with_stats(q, k, k, backend="triton")
+
+
+def test_split_decode_refuses_a_grid_over_cuda_limits(monkeypatch):
+    monkeypatch.setattr(triton_decode, "split_kernel_args", lambda *a, **k: pytest.fail("launch built"))
+    q, k = torch.randn(1, 65536, 1, 1), torch.randn(1, 65536, 32, 1)
+    side = SideInputs.build(batch=1, k_len=32, device=q.device)
+    with pytest.raises(ValueError, match=r"split-decode kernel's grid axis z \(batch x kv heads\) is 65536"):
+        triton_decode.attention_with_stats_decode(q, k, k, StatsRequest(scale=1.0), side, split_len=16)
+
+
+# ------------------------------------------------------------------------------ recompiles
+
+SPECIALIZATION_SCRIPT = """
+import json, sys, triton
+from circuit_stats.kernels import aot
+out = {}
+for name, kernel, q_len, lengths in json.loads(sys.argv[1]):
+    spec = [aot.CompileVariant(64, "bf16", "all", q_len=q_len, k_len=n, kernel=kernel) for n in lengths]
+    config = aot.candidate_configs(spec[0])[0]
+    out[name] = [aot.specialization(v, config) for v in spec]
+print(json.dumps(out))
+"""
+# (name, kernel, q_len, key lengths whose launches must share one compiled kernel). Decode steps
+# walk Nk through multiples of 16 (Triton specialises integers on divisibility by 16) and the
+# combine's split count through them (7680 and 8192 keys: 15 and 16 splits of 512).
+NO_RECOMPILE = [("fused decode", "fused", 1, [4095, 4096, 4097]), ("split", "split", 1, [4095, 4096]),
+                ("combine", "combine", 1, [7680, 8192])]
+
+
+def test_decode_kernels_do_not_recompile_as_the_keys_grow():
+    """Triton's own binder (in a process without the interpreter) gives the decode launches of
+    consecutive key lengths one specialization; as a control, one query or two do differ
+    (``Nq == 1`` is specialised on purpose: it is fixed for a whole generation)."""
+    cases = NO_RECOMPILE + [("control", "fused", 2, [4096])]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", SPECIALIZATION_SCRIPT, json.dumps(cases)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    specs = json.loads(proc.stdout.splitlines()[-1])
+    for name, *_ in NO_RECOMPILE:
+        assert len(set(specs[name])) == 1, f"{name}: the key lengths compile separately"
+    assert specs["control"][0] != specs["fused decode"][1], "the binder's specialization ignores Nq: no control"
