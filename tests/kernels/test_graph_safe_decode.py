@@ -195,3 +195,18 @@ def test_decode_kernels_do_not_recompile_as_the_keys_grow():
     for name, *_ in NO_RECOMPILE:
         assert len(set(specs[name])) == 1, f"{name}: the key lengths compile separately"
     assert specs["control"][0] != specs["fused decode"][1], "the binder's specialization ignores Nq: no control"
+
+
+def test_side_inputs_are_checked_with_one_synchronisation(traffic):
+    """Token ids, probe keys and span are checked with one read of the device in all; padding
+    alone needs none."""
+    B, Nk = 2, 12
+    mask = torch.ones(B, Nk, dtype=torch.bool)
+    mask[0, :3] = False
+    with traffic.counting():
+        SideInputs.build(batch=B, k_len=Nk, device=torch.device("cpu"), key_padding_mask=mask)
+        assert traffic.events == []
+        SideInputs.build(batch=B, k_len=Nk, device=torch.device("cpu"), key_padding_mask=mask,
+                         token_ids=torch.randint(0, 50, (B, Nk)), probe_keys=torch.tensor([[0, 5], [3, 11]]),
+                         span=torch.tensor([[0, 4], [2, 12]]))
+    assert traffic.events == ["torch.tensor", "torch.tensor", "tolist"]  # the two literals above, one read
