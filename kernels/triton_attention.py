@@ -197,9 +197,9 @@ def _attn_stats_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m = tl.program_id(0)
-    h = tl.program_id(1).to(tl.int64)  # grid (query blocks, Hq, B): each axis within CUDA's limits
-    b = tl.program_id(2).to(tl.int64)
-    bh = b * Hq + h
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // Hq
+    h = bh % Hq
     kvh = h // GROUP  # GQA / MQA: GROUP query heads share one kv head
 
     Qb = Q + b * stride_qb + h * stride_qh
@@ -496,12 +496,12 @@ class KernelLaunch:
 
     ``args``: the kernel's runtime parameters by name (None: an optional tensor that is absent);
     ``constexprs``: its compile-time parameters that do not follow from ``args`` (``flags()``: all
-    of them but the tile); ``grid_rows``: ``(Nq, Hq, B)``, the grid is ``(cdiv(Nq, BLOCK_M), Hq, B)``;
+    of them but the tile); ``grid_rows``: ``(Nq, B * Hq)``, the grid is ``(cdiv(Nq, BLOCK_M), B * Hq)``;
     ``bucket``: autotune bucket (``tuner_bucket``); ``out``/``stats``: the output tensors."""
 
     args: dict
     constexprs: dict
-    grid_rows: tuple[int, int, int]
+    grid_rows: tuple[int, int]
     bucket: str
     out: Any
     stats: AttentionStats
@@ -510,9 +510,9 @@ class KernelLaunch:
         """Every constexpr of the launch but the tile: ``constexprs`` and the heuristics' flags."""
         return {**self.constexprs, **derived_flags(FUSED_HEURISTICS, self.args)}
 
-    def grid(self, block_m: int) -> tuple[int, int, int]:
-        n_rows, heads, batch = self.grid_rows
-        return triton.cdiv(n_rows, block_m), heads, batch
+    def grid(self, block_m: int) -> tuple[int, int]:
+        n_rows, n_programs = self.grid_rows
+        return triton.cdiv(n_rows, block_m), n_programs
 
 
 def launch_arguments(q: Any, k: Any, v: Any, request: StatsRequest, side: SideInputs,
@@ -547,7 +547,7 @@ def launch_arguments(q: Any, k: Any, v: Any, request: StatsRequest, side: SideIn
     )
     constexprs = dict(HEAD_DIM=D, BLOCK_D=head_block(D), FP32_INPUT=q.dtype == torch.float32,
                       HAS_WINDOW=request.window is not None, HAS_SOFTCAP=request.softcap is not None)
-    return KernelLaunch(args=args, constexprs=constexprs, grid_rows=(Nq, Hq, B), bucket=tuner_bucket(Nq),
+    return KernelLaunch(args=args, constexprs=constexprs, grid_rows=(Nq, B * Hq), bucket=tuner_bucket(Nq),
                         out=out, stats=st)
 
 
@@ -562,7 +562,9 @@ def attention_with_stats_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         raise ValueError(f"head_dim must be at most {MAX_HEAD_DIM} for the Triton kernel, got {q.shape[-1]} "
                          "(the torch backend takes any head_dim)")
     B, Hq, Nq, _ = q.shape
-    check_grid((triton.cdiv(Nq, 16), Hq, B), "fused", ("query blocks", "query heads", "batch"))
+    # One program per (batch, head) on axis y, as the tutorial (a 3-D grid cost sm_90 hot-loop
+    # instructions): at most 65535 of them.
+    check_grid((triton.cdiv(Nq, 16), B * Hq), "fused", ("query blocks", "batch x query heads"))
     launch = launch_arguments(q, k, v, request, side)
     with device_guard(q.device):  # Triton launches on the current device: make it q's
         if block is None and not interpreting():

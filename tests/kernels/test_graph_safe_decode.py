@@ -136,23 +136,24 @@ def test_offsets_are_copied_to_the_device_once(traffic):
 
 # ------------------------------------------------------------------------------------ grids
 
-def test_fused_grid_keeps_batch_and_heads_on_their_own_axes():
-    """B x Hq = 76800 programs, over CUDA's 65535 on one axis: heads on y, batch on z."""
+@pytest.mark.parametrize("batch, heads", [(1, 65536), (257, 256)], ids=["heads", "batch x heads"])
+def test_fused_launch_refuses_a_grid_over_cuda_limits(batch, heads, monkeypatch):
+    """One program per (batch, query head) on grid axis y: more than 65535 fail before anything
+    is allocated or launched, naming the axis."""
+    monkeypatch.setattr(triton_attention, "launch_arguments", lambda *a, **k: pytest.fail("launch built"))
+    q, k = torch.randn(batch, heads, 1, 1), torch.randn(batch, 1, 1, 1)
+    with pytest.raises(ValueError, match=f"fused kernel's grid axis y \\(batch x query heads\\) is {batch * heads}, "
+                                         "more than CUDA allows \\(65535\\)"):
+        attention_with_stats(q, k, k, backend="triton")
+
+
+def test_fused_grid_at_the_limit_is_launched():
+    """65535 (batch, head) programs is still a valid grid (shape-only launch)."""
     from circuit_stats.kernels import aot
 
-    launch = aot.variant_launch(aot.CompileVariant(16, "fp16", "none", q_len=40, k_len=40, batch=300, heads=256,
-                                                   kv_heads=256))
-    assert launch.grid(16) == (3, 256, 300)
-
-
-@pytest.mark.parametrize("shape, axis", [((1, 65536), "axis y \\(query heads\\) is 65536"),
-                                         ((65536, 1), "axis z \\(batch\\) is 65536")], ids=["heads", "batch"])
-def test_fused_launch_refuses_a_grid_over_cuda_limits(shape, axis, monkeypatch):
-    B, H = shape
-    monkeypatch.setattr(triton_attention, "launch_arguments", lambda *a, **k: pytest.fail("launch built"))
-    q, k = torch.randn(B, H, 1, 1), torch.randn(B, 1, 1, 1)
-    with pytest.raises(ValueError, match=f"fused kernel's grid {axis}, more than CUDA allows \\(65535\\)"):
-        attention_with_stats(q, k, k, backend="triton")
+    launch = aot.variant_launch(aot.CompileVariant(16, "fp16", "none", q_len=40, k_len=40, batch=5, heads=13107,
+                                                   kv_heads=13107))
+    assert launch.grid(16) == (3, 65535)
 
 
 def test_split_decode_refuses_a_grid_over_cuda_limits(monkeypatch):
