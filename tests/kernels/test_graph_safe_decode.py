@@ -211,3 +211,19 @@ def test_side_inputs_are_checked_with_one_synchronisation(traffic):
                          token_ids=torch.randint(0, 50, (B, Nk)), probe_keys=torch.tensor([[0, 5], [3, 11]]),
                          span=torch.tensor([[0, 4], [2, 12]]))
     assert traffic.events == ["torch.tensor", "torch.tensor", "tolist"]  # the two literals above, one read
+
+
+# ------------------------------------------------------------------------------ launches by name
+
+def test_heuristic_flags_reach_the_autotune_keys():
+    """Absent tensors are passed as None and ``triton.heuristics`` derives the flags before the
+    autotuner sees the arguments, so every flag is part of its key (launches that differ only in
+    which statistics they compute are tuned apart; the tensors' dtypes alone could not tell)."""
+    from triton.runtime.autotuner import Autotuner, Heuristics
+
+    launchers = [(launcher, triton_attention.FUSED_HEURISTICS) for launcher in triton_attention._LAUNCHERS.values()]
+    launchers.append((triton_decode._split_tuned_launcher, triton_decode.SPLIT_HEURISTICS))
+    for launcher, rules in launchers:
+        assert isinstance(launcher, Heuristics) and isinstance(launcher.fn, Autotuner)
+        assert set(rules) <= set(launcher.fn.keys), set(rules) - set(launcher.fn.keys)
+    assert set(triton_attention.FUSED_HEURISTICS) <= set(triton_attention.AUTOTUNE_KEY)
