@@ -292,10 +292,10 @@ def _attn_stats_fwd(
              mask=row_ok)
     store_point_probs(OFFS, row * N_OFFSETS, row_ok, OFFSET_VALUES, b, q32, Kb, has_key & row_ok, 0, Nk, q_pos, window,
                       KPMb, stride_mn, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2, N_OFFSETS, False,
-                      True, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP)
+                      False, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP)
     store_point_probs(PRB, row * N_PROBES, row_ok, PROBE_KEYS, b, q32, Kb, has_key & row_ok, 0, Nk, q_pos, window,
                       KPMb, stride_mn, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, lse2, N_PROBES, True,
-                      True, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP)
+                      False, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP)
 
     if HAS_TOK:
         tl.store(IND + row, ind_acc * norm, mask=row_ok)

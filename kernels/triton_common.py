@@ -298,12 +298,18 @@ def side_input_rows(TOK, TOKP, KPM, SPAN, FIRST, b, Nk, stride_mb, q_pos, row_ok
 @triton.jit
 def _store_point_prob(OUT, out_row, row_ok, KEYS, b, t, q, Kb, ok, k_lo, k_hi, q_pos, window, KPMb, stride_mn,
                       stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, ref2, N: tl.constexpr, PROBES: tl.constexpr,
-                      HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+                      SPLIT: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr,
+                      HAS_SOFTCAP: tl.constexpr):
     if PROBES:  # an absolute key per batch row
         key = tl.zeros_like(q_pos) + tl.load(KEYS + b * N + t)
     else:  # a fixed offset back from each query
         key = q_pos - tl.load(KEYS + t)
-    ok = ok & (key >= 0) & (key <= q_pos) & (key >= k_lo) & (key < k_hi)
+    if PROBES:  # (an offset key is at or before its query, a probe key at or after key 0)
+        ok = ok & (key <= q_pos)
+    else:
+        ok = ok & (key >= 0)
+    if SPLIT:
+        ok = ok & (key >= k_lo) & (key < k_hi)
     tl.store(OUT + out_row + t, point_prob(q, Kb, key, ok, q_pos, window, KPMb, stride_mn, stride_kn, stride_kd,
                                            offs_d, d_ok, qk_scale, cap_in, ref2, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP),
              mask=row_ok)
@@ -312,24 +318,24 @@ def _store_point_prob(OUT, out_row, row_ok, KEYS, b, t, q, Kb, ok, k_lo, k_hi, q
 @triton.jit
 def store_point_probs(OUT, out_row, row_ok, KEYS, b, q, Kb, ok, k_lo, k_hi, q_pos, window, KPMb, stride_mn, stride_kn,
                       stride_kd, offs_d, d_ok, qk_scale, cap_in, ref2, N: tl.constexpr, PROBES: tl.constexpr,
-                      UNROLL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr,
+                      SPLIT: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr,
                       HAS_SOFTCAP: tl.constexpr):
     """The offset (``PROBES`` off: keys ``q_pos - KEYS[t]``) or probe (keys ``KEYS[b, t]``) point
     statistics of the epilogues: ``point_prob`` for each of the ``N`` keys, stored at
     ``OUT + out_row + t`` (``out_row``: each row's first column) for ``row_ok`` rows, 0 unless ``ok``
-    (``ok`` within ``row_ok``) and the key lies in
-    ``[k_lo, k_hi)`` (a split's keys) at or before the query. ``UNROLL``:
-    unrolled (fused epilogue) or a loop with one key row live at a time (split decode)."""
-    if UNROLL:
+    (within ``row_ok``) and the key can be attended. ``SPLIT``: the split-decode epilogue (only keys
+    in the split ``[k_lo, k_hi)``; a loop with one key row live at a time), else the fused one
+    (unrolled; ``k_lo``, ``k_hi`` unused)."""
+    if not SPLIT:
         for t in tl.static_range(N):
             _store_point_prob(OUT, out_row, row_ok, KEYS, b, t, q, Kb, ok, k_lo, k_hi, q_pos, window, KPMb, stride_mn,
-                              stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, ref2, N, PROBES, HAS_WINDOW,
-                              HAS_PAD, HAS_SOFTCAP)
+                              stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, ref2, N, PROBES, SPLIT,
+                              HAS_WINDOW, HAS_PAD, HAS_SOFTCAP)
     else:
         for t in range(N):
             _store_point_prob(OUT, out_row, row_ok, KEYS, b, t, q, Kb, ok, k_lo, k_hi, q_pos, window, KPMb, stride_mn,
-                              stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, ref2, N, PROBES, HAS_WINDOW,
-                              HAS_PAD, HAS_SOFTCAP)
+                              stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, ref2, N, PROBES, SPLIT,
+                              HAS_WINDOW, HAS_PAD, HAS_SOFTCAP)
 
 
 def constexpr_names(kernel: Any) -> tuple[str, ...]:

@@ -302,10 +302,10 @@ def _decode_split_fwd(
     # Offsets and probes: loops, not unrolled (one key row live at a time).
     store_point_probs(PART_S, part * N_COLS + 3, row_ok, OFFSET_VALUES, b, qe, Kb, row_ok, k_lo, k_hi, q_pos, window,
                       KPMb, stride_mn, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, m_i, N_OFFSETS, False,
-                      False, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP)
+                      True, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP)
     store_point_probs(PART_S, part * N_COLS + 3 + N_OFFSETS, row_ok, PROBE_KEYS, b, qe, Kb, row_ok, k_lo, k_hi, q_pos,
                       window, KPMb, stride_mn, stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, m_i, N_PROBES,
-                      True, False, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP)
+                      True, True, HAS_WINDOW, HAS_PAD, HAS_SOFTCAP)
     c = 3 + N_OFFSETS + N_PROBES
     if HAS_TOK:
         tl.store(S + c, ind_acc, mask=row_ok)
