@@ -56,9 +56,9 @@ def check_inputs(a) -> None:
     from ..scans.settings import check_device
 
     check_device(a.device)
-    from ..scans.sharding import parse_shard, shard_from_env
+    from ..scans.sharding import resolve_shard
 
-    a.shard = parse_shard(a.shard) if a.shard else shard_from_env()
+    a.shard = resolve_shard(a.shard)
 
 
 def load_model(a):
