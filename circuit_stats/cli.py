@@ -167,11 +167,13 @@ def print_profile_outcome(df, out: Path, shard, n_documents: int, seconds: float
     complete = store.complete(n_documents)
     done = store.done()
     failed = store.all_failures() if complete else {i: f for i, f in store.failures().items() if i not in done}
-    tokens = int(df.drop_duplicates("doc_index")["n_tokens"].sum()) if len(df) else 0
+    mine = df[df["doc_index"] % shard.count == shard.index].drop_duplicates("doc_index") if len(df) else df
     who = f"shard {shard}: " if shard.count > 1 else ""
-    print(f"{who}profiled {df['doc_index'].nunique() if len(df) else 0} documents ({tokens} tokens) in {seconds:.1f}s")
+    print(f"{who}profiled {len(mine)} documents ({int(mine['n_tokens'].sum()) if len(mine) else 0} tokens) "
+          f"in {seconds:.1f}s")
     if complete:
-        print(f"every document done -> {out / 'profile.parquet'}, {out / 'summary.md'}, {out / 'plots'}")
+        print(f"every document done: {df['doc_index'].nunique()} profiled -> {out / 'profile.parquet'}, "
+              f"{out / 'summary.md'}, {out / 'plots'}")
     else:
         print(f"{n_documents - len(done) - len(store.all_failures())} documents left to other processes: the last "
               f"one to finish writes {out / 'profile.parquet'} (or rerun this command without --shard)")

@@ -250,5 +250,6 @@ def profile_into(store: ProfileDir, run: DocumentRun, docs: Sequence[Document], 
                 store.write_failures(failures)
                 continue
             store.write_part(i, df)
+            log.info("document %d (%s) profiled: %d tokens", i, docs[i].doc_id, int(df["n_tokens"].iloc[0]))
         if failures.pop(i, None) is not None:
             store.write_failures(failures)
