@@ -1,7 +1,7 @@
 """The profile output directory: settings manifest, one part per finished document, failures,
-document locks, and the combined ``profile.parquet``. Every file is written atomically (``atomic.atomic_write``:
-a temporary file, then ``os.replace``; modes follow the umask), so a killed run leaves only
-complete files and a re-run continues."""
+document locks, and the combined ``profile.parquet``. Every file is written atomically
+(``atomic.atomic_write``: a temporary file, then ``os.replace``; modes follow the umask), so a
+killed run leaves only complete files and a re-run continues."""
 
 from __future__ import annotations
 
