@@ -5,7 +5,8 @@ Each document runs through the model alone (no padding), in chunks that extend t
 bin) means become rows of ``profile.parquet``. With ``out=``, every finished document is
 committed atomically, so a re-run continues where a killed one stopped, and a document that
 fails (also one whose statistics are NaN or infinite: ``NonFiniteError``) is recorded in
-``failures.json`` and skipped, never pooled.
+``failures.json`` and skipped, never pooled. Processes sharing ``out`` (``shard=``) lock each
+document while they profile it; the one that finds every document done writes the merged outputs.
 """
 
 from __future__ import annotations
