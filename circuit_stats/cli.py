@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -312,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_kernel_pins() -> None:
+    """Pinned Triton configs (``CIRCUIT_STATS_TRITON_*``) parse, before any model loads: a
+    ``ValueError`` otherwise. Imports the kernels only when such a variable is set."""
+    if any(name.startswith("CIRCUIT_STATS_TRITON_") for name in os.environ):
+        from .kernels.pinning import check_pins
+
+        check_pins()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -319,6 +329,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return stop.code
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        check_kernel_pins()
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"circuit-stats {args.command}: error: {err}", file=sys.stderr)
