@@ -208,3 +208,26 @@ def test_torchrun_two_processes_profile_every_document_once(tmp_path, monkeypatc
 
     assert summary(two / "summary.md") == summary(one / "summary.md")
     assert {p.name for p in (two / "plots").iterdir()} == {p.name for p in (one / "plots").iterdir()}
+
+
+def test_two_unsharded_processes_on_one_directory_share_the_documents(tmp_path):
+    """Two plain runs started together on one --out: the document locks give each document to one
+    of them (however their timing falls), and the outputs are complete."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    texts = tmp_path / "t.txt"
+    texts.write_text("\n\n".join(f"{i} the mill by the river " * (6 + 3 * i) for i in range(8)) + "\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "circuit_stats.cli", "-v", "profile", MODEL, "--texts", str(texts), "--out", str(out),
+           "--statistics", "sink,induction", "--no-plots"]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in logs]
+    profiled = [int(i) for _, err in logs for i in re.findall(r"document (\d+) \(\S+\) profiled", err)]
+    assert sorted(profiled) == list(range(8)), "every document profiled by exactly one of the two"
+    assert sorted(pd.read_parquet(out / "profile.parquet")["doc_index"].unique()) == list(range(8))
+    assert any("every document done" in printed for printed, _ in logs)
