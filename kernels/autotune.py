@@ -21,8 +21,11 @@ For the fused kernel (``triton_attention``) and the split-decode kernel (``trito
   on the first length that falls in it, within 2x of any other length of the bucket, instead of
   one length deciding for a whole range (a 300-token prompt for 128k keys). The buckets are
   keywords of ``LengthBucketed``, a view of the kernel that drops them before launching: the
-  kernel's signature does not change and its compiled binaries are shared by every bucket (only
-  the timing runs repeat, at most 4 configs per new bucket).
+  kernel's signature does not change and its compiled binaries are shared by every bucket (Triton's
+  own specialisation of integer arguments aside), so a new bucket repeats only the timing runs,
+  at most 4 configs. Decoding over a growing cache meets a new key bucket at each power of two:
+  a first call there is timed, which a CUDA-graph capture must not see (pin a config, or run each
+  bucket once before capturing).
 * **Cached across processes.** ``triton.autotune(cache_results=True)`` (Triton 3.6 and 3.9 both
   have it) stores each key's timings in Triton's cache directory (``TRITON_CACHE_DIR``, default
   ``~/.triton/cache``: a ``<hash>/<kernel>.autotune.json`` per key), keyed on the Triton version,
@@ -251,7 +254,7 @@ def length_buckets(q_len: int, k_len: int) -> dict[str, int]:
 class LengthBucketed(KernelInterface):
     """A jit kernel as the autotuner sees it: the same arguments plus the keywords
     ``LENGTH_BUCKET_ARGS``, which join the tuning key and are dropped before the kernel runs (so
-    the kernel and its compiled binaries are shared by every bucket). ``fn`` is the kernel, as
+    the kernel and its compiled binaries are shared by all buckets). ``fn`` is the kernel, as
     Triton's autotuner expects of what it wraps."""
 
     def __init__(self, fn: Any):

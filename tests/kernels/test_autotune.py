@@ -214,3 +214,24 @@ def test_tuners_cache_results_across_processes_where_triton_allows():
         assert autotune.fused_tuner(kernel).cache_results and autotune.split_tuner(kernel).cache_results
         knobs.runtime.interpret = True
         assert not autotune.fused_tuner(kernel).cache_results
+
+
+def test_the_real_tuner_runs_the_kernel_with_its_choice(seed, poison_outputs):
+    """The fused kernel through its autotuner (as on a GPU, with a stand-in benchmark that times
+    nothing, so the first candidate, 128x128, wins): the bucket keywords never reach the kernel,
+    and its output matches the float64 reference."""
+    from circuit_stats.kernels import attention_with_stats_naive, triton_attention
+    from circuit_stats.kernels.request import StatsRequest
+    from circuit_stats.kernels.side_inputs import SideInputs
+    from kernel_cases import OUT_TOL, make_inputs
+
+    tuner = autotune.fused_tuner(triton_attention.FUSED_KERNEL, do_bench=lambda call, quantiles: [1.0] * len(quantiles))
+    q, k, v, _, _ = make_inputs(1, 2, 1, 37, 37, 64, torch.float16, None)
+    launch = triton_attention.launch_arguments(q, k, v, StatsRequest(scale=0.125), SideInputs.build(
+        batch=1, k_len=37, device=q.device))
+    grid = lambda meta: (triton.cdiv(37, meta["BLOCK_M"]), 2)  # noqa: E731
+    tuner[grid](*launch.args, **launch.constexprs, **length_buckets(37, 37))
+    assert tile_of(tuner.best_config) == (128, 128, 8, 2)
+    ref_out, ref = attention_with_stats_naive(q.double(), k.double(), v.double(), scale=0.125)
+    assert (launch.out.double() - ref_out).abs().max().item() <= OUT_TOL[torch.float16]
+    assert (launch.stats.lse.double() - ref.lse).abs().max().item() <= 1e-3
