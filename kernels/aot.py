@@ -35,6 +35,7 @@ import torch
 import triton
 from triton.runtime.jit import JITFunction, MockTensor
 
+from . import autotune
 from . import triton_attention as ta
 from .sass_loops import mma_loops
 from .request import StatsRequest
@@ -189,12 +190,12 @@ def candidate_configs(variant: CompileVariant) -> list[triton.Config]:
         _, c = decode_launch(variant)
         if variant.kernel == "combine":
             return [triton.Config({}, num_warps=td.combine_warps(c), num_stages=1)]
-        return td.prune_split_configs(td.SPLIT_CONFIGS, {"Q": torch.empty(0, dtype=DTYPES[variant.dtype])},
-                                      BLOCK_D=c["BLOCK_D"], BLOCK_M=c["BLOCK_M"])
+        return autotune.prune_split_configs(autotune.SPLIT_CONFIGS, {"Q": torch.empty(0, dtype=DTYPES[variant.dtype])},
+                                            BLOCK_D=c["BLOCK_D"], BLOCK_M=c["BLOCK_M"])
     launch = variant_launch(variant)
-    c = launch.flags()
-    return ta.candidate_configs(launch.bucket, head_dim=variant.head_dim,
-                                elt_bytes=DTYPES[variant.dtype].itemsize, loop_level=ta.loop_level(c))
+    return autotune.candidate_configs(launch.bucket, head_dim=variant.head_dim,
+                                      elt_bytes=DTYPES[variant.dtype].itemsize,
+                                      loop_level=autotune.loop_level(launch.flags()))
 
 
 def variant_kernel(variant: CompileVariant) -> tuple[JITFunction, dict]:

@@ -25,13 +25,15 @@ class GuardRecorder:
         finally:
             self.current = previous
 
-    def kernel(self, name):
+    def kernel(self, name, real):
         recorder = self
 
-        class Launcher:  # kernel[grid](*args, **kwargs): record, compute nothing (shape-only)
-            def __getitem__(self, grid):
-                return lambda *args, **kwargs: recorder.launches.append((name, recorder.current))
-        return Launcher()
+        class Kernel:  # what triton.heuristics wraps: record the launch, compute nothing (shape-only)
+            arg_names = real.arg_names
+
+            def run(self, *args, grid, warmup, **kwargs):
+                recorder.launches.append((name, recorder.current))
+        return Kernel()
 
 
 @pytest.fixture
@@ -39,11 +41,10 @@ def recorder(monkeypatch):
     rec = GuardRecorder()
     for module in (triton_attention, triton_decode):
         monkeypatch.setattr(module, "device_guard", rec.guard)
-    # the launchers (the kernels behind their triton.heuristics) that run under the interpreter
-    for bucket in triton_attention._FIXED_TILE_LAUNCHERS:
-        monkeypatch.setitem(triton_attention._FIXED_TILE_LAUNCHERS, bucket, rec.kernel("fused"))
-    monkeypatch.setattr(triton_decode, "_split_launcher", rec.kernel("split"))
-    monkeypatch.setattr(triton_decode, "_combine_launcher", rec.kernel("combine"))
+    for module, attr, name in ((triton_attention, "_attn_stats_fwd", "fused"),
+                               (triton_attention, "FUSED_DECODE_KERNEL", "fused"),
+                               (triton_decode, "_decode_split_fwd", "split"), (triton_decode, "_decode_combine", "combine")):
+        monkeypatch.setattr(module, attr, rec.kernel(name, getattr(module, attr)))
     return rec
 
 

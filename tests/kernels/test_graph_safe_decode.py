@@ -54,19 +54,19 @@ class HostTraffic:
         finally:
             self.active = False
 
-    def launching(self, name, launcher, launched: list):
+    def launching(self, name, kernel, launched: list):
         traffic = self
 
-        class Uncounted:  # launcher[grid](...) with the counter paused
-            def __getitem__(self, grid):
-                def run(*args, **kwargs):
-                    launched.append(name)
-                    active, traffic.active = traffic.active, False
-                    try:
-                        return launcher[grid](*args, **kwargs)
-                    finally:
-                        traffic.active = active
-                return run
+        class Uncounted:  # what triton.heuristics wraps: the kernel, run with the counter paused
+            arg_names = kernel.arg_names
+
+            def run(self, *args, **kwargs):
+                launched.append(name)
+                active, traffic.active = traffic.active, False
+                try:
+                    return kernel.run(*args, **kwargs)
+                finally:
+                    traffic.active = active
         return Uncounted()
 
 
@@ -74,10 +74,10 @@ class HostTraffic:
 def traffic(monkeypatch):
     t = HostTraffic(monkeypatch)
     t.launched = []
-    for bucket, launcher in triton_attention._FIXED_TILE_LAUNCHERS.items():
-        monkeypatch.setitem(triton_attention._FIXED_TILE_LAUNCHERS, bucket, t.launching("fused", launcher, t.launched))
-    for name, kernel in (("_split_launcher", "split"), ("_combine_launcher", "combine")):
-        monkeypatch.setattr(triton_decode, name, t.launching(kernel, getattr(triton_decode, name), t.launched))
+    for module, attr, name in ((triton_attention, "_attn_stats_fwd", "fused"),
+                               (triton_attention, "FUSED_DECODE_KERNEL", "fused"),
+                               (triton_decode, "_decode_split_fwd", "split"), (triton_decode, "_decode_combine", "combine")):
+        monkeypatch.setattr(module, attr, t.launching(name, getattr(module, attr), t.launched))
     return t
 
 
@@ -215,15 +215,42 @@ def test_side_inputs_are_checked_with_one_synchronisation(traffic):
 
 # ------------------------------------------------------------------------------ launches by name
 
-def test_heuristic_flags_reach_the_autotune_keys():
+def test_heuristic_flags_reach_the_autotune_keys(monkeypatch):
     """Absent tensors are passed as None and ``triton.heuristics`` derives the flags before the
     autotuner sees the arguments, so every flag is part of its key (launches that differ only in
-    which statistics they compute are tuned apart; the tensors' dtypes alone could not tell)."""
-    from triton.runtime.autotuner import Autotuner, Heuristics
+    which statistics they compute are tuned apart; the tensors' dtypes alone could not tell). The
+    tuned launch path, with the autotuners replaced by recorders of what they are called with."""
+    from circuit_stats.kernels import autotune
 
-    launchers = [(launcher, triton_attention.FUSED_HEURISTICS) for launcher in triton_attention._LAUNCHERS.values()]
-    launchers.append((triton_decode._split_tuned_launcher, triton_decode.SPLIT_HEURISTICS))
-    for launcher, rules in launchers:
-        assert isinstance(launcher, Heuristics) and isinstance(launcher.fn, Autotuner)
-        assert set(rules) <= set(launcher.fn.keys), set(rules) - set(launcher.fn.keys)
-    assert set(triton_attention.FUSED_HEURISTICS) <= set(triton_attention.AUTOTUNE_KEY)
+    seen = {}
+
+    class TunerRecorder:
+        def __init__(self, name, tuner):
+            self.name, self.arg_names, self.keys = name, tuner.arg_names, tuner.keys
+
+        def run(self, *args, grid, warmup, **kwargs):
+            assert set(self.keys) <= set(kwargs), f"{self.name}: key entries not passed: {set(self.keys) - set(kwargs)}"
+            seen[self.name] = kwargs
+
+    keys = {}
+    for module, attr in ((triton_attention, "FUSED_TUNER"), (triton_attention, "FUSED_DECODE_TUNER"),
+                         (triton_decode, "SPLIT_TUNER")):
+        keys[attr] = getattr(module, attr).keys
+        monkeypatch.setattr(module, attr, TunerRecorder(attr, getattr(module, attr)))
+    for module in (triton_attention, triton_decode):
+        monkeypatch.setattr(module, "interpreting", lambda: False)  # the GPU's path: autotuned
+    monkeypatch.setattr(triton_decode, "_decode_combine", type("Combine", (), dict(
+        arg_names=triton_decode._decode_combine.arg_names, run=lambda self, *a, **k: None))())
+    q, k = torch.randn(1, 2, 20, 16), torch.randn(1, 1, 20, 16)
+    side = SideInputs.build(batch=1, k_len=20, device=q.device, token_ids=torch.randint(0, 9, (1, 20)))
+    request = StatsRequest(scale=0.25, offsets=(1, 2), entropy=True, top1=True)
+    triton_attention.attention_with_stats_triton(q, k, k, request, side)
+    triton_attention.attention_with_stats_triton(q[:, :, :1], k, k, request, side)
+    triton_decode.attention_with_stats_decode(q[:, :, :1], k, k, request, side, split_len=128)
+    for name, rules in (("FUSED_TUNER", triton_attention.FUSED_HEURISTICS),
+                        ("FUSED_DECODE_TUNER", triton_attention.FUSED_HEURISTICS),
+                        ("SPLIT_TUNER", triton_decode.SPLIT_HEURISTICS)):
+        assert set(rules) <= set(keys[name]) and set(rules) <= set(seen[name]), name
+    assert seen["FUSED_TUNER"]["N_OFFSETS"] == 2 and seen["FUSED_TUNER"]["HAS_TOK"]
+    assert seen["FUSED_TUNER"]["HAS_TOP1"] and not seen["FUSED_TUNER"]["HAS_DIST"]
+    assert set(autotune.LENGTH_BUCKET_ARGS) <= set(seen["SPLIT_TUNER"])
