@@ -26,11 +26,11 @@ import pandas as pd
 import torch
 
 from ..kernels import AttentionStats, SideInputs
-from ..kernels.dispatch import check_bool
 from ..kernels.names import CHANNELS, SCALAR_STATISTICS
-from ..kernels.side_inputs import check_offsets
+from ..kernels.request import StatsRequest
 from .families import attention_interface_refusal
-from .positions import BinSpec, bin_bounds, bin_edges, bin_weights, query_positions
+from .positions import BinSpec, bin_bounds, bin_weights, query_positions
+from .record_options import RecordOptions, kernel_arguments
 from .wrapped import unwrap_model
 
 # The name registered with transformers' AttentionInterface / AttentionMaskInterface.
@@ -80,11 +80,18 @@ class _Block:
     counts: dict = field(default_factory=lambda: defaultdict(dict))  # layer -> name -> [B, K]
 
 
-class _Request:
-    """What one attention call must compute, and where its statistics go."""
+class _LayerCall:
+    """One attention call inside the recording: its layer, the forward's query weights, request
+    and side inputs (shared by every layer of the forward on one device)."""
 
-    def __init__(self, rec: "Recording", layer: int, weights: dict, kernel_kwargs: dict):
-        self.rec, self.layer, self.weights, self.kernel_kwargs = rec, layer, weights, kernel_kwargs
+    def __init__(self, rec: "Recording", layer: int, weights: dict, request: StatsRequest, side: SideInputs):
+        self.rec, self.layer, self.weights, self.request, self.side = rec, layer, weights, request, side
+
+    @property
+    def kernel_kwargs(self) -> dict:
+        """``attention_with_stats`` keyword arguments of the recorded statistics (the layer adds
+        its scale and score modifiers)."""
+        return kernel_arguments(self.request, self.side)
 
     def deliver(self, stats: AttentionStats) -> None:
         self.rec._reduce(self.layer, stats, self.weights)
@@ -93,21 +100,17 @@ class _Request:
 class Recording:
     """Accumulates statistic sums per (layer, head); see ``record()``."""
 
-    def __init__(self, model, offsets, token_ids, token_match, entropy, query_mask, per_sample, probe_keys,
-                 position_bins=None, distance=False, local_window=None, top1=False, span=None):
+    def __init__(self, model, options: RecordOptions, *, token_ids: Optional[torch.Tensor] = None, query_mask=None,
+                 probe_keys: Optional[torch.Tensor] = None, span: Optional[torch.Tensor] = None):
         self.model = model
-        self.offsets = check_offsets(offsets)
-        for name, flag in (("token_match", token_match), ("entropy", entropy), ("per_sample", per_sample)):
-            check_bool(name, flag)
-        self.token_match = token_match or token_ids is not None
-        self.entropy = entropy
-        self.per_sample_enabled = per_sample
-        self.edges = None if position_bins is None else bin_edges(position_bins)
-        self.extra_kernel_kwargs = _extra_statistics(distance, local_window, top1)
-        self._user_tokens = token_ids
-        self._query_masks = _normalise_query_mask(query_mask)
-        self._probe_keys = probe_keys
-        self._span = _check_span(span)
+        self.options = options
+        self.offsets = options.offsets
+        self.token_match = options.token_match
+        self.entropy = options.entropy
+        self.per_sample_enabled = options.per_sample
+        self.edges = options.position_bins
+        self.request = options.stats_request()  # the same statistics in every forward
+        self.set_inputs(query_mask=query_mask, probe_keys=probe_keys, token_ids=token_ids, span=span)
         self._module_ids = {id(m) for m in model.modules()}
         self._tokens: Optional[torch.Tensor] = None  # ids of all keys of the current sequences
         self._sums: dict = defaultdict(dict)  # layer -> name -> [H, K, C]
@@ -119,9 +122,9 @@ class Recording:
         # State before the forward now running (None: none running): a forward that raises leaves
         # some layers' contributions; they are rolled back (see _discard_failed_forward).
         self._before_running: Optional[tuple] = None
-        # (forward number, device, q_len, k_len) -> _Request: every layer of one forward on one
-        # device shares its side inputs and query weights, built and validated once.
-        self._requests: dict = {}
+        # (forward number, device, q_len, k_len) -> (query weights, side inputs): every layer of
+        # one forward on one device shares them, built and validated once.
+        self._forward_inputs: dict = {}
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.n_layers = int(text_config.num_hidden_layers)
         self._hook = model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
@@ -182,7 +185,7 @@ class Recording:
         warnings.warn("a forward inside record() raised before it finished: the statistics it had recorded "
                       "were discarded; the recording holds the forwards that finished", stacklevel=3)
 
-    def _request(self, module, query, key, kpm) -> _Request:
+    def _layer_call(self, module, query, key, kpm) -> _LayerCall:
         layer = getattr(module, "layer_idx", None)
         if layer is None:
             raise RuntimeError(f"{type(module).__name__} has no layer_idx; circuit_stats cannot tell its layer")
@@ -190,16 +193,16 @@ class Recording:
         Nk = key.shape[2]
         dev = query.device
         cache_key = (self._n_forward, dev, Nq, Nk)
-        shared = self._requests.get(cache_key)
+        shared = self._forward_inputs.get(cache_key)
         if shared is None:
-            if next(iter(self._requests), (None,))[0] != self._n_forward:
-                self._requests = {}  # a new forward: drop the previous one's
-            shared = self._requests[cache_key] = self._shared_request(B, Nq, Nk, dev, kpm)
-        weights, kernel_kwargs = shared
-        return _Request(self, int(layer), weights, kernel_kwargs)
+            if next(iter(self._forward_inputs), (None,))[0] != self._n_forward:
+                self._forward_inputs = {}  # a new forward: drop the previous one's
+            shared = self._forward_inputs[cache_key] = self._shared_inputs(B, Nq, Nk, dev, kpm)
+        weights, side = shared
+        return _LayerCall(self, int(layer), weights, self.request, side)
 
-    def _shared_request(self, B: int, Nq: int, Nk: int, dev: torch.device, kpm) -> tuple[dict, dict]:
-        """Query weights and kernel arguments for every layer of this forward on ``dev``."""
+    def _shared_inputs(self, B: int, Nq: int, Nk: int, dev: torch.device, kpm) -> tuple[dict, SideInputs]:
+        """Query weights and side inputs for every layer of this forward on ``dev``."""
         if self.edges is None:
             bins = torch.ones(B, Nq, 1, dtype=torch.float64, device=dev)
         else:
@@ -234,8 +237,7 @@ class Recording:
             tokens = tokens[:, tokens.shape[1] - Nk:]
         side = SideInputs.build(batch=B, k_len=Nk, device=dev, key_padding_mask=kpm, token_ids=tokens,
                                 probe_keys=self._probe_keys, span=self._span)
-        return weights, {"offsets": self.offsets, "entropy": self.entropy, "side_inputs": side,
-                         **self.extra_kernel_kwargs}
+        return weights, side
 
     # ---------------------------------------------------------------- reduction
     def _channels(self, stats: AttentionStats) -> Iterator[tuple[str, torch.Tensor]]:
@@ -323,15 +325,18 @@ class Recording:
             raise RuntimeError("record(..., top1=True) and at least one forward are needed for last_top1_index()")
         return torch.stack([self._last_top1[layer] for layer in range(self.n_layers)], dim=1)
 
+    def _check_per_sample(self) -> None:
+        if not self.per_sample_enabled:
+            raise RuntimeError("record(..., per_sample=True) is needed for per-sample statistics")
+        self._check_complete()
+
     def per_sample(self) -> dict[str, torch.Tensor]:
         """``{statistic: Tensor[n_sequences, n_layers, n_heads]}`` (needs ``per_sample=True``);
         ``[n_sequences, n_layers, n_heads, n_bins]`` with ``position_bins``.
 
         Sequences are the batch rows of every fresh forward, in order; a sequence (or bin) none of
         whose queries was selected holds NaN."""
-        if not self.per_sample_enabled:
-            raise RuntimeError("record(..., per_sample=True) is needed for per-sample statistics")
-        self._check_complete()
+        self._check_per_sample()
         out: dict[str, list] = defaultdict(list)
         for block in self._blocks:
             if not block.counts:
@@ -351,9 +356,7 @@ class Recording:
         """``{statistic: Tensor[n_sequences]}`` (``[n_sequences, n_bins]`` with ``position_bins``):
         how many queries each per-sample mean of :meth:`per_sample` averages (the same for every
         layer); weights for pooled means and their standard errors."""
-        if not self.per_sample_enabled:
-            raise RuntimeError("record(..., per_sample=True) is needed for per-sample statistics")
-        self._check_complete()
+        self._check_per_sample()
         out: dict[str, list] = defaultdict(list)
         for block in self._blocks:
             for name, s in block.sums[0].items() if block.counts else ():
@@ -419,35 +422,18 @@ def is_recording(module) -> bool:
     return _ACTIVE is not None and id(module) in _ACTIVE._module_ids
 
 
-def _extra_statistics(distance: bool, local_window: Optional[int], top1: bool) -> dict:
-    """Kernel keyword arguments of the optional statistics that are on (none when all are off,
-    so that a kernel without them is called exactly as before)."""
-    for name, flag in (("distance", distance), ("top1", top1)):
-        check_bool(name, flag)
-    out: dict = {}
-    if distance:
-        out["distance"] = True
-    if local_window is not None:
-        if isinstance(local_window, bool) or not isinstance(local_window, int) or local_window < 1:
-            raise ValueError(f"local_window must be an int >= 1 (keys i - W < j <= i), got {local_window!r}")
-        out["local_window"] = int(local_window)
-    if top1:
-        out["top1"] = True
-    return out
-
-
 def _check_span(span: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     if span is not None and (not isinstance(span, torch.Tensor) or span.dim() != 2 or span.shape[1] != 2):
         raise TypeError("span must be an integer tensor [batch, 2] of key ranges [start, end)")
     return span
 
 
-def request_for(module, query, key, kpm) -> Optional[_Request]:
-    """The active recording's request for this attention module, or None (plain forward)."""
+def request_for(module, query, key, kpm) -> Optional[_LayerCall]:
+    """The active recording's call for this attention module, or None (plain forward)."""
     rec = _ACTIVE
     if rec is None or id(module) not in rec._module_ids:
         return None
-    return rec._request(module, query, key, kpm)
+    return rec._layer_call(module, query, key, kpm)
 
 
 @contextmanager
@@ -512,9 +498,9 @@ def record(
         )
     if _ACTIVE is not None:
         raise RuntimeError("record() blocks cannot be nested: a recording is already active")
-    rec = Recording(model, offsets, token_ids, token_match, entropy, query_mask, per_sample, probe_keys,
-                    position_bins=position_bins, distance=distance, local_window=local_window, top1=top1,
-                    span=span)
+    options = RecordOptions(offsets=offsets, token_match=token_match, entropy=entropy, per_sample=per_sample,
+                            position_bins=position_bins, distance=distance, local_window=local_window, top1=top1)
+    rec = Recording(model, options, token_ids=token_ids, query_mask=query_mask, probe_keys=probe_keys, span=span)
     _ACTIVE = rec
     try:
         yield rec
