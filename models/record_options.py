@@ -18,15 +18,15 @@ from .positions import BinSpec, bin_edges
 # StatsRequest fields that belong to each attention layer (transformers passes them per call), not
 # to the recording: the attention function gives them to the kernel itself.
 LAYER_FIELDS = ("scale", "window", "softcap", "sinks")
-BOOLEAN_OPTIONS = ("token_match", "entropy", "per_sample", "distance", "top1")
+BOOLEAN_OPTIONS = ("token_match", "entropy", "per_sample", "distance", "top1", "key_mass")
 
 
 @dataclass(frozen=True)
 class RecordOptions:
     """The statistics of a ``record()`` block (each documented there).
 
-    ``offsets`` becomes a tuple of ints >= 0 and ``position_bins`` its bin edges (a tuple of
-    floats, or None); every other option is checked as given. A bad value raises a TypeError or
+    ``offsets`` becomes a tuple of ints >= 0, ``position_bins`` and ``key_bins`` their bin edges
+    (tuples of floats, or None); every other option is checked as given. A bad value raises a TypeError or
     ValueError naming the option, before any forward."""
 
     offsets: tuple[int, ...] = ()
@@ -37,13 +37,18 @@ class RecordOptions:
     distance: bool = False
     local_window: Optional[int] = None
     top1: bool = False
+    key_mass: bool = False
+    key_bins: Optional[BinSpec] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "offsets", check_offsets(self.offsets))
         for name in BOOLEAN_OPTIONS:
             check_bool(name, getattr(self, name))
-        if self.position_bins is not None:
-            object.__setattr__(self, "position_bins", bin_edges(self.position_bins))
+        for name in ("position_bins", "key_bins"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, bin_edges(getattr(self, name), name))
+        if self.key_bins is not None and not self.key_mass:
+            raise ValueError("key_bins bins the key mass: pass key_mass=True with it")
         window = self.local_window
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
             raise ValueError(f"local_window must be an int >= 1 (keys i - W < j <= i), got {window!r}")
@@ -52,7 +57,7 @@ class RecordOptions:
         """The kernel request of these statistics. Its ``LAYER_FIELDS`` (scale and the score
         modifiers) are placeholders: each layer's own come with its attention call."""
         return StatsRequest(scale=1.0, offsets=self.offsets, entropy=self.entropy, distance=self.distance,
-                            local_window=self.local_window, top1=self.top1)
+                            local_window=self.local_window, top1=self.top1, key_mass=self.key_mass)
 
 
 def kernel_arguments(request: StatsRequest, side: SideInputs) -> dict:
