@@ -29,7 +29,7 @@ from ..kernels import AttentionStats, SideInputs
 from ..kernels.names import CHANNELS, SCALAR_STATISTICS
 from ..kernels.request import StatsRequest
 from .families import attention_interface_refusal
-from .key_mass import KEY_ATTENTION, KEY_MASS, KEY_STATISTICS, ForwardKeys, KeyMassSums
+from .key_mass import KEY_ATTENTION, KEY_MASS, KEY_STATISTICS, ForwardKeys, KeyMassSums, fit
 from .key_ranking import check_top_n, common_tokens, top_keys_frame
 from .positions import BinSpec, bin_bounds, bin_weights, query_positions
 from .record_options import RecordOptions, kernel_arguments
@@ -437,6 +437,14 @@ class Recording:
             raise RuntimeError("record(..., key_mass=True) is needed for the attention received per key")
         self._check_complete()
         return self._keys
+
+    def key_queries(self) -> torch.Tensor:
+        """``[n_layers, keys]`` (or ``key_bins`` bins) float64: the selected queries that can attend
+        each key, summed over sequences (for a bin: its (query, key) pairs); ``key_attention`` is
+        the pooled ``key_mass`` over this. Needs ``key_mass``."""
+        keys = self._check_key_mass()
+        n = keys.n_slots_seen()
+        return torch.stack([fit(keys.reach[layer].cpu(), n) for layer in range(self.n_layers)])
 
     def key_tokens(self) -> torch.Tensor:
         """``[n_sequences, keys]`` int64 token id at each key position of every sequence (counted
