@@ -258,3 +258,13 @@ def test_bad_key_mass_queries_are_refused(bundled):
             rec.top_keys(n)
     with pytest.raises(RuntimeError, match="per_sample=True"):
         rec.top_keys(3, sequence=0)
+
+
+def test_inputs_embeds_give_the_key_mass_without_token_ids(bundled, seed):
+    ours, eager = bundled
+    ids, mask = left_padded_batch(seed)
+    embeds = ours.get_input_embeddings()(ids).detach()
+    rec = record_key_mass(ours, lambda: ours(inputs_embeds=embeds, attention_mask=mask))
+    mass, reach, _ = eager_key_stats(eager, ids, mask)
+    check_per_sample(rec, mass, reach)
+    assert (rec.key_tokens() == -1).all() and rec.key_tokens().shape == (3, 23)
