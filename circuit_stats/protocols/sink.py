@@ -28,7 +28,8 @@ it, pooled over prompts); ``secondary_sinks=True`` finds the keys other than pos
 ``alpha_k > eps`` in each prompt (keys with at least ``min_queries`` queries at or after them) and
 groups them by token id across texts: ``df.attrs["secondary_sinks"]`` (records with ``layer``,
 ``head``, ``token_id``, ``token``, ``n_keys``, ``n_sinks``, ``alpha_mean``, ``alpha_max``; see
-``key_sinks.secondary_sinks``) and per head the column ``n_secondary_sinks`` (token ids).
+``key_sinks.secondary_sinks``) and per head the column ``n_secondary_sinks`` (token ids). The
+per-prompt key sums it needs take O(prompts x layers x heads x seq_len) memory on the device.
 """
 
 from __future__ import annotations
