@@ -47,6 +47,9 @@ class SideInputs:
         probe_keys: ``[B, P]`` int32 absolute key positions, or None.
         span: ``[B, 2]`` int64 key range ``[start, end)`` per sequence (the ``span`` statistic),
             ``0 <= start <= end <= k_len``, or None.
+        query_weight: ``[B, Nq]`` float32 weight of each query row in ``key_mass`` (finite,
+            >= 0; 0 = the row does not count), or None (every row weighs 1). Read only by calls
+            with ``key_mass=True``.
     """
 
     batch: int
@@ -57,6 +60,7 @@ class SideInputs:
     prev_token_ids: Optional[torch.Tensor] = None
     probe_keys: Optional[torch.Tensor] = None
     span: Optional[torch.Tensor] = None
+    query_weight: Optional[torch.Tensor] = None
 
     @classmethod
     def build(
@@ -69,11 +73,14 @@ class SideInputs:
         token_ids: Optional[torch.Tensor] = None,
         probe_keys: Optional[torch.Tensor] = None,
         span: Optional[torch.Tensor] = None,
+        query_weight: Optional[torch.Tensor] = None,
     ) -> "SideInputs":
         """Validate and convert the side inputs of ``batch`` rows of ``k_len`` keys on ``device``.
 
         The value checks (``token_ids`` >= 0, ``probe_keys`` in range) read tensor values, which
-        synchronises a GPU: build once per forward, not per layer."""
+        synchronises a GPU: build once per forward, not per layer. ``query_weight`` (the
+        ``key_mass_queries`` argument) is ``[B, Nq]`` float or bool; its length is checked
+        against the queries by ``check_matches``."""
         B, Nk = batch, k_len
         if key_padding_mask is not None:
             if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
@@ -102,6 +109,8 @@ class SideInputs:
             probe_keys = probe_keys.to(device=device, dtype=torch.int32).contiguous()
         if span is not None:
             span = check_span(span, B, Nk).to(device=device, dtype=torch.int64).contiguous()
+        if query_weight is not None:
+            query_weight = check_query_weight(query_weight, B).to(device=device, dtype=torch.float32).contiguous()
         return cls(
             batch=B, k_len=Nk, key_padding_mask=key_padding_mask,
             first_key=first_attendable_key(key_padding_mask, B, Nk, device),
@@ -109,6 +118,7 @@ class SideInputs:
             prev_token_ids=previous_token_ids(token_ids, key_padding_mask) if token_ids is not None else None,
             probe_keys=probe_keys,
             span=span,
+            query_weight=query_weight,
         )
 
     def check_matches(self, q: torch.Tensor, k: torch.Tensor) -> None:
@@ -119,6 +129,26 @@ class SideInputs:
                              f"this call has {(B, Nk)}")
         if self.first_key.device != q.device:
             raise ValueError(f"side_inputs are on {self.first_key.device}, q on {q.device}")
+        if self.query_weight is not None and self.query_weight.shape[1] != q.shape[2]:
+            raise ValueError(f"key_mass_queries (query_weight) must have shape {(B, q.shape[2])} (one weight per "
+                             f"query row), got {tuple(self.query_weight.shape)}")
+
+
+def check_query_weight(weight, batch: int) -> torch.Tensor:
+    """``weight`` as given if it is a float or bool ``[batch, n_queries]`` tensor of finite
+    values >= 0 (the ``key_mass_queries`` argument); a clear error otherwise."""
+    name = "key_mass_queries (query_weight)"
+    if not isinstance(weight, torch.Tensor) or not (weight.dtype.is_floating_point or weight.dtype == torch.bool):
+        got = weight.dtype if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise TypeError(f"{name} must be a float or bool tensor [batch, q_len] (one weight per query row), got {got}")
+    if weight.dim() != 2 or weight.shape[0] != batch:
+        raise ValueError(f"{name} must have shape ({batch}, q_len), got {tuple(weight.shape)}")
+    if weight.dtype != torch.bool and weight.numel():
+        if not bool(weight.isfinite().all()):
+            raise ValueError(f"{name} must be finite")
+        if float(weight.min()) < 0:
+            raise ValueError(f"{name} must be >= 0 (0 = the query row does not count), got {float(weight.min())}")
+    return weight
 
 
 def check_span(span, batch: int, k_len: int) -> torch.Tensor:
