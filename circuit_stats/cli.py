@@ -283,7 +283,8 @@ def add_profile(sub) -> None:
     f.add_argument("--bins", type=arg.position_bins, default="log2",
                    help="log2, or comma-separated edges, e.g. 0,64,512,4096,inf")
     f.add_argument("--statistics", type=arg.statistics, default=list(arg.STATISTICS),
-                   help=f"comma list of {', '.join(arg.STATISTICS)}")
+                   help=f"comma list of {', '.join(arg.STATISTICS)} (default: all of these), and key_attention "
+                        "(attention received per bin of key position: key_position_attention.png)")
     f.add_argument("--local-window", type=arg.positive_int, default=16, help="W of the 'local' statistic (last W keys)")
     f.add_argument("--chunk-size", type=arg.positive_int, default=1024, help="tokens per forward (chunked prefill)")
     f.add_argument("--max-tokens", type=arg.positive_int, default=None,

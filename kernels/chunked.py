@@ -251,6 +251,8 @@ class ChunkedHeads:
         self.out = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=dev)
         self.row_nan = torch.empty(B, Hq, Nq, dtype=torch.bool, device=dev)
         self.stats = request.allocate((B, Hq, Nq), side, torch_allocator(dev))
+        if self.stats.key_mass is not None:  # summed over the chunks
+            self.stats.key_mass.zero_()
         sinks = request.sinks
         self.sink_logit = sinks.to(f32).view(1, Hkv, self.G, 1) if sinks is not None else None
         # softcap * tanh(s / softcap): fold 1 / softcap into the query scale
@@ -303,9 +305,11 @@ class ChunkedHeads:
                 self.put(st.top1_index, ch, torch.where(p.has_key, p.arg + ch.k_lo, -1))
                 # the max key's t is m_keys - m (0 without sinks): its probability is exp(that) / l
                 self.put(st.top1_prob, ch, torch.where(p.has_key, torch.exp(p.m_keys - p.m) / p.norm, 0.0))
+            if st.key_mass is not None:
+                self.key_mass(ch, p)
             c0 = c1
         self.row_nan |= self.out.isnan().any(-1)
-        return self.out, st.mark_nan_rows(self.row_nan)
+        return self.out, st.mark_nan_rows(self.row_nan, self.side.query_weight)
 
     def masks(self, ch: Chunk) -> tuple[list, torch.Tensor]:
         """``([(key columns, mask)], has_key [B, 1, 1, C])``: masks are built on the blocks where
@@ -455,6 +459,19 @@ class ChunkedHeads:
         sums = sums / p.norm[..., None]
         self.put(self.stats.duplicate, ch, sums[..., 0])
         self.put(self.stats.induction, ch, sums[..., 1])
+
+    def key_mass(self, ch: Chunk, p: ChunkSoftmax) -> None:
+        """Adds the chunk's weighted column sums ``sum_c w_c u_cj / l_c`` to ``key_mass`` (keys
+        ``k_lo .. k_hi``); rows with weight 0 add nothing, not even a NaN they hold."""
+        B, Hkv, G, C = self.B, self.Hkv, self.G, ch.C
+        w = self.side.query_weight
+        w = torch.ones(B, C, device=self.dev) if w is None else w[:, ch.c0 : ch.c1]
+        row_w = w[:, None, None, :] / p.norm  # [B, Hkv, G, C]
+        u = p.u
+        if not self.finite:
+            u = torch.where((w != 0)[:, None, None, :, None], u, 0.0)
+        sums = (row_w[..., None, :] @ u)[..., 0, :]  # [B, Hkv, G, K]
+        self.stats.key_mass.view(B, Hkv, G, self.Nk)[..., ch.k_lo : ch.k_hi] += sums
 
     def entropy(self, ch: Chunk, p: ChunkSoftmax) -> None:
         """H = log l - sum(u t) / l (the learned sink is one more outcome)."""

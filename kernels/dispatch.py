@@ -27,7 +27,8 @@ BACKENDS = ("auto", "torch", "triton")
 # Extend this set as the kernel learns a feature.
 TRITON_SUPPORTED_FEATURES: frozenset[str] = frozenset(
     {"window", "softcap", "sinks", "distance", "local_window", "top1", "span"})
-OPTIONAL_FEATURES = ("window", "softcap", "sinks", "distance", "local_window", "top1", "span", "head_dim>256")
+OPTIONAL_FEATURES = ("window", "softcap", "sinks", "distance", "local_window", "top1", "span", "key_mass",
+                     "head_dim>256")
 TRITON_MAX_HEAD_DIM = MAX_HEAD_DIM  # the kernels pad head dims on chip up to this size
 _warned_features: set[str] = set()
 
@@ -138,6 +139,8 @@ def attention_with_stats(
     window: Optional[int] = None,
     softcap: Optional[float] = None,
     sinks: Optional[torch.Tensor] = None,
+    key_mass: bool = False,
+    key_mass_queries: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, AttentionStats]:
     """Causal attention that also returns per-row attention statistics, in one pass.
 
@@ -163,11 +166,18 @@ def attention_with_stats(
         sinks: ``[Hq]`` learned attention-sink logits (gpt-oss ``s_aux``): one extra logit per
             query head in every row's softmax denominator, with no value vector; the mass it
             takes is returned as ``learned_sink``.
+        key_mass: also return ``key_mass [B, Hq, Nk]``, the attention each key receives from the
+            call's queries, ``sum_i w[b, i] p_ij`` (a column sum of the probabilities; a second
+            pass over the keys after the attention pass, O(Nk) memory).
+        key_mass_queries: ``[B, Nq]`` float (finite, >= 0) or bool weight of each query row in
+            ``key_mass`` (0 = the row does not count: a query mask, an observation window);
+            None = every row weighs 1. Needs ``key_mass=True``.
         backend: ``"triton"``, ``"torch"`` (chunked, O(chunk x Nk) memory) or ``"auto"``
             (Triton for CUDA tensors, torch otherwise).
         side_inputs: ``key_padding_mask``, ``token_ids`` and ``probe_keys`` already built with
             ``SideInputs.build`` (once per forward, for callers that run many layers over the
-            same keys); then those arguments (and ``span``) must be None.
+            same keys); then those arguments (and ``span``, ``key_mass_queries``: the side
+            inputs' ``query_weight``) must be None.
 
     Returns:
         ``(out [B, Hq, Nq, D] in q.dtype, AttentionStats)``; never the ``Nq x Nk`` matrix.
@@ -177,12 +187,14 @@ def attention_with_stats(
     """
     _check_qkv(q, k, v)
     offsets = check_offsets(offsets)
-    for name, flag in (("entropy", entropy), ("distance", distance), ("top1", top1)):
+    for name, flag in (("entropy", entropy), ("distance", distance), ("top1", top1), ("key_mass", key_mass)):
         check_bool(name, flag)
     _check_positive_int("local_window", local_window)
     _check_positive_int("window", window)
     _check_softcap(softcap)
     _check_sinks(sinks, q)
+    if key_mass_queries is not None and not key_mass:
+        raise ValueError("key_mass_queries weighs the query rows of key_mass: pass key_mass=True with it")
     B, _, _, D = q.shape
     Nk = k.shape[2]
     if scale is None:
@@ -192,16 +204,18 @@ def attention_with_stats(
         raise ValueError(f"scale must be a finite real number > 0 (or None for head_dim ** -0.5), got {scale!r}")
     if side_inputs is None:
         side_inputs = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=key_padding_mask,
-                                       token_ids=token_ids, probe_keys=probe_keys, span=span)
+                                       token_ids=token_ids, probe_keys=probe_keys, span=span,
+                                       query_weight=key_mass_queries)
     else:
         given = [n for n, t in (("key_padding_mask", key_padding_mask), ("token_ids", token_ids),
-                                ("probe_keys", probe_keys), ("span", span)) if t is not None]
+                                ("probe_keys", probe_keys), ("span", span),
+                                ("key_mass_queries", key_mass_queries)) if t is not None]
         if given:
             raise ValueError(f"pass {given} inside side_inputs, not beside it")
-        side_inputs.check_matches(q, k)
+    side_inputs.check_matches(q, k)
     request = StatsRequest(scale=float(scale), offsets=tuple(offsets), entropy=entropy, distance=distance,
                            local_window=local_window, top1=top1, window=window,
-                           softcap=None if softcap is None else float(softcap), sinks=sinks)
+                           softcap=None if softcap is None else float(softcap), sinks=sinks, key_mass=key_mass)
     used = dict(request.uses(side_inputs), **{"head_dim>256": D > TRITON_MAX_HEAD_DIM})
     backend = resolve_backend(backend, q.device, [f for f in OPTIONAL_FEATURES if used[f]])
 
@@ -214,7 +228,7 @@ def attention_with_stats(
             out, stats = triton_decode.attention_with_stats_decode(q, k, v, request, side_inputs, split_len=split_len)
         # The kernels write a NaN lse exactly on the rows whose output holds a NaN: mark the
         # other statistics from it ([B, Hq, Nq], no pass over the output, no synchronisation).
-        return out, stats.mark_nan_rows(stats.lse.isnan())
+        return out, stats.mark_nan_rows(stats.lse.isnan(), side_inputs.query_weight)
     if request.is_plain(side_inputs) and not used["head_dim>256"]:  # output, lse and sink only: SDPA on the CPU
         fast = attention_lse_sink_sdpa(q, k, v, scale=request.scale, side=side_inputs)
         if fast is not None:

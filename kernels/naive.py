@@ -44,14 +44,18 @@ def stats_from_probabilities(
     span: Optional[torch.Tensor] = None,
     window: Optional[int] = None,
     learned_sink: Optional[torch.Tensor] = None,
+    key_mass: bool = False,
+    query_weight: Optional[torch.Tensor] = None,
 ) -> AttentionStats:
     """Every statistic from a materialised causal probability matrix ``p [B, H, Nq, Nk]``
     (e.g. eager attention's ``output_attentions``); query ``i`` sits at key ``Nk - Nq + i``.
     ``lse`` is passed through (NaN-filled when not given). ``window``: the sliding window the
     probabilities were computed with. ``learned_sink [B, H, Nq]``: the mass a learned sink logit
     took (the keys' ``p`` then sums to ``1 - learned_sink``); it counts as one more outcome in
-    the entropy and is returned as ``learned_sink``. A row holding NaN on a key it may attend
-    gets NaN in every float statistic (``top1_index`` -1)."""
+    the entropy and is returned as ``learned_sink``. ``key_mass``: also the column sums
+    ``sum_i w[b, i] p_ij`` ``[B, H, Nk]``, ``w = query_weight [B, Nq]`` (None: 1; rows with weight
+    0 do not count). A row holding NaN on a key it may attend gets NaN in every float statistic
+    (``top1_index`` -1; its head's whole ``key_mass`` when it counts)."""
     B, H, Nq, Nk = p.shape
     dev = p.device
     q_pos = torch.arange(Nq, device=dev) + (Nk - Nq)
@@ -121,15 +125,22 @@ def stats_from_probabilities(
         in_span = (k_pos[None, :] >= span[:, :1]) & (k_pos[None, :] < span[:, 1:])  # [B, Nk]
         span_mass = (p * in_span[:, None, None, :]).sum(-1)
 
+    key_mass_sums = None
+    if key_mass:  # rows with weight 0 do not count at all (not even a NaN they hold)
+        w = torch.ones(B, Nq, dtype=p.dtype, device=dev) if query_weight is None else query_weight.to(p.dtype)
+        counted = torch.where((w != 0)[:, None, :, None], p, zero)
+        key_mass_sums = torch.einsum("bhqk,bq->bhk", counted, w)
+
     # copies: mark_nan_rows writes in place, and these belong to the caller
     lse = torch.full((B, H, Nq), math.nan, dtype=p.dtype, device=dev) if lse is None else lse.clone()
     learned_sink = None if learned_sink is None else learned_sink.clone()
     stats = AttentionStats(lse=lse, sink=torch.where(has_key, sink, zero), offsets=offs, probes=probes,
                            induction=ind, duplicate=dup, entropy=ent, distance=dist, local=local,
-                           top1_index=top1_index, top1_prob=top1_prob, span=span_mass, learned_sink=learned_sink)
+                           top1_index=top1_index, top1_prob=top1_prob, span=span_mass, learned_sink=learned_sink,
+                           key_mass=key_mass_sums)
     if learned_sink is not None:
         row_nan = row_nan | learned_sink.isnan()
-    return stats.mark_nan_rows(row_nan)
+    return stats.mark_nan_rows(row_nan, query_weight)
 
 
 def attention_with_stats_naive(
@@ -150,6 +161,8 @@ def attention_with_stats_naive(
     window: Optional[int] = None,
     softcap: Optional[float] = None,
     sinks: Optional[torch.Tensor] = None,
+    key_mass: bool = False,
+    key_mass_queries: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, AttentionStats]:
     """Same contract as ``attention_with_stats``; computes in ``q.dtype``."""
     B, Hq, Nq, D = q.shape
@@ -175,5 +188,5 @@ def attention_with_stats_naive(
     stats = stats_from_probabilities(p, key_padding_mask=key_padding_mask, offsets=offsets, probe_keys=probe_keys,
                                      token_ids=token_ids, entropy=entropy, lse=lse, distance=distance,
                                      local_window=local_window, top1=top1, span=span, window=window,
-                                     learned_sink=learned_sink)
-    return out, stats.mark_nan_rows(out.isnan().any(-1) | lse.isnan())
+                                     learned_sink=learned_sink, key_mass=key_mass, query_weight=key_mass_queries)
+    return out, stats.mark_nan_rows(out.isnan().any(-1) | lse.isnan(), key_mass_queries)

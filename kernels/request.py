@@ -27,8 +27,9 @@ class StatsRequest:
     ``scale``: score scale; ``offsets``: fixed diagonal offsets; ``entropy``/``distance``/``top1``:
     also return those; ``local_window``: mass on the last W keys; ``window``: sliding window;
     ``softcap``: logit soft-capping; ``sinks``: ``[Hq]`` learned sink logits (float32 tensor, or a
-    shape-only stand-in). Token ids, probe keys, span and padding are per-forward data: they come
-    with the ``SideInputs``. Inputs are assumed validated."""
+    shape-only stand-in); ``key_mass``: also the attention each key receives (weighted by the side
+    inputs' ``query_weight``). Token ids, probe keys, span, padding and query weights are
+    per-forward data: they come with the ``SideInputs``. Inputs are assumed validated."""
 
     scale: float
     offsets: tuple[int, ...] = ()
@@ -39,13 +40,15 @@ class StatsRequest:
     window: Optional[int] = None
     softcap: Optional[float] = None
     sinks: Any = None
+    key_mass: bool = False
 
     def uses(self, side: SideInputs) -> dict[str, bool]:
         """Which of the optional features (``dispatch.OPTIONAL_FEATURES`` less the head dim) this
         call uses, by argument name."""
         return {"window": self.window is not None, "softcap": self.softcap is not None,
                 "sinks": self.sinks is not None, "distance": self.distance,
-                "local_window": self.local_window is not None, "top1": self.top1, "span": side.span is not None}
+                "local_window": self.local_window is not None, "top1": self.top1, "span": side.span is not None,
+                "key_mass": self.key_mass}
 
     def is_plain(self, side: SideInputs) -> bool:
         """Output, ``lse`` and ``sink`` only (a model outside ``record()``)."""
@@ -63,7 +66,8 @@ class StatsRequest:
 
     def allocate(self, rows: tuple[int, int, int], side: SideInputs, empty: Allocator) -> AttentionStats:
         """The outputs of this request for ``rows = (B, Hq, Nq)``, uninitialised; statistics that
-        are off are None. ``empty(shape, dtype)`` allocates (e.g. ``torch.empty`` on a device)."""
+        are off are None (``key_mass`` is ``[B, Hq, side.k_len]``). ``empty(shape, dtype)``
+        allocates (e.g. ``torch.empty`` on a device)."""
         f32 = torch.float32
 
         def row_stat(wanted: bool, dtype: torch.dtype = f32):
@@ -77,7 +81,8 @@ class StatsRequest:
             induction=row_stat(has_tok), duplicate=row_stat(has_tok), entropy=row_stat(self.entropy),
             distance=row_stat(self.distance), local=row_stat(self.local_window is not None),
             top1_index=row_stat(self.top1, torch.int64), top1_prob=row_stat(self.top1),
-            span=row_stat(side.span is not None), learned_sink=row_stat(self.sinks is not None))
+            span=row_stat(side.span is not None), learned_sink=row_stat(self.sinks is not None),
+            key_mass=empty((*rows[:2], side.k_len), f32) if self.key_mass else None)
 
 
 def n_probes(side: SideInputs) -> int:

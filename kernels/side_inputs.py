@@ -15,6 +15,10 @@ from typing import Callable, Optional, Sequence
 import torch
 
 
+# A value check: a 0-d bool tensor (True = the values are bad) and the error message.
+ValueCheck = tuple[torch.Tensor, Callable[[], str]]
+
+
 def check_offsets(offsets: Sequence[int]) -> tuple[int, ...]:
     """Fixed diagonal offsets as a tuple of ints >= 0; a clear error otherwise."""
     if isinstance(offsets, (str, bytes)) or not isinstance(offsets, Sequence):
@@ -47,6 +51,9 @@ class SideInputs:
         probe_keys: ``[B, P]`` int32 absolute key positions, or None.
         span: ``[B, 2]`` int64 key range ``[start, end)`` per sequence (the ``span`` statistic),
             ``0 <= start <= end <= k_len``, or None.
+        query_weight: ``[B, Nq]`` float32 weight of each query row in ``key_mass`` (finite,
+            >= 0; 0 = the row does not count), or None (every row weighs 1). Read only by calls
+            with ``key_mass=True``.
     """
 
     batch: int
@@ -57,6 +64,7 @@ class SideInputs:
     prev_token_ids: Optional[torch.Tensor] = None
     probe_keys: Optional[torch.Tensor] = None
     span: Optional[torch.Tensor] = None
+    query_weight: Optional[torch.Tensor] = None
 
     @classmethod
     def build(
@@ -69,12 +77,15 @@ class SideInputs:
         token_ids: Optional[torch.Tensor] = None,
         probe_keys: Optional[torch.Tensor] = None,
         span: Optional[torch.Tensor] = None,
+        query_weight: Optional[torch.Tensor] = None,
     ) -> "SideInputs":
         """Validate and convert the side inputs of ``batch`` rows of ``k_len`` keys on ``device``.
 
-        The value checks (``token_ids`` >= 0, ``probe_keys`` and ``span`` in range) read tensor
-        values: one host synchronisation for all of them, none without token ids, probes and span
-        (padding needs none). Build once per forward, not per layer."""
+        The value checks (``token_ids`` >= 0, ``probe_keys`` and ``span`` in range, a finite
+        ``query_weight`` >= 0) read tensor values: one host synchronisation for all of them, none
+        without those inputs (padding needs none). Build once per forward, not per layer.
+        ``query_weight`` (the ``key_mass_queries`` argument) is ``[B, Nq]`` float or bool; its
+        length is checked against the queries by ``check_matches``."""
         B, Nk = batch, k_len
         checks: list[ValueCheck] = []
         if key_padding_mask is not None:
@@ -106,6 +117,10 @@ class SideInputs:
             span = span.to(device)
             checks += span_checks(span, B, Nk)
             span = span.to(torch.int64).contiguous()
+        if query_weight is not None:
+            query_weight = query_weight.to(device) if isinstance(query_weight, torch.Tensor) else query_weight
+            checks += query_weight_checks(query_weight, B)
+            query_weight = query_weight.to(torch.float32).contiguous()
         raise_failed(checks)
         return cls(
             batch=B, k_len=Nk, key_padding_mask=key_padding_mask,
@@ -114,6 +129,7 @@ class SideInputs:
             prev_token_ids=previous_token_ids(token_ids, key_padding_mask) if token_ids is not None else None,
             probe_keys=probe_keys,
             span=span,
+            query_weight=query_weight,
         )
 
     def check_matches(self, q: torch.Tensor, k: torch.Tensor) -> None:
@@ -124,6 +140,32 @@ class SideInputs:
                              f"this call has {(B, Nk)}")
         if self.first_key.device != q.device:
             raise ValueError(f"side_inputs are on {self.first_key.device}, q on {q.device}")
+        if self.query_weight is not None and self.query_weight.shape[1] != q.shape[2]:
+            raise ValueError(f"key_mass_queries (query_weight) must have shape {(B, q.shape[2])} (one weight per "
+                             f"query row), got {tuple(self.query_weight.shape)}")
+
+
+def check_query_weight(weight, batch: int) -> torch.Tensor:
+    """``weight`` as given if it is a float or bool ``[batch, n_queries]`` tensor of finite
+    values >= 0 (the ``key_mass_queries`` argument); a clear error otherwise."""
+    raise_failed(query_weight_checks(weight, batch))
+    return weight
+
+
+def query_weight_checks(weight, batch: int) -> list[ValueCheck]:
+    """The value checks of a query weight (``raise_failed``); a clear error at once for a bad type
+    or shape."""
+    name = "key_mass_queries (query_weight)"
+    if not isinstance(weight, torch.Tensor) or not (weight.dtype.is_floating_point or weight.dtype == torch.bool):
+        got = weight.dtype if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise TypeError(f"{name} must be a float or bool tensor [batch, q_len] (one weight per query row), got {got}")
+    if weight.dim() != 2 or weight.shape[0] != batch:
+        raise ValueError(f"{name} must have shape ({batch}, q_len), got {tuple(weight.shape)}")
+    if weight.dtype == torch.bool or not weight.numel():
+        return []
+    return [(~weight.isfinite().all(), lambda: f"{name} must be finite"),
+            (weight.min() < 0, lambda: f"{name} must be >= 0 (0 = the query row does not count), "
+                                       f"got {float(weight.min())}")]
 
 
 def check_span(span, batch: int, k_len: int) -> torch.Tensor:
@@ -144,10 +186,6 @@ def span_checks(span, batch: int, k_len: int) -> list[ValueCheck]:
     start, end = span[:, 0], span[:, 1]
     bad = (start.min() < 0) | (end.max() > k_len) | (start > end).any()
     return [(bad, lambda: f"span must hold key ranges 0 <= start <= end <= {k_len}, got {span.tolist()}")]
-
-
-# A value check: a 0-d bool tensor (True = the values are bad) and the error message.
-ValueCheck = tuple[torch.Tensor, Callable[[], str]]
 
 
 def raise_failed(checks: Sequence[ValueCheck]) -> None:

@@ -35,11 +35,16 @@ class AttentionStats:
     ``top1_prob``    that key's probability.
     ``span``         mass on the per-sequence key range ``[span[b, 0], span[b, 1])``.
     ``learned_sink`` mass absorbed by the learned sink logit, ``exp(sink_h - lse)``.
+    ``key_mass``     ``[B, Hq, Nk]``, per key: the attention it receives from the call's queries,
+                     ``sum_i w[b, i] p_ij`` (``w`` the ``key_mass_queries`` weight, default 1;
+                     rows with weight 0 do not count at all). A padded key, a key no counted
+                     query may attend and a row with no attendable key contribute 0.
 
     Statistics that were not requested are ``None``. A row with no attendable key holds 0 in
     every statistic (``lse`` -inf, ``top1_index`` -1; with learned sinks ``learned_sink`` is 1
     and ``lse`` the sink logit). A row whose output is NaN (a NaN score it can attend, a NaN
-    value) holds NaN in every float statistic and -1 in ``top1_index``.
+    value) holds NaN in every float statistic and -1 in ``top1_index``; a NaN row that counts
+    (weight != 0) makes its head's whole ``key_mass[b, h]`` NaN.
     """
 
     lse: torch.Tensor
@@ -55,15 +60,21 @@ class AttentionStats:
     top1_prob: Optional[torch.Tensor] = None
     span: Optional[torch.Tensor] = None
     learned_sink: Optional[torch.Tensor] = None
+    key_mass: Optional[torch.Tensor] = None
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         """The statistics that are present, by name."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
-    def mark_nan_rows(self, row_nan: torch.Tensor) -> "AttentionStats":
+    def mark_nan_rows(self, row_nan: torch.Tensor, query_weight: Optional[torch.Tensor] = None) -> "AttentionStats":
         """In place: NaN in every float statistic and -1 in ``top1_index`` where ``row_nan``
-        (``[B, Hq, Nq]`` bool) is set. Returns ``self``."""
+        (``[B, Hq, Nq]`` bool) is set; NaN in all of ``key_mass[b, h]`` where a NaN row of that
+        head counts (``query_weight [B, Nq]`` != 0; None: every row counts). Returns ``self``."""
         for name, t in self.as_dict().items():
+            if name == "key_mass":
+                counted = row_nan if query_weight is None else row_nan & (query_weight[:, None, :] != 0)
+                t.masked_fill_(counted.any(-1, keepdim=True), math.nan)
+                continue
             mask = row_nan if t.dim() == row_nan.dim() else row_nan[..., None]
             t.masked_fill_(mask, -1 if name == "top1_index" else math.nan)
         return self

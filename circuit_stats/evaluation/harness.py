@@ -12,6 +12,7 @@ from filelock import FileLock, Timeout
 
 from ..models import uses_circuit_stats
 from ..models.positions import BinSpec, bin_edges
+from ..names import PROFILE_KEY_STATISTICS
 from ..profiling.profile import STATISTICS, record_options
 from ..profiling.writer import atomic_write_parquet, atomic_write_text
 from .requirement import require_lm_eval
@@ -32,6 +33,9 @@ def check_settings(model, tasks: Sequence[str], statistics: Sequence[str], local
     if isinstance(tasks, str) or not tasks or not all(isinstance(t, str) and t for t in tasks):
         raise ValueError(f"tasks must be a non-empty list of task names, got {tasks!r}")
     record_options(statistics, local_window)
+    if set(statistics) & set(PROFILE_KEY_STATISTICS):
+        raise ValueError(f"statistics: {list(PROFILE_KEY_STATISTICS)} are profile statistics (per bin of key "
+                         "position), not recorded per evaluation request")
     if isinstance(local_window, bool) or not isinstance(local_window, int) or local_window < 1:
         raise ValueError(f"local_window must be an int >= 1, got {local_window!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):

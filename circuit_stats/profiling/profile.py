@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..finite import check_finite
-from ..names import PROFILE_STATISTICS
+from ..names import PROFILE_KEY_STATISTICS, PROFILE_STATISTICS
 from ..models import offset_column, record, uses_circuit_stats
 from ..models.config import text_config
 from ..models.context import check_context, context_limit
@@ -32,6 +32,7 @@ from ..models.wrapped import unwrap_model
 from ..scans.sharding import Shard
 from ..tokenization import encode, resolve_tokenizer
 from .corpus import Document, as_documents
+from .keys import add_key_columns, key_options, key_sums
 from .prefill import chunked_prefill
 from .writer import ProfileDir
 
@@ -42,9 +43,10 @@ ROW_KEYS = ["doc_index", "doc_id", "n_tokens", "layer", "head", "bin", "pos_lo",
 
 
 def record_options(statistics: Sequence[str], local_window: int) -> dict:
-    unknown = sorted(set(statistics) - set(STATISTICS))
+    unknown = sorted(set(statistics) - set(STATISTICS + PROFILE_KEY_STATISTICS))
     if unknown or not statistics:
-        raise ValueError(f"statistics must be a non-empty subset of {STATISTICS}, got unknown {unknown}")
+        raise ValueError(f"statistics must be a non-empty subset of {STATISTICS + PROFILE_KEY_STATISTICS}, "
+                         f"got unknown {unknown}")
     opts: dict = {}
     if "previous_token" in statistics:
         opts["offsets"] = (1,)
@@ -58,7 +60,7 @@ def record_options(statistics: Sequence[str], local_window: int) -> dict:
         opts["local_window"] = local_window
     if "top1_prob" in statistics:
         opts["top1"] = True
-    return opts
+    return opts  # the key statistics: keys.key_options
 
 
 @torch.no_grad()
@@ -68,7 +70,8 @@ def profile_document(model: torch.nn.Module, ids: Sequence[int], *, edges, stati
     Raises ``NonFiniteError`` when a statistic is NaN or infinite (the document then fails)."""
     device = next(model.parameters()).device
     input_ids = torch.as_tensor([list(ids)], dtype=torch.long, device=device)
-    with record(model, position_bins=list(edges), **record_options(statistics, local_window)) as rec:
+    opts = dict(record_options(statistics, local_window), **key_options(statistics, edges))
+    with record(model, position_bins=list(edges), **opts) as rec:
         chunked_prefill(model, input_ids, chunk_size)
     return statistics_frame(rec, statistics, "attention statistics of this document")
 
@@ -77,8 +80,8 @@ def statistics_frame(rec, statistics: Sequence[str], what: str) -> pd.DataFrame:
     """A finished ``record(position_bins=..., **record_options(...))``'s rows: ``layer, head, bin,
     pos_lo, pos_hi, n_queries`` and ``statistics``; ``NonFiniteError`` naming ``what`` when a
     statistic is NaN or infinite."""
-    df = rec.summary().rename(columns={offset_column(1): "previous_token"})
-    df = df[["layer", "head", "bin", "pos_lo", "pos_hi", "n_queries", *statistics]]
+    df = add_key_columns(rec.summary().rename(columns={offset_column(1): "previous_token"}), rec)
+    df = df[["layer", "head", "bin", "pos_lo", "pos_hi", "n_queries", *statistics, *key_sums(statistics)]]
     check_finite(df, statistics, what)
     return df
 
