@@ -92,9 +92,15 @@ def report_row(variant: aot.CompileVariant, config: triton.Config, arch: int, ke
     except Exception as e:  # a compile error is a result: record it, the exit status shows it
         return dict(asdict(variant), arch=arch, **tile, error=f"{type(e).__name__}: {e}"[-1000:])
     loops = mma_loops(compiled.asm["sass"])
-    # The unmasked loop is the cheapest of the kernel's key loops (the masked window-edge and
-    # diagonal stages do the same work plus masks): the one that runs over almost every key.
-    hot = min(loops, key=lambda lp: lp["total"]) if loops else {}
+    # The key/value loops hold both dots (q k^T and p v), the most tensor-core instructions; the
+    # top-1 re-scoring loop of the epilogue holds q k^T only. The unmasked loop is the cheapest
+    # key/value loop (the masked window-edge and diagonal stages and the local/span segments do
+    # the same work and more): the one that runs over almost every key.
+    most = max((lp["mma"] for lp in loops), default=0)
+    hot = min((lp for lp in loops if lp["mma"] == most), key=lambda lp: lp["total"], default={})
+    rescore = [lp for lp in loops if lp["mma"] < most]
+    if rescore:  # warp-instructions per re-scored tile (BLOCK_M x BLOCK_N scores)
+        row["top1_rescore_per_tile"] = rescore[0]["total"] * tile["num_warps"]
     scores = tile["BLOCK_M"] * tile["BLOCK_N"]
     row["smem_estimate_bytes"] = smem_bytes(tile["BLOCK_M"], tile["BLOCK_N"], tile["num_stages"],
                                             head_block(variant.head_dim), aot.DTYPES[variant.dtype].itemsize)

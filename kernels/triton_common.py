@@ -180,6 +180,62 @@ def point_prob(q, Kb, key, ok, q_pos, window, KPMb, stride_mn, stride_kn, stride
     return tl.math.exp2(tl.where(ok, s * qk_scale - ref2, float("-inf")))
 
 
+@triton.jit
+def range_stat_segments(lo, hi, first_q, local_window, span_lo, span_hi, HAS_LOCAL: tl.constexpr,
+                        HAS_SPAN: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Cut the unmasked key tiles ``[lo, hi)`` (tile-aligned) at ``cut1 <= cut2 <= cut3`` so that
+    ``[cut1, cut2)`` and ``[cut3, hi)`` hold every tile that reaches some row's last
+    ``local_window`` keys (a suffix: rows sit at ``first_q`` and after) or overlaps the span
+    ``[span_lo, span_hi)``, and ``[lo, cut1)``, ``[cut2, cut3)`` none: the loops run the local
+    and span code on the former only. Without local and span all three are ``hi``."""
+    local_start = hi  # first tile that reaches a row's local window
+    if HAS_LOCAL:
+        local_start = (tl.maximum(first_q - local_window + 1, 0) // BLOCK_N) * BLOCK_N
+    span_start = hi
+    span_end = hi
+    if HAS_SPAN:
+        span_start = (span_lo // BLOCK_N) * BLOCK_N
+        span_end = tl.where(span_hi > span_lo, tl.cdiv(span_hi, BLOCK_N) * BLOCK_N, span_start)
+    cut1 = tl.minimum(tl.maximum(tl.minimum(span_start, local_start), lo), hi)
+    cut2 = tl.minimum(tl.maximum(span_end, cut1), hi)
+    cut3 = tl.minimum(tl.maximum(local_start, cut2), hi)
+    return cut1, cut2, cut3
+
+
+@triton.jit
+def top1_in_tiles(q, top_tile, pending, q_pos, Kb, KPMb, Nk, window, cap_in, stride_kn, stride_kd, stride_mn,
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                  HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+    """Top-1 key of each ``pending`` row, -1 elsewhere: the first key of the row's tile
+    ``top_tile`` (the key loops keep only the tile that raised the running max) holding the
+    tile's highest score, found by re-scoring each distinct winning tile once (``q [BLOCK_M,
+    BLOCK_D]`` as in the loop, so that the scores are the loop's). Data-dependent cost: one
+    ``q k^T`` tile per distinct winning tile among the rows."""
+    offs_j = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    top_idx = tl.zeros_like(top_tile) - 1
+    while tl.max(pending.to(tl.int32), 0) > 0:
+        t = tl.min(tl.where(pending, top_tile, Nk), 0)
+        offs_n = t + offs_j
+        in_range = offs_n < Nk
+        k = tl.load(Kb + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd,
+                    mask=d_ok[:, None] & in_range[None, :], other=0.0)
+        qk = tl.dot(q, k, input_precision=DOT_PRECISION)
+        if HAS_SOFTCAP:
+            qk = tanh_softcap(qk, cap_in)
+        keep = (offs_n[None, :] <= q_pos[:, None]) & in_range[None, :]
+        if HAS_WINDOW:
+            keep = keep & (offs_n[None, :] > q_pos[:, None] - window)
+        if HAS_PAD:
+            keep = keep & (tl.load(KPMb + offs_n.to(tl.int64) * stride_mn, mask=in_range, other=0) != 0)[None, :]
+        best = t + tl.argmax(tl.where(keep, qk, float("-inf")), 1)  # ties: the first key
+        mine = pending & (top_tile == t)
+        top_idx = tl.where(mine, best, top_idx)
+        pending = pending & (top_tile != t)
+    return top_idx
+
+
 def constexpr_names(kernel: Any) -> tuple[str, ...]:
     """The ``tl.constexpr`` parameters of a ``@triton.jit`` kernel (compiled or interpreted), in
     order."""
