@@ -7,7 +7,8 @@ from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive
 from circuit_stats.kernels.chunked import attention_with_stats_chunked
 from conftest import DEVICE
-from kernel_cases import CASES, OUT_TOL, assert_stats_close, make_inputs, random_span, reference_probabilities
+from kernel_cases import (CASES, OUT_TOL, assert_stats_close, first_top_key, integer_scores_case, make_inputs, random_span,
+                          reference_probabilities)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -119,26 +120,6 @@ def test_range_segments_match_float64(block, W, poison_outputs):
     assert (ref.span[0, :, 30:] > 1e-3).all() and (ref.local > 1e-4).all()  # the sums are not trivially 0
 
 
-def integer_scores_case(dtype):
-    """q, k with small integer entries (exact scores) in which the top score ties across tiles
-    (keys 5 and 37, 16-key tiles) and within one (37 and 38), a later key 50 beats them, and
-    padded keys 0-2 score highest of all."""
-    N, D = 64, 16
-    c = torch.randint(0, 4, (N,)).double()
-    c[[5, 37, 38]], c[50], c[:3] = 9, 12, 20
-    k = torch.zeros(1, 1, N, D, dtype=dtype)
-    k[0, 0, :, 0] = c.to(dtype)
-    k[0, 0, :, 1] = torch.randint(0, 3, (N,)).to(dtype)  # a second feature (at most 2): rows differ
-    k[0, 0, [5, 37, 38, 50], 1] = 0  # but not on the top keys: their ties are exact
-    q = torch.zeros(1, 1, N, D, dtype=dtype)
-    q[0, 0, :, 0] = 1
-    q[0, 0, :, 1] = torch.randint(0, 2, (N,)).to(dtype)
-    v = torch.randn(1, 1, N, D).to(dtype)
-    mask = torch.ones(1, N, dtype=torch.bool)
-    mask[0, :3] = False
-    return q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), mask.to(DEVICE)
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
 @pytest.mark.parametrize("modifier", [{}, {"softcap": 5.0}, {"window": 30}], ids=str)
 @pytest.mark.parametrize("block", [(16, 16), (32, 16)], ids=str)
@@ -146,19 +127,11 @@ def test_top1_exact_ties_go_to_the_first_key(dtype, modifier, block, seed, poiso
     """The key loop keeps only the tile of the running max and the epilogue re-scores it: exact
     ties across tiles and within one go to the first key, padded and out-of-window keys never
     win, rows of one block with different winning tiles each get their own."""
-    from circuit_stats.kernels.naive import allowed_keys
     from circuit_stats.kernels.triton_attention import attention_with_stats_triton
 
     q, k, v, mask = integer_scores_case(dtype)
     N, D = q.shape[2], q.shape[3]
-    s = (q.double() @ k.double().transpose(-1, -2)) * D ** -0.5
-    if "softcap" in modifier:
-        s = modifier["softcap"] * torch.tanh(s / modifier["softcap"])
-    s = s.masked_fill(~allowed_keys(N, N, mask, q.device, modifier.get("window")), float("-inf"))[0, 0]
-    best = s.max(-1, keepdim=True).values
-    pos = torch.arange(N, device=DEVICE).expand(N, N)
-    want = torch.where((s == best) & torch.isfinite(best), pos, N).min(-1).values
-    want = torch.where(want == N, -1, want)
+    want = first_top_key(q, k, mask, **modifier)
     assert want[40].item() == (37 if "window" in modifier else 5) and want[60].item() == 50  # the ties are there
     side = SideInputs.build(batch=1, k_len=N, device=q.device, key_padding_mask=mask)
     request = StatsRequest(scale=D ** -0.5, top1=True, **modifier)
