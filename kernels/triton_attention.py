@@ -16,12 +16,16 @@ What each statistic costs in the hot loop (the unmasked key tiles):
 * token-match induction / duplicate mass: one integer compare and one select-add per score
   each (the unmasked tiles hold only keys strictly before every query of the block, so no
   position test is needed there).
-* distance: one multiply-add per score, ``sum_j p_j (q0 - j)`` with ``q0`` the block's first
-  query; ``i - q0`` times the row sum is added in the epilogue.
-* top1: a per-tile ``argmax`` kept where the tile max beats the running max; its probability is
-  ``2^(m_i - lse2)`` from the running max itself.
-* local and span: a masked sum, only on tiles that reach some row's last ``local_window`` keys or
-  overlap the span (one scalar branch per tile elsewhere).
+* distance: one multiply-add per score, ``sum_j p_j (q0 - j) = (q0 - start_n) sum_j p_j -
+  sum_j p_j jj`` with ``q0`` the block's first query and ``jj`` the loop-invariant offsets in the
+  tile (``sum_j p_j`` is the row sum's); ``i - q0`` times the row sum is added in the epilogue.
+* top1: a per-row select of the tile start where the tile max beats the running max; the
+  epilogue re-scores each distinct winning tile once to find the key (``top1_in_tiles``: one
+  ``q k^T`` tile per distinct winner, data-dependent). Its probability is ``2^(m_i - lse2)``
+  from the running max itself.
+* local and span: a masked sum, only in the unmasked segments of tiles that reach some row's last
+  ``local_window`` keys or overlap the span (``range_stat_segments``); the other tiles run a loop
+  compiled without that code (a rescale of the two sums per row only).
 * softcap: one ``exp2`` and one approximate reciprocal per score, before masking.
 * sliding window: no per-score work in the unmasked tiles; tiles that cross the left edge of some
   row's window run a masked stage of their own, tiles left of every row's window are skipped.
@@ -131,7 +135,6 @@ def _attn_fwd_inner(
         alpha = tl.math.exp2(m_i - m_new)
         d2 = qk * qk_scale - m_new[:, None]
         p = tl.math.exp2(d2)  # 0 on masked keys
-        p_sum = tl.sum(p, 1)
 
         if HAS_ENT:
             # ent_acc = sum_j p_j * (s2_j - m): re-centre the old sum on the new max, then add.
@@ -156,7 +159,7 @@ def _attn_fwd_inner(
             ind_acc = ind_acc * alpha + tl.sum(tl.where(is_ind, p, 0.0), 1)
         if HAS_DIST:  # sum_j p_j (q0 - j) = (q0 - start_n) sum_j p_j - sum_j p_j jj: one FMA per
             # score, jj loop-invariant; the row's i - q0 is added at the end
-            dist_acc = dist_acc * alpha + (q0 - start_n).to(tl.float32) * p_sum - tl.sum(p * jj[None, :], 1)
+            dist_acc = dist_acc * alpha + (q0 - start_n).to(tl.float32) * tl.sum(p, 1) - tl.sum(p * jj[None, :], 1)
         if HAS_LOCAL:
             loc_acc = loc_acc * alpha
             if RANGE_STATS:  # only tiles that reach into some row's last local_window keys do work
@@ -170,7 +173,7 @@ def _attn_fwd_inner(
                     in_span = (offs_n >= span_lo) & (offs_n < span_hi)
                     span_acc += tl.sum(tl.where(in_span[None, :], p, 0.0), 1)
 
-        l_i = l_i * alpha + p_sum
+        l_i = l_i * alpha + tl.sum(p, 1)  # the same sum as the distance's (one reduction)
         if MASKED:
             if BLOCK_D != HEAD_DIM:
                 v = tl.load(v_ptrs, mask=in_range[:, None] & d_ok[None, :], other=0.0)

@@ -208,28 +208,37 @@ def top1_in_tiles(q, top_tile, pending, q_pos, Kb, KPMb, Nk, window, cap_in, str
                   HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
     """Top-1 key of each ``pending`` row, -1 elsewhere: the first key of the row's tile
     ``top_tile`` (the key loops keep only the tile that raised the running max) holding the
-    tile's highest score, found by re-scoring each distinct winning tile once (``q [BLOCK_M,
+    tile's highest score, found by re-scoring each distinct winning tile once, in chunks of at
+    most 32 keys (a whole key tile would hold more registers than the key loop: ``q [BLOCK_M,
     BLOCK_D]`` as in the loop, so that the scores are the loop's). Data-dependent cost: one
     ``q k^T`` tile per distinct winning tile among the rows."""
-    offs_j = tl.arange(0, BLOCK_N)
+    CHUNK: tl.constexpr = 32 if BLOCK_N > 32 else BLOCK_N
+    offs_j = tl.arange(0, CHUNK)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     top_idx = tl.zeros_like(top_tile) - 1
     while tl.max(pending.to(tl.int32), 0) > 0:
         t = tl.min(tl.where(pending, top_tile, Nk), 0)
-        offs_n = t + offs_j
-        in_range = offs_n < Nk
-        k = tl.load(Kb + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd,
-                    mask=d_ok[:, None] & in_range[None, :], other=0.0)
-        qk = tl.dot(q, k, input_precision=DOT_PRECISION)
-        if HAS_SOFTCAP:
-            qk = tanh_softcap(qk, cap_in)
-        keep = (offs_n[None, :] <= q_pos[:, None]) & in_range[None, :]
-        if HAS_WINDOW:
-            keep = keep & (offs_n[None, :] > q_pos[:, None] - window)
-        if HAS_PAD:
-            keep = keep & (tl.load(KPMb + offs_n.to(tl.int64) * stride_mn, mask=in_range, other=0) != 0)[None, :]
-        best = t + tl.argmax(tl.where(keep, qk, float("-inf")), 1)  # ties: the first key
+        best = tl.zeros_like(top_tile) - 1
+        best_s = tl.full(top_tile.shape, float("-inf"), tl.float32)
+        for start in range(t, t + BLOCK_N, CHUNK):
+            offs_n = start + offs_j
+            in_range = offs_n < Nk
+            k = tl.load(Kb + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd,
+                        mask=d_ok[:, None] & in_range[None, :], other=0.0)
+            qk = tl.dot(q, k, input_precision=DOT_PRECISION)
+            if HAS_SOFTCAP:
+                qk = tanh_softcap(qk, cap_in)
+            keep = (offs_n[None, :] <= q_pos[:, None]) & in_range[None, :]
+            if HAS_WINDOW:
+                keep = keep & (offs_n[None, :] > q_pos[:, None] - window)
+            if HAS_PAD:
+                keep = keep & (tl.load(KPMb + offs_n.to(tl.int64) * stride_mn, mask=in_range, other=0) != 0)[None, :]
+            qk = tl.where(keep, qk, float("-inf"))
+            chunk_max = tl.max(qk, 1)
+            better = chunk_max > best_s  # strictly: ties keep the earlier chunk, argmax the first key
+            best = tl.where(better, start + tl.argmax(qk, 1), best)
+            best_s = tl.maximum(best_s, chunk_max)
         mine = pending & (top_tile == t)
         top_idx = tl.where(mine, best, top_idx)
         pending = pending & (top_tile != t)

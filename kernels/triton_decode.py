@@ -22,7 +22,8 @@ most SMs idle while a long context is read by a handful of them. Here the keys a
    ``e_s``                 ``sum_j 2^(s2_j - m_s) (s2_j - m_s)`` (entropy; the loop re-centres
                            it when ``m`` grows: ``e <- alpha (e + l (m_old - m_new))``)
    ``x_s``  (distance)     ``sum_j 2^(s2_j - m_s) (i - j)``; local and span: masked sums as above
-   ``t_s``                 the split's top-1 key (the first key reaching ``m_s``), -1 if none
+   ``t_s``                 the split's top-1 key (the first key reaching ``m_s``), -1 if none:
+                           the loop keeps the tile, the epilogue re-scores it
    ======================  ==========================================================
 
 2. **Combine kernel** (``_decode_combine``), one program per ``BLOCK_R`` flat (batch, head,
@@ -177,7 +178,6 @@ def _sweep(
         m_new = tl.maximum(m_i, tile_max)
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s2 - m_new[:, None])  # 0 on masked keys
-        p_sum = tl.sum(p, 1)
 
         if HAS_ENT:  # e = sum_j p_j (s2_j - m): re-centre the old sum on the new max, then add
             ent_acc = alpha * (ent_acc + l_i * (m_i - m_new))
@@ -196,7 +196,7 @@ def _sweep(
             dup_acc = dup_acc * alpha + tl.sum(tl.where(is_dup, p, 0.0), 1)
             ind_acc = ind_acc * alpha + tl.sum(tl.where(is_ind, p, 0.0), 1)
         if HAS_DIST:  # sum_j p_j (i - j) = (i - start_n) sum_j p_j - sum_j p_j jj (jj loop-invariant)
-            dist_acc = dist_acc * alpha + (q_pos - start_n).to(tl.float32) * p_sum - tl.sum(p * jj[None, :], 1)
+            dist_acc = dist_acc * alpha + (q_pos - start_n).to(tl.float32) * tl.sum(p, 1) - tl.sum(p * jj[None, :], 1)
         if HAS_LOCAL:
             loc_acc = loc_acc * alpha
             if RANGE_STATS:
@@ -207,7 +207,7 @@ def _sweep(
                 in_span = (offs_n >= span_lo) & (offs_n < span_hi)
                 span_acc += tl.sum(tl.where(in_span[None, :], p, 0.0), 1)
 
-        l_i = l_i * alpha + p_sum
+        l_i = l_i * alpha + tl.sum(p, 1)  # the same sum as the distance's (one reduction)
         if MASKED:
             if PAD_D:
                 v = tl.load(v_ptrs, mask=in_range[:, None] & d_ok[None, :], other=0.0)

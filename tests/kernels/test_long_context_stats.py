@@ -122,7 +122,7 @@ def test_range_segments_match_float64(block, W, poison_outputs):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
 @pytest.mark.parametrize("modifier", [{}, {"softcap": 5.0}, {"window": 30}], ids=str)
-@pytest.mark.parametrize("block", [(16, 16), (32, 16)], ids=str)
+@pytest.mark.parametrize("block", [(16, 16), (32, 16), (16, 64)], ids=str)  # 64: the re-score's 32-key chunks
 def test_top1_exact_ties_go_to_the_first_key(dtype, modifier, block, seed, poison_outputs):
     """The key loop keeps only the tile of the running max and the epilogue re-scores it: exact
     ties across tiles and within one go to the first key, padded and out-of-window keys never
