@@ -41,7 +41,7 @@ import triton  # noqa: E402
 
 from circuit_stats.kernels.sass_loops import mma_loops  # noqa: E402
 from circuit_stats.kernels import aot, autotune  # noqa: E402
-from circuit_stats.kernels.triton_common import head_block, smem_bytes  # noqa: E402
+from circuit_stats.kernels.triton_common import TOP1_CHUNK, head_block, smem_bytes  # noqa: E402
 from circuit_stats.kernels.triton_decode import ROWS_BLOCK  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -99,8 +99,9 @@ def report_row(variant: aot.CompileVariant, config: triton.Config, arch: int, ke
     most = max((lp["mma"] for lp in loops), default=0)
     hot = min((lp for lp in loops if lp["mma"] == most), key=lambda lp: lp["total"], default={})
     rescore = [lp for lp in loops if lp["mma"] < most]
-    if rescore:  # warp-instructions per re-scored tile (BLOCK_M x BLOCK_N scores)
-        row["top1_rescore_per_tile"] = rescore[0]["total"] * tile["num_warps"]
+    if rescore:  # warp-instructions per re-scored tile (BLOCK_M x BLOCK_N scores, TOP1_CHUNK keys a chunk)
+        chunks = max(1, tile["BLOCK_N"] // TOP1_CHUNK.value)
+        row["top1_rescore_per_tile"] = rescore[0]["total"] * tile["num_warps"] * chunks
     scores = tile["BLOCK_M"] * tile["BLOCK_N"]
     row["smem_estimate_bytes"] = smem_bytes(tile["BLOCK_M"], tile["BLOCK_N"], tile["num_stages"],
                                             head_block(variant.head_dim), aot.DTYPES[variant.dtype].itemsize)

@@ -24,6 +24,9 @@ LOG2E_K = tl.constexpr(LOG2E)  # kernel side: nats to log2 units (learned sink l
 # key yields alpha = exp2(0) = 1 instead of exp2(-inf + inf) = NaN.
 NEG_BIG = tl.constexpr(-1.0e30)
 
+# Keys per chunk when the epilogue re-scores a top-1 tile (``top1_in_tiles``).
+TOP1_CHUNK = tl.constexpr(32)
+
 MAX_HEAD_DIM = 256  # the kernels pad head dims on chip up to this size; dispatch routes larger ones to torch
 
 # Shared memory per program, one model for both kernels: the Q tile plus ``num_stages`` buffers
@@ -208,11 +211,11 @@ def top1_in_tiles(q, top_tile, pending, q_pos, Kb, KPMb, Nk, window, cap_in, str
                   HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
     """Top-1 key of each ``pending`` row, -1 elsewhere: the first key of the row's tile
     ``top_tile`` (the key loops keep only the tile that raised the running max) holding the
-    tile's highest score, found by re-scoring each distinct winning tile once, in chunks of at
-    most 32 keys (a whole key tile would hold more registers than the key loop: ``q [BLOCK_M,
-    BLOCK_D]`` as in the loop, so that the scores are the loop's). Data-dependent cost: one
-    ``q k^T`` tile per distinct winning tile among the rows."""
-    CHUNK: tl.constexpr = 32 if BLOCK_N > 32 else BLOCK_N
+    tile's highest score, found by re-scoring each distinct winning tile once with the loop's
+    ``q [BLOCK_M, BLOCK_D]`` (so that the scores are the loop's), in chunks of at most
+    ``TOP1_CHUNK`` keys (a whole 128-key tile held more registers than the key loop).
+    Data-dependent cost: one ``q k^T`` tile per distinct winning tile among the rows."""
+    CHUNK: tl.constexpr = TOP1_CHUNK if BLOCK_N > TOP1_CHUNK else BLOCK_N
     offs_j = tl.arange(0, CHUNK)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
