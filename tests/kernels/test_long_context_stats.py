@@ -101,7 +101,7 @@ SEGMENT_SPANS = [[3, 21], [40, 75], [70, 90], [17, 18], [50, 50]]
 
 @pytest.mark.parametrize("block", [(16, 16), (32, 16)], ids=str)
 @pytest.mark.parametrize("W", [1, 5, 16, 37])
-def test_range_segments_match_float64(block, W, poison_outputs):
+def test_range_segments_match_float64(block, W, seed, poison_outputs):
     """The unmasked key tiles are cut so that only those reaching a row's local window or the
     span run that code: local and span mass must still count every key, wherever the local
     window (W not a multiple of the tile) and the span sit against the cuts."""
@@ -116,7 +116,8 @@ def test_range_segments_match_float64(block, W, poison_outputs):
     side = SideInputs.build(batch=B, k_len=N, device=q.device, span=span)
     request = StatsRequest(scale=D ** -0.5, distance=True, local_window=W, top1=True)
     _, stats = attention_with_stats_triton(q, k, v, request, side, block=block)
-    assert_stats_close(stats, ref, torch.float32, f"block={block} W={W}", N, reference_probabilities(q, k, None))
+    what = f"block={block} W={W} seed={seed}"
+    assert_stats_close(stats, ref, torch.float32, what, N, reference_probabilities(q, k, None))
     assert (ref.span[0, :, 30:] > 1e-3).all() and (ref.local > 1e-4).all()  # the sums are not trivially 0
 
 

@@ -210,7 +210,7 @@ def test_hook_routes_long_decode_with_every_feature_to_split_kernel(seed, monkey
 
 
 @pytest.mark.parametrize("W", [1, 5, 37, 70])
-def test_split_decode_range_segments_match_float64(W, poison_outputs):
+def test_split_decode_range_segments_match_float64(W, seed, poison_outputs):
     """Each split's unmasked tiles are cut so that only those reaching a row's local window or the
     span run that code: the sums must still count every key, with spans before the local tiles,
     across their first edge, inside them, within one tile and empty, and windows across splits."""
@@ -224,7 +224,7 @@ def test_split_decode_range_segments_match_float64(W, poison_outputs):
     side = SideInputs.build(batch=B, k_len=Nk, device=q.device, span=span)
     _, stats = attention_with_stats_decode(q, k, v, StatsRequest(scale=D ** -0.5, **kw), side, split_len=64)
     _, ref = attention_with_stats_naive(q.double(), k.double(), v.double(), span=span, **kw)
-    assert_stats_close(stats, ref, torch.float32, f"W={W}", Nk, reference_probabilities(q, k, None))
+    assert_stats_close(stats, ref, torch.float32, f"W={W} seed={seed}", Nk, reference_probabilities(q, k, None))
     assert (ref.span[:4] > 1e-3).all() and (ref.local > 1e-4).all()  # the sums are not trivially 0
 
 
