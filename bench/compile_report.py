@@ -39,9 +39,9 @@ if "TRITON_CACHE_DIR" not in os.environ:
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from circuit_stats.kernels.sass_loops import mma_loops  # noqa: E402
+from circuit_stats.kernels.sass_loops import mma_loops, parse  # noqa: E402
 from circuit_stats.kernels import aot, autotune  # noqa: E402
-from circuit_stats.kernels.triton_common import head_block, smem_bytes  # noqa: E402
+from circuit_stats.kernels.triton_common import TOP1_CHUNK, head_block, smem_bytes  # noqa: E402
 from circuit_stats.kernels.triton_decode import ROWS_BLOCK  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -81,6 +81,14 @@ def default_variants() -> list[aot.CompileVariant]:
 STATS = ["none", "point", "all"]
 
 
+def rescore_chunks(sass: str, loop: dict, block_n: int) -> int:
+    """Iterations of the re-scoring ``loop`` per tile: ``BLOCK_N / TOP1_CHUNK`` when it is the
+    chunk loop (nested in the loop over winning tiles), 1 when the chunks were unrolled."""
+    _, all_loops = parse(sass)
+    nested = any(lo < loop["start"] and loop["end"] < hi for lo, hi in all_loops)
+    return max(1, block_n // TOP1_CHUNK.value) if nested else 1
+
+
 def report_row(variant: aot.CompileVariant, config: triton.Config, arch: int, kept: bool = True) -> dict:
     """Compile one (variant, config) and return its figures (or its error)."""
     # The split-decode kernel's row tile is fixed (ROWS_BLOCK packed rows), not autotuned.
@@ -91,10 +99,17 @@ def report_row(variant: aot.CompileVariant, config: triton.Config, arch: int, ke
         row.update(kept=kept, BLOCK_M=tile["BLOCK_M"])
     except Exception as e:  # a compile error is a result: record it, the exit status shows it
         return dict(asdict(variant), arch=arch, **tile, error=f"{type(e).__name__}: {e}"[-1000:])
-    loops = mma_loops(compiled.asm["sass"])
-    # The unmasked loop is the cheapest of the kernel's key loops (the masked window-edge and
-    # diagonal stages do the same work plus masks): the one that runs over almost every key.
+    sass = compiled.asm["sass"]
+    loops = mma_loops(sass)
+    # With top1 the last loop holding tensor-core instructions is the epilogue's re-scoring of the
+    # winning tiles (q k^T only); the others are key/value loops, and the unmasked one is the
+    # cheapest (the masked window-edge and diagonal stages and the local/span segments do the same
+    # work and more): the one that runs over almost every key.
+    rescore = loops.pop() if loops and aot.variant_request(variant)[0].top1 else None
     hot = min(loops, key=lambda lp: lp["total"]) if loops else {}
+    if rescore:  # warp-instructions per re-scored tile (BLOCK_M x BLOCK_N scores)
+        row["top1_rescore_per_tile"] = rescore["total"] * tile["num_warps"] * rescore_chunks(sass, rescore,
+                                                                                            tile["BLOCK_N"])
     scores = tile["BLOCK_M"] * tile["BLOCK_N"]
     row["smem_estimate_bytes"] = smem_bytes(tile["BLOCK_M"], tile["BLOCK_N"], tile["num_stages"],
                                             head_block(variant.head_dim), aot.DTYPES[variant.dtype].itemsize)

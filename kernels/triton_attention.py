@@ -16,12 +16,16 @@ What each statistic costs in the hot loop (the unmasked key tiles):
 * token-match induction / duplicate mass: one integer compare and one select-add per score
   each (the unmasked tiles hold only keys strictly before every query of the block, so no
   position test is needed there).
-* distance: one multiply-add per score, ``sum_j p_j (q0 - j)`` with ``q0`` the block's first
-  query; ``i - q0`` times the row sum is added in the epilogue.
-* top1: a per-tile ``argmax`` kept where the tile max beats the running max; its probability is
-  ``2^(m_i - lse2)`` from the running max itself.
-* local and span: a masked sum, only on tiles that reach some row's last ``local_window`` keys or
-  overlap the span (one scalar branch per tile elsewhere).
+* distance: one multiply-add per score, ``sum_j p_j (q0 - j) = (q0 - start_n) sum_j p_j -
+  sum_j p_j jj`` with ``q0`` the block's first query and ``jj`` the loop-invariant offsets in the
+  tile (``sum_j p_j`` is the row sum's); ``i - q0`` times the row sum is added in the epilogue.
+* top1: a per-row select of the tile start where the tile max beats the running max; the
+  epilogue re-scores each distinct winning tile once to find the key (``top1_in_tiles``: one
+  ``q k^T`` tile per distinct winner, data-dependent). Its probability is ``2^(m_i - lse2)``
+  from the running max itself.
+* local and span: a masked sum, only in the unmasked segments of tiles that reach some row's last
+  ``local_window`` keys or overlap the span (``range_stat_segments``); the other tiles run a loop
+  compiled without that code (a rescale of the two sums per row only).
 * softcap: one ``exp2`` and one approximate reciprocal per score, before masking.
 * sliding window: no per-score work in the unmasked tiles; tiles that cross the left edge of some
   row's window run a masked stage of their own, tiles left of every row's window are skipped.
@@ -41,7 +45,7 @@ the launcher runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import triton
@@ -54,18 +58,14 @@ from .side_inputs import SideInputs
 from .stats import AttentionStats
 from .triton_common import (LN2, LOG2E_K, MAX_HEAD_DIM, TorchTensors, check_grid, derived_flags, device_guard, extent,
                             given, head_block, initial_loop_state, interpreting, join_learned_sink, point_prob,
-                            row_entropy2, score_scales, side_input_rows, store_lse, store_point_probs, stride_args,
-                            tanh_softcap)
+                            range_stat_segments, row_entropy2, score_scales, side_input_rows, store_lse,
+                            store_point_probs, stride_args, tanh_softcap, top1_in_tiles)
 
 
 @triton.jit
 def _attn_fwd_inner(
-    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx,
-    q, q_pos, q_tok, q0,
-    K, V, TOK, TOKP, KPM,
-    stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-    lo, hi, Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi,
-    MASKED: tl.constexpr, HAS_PAD: tl.constexpr, HAS_TOK: tl.constexpr,
+    state, rows, keys, limits, lo, hi,
+    MASKED: tl.constexpr, RANGE_STATS: tl.constexpr, HAS_PAD: tl.constexpr, HAS_TOK: tl.constexpr,
     HAS_ENT: tl.constexpr, FP32_INPUT: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DIST: tl.constexpr,
@@ -73,12 +73,23 @@ def _attn_fwd_inner(
 ):
     """Online-softmax sweep over key tiles [lo, hi).
 
+    ``state``: the running sums (``_attn_stats_fwd``'s ``state``, returned updated); ``rows``:
+    ``(q, q_pos, q_tok, q0)``, ``q0`` the block's first query position; ``keys``: the (batch,
+    head)'s K, V, token, previous-token and padding-mask pointers and their strides; ``limits``:
+    ``(Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi)``.
+
     With MASKED=False every key of every tile is strictly before every query of the block,
     inside [0, Nk) and inside every row's sliding window, so no causal, range or window mask is
-    built (the bulk of the work). ``q0`` is the block's first query position."""
+    built (the bulk of the work). With RANGE_STATS=False no tile reaches a row's local window or
+    the span: local and span sums are only rescaled."""
+    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_tile = state
+    q, q_pos, q_tok, q0 = rows
+    K, V, TOK, TOKP, KPM, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn = keys
+    Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi = limits
     offs_j = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
+    jj = offs_j.to(tl.float32)  # key offsets within a tile, for the distance
     # In-tile offsets in int32, computed once; only the tile's base pointer moves (64-bit).
     k_off = offs_j[None, :] * stride_kn + offs_d[:, None] * stride_kd  # [BLOCK_D, BLOCK_N]
     v_off = offs_j[:, None] * stride_vn + offs_d[None, :] * stride_vd  # [BLOCK_N, BLOCK_D]
@@ -121,8 +132,8 @@ def _attn_fwd_inner(
         # As the tutorial: scale the row max, not the tile (qk_scale > 0), and fold the scale
         # into the exponent's multiply-add. d2 = s2 - m, with s2 the score in log2 units.
         tile_max = tl.max(qk, 1) * qk_scale
-        if HAS_TOP1:  # strictly greater: ties keep the earlier (smaller) key position
-            top_idx = tl.where(tile_max > m_i, start_n + tl.argmax(qk, 1), top_idx)
+        if HAS_TOP1:  # the tile of the running max only (strictly greater: ties keep the earlier
+            top_tile = tl.where(tile_max > m_i, start_n, top_tile)  # tile); the epilogue finds the key
         m_new = tl.maximum(m_i, tile_max)
         alpha = tl.math.exp2(m_i - m_new)
         d2 = qk * qk_scale - m_new[:, None]
@@ -149,20 +160,23 @@ def _attn_fwd_inner(
             is_ind = k_prev[None, :] == q_tok[:, None]
             dup_acc = dup_acc * alpha + tl.sum(tl.where(is_dup, p, 0.0), 1)
             ind_acc = ind_acc * alpha + tl.sum(tl.where(is_ind, p, 0.0), 1)
-        if HAS_DIST:  # sum_j p_j (q0 - j): one FMA per score; the row's i - q0 is added at the end
-            dist_acc = dist_acc * alpha + tl.sum(p * (q0 - offs_n).to(tl.float32)[None, :], 1)
-        if HAS_LOCAL:  # only tiles that reach into some row's last local_window keys do work
+        if HAS_DIST:  # sum_j p_j (q0 - j) = (q0 - start_n) sum_j p_j - sum_j p_j jj: one FMA per
+            # score, jj loop-invariant; the row's i - q0 is added at the end
+            dist_acc = dist_acc * alpha + (q0 - start_n).to(tl.float32) * tl.sum(p, 1) - tl.sum(p * jj[None, :], 1)
+        if HAS_LOCAL:
             loc_acc = loc_acc * alpha
-            if start_n + BLOCK_N > q0 - local_window + 1:
-                in_local = offs_n[None, :] > q_pos[:, None] - local_window
-                loc_acc += tl.sum(tl.where(in_local, p, 0.0), 1)
-        if HAS_SPAN:  # only tiles that overlap [span_lo, span_hi) do work
+            if RANGE_STATS:  # only tiles that reach into some row's last local_window keys do work
+                if start_n + BLOCK_N > q0 - local_window + 1:
+                    in_local = offs_n[None, :] > q_pos[:, None] - local_window
+                    loc_acc += tl.sum(tl.where(in_local, p, 0.0), 1)
+        if HAS_SPAN:
             span_acc = span_acc * alpha
-            if (start_n < span_hi) & (start_n + BLOCK_N > span_lo):
-                in_span = (offs_n >= span_lo) & (offs_n < span_hi)
-                span_acc += tl.sum(tl.where(in_span[None, :], p, 0.0), 1)
+            if RANGE_STATS:  # only tiles that overlap [span_lo, span_hi) do work
+                if (start_n < span_hi) & (start_n + BLOCK_N > span_lo):
+                    in_span = (offs_n >= span_lo) & (offs_n < span_hi)
+                    span_acc += tl.sum(tl.where(in_span[None, :], p, 0.0), 1)
 
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + tl.sum(p, 1)  # the same sum as the distance's (one reduction)
         if MASKED:
             if BLOCK_D != HEAD_DIM:
                 v = tl.load(v_ptrs, mask=in_range[:, None] & d_ok[None, :], other=0.0)
@@ -179,7 +193,7 @@ def _attn_fwd_inner(
         else:
             acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
-    return acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx
+    return acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_tile
 
 
 @triton.jit
@@ -217,9 +231,6 @@ def _attn_stats_fwd(
     q_ptrs = Qb + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
 
-    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx = initial_loop_state(BLOCK_M,
-                                                                                                         BLOCK_D)
-
     TOKb, TOKPb, KPMb, q_tok, span_lo, span_hi = side_input_rows(TOK, TOKP, KPM, SPAN, FIRST, b, Nk, stride_mb, q_pos,
                                                                  row_ok, BLOCK_M, HAS_TOK, HAS_PAD, HAS_SPAN)
 
@@ -232,35 +243,34 @@ def _attn_stats_fwd(
         lo = (first // BLOCK_N) * BLOCK_N
     if HAS_WINDOW:
         lo = tl.maximum(lo, (tl.maximum(q0 - window + 1, 0) // BLOCK_N) * BLOCK_N)
-    # Stage 1: tiles entirely before the block's first query position (so strictly before
-    # every query of the block) need no mask. Stage 2: the tiles at the diagonal and the
-    # ragged end of the keys. With a window, stage 0: the tiles that cross the left edge of some
-    # row's window (keys before q0 + BLOCK_M - window), masked.
+    # Stages, in key order: 0, with a window, the tiles that cross the left edge of some row's
+    # window (keys before q0 + BLOCK_M - window), masked; 1-4, the tiles entirely before the
+    # block's first query position (so strictly before every query of the block), unmasked, cut
+    # into segments (plain, range, plain, range) so that only the tiles reaching some row's local
+    # window or the span carry that code (``range_stat_segments``; stage 1 alone without local
+    # and span); 5, the tiles at the diagonal and the ragged end of the keys, masked.
     mid = tl.maximum((q0 // BLOCK_N) * BLOCK_N, lo)
     hi = tl.minimum(q0 + BLOCK_M, Nk)
-
+    edge = lo
     if HAS_WINDOW:
         edge = tl.cdiv(tl.maximum(q0 + BLOCK_M - window, 0), BLOCK_N) * BLOCK_N
         edge = tl.minimum(tl.maximum(edge, lo), mid)
-        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx = _attn_fwd_inner(
-            acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx, q, q_pos, q_tok, q0,
-            Kb, Vb, TOKb, TOKPb, KPMb, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-            lo, edge, Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi,
-            True, HAS_PAD, HAS_TOK, HAS_ENT, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_N,
-            HAS_WINDOW, HAS_SOFTCAP, HAS_DIST, HAS_LOCAL, HAS_TOP1, HAS_SPAN)
-        lo = edge
-    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx = _attn_fwd_inner(
-        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx, q, q_pos, q_tok, q0,
-        Kb, Vb, TOKb, TOKPb, KPMb, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-        lo, mid, Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi,
-        False, HAS_PAD, HAS_TOK, HAS_ENT, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_N,
-        HAS_WINDOW, HAS_SOFTCAP, HAS_DIST, HAS_LOCAL, HAS_TOP1, HAS_SPAN)
-    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx = _attn_fwd_inner(
-        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx, q, q_pos, q_tok, q0,
-        Kb, Vb, TOKb, TOKPb, KPMb, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-        mid, hi, Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi,
-        True, HAS_PAD, HAS_TOK, HAS_ENT, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_N,
-        HAS_WINDOW, HAS_SOFTCAP, HAS_DIST, HAS_LOCAL, HAS_TOP1, HAS_SPAN)
+    SEGMENTED: tl.constexpr = HAS_LOCAL or HAS_SPAN
+    cut1, cut2, cut3 = range_stat_segments(edge, mid, q0, local_window, span_lo, span_hi, HAS_LOCAL, HAS_SPAN,
+                                           BLOCK_N)
+    bounds = (lo, edge, cut1, cut2, cut3, mid, hi)
+
+    state = initial_loop_state(BLOCK_M, BLOCK_D)  # the running sums; top1: the tile of the running max
+    rows = (q, q_pos, q_tok, q0)
+    keys = (Kb, Vb, TOKb, TOKPb, KPMb, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn)
+    limits = (Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi)
+    for stage in tl.static_range(6):
+        if (HAS_WINDOW or stage != 0) and (SEGMENTED or stage == 0 or stage == 1 or stage == 5):
+            state = _attn_fwd_inner(
+                state, rows, keys, limits, bounds[stage], bounds[stage + 1], stage == 0 or stage == 5,
+                stage == 0 or stage == 2 or stage == 4 or stage == 5, HAS_PAD, HAS_TOK, HAS_ENT, FP32_INPUT,
+                HEAD_DIM, BLOCK_D, BLOCK_N, HAS_WINDOW, HAS_SOFTCAP, HAS_DIST, HAS_LOCAL, HAS_TOP1, HAS_SPAN)
+    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_tile = state
 
     # Epilogue. A row with no attendable key has l_i == 0: output 0, stats 0, lse -inf (with a
     # learned sink: lse = the sink logit, learned_sink 1). ``norm`` turns a sum of the loop's
@@ -311,7 +321,10 @@ def _attn_stats_fwd(
     if HAS_SPAN:
         tl.store(SPANM + row, span_acc * norm, mask=row_ok)
     if HAS_TOP1:
-        tl.store(TOP_I + row, tl.where(has_key, top_idx, -1).to(tl.int64), mask=row_ok)
+        top_idx = top1_in_tiles(q, top_tile, has_key & row_ok, q_pos, Kb, KPMb, Nk, window, cap_in, stride_kn,
+                                stride_kd, stride_mn, HEAD_DIM, BLOCK_D, BLOCK_N, "tf32x3" if FP32_INPUT else "tf32",
+                                HAS_WINDOW, HAS_PAD, HAS_SOFTCAP)
+        tl.store(TOP_I + row, top_idx.to(tl.int64), mask=row_ok)
         tl.store(TOP_P + row, tl.where(has_key, tl.math.exp2(m_i - lse2), 0.0), mask=row_ok)
     if HAS_SINKS:
         tl.store(LEARNED + row, tl.math.exp2(sink2 - lse2), mask=row_ok)

@@ -24,6 +24,9 @@ LOG2E_K = tl.constexpr(LOG2E)  # kernel side: nats to log2 units (learned sink l
 # key yields alpha = exp2(0) = 1 instead of exp2(-inf + inf) = NaN.
 NEG_BIG = tl.constexpr(-1.0e30)
 
+# Keys per chunk when the epilogue re-scores a top-1 tile (``top1_in_tiles``).
+TOP1_CHUNK = tl.constexpr(32)
+
 MAX_HEAD_DIM = 256  # the kernels pad head dims on chip up to this size; dispatch routes larger ones to torch
 
 # Shared memory per program, one model for both kernels: the Q tile plus ``num_stages`` buffers
@@ -336,6 +339,71 @@ def store_point_probs(OUT, out_row, row_ok, KEYS, b, q, Kb, ok, k_lo, k_hi, q_po
             _store_point_prob(OUT, out_row, row_ok, KEYS, b, t, q, Kb, ok, k_lo, k_hi, q_pos, window, KPMb, stride_mn,
                               stride_kn, stride_kd, offs_d, d_ok, qk_scale, cap_in, ref2, N, PROBES, SPLIT,
                               HAS_WINDOW, HAS_PAD, HAS_SOFTCAP)
+
+
+@triton.jit
+def range_stat_segments(lo, hi, first_q, local_window, span_lo, span_hi, HAS_LOCAL: tl.constexpr,
+                        HAS_SPAN: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Cut the unmasked key tiles ``[lo, hi)`` (tile-aligned) at ``cut1 <= cut2 <= cut3`` so that
+    ``[cut1, cut2)`` and ``[cut3, hi)`` hold every tile that reaches some row's last
+    ``local_window`` keys (a suffix: rows sit at ``first_q`` and after) or overlaps the span
+    ``[span_lo, span_hi)``, and ``[lo, cut1)``, ``[cut2, cut3)`` none: the loops run the local
+    and span code on the former only. Without local and span all three are ``hi``."""
+    local_start = hi  # first tile that reaches a row's local window
+    if HAS_LOCAL:
+        local_start = (tl.maximum(first_q - local_window + 1, 0) // BLOCK_N) * BLOCK_N
+    span_start = hi
+    span_end = hi
+    if HAS_SPAN:
+        span_start = (span_lo // BLOCK_N) * BLOCK_N
+        span_end = tl.where(span_hi > span_lo, tl.cdiv(span_hi, BLOCK_N) * BLOCK_N, span_start)
+    cut1 = tl.minimum(tl.maximum(tl.minimum(span_start, local_start), lo), hi)
+    cut2 = tl.minimum(tl.maximum(span_end, cut1), hi)
+    cut3 = tl.minimum(tl.maximum(local_start, cut2), hi)
+    return cut1, cut2, cut3
+
+
+@triton.jit
+def top1_in_tiles(q, top_tile, pending, q_pos, Kb, KPMb, Nk, window, cap_in, stride_kn, stride_kd, stride_mn,
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                  HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+    """Top-1 key of each ``pending`` row, -1 elsewhere: the first key of the row's tile
+    ``top_tile`` (the key loops keep only the tile that raised the running max) holding the
+    tile's highest score, found by re-scoring each distinct winning tile once with the loop's
+    ``q [BLOCK_M, BLOCK_D]`` (so that the scores are the loop's), in chunks of at most
+    ``TOP1_CHUNK`` keys (a whole 128-key tile held more registers than the key loop).
+    Data-dependent cost: one ``q k^T`` tile per distinct winning tile among the rows."""
+    CHUNK: tl.constexpr = TOP1_CHUNK if BLOCK_N > TOP1_CHUNK else BLOCK_N
+    offs_j = tl.arange(0, CHUNK)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    top_idx = tl.zeros_like(top_tile) - 1
+    while tl.max(pending.to(tl.int32), 0) > 0:
+        t = tl.min(tl.where(pending, top_tile, Nk), 0)
+        best = tl.zeros_like(top_tile) - 1
+        best_s = tl.full(top_tile.shape, float("-inf"), tl.float32)
+        for start in range(t, t + BLOCK_N, CHUNK):
+            offs_n = start + offs_j
+            in_range = offs_n < Nk
+            k = tl.load(Kb + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd,
+                        mask=d_ok[:, None] & in_range[None, :], other=0.0)
+            qk = tl.dot(q, k, input_precision=DOT_PRECISION)
+            if HAS_SOFTCAP:
+                qk = tanh_softcap(qk, cap_in)
+            keep = (offs_n[None, :] <= q_pos[:, None]) & in_range[None, :]
+            if HAS_WINDOW:
+                keep = keep & (offs_n[None, :] > q_pos[:, None] - window)
+            if HAS_PAD:
+                keep = keep & (tl.load(KPMb + offs_n.to(tl.int64) * stride_mn, mask=in_range, other=0) != 0)[None, :]
+            qk = tl.where(keep, qk, float("-inf"))
+            chunk_max = tl.max(qk, 1)
+            better = chunk_max > best_s  # strictly: ties keep the earlier chunk, argmax the first key
+            best = tl.where(better, start + tl.argmax(qk, 1), best)
+            best_s = tl.maximum(best_s, chunk_max)
+        mine = pending & (top_tile == t)
+        top_idx = tl.where(mine, best, top_idx)
+        pending = pending & (top_tile != t)
+    return top_idx
 
 
 def constexpr_names(kernel: Any) -> tuple[str, ...]:

@@ -22,7 +22,8 @@ most SMs idle while a long context is read by a handful of them. Here the keys a
    ``e_s``                 ``sum_j 2^(s2_j - m_s) (s2_j - m_s)`` (entropy; the loop re-centres
                            it when ``m`` grows: ``e <- alpha (e + l (m_old - m_new))``)
    ``x_s``  (distance)     ``sum_j 2^(s2_j - m_s) (i - j)``; local and span: masked sums as above
-   ``t_s``                 the split's top-1 key (the first key reaching ``m_s``), -1 if none
+   ``t_s``                 the split's top-1 key (the first key reaching ``m_s``), -1 if none:
+                           the loop keeps the tile, the epilogue re-scores it
    ======================  ==========================================================
 
 2. **Combine kernel** (``_decode_combine``), one program per ``BLOCK_R`` flat (batch, head,
@@ -85,8 +86,9 @@ from .request import StatsRequest, torch_allocator
 from .side_inputs import SideInputs
 from .stats import AttentionStats
 from .triton_common import (LN2, LOG2E_K, NEG_BIG, TorchTensors, check_grid, device_guard, extent, given, head_block,
-                            initial_loop_state, interpreting, join_learned_sink, kernel_flags, point_prob, row_entropy2,
-                            score_scales, side_input_rows, store_lse, store_point_probs, stride_args, tanh_softcap)
+                            initial_loop_state, interpreting, join_learned_sink, kernel_flags, point_prob,
+                            range_stat_segments, row_entropy2, score_scales, side_input_rows, store_lse,
+                            store_point_probs, stride_args, tanh_softcap, top1_in_tiles)
 
 # Calls with more queries than this go to the fused kernel (its 16-row decode tiles and up).
 DECODE_MAX_QUERIES = 16
@@ -115,20 +117,30 @@ ROWS_BLOCK = 16
 
 @triton.jit
 def _sweep(
-    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx,
-    q, q_pos, q_tok, Kb, Vb, TOKb, TOKPb, KPMb, offs_d, d_ok,
-    start, stop, Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi,
-    stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-    MASKED: tl.constexpr, HAS_PAD: tl.constexpr, HAS_TOK: tl.constexpr, HAS_ENT: tl.constexpr,
-    PAD_D: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DIST: tl.constexpr,
+    state, rows, keys, limits, start, stop,
+    MASKED: tl.constexpr, RANGE_STATS: tl.constexpr, HAS_PAD: tl.constexpr, HAS_TOK: tl.constexpr,
+    HAS_ENT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DIST: tl.constexpr,
     HAS_LOCAL: tl.constexpr, HAS_TOP1: tl.constexpr, HAS_SPAN: tl.constexpr,
 ):
     """Online softmax over the key tiles [start, stop).
 
+    ``state``: the running sums (returned updated); ``rows``: ``(q, q_pos, q_tok)``; ``keys``:
+    the (batch, KV head)'s K, V, token, previous-token and padding-mask pointers and their
+    strides; ``limits``: ``(Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi)``.
     MASKED=False: every key of every tile is inside [0, Nk), at or before every query row and
     inside every row's window, so only the padding mask (if any) is applied (the bulk of a long
-    split). The per-row sums of the other statistics follow the fused kernel's loop."""
+    split). RANGE_STATS=False: no tile reaches a row's local window or the span (local and span
+    sums are only rescaled). The per-row sums of the other statistics follow the fused kernel's
+    loop; top1 keeps the tile of the running max (``top1_in_tiles`` finds the key)."""
+    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_tile = state
+    q, q_pos, q_tok = rows
+    Kb, Vb, TOKb, TOKPb, KPMb, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn = keys
+    Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi = limits
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    PAD_D: tl.constexpr = BLOCK_D != HEAD_DIM
+    jj = tl.arange(0, BLOCK_N).to(tl.float32)  # key offsets within a tile, for the distance
     for start_n in range(start, stop, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -162,8 +174,8 @@ def _sweep(
             s2 = tl.where((kpm != 0)[None, :], s2, float("-inf"))
 
         tile_max = tl.max(s2, 1)
-        if HAS_TOP1:  # strictly greater: ties keep the earlier key
-            top_idx = tl.where(tile_max > m_i, start_n + tl.argmax(s2, 1), top_idx)
+        if HAS_TOP1:  # strictly greater: ties keep the earlier tile
+            top_tile = tl.where(tile_max > m_i, start_n, top_tile)
         m_new = tl.maximum(m_i, tile_max)
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s2 - m_new[:, None])  # 0 on masked keys
@@ -184,15 +196,19 @@ def _sweep(
             is_ind = k_prev[None, :] == q_tok[:, None]
             dup_acc = dup_acc * alpha + tl.sum(tl.where(is_dup, p, 0.0), 1)
             ind_acc = ind_acc * alpha + tl.sum(tl.where(is_ind, p, 0.0), 1)
-        if HAS_DIST:  # sum_j p_j (i - j), rows of one program sit at different positions
-            dist_acc = dist_acc * alpha + tl.sum(p * (q_pos[:, None] - offs_n[None, :]).to(tl.float32), 1)
+        if HAS_DIST:  # sum_j p_j (i - j) = (i - start_n) sum_j p_j - sum_j p_j jj (jj loop-invariant)
+            dist_acc = dist_acc * alpha + (q_pos - start_n).to(tl.float32) * tl.sum(p, 1) - tl.sum(p * jj[None, :], 1)
         if HAS_LOCAL:
-            loc_acc = loc_acc * alpha + tl.sum(tl.where(offs_n[None, :] > q_pos[:, None] - local_window, p, 0.0), 1)
+            loc_acc = loc_acc * alpha
+            if RANGE_STATS:
+                loc_acc += tl.sum(tl.where(offs_n[None, :] > q_pos[:, None] - local_window, p, 0.0), 1)
         if HAS_SPAN:
-            in_span = (offs_n >= span_lo) & (offs_n < span_hi)
-            span_acc = span_acc * alpha + tl.sum(tl.where(in_span[None, :], p, 0.0), 1)
+            span_acc = span_acc * alpha
+            if RANGE_STATS:
+                in_span = (offs_n >= span_lo) & (offs_n < span_hi)
+                span_acc += tl.sum(tl.where(in_span[None, :], p, 0.0), 1)
 
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + tl.sum(p, 1)  # the same sum as the distance's (one reduction)
         if MASKED:
             if PAD_D:
                 v = tl.load(v_ptrs, mask=in_range[:, None] & d_ok[None, :], other=0.0)
@@ -204,7 +220,7 @@ def _sweep(
             v = tl.load(v_ptrs)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
-    return acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx
+    return acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_tile
 
 
 # Nk grows every decode step: not specialised (on divisibility by 16), so that it never recompiles.
@@ -234,7 +250,6 @@ def _decode_split_fwd(
     bkv = tl.program_id(2).to(tl.int64)
     b = bkv // Hkv
     kvh = bkv % Hkv
-    PAD_D: tl.constexpr = BLOCK_D != HEAD_DIM
 
     # Rows r = g * Nq + i: query head kvh * GROUP + g, query i (absolute key position Nk - Nq + i).
     r = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -268,22 +283,23 @@ def _decode_split_fwd(
     if HAS_WINDOW:
         mid = lo
 
-    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx = initial_loop_state(BLOCK_M,
-                                                                                                         BLOCK_D)
-
-    for masked in tl.static_range(2):  # [lo, mid) unmasked, then [mid, k_hi) masked
-        start = lo
-        stop = mid
-        if masked:
-            start = mid
-            stop = k_hi
-        acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx = _sweep(
-            acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_idx,
-            q, q_pos, q_tok, Kb, Vb, TOKb, TOKPb, KPMb, offs_d, d_ok,
-            start, stop, Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi,
-            stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
-            masked, HAS_PAD, HAS_TOK, HAS_ENT, PAD_D, DOT_PRECISION, BLOCK_N,
-            HAS_WINDOW, HAS_SOFTCAP, HAS_DIST, HAS_LOCAL, HAS_TOP1, HAS_SPAN)
+    # Stages 0-3: the unmasked tiles [lo, mid), cut so that only those reaching some row's local
+    # window or the span run that code (plain, range, plain, range: ``range_stat_segments``;
+    # stage 0 alone without local and span); stage 4: the masked tiles [mid, k_hi).
+    SEGMENTED: tl.constexpr = HAS_LOCAL or HAS_SPAN
+    cut1, cut2, cut3 = range_stat_segments(lo, mid, Nk - Nq, local_window, span_lo, span_hi, HAS_LOCAL, HAS_SPAN,
+                                           BLOCK_N)
+    bounds = (lo, cut1, cut2, cut3, mid, k_hi)
+    state = initial_loop_state(BLOCK_M, BLOCK_D)  # the running sums; top1: the tile of the running max
+    rows = (q, q_pos, q_tok)
+    keys = (Kb, Vb, TOKb, TOKPb, KPMb, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn)
+    limits = (Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi)
+    for stage in tl.static_range(5):
+        if SEGMENTED or stage == 0 or stage == 4:
+            state = _sweep(state, rows, keys, limits, bounds[stage], bounds[stage + 1], stage == 4,
+                           stage == 1 or stage == 3 or stage == 4, HAS_PAD, HAS_TOK, HAS_ENT, HEAD_DIM, BLOCK_D,
+                           DOT_PRECISION, BLOCK_N, HAS_WINDOW, HAS_SOFTCAP, HAS_DIST, HAS_LOCAL, HAS_TOP1, HAS_SPAN)
+    acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_tile = state
 
     # Epilogue: un-normalised partials relative to this split's max m_i.
     row = (b * Hq + h) * Nq + i  # flat [B, Hq, Nq] row
@@ -322,6 +338,9 @@ def _decode_split_fwd(
         tl.store(S + c, span_acc, mask=row_ok)
         c += 1
     if HAS_TOP1:  # a key position, exact in float32 below 2^24
+        top_idx = top1_in_tiles(q, top_tile, row_ok & (l_i > 0), q_pos, Kb, KPMb, Nk, window, cap_in, stride_kn,
+                                stride_kd, stride_mn, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION, HAS_WINDOW, HAS_PAD,
+                                HAS_SOFTCAP)
         tl.store(S + c, top_idx.to(tl.float32), mask=row_ok)
         c += 1
     if HAS_ENT:

@@ -104,3 +104,39 @@ def assert_stats_close(got, want, dtype, what: str, n_keys: int, p_ref=None) -> 
         err = ((val.double() - ref).abs() / scale).max().item() if ref.numel() else 0.0
         limit = tol.get(name, STAT_TOL[dtype])
         assert err <= limit, f"{what}: {name} off by {err:.3g}{' (relative above 1)' if name == 'lse' else ''} (tol {limit:.3g})"
+
+
+def integer_scores_case(dtype):
+    """q, k with small integer entries (exact scores) in which the top score ties across tiles
+    (keys 5 and 37, 16-key tiles) and within one (37 and 38), a later key 50 beats them, and
+    padded keys 0-2 score highest of all."""
+    N, D = 64, 16
+    c = torch.randint(0, 4, (N,)).double()
+    c[[5, 37, 38]], c[50], c[:3] = 9, 12, 20
+    k = torch.zeros(1, 1, N, D, dtype=dtype)
+    k[0, 0, :, 0] = c.to(dtype)
+    k[0, 0, :, 1] = torch.randint(0, 3, (N,)).to(dtype)  # a second feature (at most 2): rows differ
+    k[0, 0, [5, 37, 38, 50], 1] = 0  # but not on the top keys: their ties are exact
+    q = torch.zeros(1, 1, N, D, dtype=dtype)
+    q[0, 0, :, 0] = 1
+    q[0, 0, :, 1] = torch.randint(0, 2, (N,)).to(dtype)
+    v = torch.randn(1, 1, N, D).to(dtype)
+    mask = torch.ones(1, N, dtype=torch.bool)
+    mask[0, :3] = False
+    return q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), mask.to(DEVICE)
+
+
+def first_top_key(q, k, mask, window=None, softcap=None):
+    """``[Nq]`` the first key with the highest score of each query of ``q, k [1, 1, N, D]`` (-1
+    where none is attendable), from float64 scores: the top-1 key with exact ties."""
+    from circuit_stats.kernels.naive import allowed_keys
+
+    Nq, Nk, D = q.shape[2], k.shape[2], q.shape[3]
+    s = (q.double() @ k.double().transpose(-1, -2)) * D ** -0.5
+    if softcap is not None:
+        s = softcap * torch.tanh(s / softcap)
+    s = s.masked_fill(~allowed_keys(Nq, Nk, mask, q.device, window), float("-inf"))[0, 0]
+    best = s.max(-1, keepdim=True).values
+    pos = torch.arange(Nk, device=q.device).expand(Nq, Nk)
+    first = torch.where((s == best) & torch.isfinite(best), pos, Nk).min(-1).values
+    return torch.where(first == Nk, -1, first)

@@ -7,7 +7,8 @@ from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive
 from circuit_stats.kernels.chunked import attention_with_stats_chunked
 from conftest import DEVICE
-from kernel_cases import CASES, OUT_TOL, assert_stats_close, make_inputs, random_span, reference_probabilities
+from kernel_cases import (CASES, OUT_TOL, assert_stats_close, first_top_key, integer_scores_case, make_inputs,
+                          random_span, reference_probabilities)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -90,3 +91,50 @@ def test_bad_new_arguments_name_themselves(kwargs, exc, needle):
     q, k, v = (torch.randn(1, 2, 8, 16) for _ in range(3))
     with pytest.raises(exc, match=needle):
         attention_with_stats(q, k, v, **kwargs)
+
+
+# Spans laid out against the 16-key tiles of the triton tests below (keys 0..99, the last block's
+# unmasked tiles end at 80 or 96): before the local tiles with a plain gap, across their first
+# edge, inside them, starting and ending inside a tile, and empty.
+SEGMENT_SPANS = [[3, 21], [40, 75], [70, 90], [17, 18], [50, 50]]
+
+
+@pytest.mark.parametrize("block", [(16, 16), (32, 16)], ids=str)
+@pytest.mark.parametrize("W", [1, 5, 16, 37])
+def test_range_segments_match_float64(block, W, seed, poison_outputs):
+    """The unmasked key tiles are cut so that only those reaching a row's local window or the
+    span run that code: local and span mass must still count every key, wherever the local
+    window (W not a multiple of the tile) and the span sit against the cuts."""
+    from circuit_stats.kernels.triton_attention import attention_with_stats_triton
+
+    B, N, D = len(SEGMENT_SPANS), 100, 16
+    q, k, v, _, _ = make_inputs(B, 2, 1, N, N, D, torch.float32, None)
+    q = 0.2 * torch.randn_like(q)  # flat rows (scores within about +-1): every key holds a share of the mass
+    span = torch.tensor(SEGMENT_SPANS, device=DEVICE)
+    kw = dict(distance=True, local_window=W, top1=True, span=span)
+    _, ref = attention_with_stats_naive(q.double(), k.double(), v.double(), **kw)
+    side = SideInputs.build(batch=B, k_len=N, device=q.device, span=span)
+    request = StatsRequest(scale=D ** -0.5, distance=True, local_window=W, top1=True)
+    _, stats = attention_with_stats_triton(q, k, v, request, side, block=block)
+    what = f"block={block} W={W} seed={seed}"
+    assert_stats_close(stats, ref, torch.float32, what, N, reference_probabilities(q, k, None))
+    assert (ref.span[0, :, 30:] > 1e-3).all() and (ref.local > 1e-4).all()  # the sums are not trivially 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("modifier", [{}, {"softcap": 5.0}, {"window": 30}], ids=str)
+@pytest.mark.parametrize("block", [(16, 16), (32, 16), (16, 64)], ids=str)  # 64: the re-score's 32-key chunks
+def test_top1_exact_ties_go_to_the_first_key(dtype, modifier, block, seed, poison_outputs):
+    """The key loop keeps only the tile of the running max and the epilogue re-scores it: exact
+    ties across tiles and within one go to the first key, padded and out-of-window keys never
+    win, rows of one block with different winning tiles each get their own."""
+    from circuit_stats.kernels.triton_attention import attention_with_stats_triton
+
+    q, k, v, mask = integer_scores_case(dtype)
+    N, D = q.shape[2], q.shape[3]
+    want = first_top_key(q, k, mask, **modifier)
+    assert want[40].item() == (37 if "window" in modifier else 5) and want[60].item() == 50  # the ties are there
+    side = SideInputs.build(batch=1, k_len=N, device=q.device, key_padding_mask=mask)
+    request = StatsRequest(scale=D ** -0.5, top1=True, **modifier)
+    _, stats = attention_with_stats_triton(q, k, v, request, side, block=block)
+    assert torch.equal(stats.top1_index[0, 0], want)

@@ -207,3 +207,41 @@ def test_hook_routes_long_decode_with_every_feature_to_split_kernel(seed, monkey
     q, k, v, tok, _ = make_inputs(1, 2, 1, 1, 530, 16, torch.float32, None)
     attention_with_stats(q, k, v, backend="triton", top1=True, window=100, softcap=5.0, distance=True)
     assert len(calls) == 1 and calls[0].top1 and calls[0].window == 100 and calls[0].softcap == 5.0
+
+
+@pytest.mark.parametrize("W", [1, 5, 37, 70])
+def test_split_decode_range_segments_match_float64(W, seed, poison_outputs):
+    """Each split's unmasked tiles are cut so that only those reaching a row's local window or the
+    span run that code: the sums must still count every key, with spans before the local tiles,
+    across their first edge, inside them, within one tile and empty, and windows across splits."""
+    from kernel_cases import assert_stats_close, reference_probabilities
+
+    B, Hq, Hkv, Nq, Nk, D = 5, 4, 2, 3, 200, 16
+    q, k, v, _, _ = make_inputs(B, Hq, Hkv, Nq, Nk, D, torch.float32, None)
+    q = 0.2 * torch.randn_like(q)  # flat rows (scores within about +-1): every key holds a share of the mass
+    span = torch.tensor([[3, 21], [100, 170], [150, 199], [185, 190], [120, 120]], device=DEVICE)
+    kw = dict(distance=True, local_window=W, top1=True)
+    side = SideInputs.build(batch=B, k_len=Nk, device=q.device, span=span)
+    _, stats = attention_with_stats_decode(q, k, v, StatsRequest(scale=D ** -0.5, **kw), side, split_len=64)
+    _, ref = attention_with_stats_naive(q.double(), k.double(), v.double(), span=span, **kw)
+    assert_stats_close(stats, ref, torch.float32, f"W={W} seed={seed}", Nk, reference_probabilities(q, k, None))
+    assert (ref.span[:4] > 1e-3).all() and (ref.local > 1e-4).all()  # the sums are not trivially 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("modifier", [{}, {"softcap": 5.0}, {"window": 30}], ids=str)
+@pytest.mark.parametrize("split_len", [16, 32])
+def test_split_decode_top1_exact_ties_go_to_the_first_key(dtype, modifier, split_len, seed, poison_outputs):
+    """The split loop keeps only the tile of the running max and its epilogue re-scores it; the
+    combine keeps the first split reaching the max: exact ties across tiles, splits and within
+    a tile go to the first key, padded and out-of-window keys never win."""
+    from kernel_cases import first_top_key, integer_scores_case
+
+    q, k, v, mask = integer_scores_case(dtype)
+    q = q[:, :, 48:]  # 16 decode queries at keys 48-63
+    want = first_top_key(q, k, mask, **modifier)
+    assert want[0].item() == (37 if "window" in modifier else 5) and want[-1].item() == 50  # the ties are there
+    side = SideInputs.build(batch=1, k_len=k.shape[2], device=q.device, key_padding_mask=mask)
+    request = StatsRequest(scale=q.shape[-1] ** -0.5, top1=True, **modifier)
+    _, stats = attention_with_stats_decode(q, k, v, request, side, split_len=split_len)
+    assert torch.equal(stats.top1_index[0, 0], want)
