@@ -49,7 +49,7 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # "window" (none + a sliding window and learned sinks: such a layer outside record()).
 STATS_SETS = ("none", "point", "all", "long", "modifiers", "full", "window")
 ARCHS = (90, 80)
-KERNELS = ("fused", "split", "combine")
+KERNELS = ("fused", "split", "combine", "band")
 
 
 class TensorSpec(MockTensor):
@@ -96,7 +96,7 @@ class CompileVariant:
     batch: int = 2
     heads: int = 16
     kv_heads: int = 16
-    kernel: str = "fused"  # or "split" / "combine": the split-key decode kernels (q_len <= 16)
+    kernel: str = "fused"  # or "split" / "combine": the split-key decode kernels (q_len <= 16); "band": token matching
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -186,8 +186,30 @@ def decode_launch(variant: CompileVariant) -> tuple[JITFunction, tuple, dict]:
     return td.COMBINE_KERNEL, args, constexprs
 
 
+def band_launch(variant: CompileVariant) -> tuple[JITFunction, tuple, dict]:
+    """``(kernel, args, constexprs)`` of the token-match band kernel (``variant.kernel == "band"``),
+    built by ``triton_token_match``'s own argument builder on stand-ins."""
+    from . import triton_token_match as tm
+
+    request, _ = variant_request(variant)
+    q, k, _ = variant_inputs(variant)
+    B, Hq, Nq, _ = q.shape
+    i32, Nk, block_m = torch.int32, variant.k_len, tm.BAND_BLOCK[0]
+    per_query, per_key = TensorSpec(i32, (B, Nq)), TensorSpec(i32, (B, Nk))
+    bands = tm.TokenBands(block_m=block_m, q_order=per_query, q_tok=per_query, dup_order=per_key, dup_tok=per_key,
+                          ind_order=per_key, ind_tok=per_key,
+                          ranges=TensorSpec(i32, (B, triton.cdiv(Nq, block_m), 4)))
+    row = TensorSpec(torch.float32, (B, Hq, Nq))
+    args, constexprs = tm.band_launch_arguments(q, k, row, row, row, bands, request)
+    return tm.BAND_KERNEL, args, constexprs
+
+
 def candidate_configs(variant: CompileVariant) -> list[triton.Config]:
     """The configs the autotuner would try for ``variant`` (after pruning)."""
+    if variant.kernel == "band":  # one fixed config
+        from .triton_token_match import band_config
+
+        return [band_config()]
     if variant.kernel != "fused":
         from . import triton_decode as td
 
@@ -276,7 +298,7 @@ def compile_variant(variant: CompileVariant, config: triton.Config, arch: int) -
     if variant.kernel == "fused":
         compiled, log = compile_launch(variant_launch(variant), config, arch)
     else:
-        fn, args, constexprs = decode_launch(variant)
+        fn, args, constexprs = (band_launch if variant.kernel == "band" else decode_launch)(variant)
         compiled, log = compile_kernel(fn, args, constexprs, config, arch)
     row = dict(asdict(variant), arch=arch, BLOCK_M=config.kwargs.get("BLOCK_M"), BLOCK_N=config.kwargs.get("BLOCK_N"),
                num_warps=config.num_warps, num_stages=config.num_stages)

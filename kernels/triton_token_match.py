@@ -46,11 +46,17 @@ TOKEN_MATCH_MODES = ("band", "loop")
 # after the main pass) or "loop" (inside the main kernel's key loop, as before).
 TOKEN_MATCH = "band"
 
-# Tiles of the band kernel: (BLOCK_M sorted queries, BLOCK_N gathered keys), num_warps. Smaller
+# Tiles of the band kernel: (BLOCK_M sorted queries, BLOCK_N gathered keys), warps, stages. Smaller
 # query blocks give narrower bands (fewer tokens per block); 64 is the smallest wgmma M.
 BAND_BLOCK = (64, 64)
 BAND_WARPS = 4
+BAND_STAGES = 2
 INTERPRET_BAND_BLOCK = (16, 16)  # under TRITON_INTERPRET=1 programs run serially on the CPU
+
+
+def band_config(block_n: int = BAND_BLOCK[1]) -> triton.Config:
+    """The band kernel's launch config (``BLOCK_M`` is fixed by the ``TokenBands`` layout)."""
+    return triton.Config({"BLOCK_N": block_n}, num_warps=BAND_WARPS, num_stages=BAND_STAGES)
 
 
 @triton.jit
@@ -239,8 +245,7 @@ def token_match_band(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, reques
     duplicate = torch.empty((B, Hq, Nq), dtype=torch.float32, device=q.device)
     args, constexprs = band_launch_arguments(q, k, lse, induction, duplicate, bands, request)
     with device_guard(q.device):
-        _token_match_band[(bands.n_blocks, B * Hq)](*args, **constexprs, BLOCK_N=block_n,
-                                                    num_warps=BAND_WARPS, num_stages=2)
+        _token_match_band[(bands.n_blocks, B * Hq)](*args, **constexprs, **band_config(block_n).all_kwargs())
     return induction, duplicate
 
 
