@@ -10,6 +10,7 @@ from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels.triton_token_match import attention_with_stats_fused, token_bands, token_match_band
 from conftest import DEVICE
 from kernel_cases import OUT_TOL, STAT_TOL, assert_stats_close, make_inputs
+from test_score_modifiers import MODIFIERS, modifier_kwargs  # window, window-1, softcap, sinks, all
 
 # (B, Hq, Hkv, Nq, Nk, padding): odd lengths, GQA, chunked prefill (Nq < Nk), left / right
 # padding (the last row fully padded), and a longer one (several query blocks and key tiles).
@@ -20,13 +21,6 @@ CASES = {
     "left-pad": (3, 2, 2, 41, 41, "left"),
     "right-pad": (3, 2, 1, 33, 33, "right"),
     "long-gqa": (1, 2, 1, 150, 150, None),
-}
-MODIFIERS = {
-    "window": dict(window=7),
-    "window-1": dict(window=1),
-    "softcap": dict(softcap=2.5),
-    "sinks": dict(sinks=True),
-    "all": dict(window=5, softcap=3.0, sinks=True),
 }
 
 
@@ -48,13 +42,6 @@ def token_ids(kind: str, B: int, N: int) -> torch.Tensor:
         tok = zipf_tokens(B, N)
     tok[:, N - 6:N - 1] = tok[:, N - 12:N - 7]  # keys N-12.. repeat at N-6..: matches near the end
     return tok
-
-
-def modifier_kwargs(name: str, Hq: int) -> dict:
-    kw = dict(MODIFIERS[name])
-    if kw.pop("sinks", False):
-        kw["sinks"] = torch.randn(Hq, device=DEVICE) * 2
-    return kw
 
 
 def check_band(case, tokens, dtype, mods, block=None):
