@@ -62,7 +62,8 @@ def band_config(block_n: int = BAND_BLOCK[1]) -> triton.Config:
 @triton.jit
 def _band_mass(q, q_tok, q_pos, lse2, Kb, ORDER, TOKS, lo, hi, stride_kn, stride_kd, qk_scale, cap_in, window,
                INCLUSIVE: tl.constexpr, FP32_INPUT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+               OFFSETS_32: tl.constexpr):
     """Per row, ``sum p_ij`` over the sorted keys ``[lo, hi)`` whose token (``TOKS``) equals the
     row's token ``q_tok`` and whose position ``j = ORDER[.]`` the row attends: ``j <= i``
     (``INCLUSIVE``, induction) or ``j < i`` (duplicates), inside the sliding window. ``q``:
@@ -76,12 +77,19 @@ def _band_mass(q, q_tok, q_pos, lse2, Kb, ORDER, TOKS, lo, hi, stride_kn, stride
         in_range = offs < hi
         key = tl.load(ORDER + offs, mask=in_range, other=0)
         k_tok = tl.load(TOKS + offs, mask=in_range, other=-1)
-        k = tl.load(Kb + key[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd,
-                    mask=d_ok[:, None] & in_range[None, :], other=0.0)
-        if FP32_INPUT:
-            s = tl.dot(q, k, input_precision="tf32x3")
+        # Gathered key rows [BLOCK_N, BLOCK_D] (each row contiguous in memory: vector loads).
+        if OFFSETS_32:  # every key row of this (batch, kv head) within 2^31 elements of Kb
+            k_ptrs = Kb + (key[:, None] * stride_kn + offs_d[None, :] * stride_kd)
         else:
-            s = tl.dot(q, k)
+            k_ptrs = Kb + key[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd
+        if BLOCK_D != HEAD_DIM:  # padded head dims: zeros on chip, no HBM traffic
+            k = tl.load(k_ptrs, mask=in_range[:, None] & d_ok[None, :], other=0.0)
+        else:
+            k = tl.load(k_ptrs, mask=in_range[:, None], other=0.0)
+        if FP32_INPUT:
+            s = tl.dot(q, tl.trans(k), input_precision="tf32x3")
+        else:
+            s = tl.dot(q, tl.trans(k))
         if HAS_SOFTCAP:
             s = tanh_softcap(s, cap_in)
         keep = k_tok[None, :] == q_tok[:, None]  # out-of-range keys hold -1, rows off the end -2
@@ -103,7 +111,8 @@ def _token_match_band(
     stride_kb, stride_kh, stride_kn, stride_kd,
     Hq, GROUP, Nq, Nk, n_blocks, qk_scale, cap_in, window,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, FP32_INPUT: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, OFFSETS_32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: ``BLOCK_M`` token-sorted queries of one (batch, query head). ``RANGES[b, blk]``
     holds the sorted-key runs ``[dup_lo, dup_hi, ind_lo, ind_hi)`` of the block."""
@@ -128,11 +137,11 @@ def _token_match_band(
     rng = RANGES + (b * n_blocks + blk) * 4
     dup = _band_mass(q, q_tok, q_pos, lse2, Kb, DUP_ORDER + b * Nk, DUP_TOK + b * Nk, tl.load(rng), tl.load(rng + 1),
                      stride_kn, stride_kd, qk_scale, cap_in, window,
-                     False, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_SOFTCAP)
+                     False, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_SOFTCAP, OFFSETS_32)
     tl.store(DUP + stat, dup, mask=row_ok)
     ind = _band_mass(q, q_tok, q_pos, lse2, Kb, IND_ORDER + b * Nk, IND_TOK + b * Nk, tl.load(rng + 2),
                      tl.load(rng + 3), stride_kn, stride_kd, qk_scale, cap_in, window,
-                     True, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_SOFTCAP)
+                     True, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_SOFTCAP, OFFSETS_32)
     tl.store(IND + stat, ind, mask=row_ok)
 
 
@@ -228,7 +237,7 @@ def band_launch_arguments(q, k, lse, induction, duplicate, bands: TokenBands,
             Hq, Hq // Hkv, Nq, Nk, bands.n_blocks, qk_scale, cap_in, request.window or 0)
     constexprs = dict(HEAD_DIM=D, BLOCK_D=head_block(D), FP32_INPUT=q.dtype == torch.float32,
                       HAS_WINDOW=request.window is not None, HAS_SOFTCAP=request.softcap is not None,
-                      BLOCK_M=bands.block_m)
+                      OFFSETS_32=(Nk - 1) * k.stride()[2] + (D - 1) * k.stride()[3] < 2 ** 31, BLOCK_M=bands.block_m)
     return args, constexprs
 
 
