@@ -51,7 +51,7 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # "window" (none + a sliding window and learned sinks: such a layer outside record()).
 STATS_SETS = ("none", "point", "all", "long", "modifiers", "full", "window")
 ARCHS = (90, 80)
-KERNELS = ("fused", "split", "combine", "key_mass")
+KERNELS = ("fused", "split", "combine", "key_mass", "band")
 
 
 class TensorSpec(MockTensor):
@@ -98,7 +98,7 @@ class CompileVariant:
     batch: int = 2
     heads: int = 16
     kv_heads: int = 16
-    kernel: str = "fused"  # or "split" / "combine": the split-key decode kernels (q_len <= 16); "key_mass"
+    kernel: str = "fused"  # or "split" / "combine": the split-key decode kernels (q_len <= 16); "key_mass"; "band": token matching
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -195,11 +195,33 @@ def key_mass_launch(variant: CompileVariant) -> tuple[JITFunction, dict]:
     return tkm.KEY_MASS_KERNEL, {**dict(zip(tkm.KEY_MASS_KERNEL.arg_names, launch.args)), **launch.constexprs}
 
 
+def band_launch(variant: CompileVariant) -> tuple[JITFunction, dict]:
+    """``(kernel, keyword arguments)`` of the token-match band kernel (``variant.kernel == "band"``),
+    built by ``triton_token_match``'s own argument builder on stand-ins."""
+    from . import triton_token_match as tm
+
+    request, _ = variant_request(variant)
+    q, k, _ = variant_inputs(variant)
+    B, Hq, Nq, _ = q.shape
+    i32, Nk, block_m = torch.int32, variant.k_len, tm.BAND_BLOCK[0]
+    per_query, per_key = TensorSpec(i32, (B, Nq)), TensorSpec(i32, (B, Nk))
+    bands = tm.TokenBands(block_m=block_m, q_order=per_query, q_tok=per_query, dup_order=per_key, dup_tok=per_key,
+                          ind_order=per_key, ind_tok=per_key,
+                          ranges=TensorSpec(i32, (B, triton.cdiv(Nq, block_m), 4)))
+    row = TensorSpec(torch.float32, (B, Hq, Nq))
+    args, constexprs = tm.band_launch_arguments(q, k, row, row, row, bands, request)
+    return tm.BAND_KERNEL, {**dict(zip(tm.BAND_KERNEL.arg_names, args)), **constexprs}
+
+
 def candidate_configs(variant: CompileVariant) -> list[triton.Config]:
     """The configs the autotuner would try for ``variant`` (after pruning)."""
     if variant.kernel == "key_mass":
         return tkm.candidate_configs("decode" if variant.q_len <= 16 else "prefill", head_dim=variant.head_dim,
                                      elt_bytes=DTYPES[variant.dtype].itemsize)
+    if variant.kernel == "band":  # one fixed config
+        from .triton_token_match import band_config
+
+        return [band_config()]
     if variant.kernel != "fused":
         from . import triton_decode as td
 
@@ -221,6 +243,8 @@ def variant_kernel(variant: CompileVariant) -> tuple[JITFunction, dict]:
         return kernel_function(launch.bucket), {**launch.args, **launch.flags()}
     if variant.kernel == "key_mass":
         return key_mass_launch(variant)
+    if variant.kernel == "band":
+        return band_launch(variant)
     return decode_launch(variant)
 
 

@@ -15,8 +15,8 @@ from .chunked import attention_lse_sink_sdpa, attention_with_stats_chunked
 from .request import StatsRequest
 from .side_inputs import SideInputs, check_offsets
 from .stats import AttentionStats
-from .triton_attention import attention_with_stats_triton
 from .triton_common import MAX_HEAD_DIM
+from .triton_token_match import attention_with_stats_fused
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BACKENDS = ("auto", "torch", "triton")
@@ -223,7 +223,7 @@ def attention_with_stats(
         # Decode (Nq <= 16) over long keys: the split-key kernel; otherwise the fused one.
         split_len = triton_decode.decode_split_len(q, k)
         if split_len is None:
-            out, stats = attention_with_stats_triton(q, k, v, request, side_inputs)
+            out, stats = attention_with_stats_fused(q, k, v, request, side_inputs)
         else:
             out, stats = triton_decode.attention_with_stats_decode(q, k, v, request, side_inputs, split_len=split_len)
         if request.key_mass:  # a second pass over the keys, from the lse just written

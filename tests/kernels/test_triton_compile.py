@@ -2,6 +2,7 @@
 register spills on sm_90 (the targets of issue 11 are for sm_90; sm_80 is checked for compile
 errors, shared memory and tensor-core use). The one exception, D = 256 with softcap or every
 statistic at once, where no tile is spill-free: there the spills must stay outside the key loops.
+The token-match band kernel (``triton_token_match``) compiles without spills at every head dim.
 
 Compiled ahead of time on the CPU (no GPU, no driver) from the launcher's own argument builder
 (``launch_arguments``, via ``kernels.aot``), for a covering set of variants: every head-dim class
@@ -41,6 +42,11 @@ VARIANTS = [
     (90, aot.CompileVariant(64, "fp16", "all", q_len=4, k_len=4096, padded=True, kernel="split")),
     (90, aot.CompileVariant(128, "bf16", "full", q_len=1, k_len=4096, heads=32, kv_heads=8, kernel="combine")),
     (90, aot.CompileVariant(128, "bf16", "all")),
+    # The token-match band kernel (after the main pass), with the score modifiers it handles.
+    (90, aot.CompileVariant(128, "bf16", "modifiers", kernel="band")),
+    (90, aot.CompileVariant(64, "fp16", "all", padded=True, kernel="band")),
+    (90, aot.CompileVariant(256, "bf16", "modifiers", kernel="band")),
+    (90, aot.CompileVariant(64, "fp32", "all", heads=32, kv_heads=8, kernel="band")),
     (90, aot.CompileVariant(64, "bf16", "none")),
     (90, aot.CompileVariant(256, "bf16", "point")),
     (90, aot.CompileVariant(80, "fp16", "all", padded=True)),
@@ -56,6 +62,7 @@ VARIANTS = [
     (90, aot.CompileVariant(128, "fp16", "none", q_len=1, k_len=4096, heads=32, kv_heads=8, kernel="key_mass")),
     (80, aot.CompileVariant(128, "bf16", "modifiers", padded=True, kernel="key_mass")),
     (80, aot.CompileVariant(128, "fp32", "none", q_len=1, k_len=4096, kernel="key_mass")),
+    (80, aot.CompileVariant(128, "bf16", "all", kernel="band")),
 ]
 
 
@@ -121,8 +128,8 @@ def test_kernel_compiles_without_spills(compiled, arch, variant):
         assert row["hgmma"] + row["hmma"] > 0, f"sm_{arch} {variant.name} {cfg}: no tensor-core instructions"
     if arch == 90:  # whatever the variant, no spill instruction inside the key loops
         assert row["loop_spill_instructions"] == 0, f"sm_{arch} {variant.name} {cfg}: spills inside the key loops"
-    if arch == 90 and variant.kernel in ("fused", "key_mass") and not (
-            variant.kernel == "fused" and variant.head_dim > 128 and variant.stats in HEAVY_AT_256):
+    heavy_256 = variant.kernel == "fused" and variant.head_dim > 128 and variant.stats in HEAVY_AT_256
+    if arch == 90 and variant.kernel in ("fused", "key_mass", "band") and not heavy_256:
         # the no-spill targets (and the autotuner's measured tile lists) are for sm_90
         assert row["spill_store_bytes"] == 0 and row["spill_load_bytes"] == 0, (
             f"sm_{arch} {variant.name} {cfg}: spills {row['spill_store_bytes']} B stored, "
