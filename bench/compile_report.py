@@ -3,13 +3,17 @@
     python -m bench.compile_report                 # the default set, every config kept
     python -m bench.compile_report --quick         # D=64/128 bf16, one config per variant
     python -m bench.compile_report --d 128 --stats all --dtype bf16 --jobs 2
+    python -m bench.compile_report --kernel key_mass  # the key-mass pass beside the fused "none"
 
 For every head-dim class, dtype and statistics set, every tile config the autotuner keeps
 (``triton_attention.candidate_configs``) is compiled for sm_90 through the launcher's own
 argument builder (``kernels.aot``), and the report lists registers, spill bytes, shared memory,
 tensor-core instruction use, and the hot loop's cost: warp-instructions per 1000 attention
 scores in the unmasked key/value loop (instructions of one iteration x warps / (BLOCK_M x
-BLOCK_N)), beside the Triton fused-attention tutorial's forward compiled the same way.
+BLOCK_N)), beside the Triton fused-attention tutorial's forward compiled the same way. With
+``--kernel key_mass`` the key-mass pass (``triton_key_mass``; a score there is one (key, query)
+pair of its unmasked query loop) is compiled beside the fused kernel's "none" variants of the same
+shapes, and ``x fused none`` compares the two per 1000 scores.
 
 These are static compile figures: what the GPU will execute, not how fast it runs. Writes
 ``bench/results/compile-sm<arch>-<date>.json`` and a Markdown table beside it. Run without
@@ -42,6 +46,7 @@ import triton  # noqa: E402
 from circuit_stats.kernels.sass_loops import mma_loops  # noqa: E402
 from circuit_stats.kernels import aot  # noqa: E402
 from circuit_stats.kernels import triton_attention as ta  # noqa: E402
+from circuit_stats.kernels import triton_key_mass as tkm  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -62,9 +67,15 @@ TUTORIAL_BEST = {64: 298.8, 128: 253.4}
 LENGTHS = {"long": (4096, 4096), "short": (200, 200), "decode": (1, 4096)}
 
 
-def grid_variants(dims, dtypes, stats_sets, buckets) -> list[aot.CompileVariant]:
-    return [aot.CompileVariant(d, dt, st, q_len=LENGTHS[b][0], k_len=LENGTHS[b][1])
+def grid_variants(dims, dtypes, stats_sets, buckets, kernel: str = "fused") -> list[aot.CompileVariant]:
+    return [aot.CompileVariant(d, dt, st, q_len=LENGTHS[b][0], k_len=LENGTHS[b][1], kernel=kernel)
             for d in dims for dt in dtypes for st in stats_sets for b in buckets]
+
+
+def key_mass_variants(dims, dtypes, stats_sets, buckets) -> list[aot.CompileVariant]:
+    """The key-mass pass (``stats``: "none" plain, "modifiers" a window and softcap) and, to
+    compare with, the fused kernel's "none" variants of the same shapes."""
+    return grid_variants(dims, dtypes, stats_sets, buckets, "key_mass") + grid_variants(dims, dtypes, ["none"], buckets)
 
 
 def default_variants() -> list[aot.CompileVariant]:
@@ -94,8 +105,9 @@ def report_row(variant: aot.CompileVariant, config: triton.Config, arch: int, ke
     # diagonal stages do the same work plus masks): the one that runs over almost every key.
     hot = min(loops, key=lambda lp: lp["total"]) if loops else {}
     scores = tile["BLOCK_M"] * tile["BLOCK_N"]
-    row["smem_estimate_bytes"] = ta.smem_bytes(tile["BLOCK_M"], tile["BLOCK_N"], tile["num_stages"],
-                                               ta.head_block(variant.head_dim), torch.empty((), dtype=aot.DTYPES[variant.dtype]).element_size())
+    smem_bytes = (lambda bm, bn, *rest: tkm.smem_bytes(bn, bm, *rest)) if variant.kernel == "key_mass" else ta.smem_bytes
+    row["smem_estimate_bytes"] = smem_bytes(tile["BLOCK_M"], tile["BLOCK_N"], tile["num_stages"],
+                                            ta.head_block(variant.head_dim), aot.DTYPES[variant.dtype].itemsize)
     row["hot_loop"] = {k: v for k, v in hot.items() if k not in ("start", "end")}
     row["hot_loop_per_1k_scores"] = round(1000 * hot.get("total", 0) * tile["num_warps"] / scores, 1) if hot else None
     return row
@@ -109,35 +121,43 @@ def markdown(doc: dict) -> str:
         "(`python -m bench.compile_report`). **Static compile figures, not timings.**",
         "`loop/1k` = warp-instructions per 1000 attention scores in the unmasked key/value loop.",
         "",
-        "| variant | tile | regs | spill B | smem KB | tensor cores | loop/1k | x tutorial | x none |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|",
+        "| variant | tile | regs | spill B | smem KB | tensor cores | loop/1k | x tutorial | x none | x fused none |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
-    none_best = {}
+    none_best, fused_none = {}, {}
     for r in doc["rows"]:
         if r.get("stats") == "none" and r.get("hot_loop_per_1k_scores"):
+            kernel, per = r.get("kernel", "fused"), r["hot_loop_per_1k_scores"]
             key = (r["head_dim"], r["dtype"], r["q_len"], (r["BLOCK_M"], r["BLOCK_N"], r["num_warps"], r["num_stages"]))
-            none_best[key] = r["hot_loop_per_1k_scores"]
+            none_best[(kernel, *key)] = per
+            if kernel == "fused" and r.get("kept", True):  # the fused kernel's best kept tile
+                fused_none[key[:3]] = min(per, fused_none.get(key[:3], per))
     for r in doc["rows"]:
         tile = f"{r['BLOCK_M']}x{r['BLOCK_N']} w{r['num_warps']} s{r['num_stages']}"
-        name = f"D{r['head_dim']} {r['dtype']} {r['stats']} Nq={r['q_len']}" + ("" if r.get("kept", True) else " (pruned)")
+        kernel = r.get("kernel", "fused")
+        name = (f"D{r['head_dim']} {r['dtype']} {r['stats']} Nq={r['q_len']}" + ("" if kernel == "fused" else f" {kernel}")
+                + ("" if r.get("kept", True) else " (pruned)"))
         if "error" in r:
-            lines.append(f"| {name} | {tile} | FAILED: {r['error'][:120]} | | | | | | |")
+            lines.append(f"| {name} | {tile} | FAILED: {r['error'][:120]} | | | | | | | |")
             continue
         tc = "wgmma" if r["hgmma"] else ("mma.sync" if r["hmma"] else "none")
         per = r["hot_loop_per_1k_scores"]
-        tut = TUTORIAL_BEST.get(r["head_dim"]) if r["dtype"] == "bf16" else None
+        tut = TUTORIAL_BEST.get(r["head_dim"]) if r["dtype"] == "bf16" and kernel == "fused" else None
         key = (r["head_dim"], r["dtype"], r["q_len"], (r["BLOCK_M"], r["BLOCK_N"], r["num_warps"], r["num_stages"]))
-        base = none_best.get(key)
+        base = none_best.get((kernel, *key))
+        fused = fused_none.get(key[:3]) if kernel == "key_mass" else None
         lines.append(
             f"| {name} | {tile} | {r['registers']} | {r['spill_store_bytes']} | {r['shared_bytes'] / 1024:.0f} | {tc} | "
             f"{per if per is not None else '-'} | {f'{per / tut:.2f}' if per and tut else '-'} | "
-            f"{f'{per / base:.2f}' if per and base else '-'} |")
+            f"{f'{per / base:.2f}' if per and base else '-'} | {f'{per / fused:.2f}' if per and fused else '-'} |")
     lines += ["", "Triton tutorial forward (bf16, causal, sm_90, Nq = Nk = 4096), compiled the same way:", "",
               "| D | tile | regs | spills | loop/1k |", "|---:|---|---:|---:|---:|"]
     for t in doc["tutorial"]:
         lines.append(f"| {t['head_dim']} | {t['tile']} | {t['registers'] or '-'} | {t['spills']} | {t['loop_per_1k'] or '-'} |")
     lines += ["", "`x tutorial` compares with the tutorial's best tile at the same D (64: 298.8, 128: 253.4);",
-              "`x none` with the same tile and no statistics."]
+              "`x none` with the same kernel and tile and no statistics; `x fused none` (key_mass rows) with the fused",
+              "kernel's best kept tile with no statistics at the same D, dtype and length. The key-mass tile is",
+              "BLOCK_M queries x BLOCK_N keys as well; its BLOCK_N keys stay on chip while the queries stream."]
     return "\n".join(lines) + "\n"
 
 
@@ -154,6 +174,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stats", default="none,point,all")
     ap.add_argument("--bucket", default="long", help="long (Nq=Nk=4096), short (200), decode (Nq=1)")
     ap.add_argument("--quick", action="store_true", help="D=64,128 bf16 long prefill, one config per variant")
+    ap.add_argument("--kernel", default="fused", choices=("fused", "key_mass"),
+                    help="key_mass: the key-mass pass (stats none/modifiers) beside the fused kernel's none")
     ap.add_argument("--all-configs", action="store_true", help="also compile the configs the pruner drops")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", default=None, help="output path stem (default bench/results/compile-sm<arch>-<date>)")
@@ -162,7 +184,11 @@ def main(argv=None) -> int:
         ap.error("unset TRITON_INTERPRET: the interpreter replaces the kernel by a Python function")
     if a.quick:
         a.d, a.dtype, a.bucket = "64,128", "bf16", "long"
-    if a.d is None:
+    if a.kernel == "key_mass":
+        stats = ["none", "modifiers"] if a.stats == "none,point,all" else a.stats.split(",")
+        variants = key_mass_variants([int(x) for x in (a.d or "64,128,256").split(",")], a.dtype.split(","), stats,
+                                     a.bucket.split(","))
+    elif a.d is None:
         variants = default_variants()
     else:
         variants = grid_variants([int(x) for x in a.d.split(",")], a.dtype.split(","), a.stats.split(","),
@@ -170,7 +196,8 @@ def main(argv=None) -> int:
     jobs = []
     for v in variants:
         kept = aot.candidate_configs(v)
-        every = ta.DECODE_CONFIGS if v.q_len <= 16 else ta.PREFILL_CONFIGS
+        tuned = tkm if v.kernel == "key_mass" else ta
+        every = tuned.DECODE_CONFIGS if v.q_len <= 16 else tuned.PREFILL_CONFIGS
         cfgs = kept[:1] if a.quick else (every if a.all_configs else kept)
         jobs += [(v, c, a.arch, any(c is k for k in kept)) for c in cfgs]
     print(f"compiling {len(jobs)} (variant, config) pairs for sm_{a.arch}", file=sys.stderr)

@@ -35,6 +35,7 @@ import triton
 from triton.runtime.jit import JITFunction, MockTensor
 
 from . import triton_attention as ta
+from . import triton_key_mass as tkm
 from .sass_loops import mma_loops
 from .request import StatsRequest
 from .side_inputs import SideInputs
@@ -48,7 +49,7 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # "window" (none + a sliding window and learned sinks: such a layer outside record()).
 STATS_SETS = ("none", "point", "all", "long", "modifiers", "full", "window")
 ARCHS = (90, 80)
-KERNELS = ("fused", "split", "combine")
+KERNELS = ("fused", "split", "combine", "key_mass")
 
 
 class TensorSpec(MockTensor):
@@ -95,7 +96,7 @@ class CompileVariant:
     batch: int = 2
     heads: int = 16
     kv_heads: int = 16
-    kernel: str = "fused"  # or "split" / "combine": the split-key decode kernels (q_len <= 16)
+    kernel: str = "fused"  # or "split" / "combine": the split-key decode kernels (q_len <= 16); "key_mass"
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -115,8 +116,9 @@ class CompileVariant:
 def variant_request(variant: CompileVariant) -> tuple[StatsRequest, SideInputs]:
     """The request and side inputs (shape-only stand-ins) of ``variant``'s statistics set. The
     fused "window" variants carry the point statistics too, the decode ones do not (as measured
-    in the compile reports)."""
+    in the compile reports). The "key_mass" kernel's variants carry a query weight."""
     B, Nk = variant.batch, variant.k_len
+    key_mass = variant.kernel == "key_mass"
     i32 = torch.int32
     stats_all = variant.stats in ("all", "modifiers", "full")
     stats_point = variant.stats != "none" and (variant.kernel == "fused" or variant.stats != "window")
@@ -131,11 +133,12 @@ def variant_request(variant: CompileVariant) -> tuple[StatsRequest, SideInputs]:
         prev_token_ids=TensorSpec(i32, (B, Nk)) if stats_all else None,
         probe_keys=TensorSpec(i32, (B, 2)) if stats_point else None,
         span=TensorSpec(torch.int64, (B, 2)) if stats_long else None,
+        query_weight=TensorSpec(torch.float32, (B, variant.q_len)) if key_mass else None,
     )
     request = StatsRequest(scale=variant.head_dim ** -0.5, offsets=(1, 2, 3) if stats_point else (),
                            entropy=stats_all, distance=stats_long, local_window=64 if stats_long else None,
                            top1=stats_long, window=4096 if windowed else None, softcap=50.0 if modifiers else None,
-                           sinks=TensorSpec(torch.float32, (variant.heads,)) if windowed else None)
+                           sinks=TensorSpec(torch.float32, (variant.heads,)) if windowed else None, key_mass=key_mass)
     return request, side
 
 
@@ -185,8 +188,21 @@ def decode_launch(variant: CompileVariant) -> tuple[JITFunction, tuple, dict]:
     return td.COMBINE_KERNEL, args, constexprs
 
 
+def key_mass_launch(variant: CompileVariant) -> tuple[JITFunction, tuple, dict]:
+    """``(kernel, args, constexprs)`` of the key-mass pass (``variant.kernel == "key_mass"``),
+    built by ``triton_key_mass.key_mass_arguments`` on stand-ins."""
+    request, side = variant_request(variant)
+    q, k, _ = variant_inputs(variant)
+    stats = request.allocate(tuple(q.shape[:3]), side, SpecTensors().empty)
+    launch = tkm.key_mass_arguments(q, k, request, side, stats)
+    return tkm.KEY_MASS_KERNEL, launch.args, launch.constexprs
+
+
 def candidate_configs(variant: CompileVariant) -> list[triton.Config]:
     """The configs the autotuner would try for ``variant`` (after pruning)."""
+    if variant.kernel == "key_mass":
+        return tkm.candidate_configs("decode" if variant.q_len <= 16 else "prefill", head_dim=variant.head_dim,
+                                     elt_bytes=DTYPES[variant.dtype].itemsize)
     if variant.kernel != "fused":
         from . import triton_decode as td
 
@@ -274,6 +290,8 @@ def compile_variant(variant: CompileVariant, config: triton.Config, arch: int) -
     t0 = time.perf_counter()
     if variant.kernel == "fused":
         compiled, log = compile_launch(variant_launch(variant), config, arch)
+    elif variant.kernel == "key_mass":
+        compiled, log = compile_kernel(*key_mass_launch(variant), config, arch)
     else:
         fn, args, constexprs = decode_launch(variant)
         compiled, log = compile_kernel(fn, args, constexprs, config, arch)

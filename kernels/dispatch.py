@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import triton_decode
+from . import triton_decode, triton_key_mass
 from .chunked import attention_lse_sink_sdpa, attention_with_stats_chunked
 from .request import StatsRequest
 from .side_inputs import SideInputs, check_offsets
@@ -26,7 +26,7 @@ BACKENDS = ("auto", "torch", "triton")
 # call there (with a warning, once per feature), backend="triton" raises NotImplementedError.
 # Extend this set as the kernel learns a feature.
 TRITON_SUPPORTED_FEATURES: frozenset[str] = frozenset(
-    {"window", "softcap", "sinks", "distance", "local_window", "top1", "span"})
+    {"window", "softcap", "sinks", "distance", "local_window", "top1", "span", "key_mass"})
 OPTIONAL_FEATURES = ("window", "softcap", "sinks", "distance", "local_window", "top1", "span", "key_mass",
                      "head_dim>256")
 TRITON_MAX_HEAD_DIM = MAX_HEAD_DIM  # the kernels pad head dims on chip up to this size
@@ -226,6 +226,8 @@ def attention_with_stats(
             out, stats = attention_with_stats_triton(q, k, v, request, side_inputs)
         else:
             out, stats = triton_decode.attention_with_stats_decode(q, k, v, request, side_inputs, split_len=split_len)
+        if request.key_mass:  # a second pass over the keys, from the lse just written
+            triton_key_mass.add_key_mass(q, k, request, side_inputs, stats)
         # The kernel's epilogue takes a NaN row sum for "no attendable key"; the output row is NaN
         # there, so mark the statistics from it (one read of the output, no synchronisation).
         return out, stats.mark_nan_rows(out.isnan().any(-1), side_inputs.query_weight)

@@ -57,14 +57,15 @@ def test_triton_backend_on_cpu_without_interpreter_explains(monkeypatch):
                                             ("window", {"window": 3}), ("softcap", {"softcap": 5.0}),
                                             ("sinks", {"sinks": torch.zeros(2)}),
                                             ("local_window", {"local_window": 3}),
-                                            ("span", {"span": torch.tensor([[0, 4]])})])
+                                            ("span", {"span": torch.tensor([[0, 4]])}),
+                                            ("key_mass", {"key_mass": True})])
 def test_triton_backend_runs_every_feature(feature, kwargs):
     """Every optional feature but head dims > 256 is in the fused kernel: backend="triton" runs it
     and returns the same statistics as the torch backend (accuracy: test_attention_correctness,
     test_score_modifiers)."""
     from circuit_stats.kernels.dispatch import OPTIONAL_FEATURES, TRITON_SUPPORTED_FEATURES
 
-    assert set(TRITON_SUPPORTED_FEATURES) == set(OPTIONAL_FEATURES) - {"head_dim>256", "key_mass"}  # key_mass: soon
+    assert set(TRITON_SUPPORTED_FEATURES) == set(OPTIONAL_FEATURES) - {"head_dim>256"}
     q, k, v = qkv()
     out_t, st_t = attention_with_stats(q, k, v, backend="triton", **kwargs)
     out_c, st_c = attention_with_stats(q, k, v, backend="torch", **kwargs)

@@ -6,11 +6,14 @@ import math
 import pytest
 import torch
 from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive
-from circuit_stats.kernels import chunked
+from circuit_stats.kernels import chunked, triton_decode
+from circuit_stats.kernels.request import StatsRequest
+from circuit_stats.kernels.triton_attention import attention_with_stats_triton
+from circuit_stats.kernels.triton_key_mass import add_key_mass
 from conftest import DEVICE, KERNEL_DTYPES
 from kernel_cases import CASES, STAT_TOL, make_inputs, reference_probabilities
 
-BACKENDS = ["torch"]
+BACKENDS = ["torch", "triton"]
 MODIFIERS = {"plain": {}, "window": dict(window=6), "softcap": dict(softcap=2.5), "sinks": dict(sinks=True),
              "all": dict(window=5, softcap=3.0, sinks=True)}
 WEIGHTS = ("none", "float", "bool")
@@ -124,6 +127,44 @@ def test_chunked_queries_and_parallel_heads_add_up(monkeypatch, seed, poison_out
         torch.set_num_threads(threads)
     for what, st in (("one chunk", whole), ("chunks", parts), ("parallel heads", parallel)):
         assert_key_mass_close(st.key_mass, ref.key_mass, torch.float32, what)
+
+
+@pytest.mark.parametrize("block", [(16, 16), (16, 32), (32, 16)])
+# windows 18 and 34 put a window's last query one row into a query block, 47 its left edge one
+# row before a block boundary (for 16- and 32-row query tiles)
+@pytest.mark.parametrize("window", [None, 1, 18, 34, 47])
+@pytest.mark.parametrize("shift", [0, 13, 30])
+def test_triton_tiles_do_not_change_results(block, window, shift, seed, poison_outputs):
+    """Key and query tiles move the kernel's stage bounds (the causal diagonal, a window's edges,
+    blocks of padding only, ragged ends) across query blocks; ``shift = Nk - Nq`` moves the
+    diagonal against the tiles (30: the diagonal leaves a query block one row from its end)."""
+    B, Hq, Hkv, Nq = 4, 2, 1, 70
+    Nk = Nq + shift
+    q, k, v, _, mask = make_inputs(B, Hq, Hkv, Nq, Nk, 24, torch.float32, "left")
+    mask[:3] = True  # sequence 2 unpadded, sequence 3 all padding
+    mask[0, :31] = False  # the first real key is the last key of a 16- or 32-key block
+    mask[1, :47] = False  # blocks of padding only, then a block that starts with padding
+    w = query_weights("float", B, Nq)
+    side = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=mask, query_weight=w)
+    request = StatsRequest(scale=24 ** -0.5, window=window, key_mass=True)
+    _, stats = attention_with_stats_triton(q, k, v, request, side)
+    add_key_mass(q, k, request, side, stats, block=block)
+    _, ref = attention_with_stats_naive(q.double(), k.double(), v.double(), key_padding_mask=mask, window=window,
+                                        key_mass=True, key_mass_queries=w)
+    assert_key_mass_close(stats.key_mass, ref.key_mass, torch.float32, f"block {block} window {window} shift {shift}")
+
+
+@pytest.mark.parametrize("n_queries", [1, 3])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+def test_key_mass_after_split_decode(n_queries, dtype, seed, poison_outputs):
+    """Decode over long keys runs the split-key kernel, then the key-mass pass from its lse."""
+    B, Hq, Hkv, Nk = 2, 4, 2, 600
+    q, k, v, _, mask = make_inputs(B, Hq, Hkv, n_queries, Nk, 32, dtype, "left")
+    assert triton_decode.decode_split_len(q, k) is not None
+    kw = dict(key_padding_mask=mask, window=450, sinks=torch.randn(Hq, device=DEVICE), key_mass=True)
+    _, stats = attention_with_stats(q, k, v, backend="triton", **kw)
+    _, ref = attention_with_stats_naive(q.double(), k.double(), v.double(), **dict(kw, sinks=kw["sinks"].double()))
+    assert_key_mass_close(stats.key_mass, ref.key_mass, dtype, f"split decode Nq={n_queries} {dtype}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

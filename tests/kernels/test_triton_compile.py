@@ -1,4 +1,4 @@
-"""The fused kernel compiles for real GPUs (sm_90 Hopper, sm_80 Ampere), on tensor cores, with no
+"""The fused kernel (and the key-mass pass) compiles for real GPUs (sm_90 Hopper, sm_80 Ampere), on tensor cores, with no
 register spills on sm_90 (the targets of issue 11 are for sm_90; sm_80 is checked for compile
 errors, shared memory and tensor-core use). The one exception, D = 256 with softcap or every
 statistic at once, where no tile is spill-free: there the spills must stay outside the key loops.
@@ -48,6 +48,13 @@ VARIANTS = [
     (80, aot.CompileVariant(128, "bf16", "all")),
     (80, aot.CompileVariant(64, "fp32", "none", q_len=4, k_len=4096)),
     (80, aot.CompileVariant(256, "fp16", "all", padded=True)),
+    # The key-mass pass (after either kernel): plain, and with window, softcap and padding.
+    (90, aot.CompileVariant(128, "bf16", "modifiers", padded=True, kernel="key_mass")),
+    (90, aot.CompileVariant(256, "bf16", "modifiers", kernel="key_mass")),
+    (90, aot.CompileVariant(64, "fp32", "none", kernel="key_mass")),
+    (90, aot.CompileVariant(128, "fp16", "none", q_len=1, k_len=4096, heads=32, kv_heads=8, kernel="key_mass")),
+    (80, aot.CompileVariant(128, "bf16", "modifiers", padded=True, kernel="key_mass")),
+    (80, aot.CompileVariant(128, "fp32", "none", q_len=1, k_len=4096, kernel="key_mass")),
 ]
 
 
@@ -62,6 +69,9 @@ def heaviest_config(variant: aot.CompileVariant) -> triton.Config:
     """The kept config with the most accumulator + score elements per thread (split decode: the
     largest key tile, most stages)."""
     d = aot.ta.head_block(variant.head_dim)
+    if variant.kernel == "key_mass":  # the largest score tile per warp
+        return max(aot.candidate_configs(variant),
+                   key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] / c.num_warps, c.num_stages))
     if variant.kernel != "fused":
         return max(aot.candidate_configs(variant), key=lambda c: (c.kwargs.get("BLOCK_N", 0), c.num_stages))
     return max(aot.candidate_configs(variant),
@@ -110,7 +120,8 @@ def test_kernel_compiles_without_spills(compiled, arch, variant):
         assert row["hgmma"] + row["hmma"] > 0, f"sm_{arch} {variant.name} {cfg}: no tensor-core instructions"
     if arch == 90:  # whatever the variant, no spill instruction inside the key loops
         assert row["loop_spill_instructions"] == 0, f"sm_{arch} {variant.name} {cfg}: spills inside the key loops"
-    if arch == 90 and variant.kernel == "fused" and not (variant.head_dim > 128 and variant.stats in HEAVY_AT_256):
+    if arch == 90 and variant.kernel in ("fused", "key_mass") and not (
+            variant.kernel == "fused" and variant.head_dim > 128 and variant.stats in HEAVY_AT_256):
         # the no-spill targets (and the autotuner's measured tile lists) are for sm_90
         assert row["spill_store_bytes"] == 0 and row["spill_load_bytes"] == 0, (
             f"sm_{arch} {variant.name} {cfg}: spills {row['spill_store_bytes']} B stored, "
