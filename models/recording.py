@@ -279,7 +279,7 @@ class Recording:
         if stats.probes is not None:
             yield "probes", stats.probes
         for name in SCALAR_STATISTICS:
-            val = getattr(stats, name, None) if name != KEY_MASS else None  # per key, see key_mass.py
+            val = getattr(stats, name, None)
             if val is not None:
                 yield name, val[..., None]
 
