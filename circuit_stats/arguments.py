@@ -116,3 +116,12 @@ def check_model_source(model: str, flag: str = "model") -> None:
         validate_repo_id(model)
     except HFValidationError:
         raise ValueError(f"{flag} {model}: no such folder, and not a hub model id (NAME or OWNER/NAME)") from None
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """``--dtype``, ``--device`` and ``--no-plots``: how a model runs and whether plots are drawn
+    (``profile`` and ``eval``)."""
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                        help="default: the checkpoint's on a GPU, float32 on the CPU")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--no-plots", action="store_true")

@@ -290,10 +290,7 @@ def add_profile(sub) -> None:
     f.add_argument("--max-tokens", type=arg.positive_int, default=None,
                    help="truncate documents (default: the model's context; more than a learned position table "
                         "holds is refused)")
-    f.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                   help="default: the checkpoint's on a GPU, float32 on the CPU")
-    f.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    f.add_argument("--no-plots", action="store_true")
+    arg.add_run_options(f)
     f.add_argument("--shard", default=None, metavar="I/N",
                    help="profile documents I, I+N, ... (0-based) into the shared --out; default: from torchrun "
                         "(RANK/WORLD_SIZE) or a SLURM array. The last process to finish writes the merged outputs")

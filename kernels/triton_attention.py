@@ -58,7 +58,7 @@ from .side_inputs import SideInputs
 from .stats import AttentionStats
 from .triton_common import (LN2, LOG2E_K, MAX_HEAD_DIM, TorchTensors, check_grid, derived_flags, device_guard, extent,
                             given, head_block, initial_loop_state, interpreting, join_learned_sink, point_prob,
-                            range_stat_segments, row_entropy2, score_scales, side_input_rows, store_lse,
+                            program_heads, range_stat_segments, row_entropy2, score_scales, side_input_rows, store_lse,
                             store_point_probs, stride_args, tanh_softcap, top1_in_tiles)
 
 
@@ -213,10 +213,7 @@ def _attn_stats_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // Hq
-    h = bh % Hq
-    kvh = h // GROUP  # GQA / MQA: GROUP query heads share one kv head
+    bh, b, h, kvh = program_heads(Hq, GROUP)
 
     Qb = Q + b * stride_qb + h * stride_qh
     Kb = K + b * stride_kb + kvh * stride_kh

@@ -179,6 +179,16 @@ def check_interpreter() -> None:
 
 
 @triton.jit
+def program_heads(Hq, GROUP):
+    """``(bh, b, h, kvh)`` of this program, whose grid axis 1 runs over batch x query heads:
+    ``bh`` (int64) = ``b * Hq + h``; ``kvh``: the kv head of query head ``h`` (GQA / MQA: ``GROUP``
+    query heads share one kv head)."""
+    bh = tl.program_id(1).to(tl.int64)
+    h = bh % Hq
+    return bh, bh // Hq, h, h // GROUP
+
+
+@triton.jit
 def approx_div(num, den):
     """``num / den`` as one approximate division (PTX ``div.approx.f32``: 2 ulp; a huge ``den``
     gives 0). Triton 3.9 spells it ``tl.math.fdiv(..., approx=True)``; Triton 3.6 has no

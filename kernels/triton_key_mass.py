@@ -30,8 +30,8 @@ import triton.language as tl
 from .request import StatsRequest
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-from .triton_common import LOG2E_K, constexpr_names, device_guard, head_block, interpreting, kernel_flags, \
-    score_scales, tanh_softcap
+from .triton_common import (LOG2E_K, constexpr_names, device_guard, head_block, interpreting, kernel_flags,
+                            program_heads, score_scales, tanh_softcap)
 
 
 @triton.jit
@@ -88,10 +88,7 @@ def _key_mass_fwd(
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // Hq
-    h = bh % Hq
-    kvh = h // GROUP  # GQA / MQA: GROUP query heads share one kv head
+    bh, b, h, kvh = program_heads(Hq, GROUP)
 
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)

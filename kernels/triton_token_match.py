@@ -39,7 +39,8 @@ from .request import StatsRequest
 from .side_inputs import SideInputs
 from .stats import AttentionStats
 from .triton_attention import attention_with_stats_triton
-from .triton_common import LOG2E_K, device_guard, head_block, interpreting, score_scales, tanh_softcap
+from .triton_common import (LOG2E_K, device_guard, head_block, interpreting, program_heads, score_scales,
+                            tanh_softcap)
 
 TOKEN_MATCH_MODES = ("band", "loop")
 # How the fused (prefill) path computes induction / duplicate mass: "band" (this module's kernel
@@ -117,10 +118,7 @@ def _token_match_band(
     """One program: ``BLOCK_M`` token-sorted queries of one (batch, query head). ``RANGES[b, blk]``
     holds the sorted-key runs ``[dup_lo, dup_hi, ind_lo, ind_hi)`` of the block."""
     blk = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // Hq
-    h = bh % Hq
-    kvh = h // GROUP  # GQA / MQA: GROUP query heads share one kv head
+    bh, b, h, kvh = program_heads(Hq, GROUP)
     Kb = K + b * stride_kb + kvh * stride_kh
 
     rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)

@@ -51,10 +51,7 @@ def add_parser(sub) -> None:
     e.add_argument("--statistics", type=arg.statistics, default=list(arg.STATISTICS),
                    help=f"comma list of {', '.join(arg.STATISTICS)}")
     e.add_argument("--local-window", type=arg.positive_int, default=16, help="W of the 'local' statistic (last W keys)")
-    e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                   help="default: the checkpoint's on a GPU, float32 on the CPU")
-    e.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    e.add_argument("--no-plots", action="store_true")
+    arg.add_run_options(e)
     e.add_argument("--shard", default=None, metavar="I/N",
                    help="run shard I of N (0-based) of every task's documents; default: from torchrun "
                         "(RANK/WORLD_SIZE) or a SLURM array. Then run once without sharding to merge")
