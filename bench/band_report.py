@@ -195,28 +195,37 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {r['stream']} | {r['n']} | {r['band_fraction']:.4f} [{r['band_fraction_max']:.4f}] | "
                      f"{r['dup_fraction']:.4f} | {r['exact_run_fraction']:.4f} |")
     lines += ["", "## All statistics end to end, static (main loop without token matching + band loop x band / causal)",
-              "", "`(without + band_loop/1k x band fraction) / none`, per D, with the best (smallest) kept tile's "
-              "figures; an estimate combined from the measured figures above, not a timing.", "",
-              "| D | stream | N | in-loop x none | band x none |", "|---:|---|---:|---:|---:|"]
+              "", "`(without + band loop/1k x band fraction) / none`, per D, on the kept tile with the cheapest loop "
+              "without token matching, `none` on the same tile: an estimate combined from the measured figures "
+              "above, not a timing.", "",
+              "| D | tile | stream | N | in-loop x none | band x none |", "|---:|---|---|---:|---:|---:|"]
+    fmt = lambda x: f"{x:.2f}" if x is not None else "-"  # noqa: E731
     for r in doc["combined"]:
-        lines.append(f"| {r['head_dim']} | {r['stream']} | {r['n']} | {r['in_loop_x_none']:.2f} | {r['band_x_none']:.2f} |")
+        lines.append(f"| {r['head_dim']} | {r['tile']} | {r['stream']} | {r['n']} | {fmt(r['in_loop_x_none'])} | "
+                     f"{fmt(r['band_x_none'])} |")
     return "\n".join(lines) + "\n"
 
 
 def combined(compile_rows_: list[dict], work: list[dict]) -> list[dict]:
-    """All statistics ("all"), per D: the best kept tile's in-loop and band figures over "none"."""
+    """All statistics ("all"), per D, on the kept tile with the cheapest loop without token
+    matching: ``(without + band loop x band fraction) / none`` and ``in-loop / none``, "none" on
+    the same tile."""
     out = []
+    fused = [r for r in compile_rows_ if r["kernel"] == "fused"]
     for d in sorted({r["head_dim"] for r in compile_rows_}):
-        def best(stats, match):
-            per = [r["loop_per_1k"] for r in compile_rows_ if r["kernel"] == "fused" and r["head_dim"] == d
-                   and r["stats"] == stats and r.get("token_match") == match]
-            return min(per) if per else None
-        none, loop, without = best("none", "band"), best("all", "loop"), best("all", "band")
+        def loop(stats, match, tile):
+            return next((r["loop_per_1k"] for r in fused if r["head_dim"] == d and r["stats"] == stats
+                         and r.get("token_match") == match and r["tile"] == tile), None)
+        best = min((r for r in fused if r["head_dim"] == d and r["stats"] == "all" and r["token_match"] == "band"),
+                   key=lambda r: r["loop_per_1k"])
+        tile = best["tile"]
+        none, in_loop = loop("none", "band", tile), loop("all", "loop", tile)
         band = next(r["loop_per_1k"] for r in compile_rows_ if r["kernel"] == "band" and r["head_dim"] == d
                     and r["stats"] == "all")
         for w in work:
-            out.append(dict(head_dim=d, stream=w["stream"], n=w["n"], in_loop_x_none=loop / none,
-                            band_x_none=(without + band * w["band_fraction"]) / none))
+            out.append(dict(head_dim=d, tile=tile, stream=w["stream"], n=w["n"],
+                            in_loop_x_none=in_loop / none if in_loop and none else None,
+                            band_x_none=(best["loop_per_1k"] + band * w["band_fraction"]) / none if none else None))
     return out
 
 
