@@ -28,7 +28,7 @@ import pandas as pd
 from bench.common import environment, write_results
 from circuit_stats.scans.catalog import Revision
 from circuit_stats.scans.scan import Scan
-from circuit_stats.scans.sharding import Shard
+from circuit_stats.sharding import Shard
 
 
 def simulated_scan(out: Path, n: int, load_s: float, score_s: float, prefetch: int) -> dict:

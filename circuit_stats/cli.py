@@ -47,7 +47,7 @@ def cmd_scan(a) -> int:
     arg.check_out_dir(a.out)
     from .scans.report import write_report
     from .scans.scan import scan
-    from .scans.sharding import parse_shard
+    from .sharding import parse_shard
 
     t0 = time.time()
     outcome = scan(a.model, a.out, revisions_spec=default_revisions(a.model) if a.revisions is None else a.revisions, protocol=a.protocol,
@@ -120,7 +120,7 @@ def cmd_demo(a) -> int:
     from .demo.series import DEMO_REPEAT_OPTIONS, demo_series_dir
     from .scans.report import write_report
     from .scans.scan import scan
-    from .scans.sharding import Shard
+    from .sharding import Shard
 
     out = Path(a.out)
     t0 = time.time()
@@ -140,7 +140,7 @@ def cmd_demo(a) -> int:
 def cmd_profile(a) -> int:
     """Position-resolved statistics of every head over a corpus (see circuit_stats.profiling)."""
     docs, tokenizer = profile_inputs(a)
-    from .scans.sharding import local_device
+    from .sharding import local_device
 
     a.device = local_device(a.device)
     model = load_command_model(a)
@@ -193,7 +193,7 @@ def profile_inputs(a) -> tuple:
     from .scans.settings import check_device
 
     check_device(a.device)
-    from .scans.sharding import resolve_shard
+    from .sharding import resolve_shard
 
     a.shard = resolve_shard(a.shard)
     docs = read_corpus(a.texts, text_field=a.text_field, split=a.split)

@@ -68,7 +68,7 @@ def check_inputs(a) -> None:
     from ..scans.settings import check_device
 
     check_device(a.device)
-    from ..scans.sharding import resolve_shard
+    from ..sharding import resolve_shard
 
     a.shard = resolve_shard(a.shard)
 
@@ -86,7 +86,7 @@ def load_model(a):
 
 def run(a) -> int:
     check_inputs(a)
-    from ..scans.sharding import local_device
+    from ..sharding import local_device
     from .harness import EvaluationFailed, evaluate
 
     a.device = local_device(a.device)

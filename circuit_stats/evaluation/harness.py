@@ -16,7 +16,7 @@ from ..names import PROFILE_KEY_STATISTICS
 from ..profiling.profile import STATISTICS, record_options
 from ..profiling.writer import atomic_write_parquet, atomic_write_text
 from .requirement import require_lm_eval
-from ..scans.sharding import Shard
+from ..sharding import Shard
 from .shards import shard_samples, task_sizes
 from .store import EvalDir
 

@@ -1,5 +1,5 @@
 """Splitting an evaluation over processes (``--shard I/N``, torchrun, SLURM arrays; see
-``scans.sharding``): shard I runs documents ``I, I+N, I+2N, ...`` of every task through lm-eval's
+``circuit_stats.sharding``): shard I runs documents ``I, I+N, I+2N, ...`` of every task through lm-eval's
 ``samples=`` selection and commits their requests; one unsharded run afterwards merges (every
 request is answered from the committed parts, so the model never runs again for them)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..scans.sharding import Shard
+from ..sharding import Shard
 
 
 def task_sizes(tasks: Sequence[str], manager, limit: Optional[float]) -> dict[str, int]:

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from ..profiling.writer import ProfileDir, atomic_write_parquet, atomic_write_text
-from ..scans.sharding import Shard
+from ..sharding import Shard
 
 MANIFEST = "evaluation.json"
 

@@ -29,7 +29,7 @@ from ..models.config import text_config
 from ..models.context import check_context, context_limit
 from ..models.positions import BinSpec, bin_edges
 from ..models.wrapped import unwrap_model
-from ..scans.sharding import Shard
+from ..sharding import Shard
 from ..tokenization import encode, resolve_tokenizer
 from .corpus import Document, as_documents
 from .keys import add_key_columns, key_options, key_sums
@@ -131,7 +131,7 @@ def profile(
             ``max_position_embeddings``). More than a learned position table holds (GPT-2, OPT)
             is refused; more than a rotary model was trained on gives a warning.
         add_special_tokens: passed to a transformers tokenizer (e.g. to prepend its BOS).
-        shard: profile only documents ``I, I+N, ...`` of shard ``I/N`` (``scans.sharding``; needs
+        shard: profile only documents ``I, I+N, ...`` of shard ``I/N`` (``circuit_stats.sharding``; needs
             ``out``). Processes sharing ``out`` lock each document while they profile it, and the
             process that finds every document done (or failed) writes the merged outputs.
 
@@ -198,7 +198,7 @@ def check_arguments(statistics: Sequence[str], local_window: int, chunk_size: in
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
     if not isinstance(shard, Shard):
-        raise ValueError(f"shard must be a scans.sharding.Shard, got {shard!r}")
+        raise ValueError(f"shard must be a circuit_stats.sharding.Shard, got {shard!r}")
     if shard.count > 1 and out is None:
         raise ValueError(f"shard {shard} needs out= (the directory the shards share)")
 

@@ -14,7 +14,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from ..atomic import atomic_write
-from ..scans.sharding import Shard
+from ..sharding import Shard
 
 MANIFEST = "profile.json"
 RESULT = "profile.parquet"

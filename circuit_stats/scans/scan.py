@@ -31,7 +31,7 @@ from .integrity import duplicate_groups, weights_digest
 from .prefetch import prefetched
 from .scorer import CheckpointScorer
 from .settings import SettingsError, check_settings, comparable, normalised_model
-from .sharding import Shard, local_device, shard_from_env
+from ..sharding import Shard, local_device, shard_from_env
 
 __all__ = ["INTEGRITY_COLUMNS", "META_COLUMNS", "TABLE", "Scan", "ScanOutcome", "scan"]
 

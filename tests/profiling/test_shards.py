@@ -12,7 +12,7 @@ import torch
 from circuit_stats.models import tiny_model
 from circuit_stats.profiling import profile
 from circuit_stats.profiling.writer import ProfileDir
-from circuit_stats.scans.sharding import Shard
+from circuit_stats.sharding import Shard
 
 pytestmark = pytest.mark.hf
 

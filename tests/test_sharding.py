@@ -10,7 +10,7 @@ import torch
 from scan_fakes import CATALOG, fake_scan, fake_scores
 
 from circuit_stats.demo.series import demo_series_dir
-from circuit_stats.scans.sharding import Shard, local_device, parse_shard, shard_from_env
+from circuit_stats.sharding import Shard, local_device, parse_shard, shard_from_env
 
 
 def test_parse_shard():
