@@ -50,6 +50,8 @@ class SideInputs:
         query_weight: ``[B, Nq]`` float32 weight of each query row in ``key_mass`` (finite,
             >= 0; 0 = the row does not count), or None (every row weighs 1). Read only by calls
             with ``key_mass=True``.
+        query_log2_weight: ``log2(query_weight)`` (-inf where 0), for the Triton key-mass pass;
+            None without ``query_weight``.
     """
 
     batch: int
@@ -61,6 +63,7 @@ class SideInputs:
     probe_keys: Optional[torch.Tensor] = None
     span: Optional[torch.Tensor] = None
     query_weight: Optional[torch.Tensor] = None
+    query_log2_weight: Optional[torch.Tensor] = None
 
     @classmethod
     def build(
@@ -119,6 +122,7 @@ class SideInputs:
             probe_keys=probe_keys,
             span=span,
             query_weight=query_weight,
+            query_log2_weight=query_weight.log2() if query_weight is not None else None,
         )
 
     def check_matches(self, q: torch.Tensor, k: torch.Tensor) -> None:
