@@ -4,7 +4,8 @@ every Triton autotuner in memory picked for each key.
     python -m bench.autotune_report --json choices.json bench.bench_kernel --lengths 2048
 
 Autotuners are found by type (``triton.runtime.autotuner.Autotuner``), not by name, so nothing
-here depends on how the kernel modules name or wrap them.
+here depends on how the kernel modules name or wrap them. Pinned configs (``kernels.pinning``:
+launches that bypass the autotuners) are written beside the choices.
 """
 
 from __future__ import annotations
@@ -54,6 +55,17 @@ def tuner_choices(tuners: Optional[list] = None) -> list[dict]:
     return rows
 
 
+def pinned_configs() -> dict:
+    """``{kernel: "BLOCK_M=64,..."}`` for every pinned kernel, or ``{"error": why}`` if a pin is bad."""
+    from circuit_stats.kernels import pinning
+
+    try:
+        pins = {kernel: pinning.pinned(kernel) for kernel in pinning.PIN_KEYS}
+    except ValueError as err:
+        return {"error": str(err)}
+    return {kernel: pinning.config_text(pin.config) for kernel, pin in pins.items() if pin is not None}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", type=Path, required=True, help="where to write the choices")
@@ -65,7 +77,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rc = importlib.import_module(a.module).main(a.args)
     finally:
         choices = tuner_choices()
-        a.json.write_text(json.dumps({"module": a.module, "returncode": rc, "choices": choices}, indent=1))
+        a.json.write_text(json.dumps({"module": a.module, "returncode": rc, "choices": choices,
+                                      "pinned": pinned_configs()}, indent=1))
         print(f"autotune choices: {len(choices)} (kernel, key) pairs -> {a.json}")
     return rc or 0
 

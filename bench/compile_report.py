@@ -6,14 +6,11 @@
     python -m bench.compile_report --kernel key_mass  # the key-mass pass beside the fused "none"
 
 For every head-dim class, dtype and statistics set, every tile config the autotuner keeps
-(``triton_attention.candidate_configs``) is compiled for sm_90 through the launcher's own
+(``autotune.candidate_configs``) is compiled for sm_90 through the launcher's own
 argument builder (``kernels.aot``), and the report lists registers, spill bytes, shared memory,
 tensor-core instruction use, and the hot loop's cost: warp-instructions per 1000 attention
 scores in the unmasked key/value loop (instructions of one iteration x warps / (BLOCK_M x
-BLOCK_N)), beside the Triton fused-attention tutorial's forward compiled the same way. With
-``--kernel key_mass`` the key-mass pass (``triton_key_mass``; a score there is one (key, query)
-pair of its unmasked query loop) is compiled beside the fused kernel's "none" variants of the same
-shapes, and ``x fused none`` compares the two per 1000 scores.
+BLOCK_N)), beside the Triton fused-attention tutorial's forward compiled the same way.
 
 These are static compile figures: what the GPU will execute, not how fast it runs. Writes
 ``bench/results/compile-sm<arch>-<date>.json`` and a Markdown table beside it. Run without
@@ -44,8 +41,9 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 from circuit_stats.kernels.sass_loops import mma_loops  # noqa: E402
-from circuit_stats.kernels import aot  # noqa: E402
-from circuit_stats.kernels import triton_attention as ta  # noqa: E402
+from circuit_stats.kernels import aot, autotune  # noqa: E402
+from circuit_stats.kernels.triton_common import head_block, smem_bytes  # noqa: E402
+from circuit_stats.kernels.triton_decode import ROWS_BLOCK  # noqa: E402
 from circuit_stats.kernels import triton_key_mass as tkm  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -93,11 +91,12 @@ STATS = ["none", "point", "all"]
 
 def report_row(variant: aot.CompileVariant, config: triton.Config, arch: int, kept: bool = True) -> dict:
     """Compile one (variant, config) and return its figures (or its error)."""
-    tile = dict(BLOCK_M=config.kwargs["BLOCK_M"], BLOCK_N=config.kwargs["BLOCK_N"], num_warps=config.num_warps,
-                num_stages=config.num_stages, kept=kept)
+    # The split-decode kernel's row tile is fixed (ROWS_BLOCK packed rows), not autotuned.
+    tile = dict(BLOCK_M=config.kwargs.get("BLOCK_M", ROWS_BLOCK), BLOCK_N=config.kwargs["BLOCK_N"],
+                num_warps=config.num_warps, num_stages=config.num_stages, kept=kept)
     try:
         row, compiled = aot.compile_variant(variant, config, arch)
-        row["kept"] = kept
+        row.update(kept=kept, BLOCK_M=tile["BLOCK_M"])
     except Exception as e:  # a compile error is a result: record it, the exit status shows it
         return dict(asdict(variant), arch=arch, **tile, error=f"{type(e).__name__}: {e}"[-1000:])
     loops = mma_loops(compiled.asm["sass"])
@@ -105,12 +104,18 @@ def report_row(variant: aot.CompileVariant, config: triton.Config, arch: int, ke
     # diagonal stages do the same work plus masks): the one that runs over almost every key.
     hot = min(loops, key=lambda lp: lp["total"]) if loops else {}
     scores = tile["BLOCK_M"] * tile["BLOCK_N"]
-    smem_bytes = (lambda bm, bn, *rest: tkm.smem_bytes(bn, bm, *rest)) if variant.kernel == "key_mass" else ta.smem_bytes
-    row["smem_estimate_bytes"] = smem_bytes(tile["BLOCK_M"], tile["BLOCK_N"], tile["num_stages"],
-                                            ta.head_block(variant.head_dim), aot.DTYPES[variant.dtype].itemsize)
+    estimate = (lambda bm, bn, *rest: tkm.smem_bytes(bn, bm, *rest)) if variant.kernel == "key_mass" else smem_bytes
+    row["smem_estimate_bytes"] = estimate(tile["BLOCK_M"], tile["BLOCK_N"], tile["num_stages"],
+                                          head_block(variant.head_dim), aot.DTYPES[variant.dtype].itemsize)
     row["hot_loop"] = {k: v for k, v in hot.items() if k not in ("start", "end")}
     row["hot_loop_per_1k_scores"] = round(1000 * hot.get("total", 0) * tile["num_warps"] / scores, 1) if hot else None
     return row
+
+
+def variant_tile(r: dict) -> tuple:
+    """A row's kernel, head dim, dtype, query length and tile: rows that differ only in statistics."""
+    return (r.get("kernel", "fused"), r["head_dim"], r["dtype"], r["q_len"],
+            (r["BLOCK_M"], r["BLOCK_N"], r["num_warps"], r["num_stages"]))
 
 
 def markdown(doc: dict) -> str:
@@ -127,25 +132,25 @@ def markdown(doc: dict) -> str:
     none_best, fused_none = {}, {}
     for r in doc["rows"]:
         if r.get("stats") == "none" and r.get("hot_loop_per_1k_scores"):
-            kernel, per = r.get("kernel", "fused"), r["hot_loop_per_1k_scores"]
-            key = (r["head_dim"], r["dtype"], r["q_len"], (r["BLOCK_M"], r["BLOCK_N"], r["num_warps"], r["num_stages"]))
-            none_best[(kernel, *key)] = per
-            if kernel == "fused" and r.get("kept", True):  # the fused kernel's best kept tile
-                fused_none[key[:3]] = min(per, fused_none.get(key[:3], per))
+            key = variant_tile(r)
+            none_best[key] = r["hot_loop_per_1k_scores"]
+            if key[0] == "fused" and r.get("kept", True):  # the fused kernel's best kept tile
+                fused_none[key[1:4]] = min(none_best[key], fused_none.get(key[1:4], none_best[key]))
     for r in doc["rows"]:
         tile = f"{r['BLOCK_M']}x{r['BLOCK_N']} w{r['num_warps']} s{r['num_stages']}"
-        kernel = r.get("kernel", "fused")
-        name = (f"D{r['head_dim']} {r['dtype']} {r['stats']} Nq={r['q_len']}" + ("" if kernel == "fused" else f" {kernel}")
+        name = (f"D{r['head_dim']} {r['dtype']} {r['stats']} Nq={r['q_len']}"
+                + ("" if r.get("kernel", "fused") == "fused" else f" {r['kernel']}")
                 + ("" if r.get("kept", True) else " (pruned)"))
         if "error" in r:
             lines.append(f"| {name} | {tile} | FAILED: {r['error'][:120]} | | | | | | | |")
             continue
         tc = "wgmma" if r["hgmma"] else ("mma.sync" if r["hmma"] else "none")
         per = r["hot_loop_per_1k_scores"]
-        tut = TUTORIAL_BEST.get(r["head_dim"]) if r["dtype"] == "bf16" and kernel == "fused" else None
-        key = (r["head_dim"], r["dtype"], r["q_len"], (r["BLOCK_M"], r["BLOCK_N"], r["num_warps"], r["num_stages"]))
-        base = none_best.get((kernel, *key))
-        fused = fused_none.get(key[:3]) if kernel == "key_mass" else None
+        fused_bf16 = r["dtype"] == "bf16" and r.get("kernel", "fused") == "fused"  # what the tutorial is
+        tut = TUTORIAL_BEST.get(r["head_dim"]) if fused_bf16 else None
+        key = variant_tile(r)
+        base = none_best.get(key)
+        fused = fused_none.get(key[1:4]) if key[0] == "key_mass" else None
         lines.append(
             f"| {name} | {tile} | {r['registers']} | {r['spill_store_bytes']} | {r['shared_bytes'] / 1024:.0f} | {tc} | "
             f"{per if per is not None else '-'} | {f'{per / tut:.2f}' if per and tut else '-'} | "
@@ -173,9 +178,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--stats", default="none,point,all")
     ap.add_argument("--bucket", default="long", help="long (Nq=Nk=4096), short (200), decode (Nq=1)")
+    ap.add_argument("--kernel", default="fused", choices=("fused", "split", "key_mass"),
+                    help="with --d: the fused kernel or the split-decode kernel (use --bucket decode); key_mass: "
+                    "the key-mass pass (stats none/modifiers) beside the fused kernel's none (default D 64,128,256)")
     ap.add_argument("--quick", action="store_true", help="D=64,128 bf16 long prefill, one config per variant")
-    ap.add_argument("--kernel", default="fused", choices=("fused", "key_mass"),
-                    help="key_mass: the key-mass pass (stats none/modifiers) beside the fused kernel's none")
     ap.add_argument("--all-configs", action="store_true", help="also compile the configs the pruner drops")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", default=None, help="output path stem (default bench/results/compile-sm<arch>-<date>)")
@@ -192,12 +198,12 @@ def main(argv=None) -> int:
         variants = default_variants()
     else:
         variants = grid_variants([int(x) for x in a.d.split(",")], a.dtype.split(","), a.stats.split(","),
-                                 a.bucket.split(","))
+                                 a.bucket.split(","), a.kernel)
     jobs = []
     for v in variants:
         kept = aot.candidate_configs(v)
-        tuned = tkm if v.kernel == "key_mass" else ta
-        every = tuned.DECODE_CONFIGS if v.q_len <= 16 else tuned.PREFILL_CONFIGS
+        every = (autotune.SPLIT_CONFIGS if v.kernel == "split" else (tkm.DECODE_CONFIGS if v.q_len <= 16 else tkm.PREFILL_CONFIGS)
+                 if v.kernel == "key_mass" else autotune.DECODE_CONFIGS if v.q_len <= 16 else autotune.PREFILL_CONFIGS)
         cfgs = kept[:1] if a.quick else (every if a.all_configs else kept)
         jobs += [(v, c, a.arch, any(c is k for k in kept)) for c in cfgs]
     print(f"compiling {len(jobs)} (variant, config) pairs for sm_{a.arch}", file=sys.stderr)

@@ -12,11 +12,12 @@ import importlib.util
 import sys
 
 __version__ = "0.1.0"
-__all__ = ["AttentionStats", "attention_with_stats", "evaluate", "profile", "record", "score_heads", "__version__"]
+__all__ = ["AttentionStats", "attention_with_stats", "evaluate", "key_scores", "profile", "record", "score_heads",
+           "__version__"]
 
 # public name -> the submodule that defines it
 PUBLIC = {"AttentionStats": "kernels", "attention_with_stats": "kernels", "evaluate": "evaluation",
-          "record": "models",
+          "key_scores": "kv_export", "record": "models",
           "profile": "profiling", "score_heads": "scoring"}
 # transformers' module defining AttentionInterface; once it is loaded, circuit_stats.models registers
 TRANSFORMERS_MODEL_CODE = "transformers.modeling_utils"

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, TypeVar, Union
 
-from .names import PROFILE_STATISTICS, PROTOCOL_NAMES
+from .names import PROFILE_KEY_STATISTICS, PROFILE_STATISTICS, PROTOCOL_NAMES
 
 T = TypeVar("T")
 STATISTICS = PROFILE_STATISTICS
@@ -62,11 +62,12 @@ def position_bins(text: str) -> Union[str, list]:
 
 
 def statistics(text: str) -> list[str]:
-    """A comma list of names from ``STATISTICS``."""
+    """A comma list of names from ``STATISTICS`` (or the opt-in ``PROFILE_KEY_STATISTICS``)."""
     names = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in names if s not in STATISTICS]
+    known = STATISTICS + PROFILE_KEY_STATISTICS
+    unknown = [s for s in names if s not in known]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(STATISTICS)}; unknown: "
+        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(known)}; unknown: "
                                          f"{', '.join(unknown) or '(none given)'}")
     return names
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -140,24 +140,46 @@ def cmd_demo(a) -> int:
 def cmd_profile(a) -> int:
     """Position-resolved statistics of every head over a corpus (see circuit_stats.profiling)."""
     docs, tokenizer = profile_inputs(a)
+    from .scans.sharding import local_device
+
+    a.device = local_device(a.device)
     model = load_command_model(a)
     from .profiling import profile
     from .scans.settings import normalised_model
 
     t0 = time.time()
-    out = Path(a.out)
     try:
-        df = profile(model, docs, tokenizer=tokenizer, out=out, position_bins=a.bins, statistics=a.statistics,
+        df = profile(model, docs, tokenizer=tokenizer, out=a.out, position_bins=a.bins, statistics=a.statistics,
                      local_window=a.local_window, chunk_size=a.chunk_size, max_tokens=a.max_tokens,
-                     plots=not a.no_plots, model_name=normalised_model(a.model), revision=a.revision)
-    except RuntimeError as err:  # no document could be profiled, or another run holds the directory
+                     plots=not a.no_plots, model_name=normalised_model(a.model), revision=a.revision, shard=a.shard)
+    except RuntimeError as err:  # no document could be profiled
         print(f"circuit-stats profile: error: {err}", file=sys.stderr)
         return 1
-    failed = json.loads((out / "failures.json").read_text()) if (out / "failures.json").exists() else []
-    print(f"profiled {df['doc_index'].nunique()} documents ({int(df.drop_duplicates('doc_index')['n_tokens'].sum())} "
-          f"tokens) in {time.time() - t0:.1f}s -> {out / 'profile.parquet'}, {out / 'summary.md'}, {out / 'plots'}")
+    return print_profile_outcome(df, Path(a.out), a.shard, len(docs), time.time() - t0)
+
+
+def print_profile_outcome(df, out: Path, shard, n_documents: int, seconds: float) -> int:
+    """What ``profile`` wrote, then what failed; the exit status (1 when a document failed: this
+    shard's, or any once every document is done)."""
+    from .profiling.writer import ProfileDir
+
+    store = ProfileDir(out, shard)
+    complete = store.complete(n_documents)
+    done = store.done()
+    failed = store.all_failures() if complete else {i: f for i, f in store.failures().items() if i not in done}
+    mine = df[df["doc_index"] % shard.count == shard.index].drop_duplicates("doc_index") if len(df) else df
+    who = f"shard {shard}: " if shard.count > 1 else ""
+    print(f"{who}profiled {len(mine)} documents ({int(mine['n_tokens'].sum()) if len(mine) else 0} tokens) "
+          f"in {seconds:.1f}s")
+    if complete:
+        print(f"every document done: {df['doc_index'].nunique()} profiled -> {out / 'profile.parquet'}, "
+              f"{out / 'summary.md'}, {out / 'plots'}")
+    else:
+        print(f"{n_documents - len(done) - len(store.all_failures())} documents left to other processes: the last "
+              f"one to finish writes {out / 'profile.parquet'} (or rerun this command without --shard)")
     if failed:
-        print(f"circuit-stats profile: {len(failed)} documents failed, see {out / 'failures.json'}", file=sys.stderr)
+        name = "failures.json" if complete else store.failures_path.name
+        print(f"circuit-stats profile: {len(failed)} documents failed, see {out / name}", file=sys.stderr)
         return 1
     return 0
 
@@ -171,6 +193,9 @@ def profile_inputs(a) -> tuple:
     from .scans.settings import check_device
 
     check_device(a.device)
+    from .scans.sharding import resolve_shard
+
+    a.shard = resolve_shard(a.shard)
     docs = read_corpus(a.texts, text_field=a.text_field, split=a.split)
     from transformers import AutoConfig
 
@@ -258,7 +283,8 @@ def add_profile(sub) -> None:
     f.add_argument("--bins", type=arg.position_bins, default="log2",
                    help="log2, or comma-separated edges, e.g. 0,64,512,4096,inf")
     f.add_argument("--statistics", type=arg.statistics, default=list(arg.STATISTICS),
-                   help=f"comma list of {', '.join(arg.STATISTICS)}")
+                   help=f"comma list of {', '.join(arg.STATISTICS)} (default: all of these), and key_attention "
+                        "(attention received per bin of key position: key_position_attention.png)")
     f.add_argument("--local-window", type=arg.positive_int, default=16, help="W of the 'local' statistic (last W keys)")
     f.add_argument("--chunk-size", type=arg.positive_int, default=1024, help="tokens per forward (chunked prefill)")
     f.add_argument("--max-tokens", type=arg.positive_int, default=None,
@@ -268,6 +294,9 @@ def add_profile(sub) -> None:
                    help="default: the checkpoint's on a GPU, float32 on the CPU")
     f.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     f.add_argument("--no-plots", action="store_true")
+    f.add_argument("--shard", default=None, metavar="I/N",
+                   help="profile documents I, I+N, ... (0-based) into the shared --out; default: from torchrun "
+                        "(RANK/WORLD_SIZE) or a SLURM array. The last process to finish writes the merged outputs")
     f.set_defaults(func=cmd_profile)
 
 
@@ -285,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_kernel_pins() -> None:
+    """Pinned Triton configs (``CIRCUIT_STATS_TRITON_*``) parse, before any model loads: a
+    ``ValueError`` otherwise. Imports the kernels only when such a variable is set."""
+    if any(name.startswith("CIRCUIT_STATS_TRITON_") for name in os.environ):
+        from .kernels.pinning import check_pins
+
+        check_pins()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -292,6 +330,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return stop.code
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        check_kernel_pins()
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"circuit-stats {args.command}: error: {err}", file=sys.stderr)

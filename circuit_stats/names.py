@@ -7,3 +7,5 @@ from __future__ import annotations
 PROTOCOL_NAMES = ("natural", "repeat", "retrieval", "sink", "xu2026")
 # Per (document, layer, head, position bin): what record() is asked for is in profiling.profile.record_options.
 PROFILE_STATISTICS = ("sink", "previous_token", "induction", "duplicate", "entropy", "distance", "local", "top1_prob")
+# Opt-in (not in the default set): the attention received per bin of *key* position (alpha_k pooled).
+PROFILE_KEY_STATISTICS = ("key_attention",)

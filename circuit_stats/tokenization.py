@@ -65,6 +65,16 @@ def encode(tokenizer, text, add_special_tokens: bool) -> list[int]:
     return [int(i) for i in ids]
 
 
+def token_string(tokenizer, token_id: int) -> str:
+    """One token's text for tables: the UTF-8 byte (``"bytes"`` or a :class:`ByteTokenizer`;
+    invalid alone: ``\\xNN``), a transformers tokenizer's ``decode([token_id])``, or ``""`` when
+    the tokenizer cannot say (None, a plain callable)."""
+    if tokenizer == BYTES or isinstance(tokenizer, ByteTokenizer):
+        return bytes([token_id]).decode("utf-8", errors="backslashreplace") if 0 <= token_id < VOCAB_SIZE else ""
+    decode = getattr(tokenizer, "decode", None)
+    return decode([token_id]) if callable(decode) else ""
+
+
 def load_tokenizer(source: Union[str, Path], *, revision: Optional[str] = None, what: str = "texts"):
     """``AutoTokenizer.from_pretrained(source, revision=revision)``; a ``ValueError`` naming
     ``what`` needs it and the way out (``--tokenizer``) when none loads, or when the one that loads

@@ -34,6 +34,7 @@ import torch
 import triton
 from triton.runtime.jit import JITFunction, MockTensor
 
+from . import autotune
 from . import triton_attention as ta
 from . import triton_key_mass as tkm
 from .sass_loops import mma_loops
@@ -211,12 +212,12 @@ def candidate_configs(variant: CompileVariant) -> list[triton.Config]:
             _, _, c = decode_launch(variant)
             return [triton.Config({}, num_warps=td.combine_warps(c), num_stages=1)]
         _, args, c = decode_launch(variant)
-        return td.prune_split_configs(td.SPLIT_CONFIGS, {"Q": torch.empty(0, dtype=DTYPES[variant.dtype])},
-                                      BLOCK_D=c["BLOCK_D"], BLOCK_M=c["BLOCK_M"])
+        return autotune.prune_split_configs(autotune.SPLIT_CONFIGS, {"Q": torch.empty(0, dtype=DTYPES[variant.dtype])},
+                                            BLOCK_D=c["BLOCK_D"], BLOCK_M=c["BLOCK_M"])
     launch = variant_launch(variant)
-    c = launch.constexprs
-    return ta.candidate_configs(launch.bucket, head_dim=variant.head_dim,
-                                elt_bytes=DTYPES[variant.dtype].itemsize, loop_level=ta.loop_level(c))
+    return autotune.candidate_configs(launch.bucket, head_dim=variant.head_dim,
+                                      elt_bytes=DTYPES[variant.dtype].itemsize,
+                                      loop_level=autotune.loop_level(launch.constexprs))
 
 
 def kernel_function() -> JITFunction:

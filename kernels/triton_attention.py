@@ -45,12 +45,13 @@ import torch
 import triton
 import triton.language as tl
 
+from .autotune import fused_tuner, length_buckets, tuner_bucket
+from .pinning import fused_pin
 from .request import StatsRequest
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-from .triton_common import (LN2, LOG2E_K, MAX_HEAD_DIM, NEG_BIG, SMEM_LIMIT_BYTES, constexpr_names, device_guard,
-                            head_block, interpreting, join_learned_sink, point_prob, row_entropy2, score_scales,
-                            smem_bytes, tanh_softcap)
+from .triton_common import (LN2, LOG2E_K, MAX_HEAD_DIM, NEG_BIG, device_guard, head_block, interpreting,
+                            join_learned_sink, point_prob, row_entropy2, score_scales, tanh_softcap)
 
 
 @triton.jit
@@ -339,145 +340,11 @@ def _attn_stats_fwd(
 
 
 # ----------------------------------------------------------------------------------------------
-# Autotuning: which tiles a launch may use.
-
-PREFILL_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in ((128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3),
-                         (64, 32, 4, 2), (64, 64, 8, 2), (64, 32, 8, 2))
-]
-# Decode: a handful of query rows per sequence, so a 16-row tile (the smallest tl.dot takes).
-DECODE_CONFIGS = [
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": bn}, num_warps=4, num_stages=s)
-    for bn, s in ((64, 2), (64, 3), (128, 2))
-]
-
-
-def _tiles(*specs: tuple[int, int, int, int]) -> frozenset:
-    return frozenset(specs)
-
-
-# Tiles that compile without register spills on sm_90 (triton 3.9), per the compile report
-# (bench/results/compile-sm90-*.json; `python -m bench.compile_report --all-configs` shows the
-# spilling ones): keyed by (head-dim tile, loop level, head dim padded) where the loop level is
-# "none" (no per-score work beyond attention), "window" (a sliding window and nothing else in the
-# loop: a windowed layer outside record()), "stats" (token matching, entropy) or "heavy" (any of
-# distance, local, top1, span or softcap, or a window together with statistics: ``loop_level``). Spilling is
-# not monotone in the tile (at D = 128 with all statistics 128x64 w8 spills with 2 stages and not
-# with 3), so this is a measured list rather than a register formula.
-_ALL_PREFILL = _tiles(*[(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in PREFILL_CONFIGS])
-NO_SPILL_TILES = {
-    (64, "none", False): _ALL_PREFILL - {(64, 32, 8, 2), (64, 64, 8, 2)},
-    (64, "stats", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)),
-    (64, "window", False): _ALL_PREFILL - {(64, 32, 8, 2), (64, 64, 8, 2)},
-    (64, "heavy", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)),
-    (128, "none", False): _tiles((128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
-    (128, "none", True): _tiles((128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
-    (128, "window", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
-    (128, "window", True): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
-    (128, "stats", False): _tiles((128, 64, 8, 3), (64, 32, 4, 2)),
-    (128, "stats", True): _tiles((64, 32, 4, 2)),
-    # Every statistic and modifier at once leaves only the 8-warp 64-row tiles spill-free.
-    (128, "heavy", False): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
-    (128, "heavy", True): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
-    (256, "none", False): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
-    (256, "window", False): _tiles((64, 32, 8, 2)),
-    (256, "stats", False): _tiles((64, 32, 8, 2)),
-    # No tile is spill-free at D = 256 with softcap or every statistic: this one spills least
-    # (28-76 B), and only outside the key loops (prologue and epilogue; see the compile test).
-    (256, "heavy", False): _tiles((64, 32, 8, 2)),
-}
-# Triton 3.6 (the GPU machines' release) allocates registers differently: these tiles, spill-free
-# under 3.9, spill there (sm_90 bf16: D=128 all statistics 128x64 w8 s3, 32 B; every statistic and
-# modifier 64x64 w8 s2, 4 B), so the autotuner does not try them under Triton < 3.7.
-SPILLING_BEFORE_TRITON_3_7 = {
-    (128, "stats", False): _tiles((128, 64, 8, 3)),
-    (128, "heavy", False): _tiles((64, 64, 8, 2)),
-    (128, "heavy", True): _tiles((64, 64, 8, 2)),
-}
-TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2])
-# fp32 inputs (3xTF32 holds two halves of every operand): the smallest tiles only. Spill-free at
-# D <= 64 without loop statistics; the least-spilling tile measured elsewhere (see the report).
-NO_SPILL_TILES_FP32 = {64: _tiles((64, 32, 4, 2)), 128: _tiles((64, 32, 4, 2)), 256: _tiles((64, 32, 8, 2))}
-LOOP_LEVELS = ("none", "window", "stats", "heavy")
-
-
-def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int, loop_level: str,
-                smem_limit: int = SMEM_LIMIT_BYTES) -> bool:
-    """Whether the autotuner may try ``cfg``: it fits shared memory and is a tile measured to
-    compile without register spills (``NO_SPILL_TILES``, less ``SPILLING_BEFORE_TRITON_3_7`` on
-    Triton 3.6). Decode tiles (16 rows) are small
-    enough for every head dim."""
-    bm, bn, w, st = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages
-    bd = head_block(head_dim)
-    if smem_bytes(bm, bn, st, bd, elt_bytes) > smem_limit:
-        return False
-    if bm == 16:
-        return bd < 256 or (bn, st) == (64, 2)
-    tile_class = max(64, bd)
-    if elt_bytes == 4:
-        return (bm, bn, w, st) in NO_SPILL_TILES_FP32[tile_class]
-    padded = bd != head_dim and head_dim > 64
-    key = (tile_class, loop_level, padded and tile_class == 128)
-    spilling = SPILLING_BEFORE_TRITON_3_7.get(key, frozenset()) if TRITON_VERSION < (3, 7) else frozenset()
-    return (bm, bn, w, st) in NO_SPILL_TILES[key] - spilling
-
-
-# Constexpr flags by the per-score work they add to the key loop (point statistics and learned
-# sinks are epilogue-only).
-STATS_FLAGS = ("HAS_TOK", "HAS_ENT")
-HEAVY_FLAGS = ("HAS_DIST", "HAS_LOCAL", "HAS_TOP1", "HAS_SPAN", "HAS_SOFTCAP")
-
-
-def loop_level(constexprs: dict) -> str:
-    """A launch's loop level (``LOOP_LEVELS``) from its constexprs: which tile list it may use."""
-    stats = any(constexprs.get(f, False) for f in STATS_FLAGS)
-    window = constexprs.get("HAS_WINDOW", False)
-    if any(constexprs.get(f, False) for f in HEAVY_FLAGS) or (window and stats):
-        return "heavy"
-    return "window" if window else ("stats" if stats else "none")
-
-
-def tuner_bucket(q_len: int) -> str:
-    """Autotune bucket of a launch (a real autotune key that is not a kernel parameter: each
-    bucket is its own autotuner): decode (Nq <= 16), short (<= 256) or long prefill."""
-    return "decode" if q_len <= 16 else ("short" if q_len <= 256 else "long")
-
-
-def candidate_configs(bucket: str, *, head_dim: int, elt_bytes: int, loop_level: str) -> list:
-    """The configs the autotuner tries for one launch (never empty)."""
-    configs = DECODE_CONFIGS if bucket == "decode" else PREFILL_CONFIGS
-    bd = head_block(head_dim)
-    kept = [c for c in configs if keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=loop_level)]
-    if kept:
-        return kept
-    fits = [c for c in configs if smem_bytes(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, bd, elt_bytes)
-            <= SMEM_LIMIT_BYTES]
-    return (sorted(fits, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]) or configs)[:1]
-
-
-def _prune_for(bucket: str):
-    def prune(configs, named_args, **kwargs):
-        a = {**named_args, **kwargs}
-        return candidate_configs(bucket, head_dim=a["HEAD_DIM"], elt_bytes=a["Q"].element_size(),
-                                 loop_level=loop_level(a))
-    return prune
-
+# The autotuned kernel (which tiles a launch may try, and which one it runs: ``autotune``).
 
 # The fused kernel itself, for ahead-of-time compilation (kernels.aot).
 FUSED_KERNEL = _attn_stats_fwd
-
-# Tuned per value of every constexpr but the tile (the autotuner also keys on argument dtypes, so
-# fp16, bf16 and fp32 are tuned separately; BLOCK_D follows HEAD_DIM).
-AUTOTUNE_KEY = [name for name in constexpr_names(_attn_stats_fwd) if name not in ("BLOCK_D", "BLOCK_M", "BLOCK_N")]
-_TUNERS = {
-    bucket: triton.autotune(
-        configs=DECODE_CONFIGS if bucket == "decode" else PREFILL_CONFIGS,
-        key=AUTOTUNE_KEY,
-        prune_configs_by={"early_config_prune": _prune_for(bucket)},
-    )(_attn_stats_fwd)
-    for bucket in ("decode", "short", "long")
-}
+FUSED_TUNER = fused_tuner(_attn_stats_fwd)
 
 # Fixed small tiles under TRITON_INTERPRET=1: programs run serially on the CPU there.
 INTERPRET_BLOCK = 16
@@ -564,19 +431,23 @@ def attention_with_stats_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                                 ) -> tuple[torch.Tensor, AttentionStats]:
     """Launch the fused kernel. Inputs are assumed validated by ``attention_with_stats``.
 
-    ``block=(BLOCK_M, BLOCK_N)`` forces a tile shape (tests, benchmarks); otherwise the
-    autotuner picks one on GPU and ``INTERPRET_BLOCK`` is used under the interpreter."""
+    ``block=(BLOCK_M, BLOCK_N)`` forces a tile shape (tests, benchmarks); otherwise a pinned config
+    (``pinning``), else the autotuner on GPU (``autotune``), else ``INTERPRET_BLOCK`` under the
+    interpreter."""
     if q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"head_dim must be at most {MAX_HEAD_DIM} for the Triton kernel, got {q.shape[-1]} "
                          "(the torch backend takes any head_dim)")
     launch = launch_arguments(q, k, v, request, side)
     n_rows, n_programs = launch.grid_rows
+    pinned = None if block else fused_pin(head_dim=q.shape[-1], elt_bytes=q.element_size(),
+                                          constexprs=launch.constexprs)
+    tile = dict(zip(("BLOCK_M", "BLOCK_N"), block or (INTERPRET_BLOCK, INTERPRET_BLOCK)))
+    grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), n_programs)  # noqa: E731
     with device_guard(q.device):  # Triton launches on the current device: make it q's
-        if block is None and not interpreting():
-            grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), n_programs)  # noqa: E731
-            _TUNERS[launch.bucket][grid](*launch.args, **launch.constexprs)
+        if pinned is not None:
+            _attn_stats_fwd[grid](*launch.args, **launch.constexprs, **pinned.all_kwargs())
+        elif block or interpreting():
+            _attn_stats_fwd[grid](*launch.args, **launch.constexprs, **tile)
         else:
-            bm, bn = block or (INTERPRET_BLOCK, INTERPRET_BLOCK)
-            _attn_stats_fwd[(triton.cdiv(n_rows, bm), n_programs)](*launch.args, **launch.constexprs, BLOCK_M=bm,
-                                                                   BLOCK_N=bn)
+            FUSED_TUNER[grid](*launch.args, **launch.constexprs, **length_buckets(n_rows, k.shape[2]))
     return launch.out, launch.stats

@@ -79,11 +79,13 @@ import torch
 import triton
 import triton.language as tl
 
+from .autotune import length_buckets, split_tuner
+from .pinning import split_pin
 from .request import StatsRequest, torch_allocator
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-from .triton_common import (LN2, LOG2E_K, NEG_BIG, constexpr_names, device_guard, head_block, interpreting,
-                            join_learned_sink, kernel_flags, point_prob, row_entropy2, score_scales, smem_fits, tanh_softcap)
+from .triton_common import (LN2, LOG2E_K, NEG_BIG, device_guard, head_block, interpreting, join_learned_sink,
+                            kernel_flags, point_prob, row_entropy2, score_scales, tanh_softcap)
 
 # Calls with more queries than this go to the fused kernel (its 16-row decode tiles and up).
 DECODE_MAX_QUERIES = 16
@@ -463,46 +465,11 @@ def _decode_combine(
 # ---------------------------------------------------------------------------------------------
 
 
-def prune_split_configs(configs: list[triton.Config], named_args: dict, **kwargs: Any) -> list[triton.Config]:
-    """Keep configs that fit shared memory and registers.
-
-    16-bit inputs: key tiles of 32 to 128 (BLOCK_M x BLOCK_N <= 64 x 64 at BLOCK_D = 256), 3 or 4
-    stages (with all statistics and padding, 2-stage sm_90 compiles spilled 8-36 bytes outside
-    the key loop at D = 64, 128 and 256; 3 and 4 stages did not).
-    fp32 inputs (exact fp32 dots on the CUDA cores): BLOCK_N x BLOCK_D <= 2048, or 16 keys, i.e.
-    32 keys at D <= 64 and 16 above (sm_90 compiles of larger fp32 tiles spill)."""
-    bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
-    bm = kwargs.get("BLOCK_M", named_args.get("BLOCK_M"))
-    elt = named_args["Q"].element_size() if hasattr(named_args.get("Q"), "element_size") else 2
-    kept = [c for c in configs if smem_fits(bm, c.kwargs["BLOCK_N"], c.num_stages, bd, elt)]
-    if elt >= 4:
-        kept = [c for c in kept if c.kwargs["BLOCK_N"] * bd <= 2048 or c.kwargs["BLOCK_N"] == 16]
-    else:
-        kept = [c for c in kept if c.kwargs["BLOCK_N"] >= 32 and c.num_stages >= 3]
-        if bd >= 256:
-            kept = [c for c in kept if bm * c.kwargs["BLOCK_N"] <= 64 * 64] or kept
-    return kept or [min(configs, key=lambda c: (c.kwargs["BLOCK_N"], c.num_stages))]
-
-
-# 4 warps: a decode tile has 16 to 64 rows (8 warps gave no fewer registers and spilled at D=128).
-# BLOCK_N = 16 is for fp32 only (see prune_split_configs).
-SPLIT_CONFIGS = [
-    triton.Config({"BLOCK_N": bn}, num_warps=4, num_stages=s)
-    for bn in (16, 32, 64, 128)
-    for s in (2, 3, 4)
-]
-
-# The kernels themselves, for ahead-of-time compilation (kernels.aot).
+# The kernels themselves, for ahead-of-time compilation (kernels.aot), and the autotuned split
+# kernel (which key tiles a launch may try, and which one it runs: ``autotune``).
 SPLIT_KERNEL = _decode_split_fwd
 COMBINE_KERNEL = _decode_combine
-
-# Tuned per value of every constexpr but the key tile (DOT_PRECISION follows the dtype, a key too).
-SPLIT_AUTOTUNE_KEY = [name for name in constexpr_names(_decode_split_fwd) if name not in ("BLOCK_N", "DOT_PRECISION")]
-_decode_split_fwd_tuned = triton.autotune(
-    configs=SPLIT_CONFIGS,
-    key=SPLIT_AUTOTUNE_KEY,
-    prune_configs_by={"early_config_prune": prune_split_configs},
-)(_decode_split_fwd)
+SPLIT_TUNER = split_tuner(_decode_split_fwd)
 
 
 @functools.lru_cache(maxsize=None)
@@ -618,7 +585,8 @@ def attention_with_stats_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     Args:
         split_len: keys per split (a multiple of the key tile); default ``decode_split_len``,
             or all keys in one split when splitting is not worthwhile.
-        block_n: force the key tile (tests); otherwise autotuned on GPU, 16 under the interpreter.
+        block_n: force the key tile (tests); otherwise a pinned config (``pinning``), else
+            autotuned on GPU (``autotune``), else 16 under the interpreter.
     """
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
@@ -628,11 +596,12 @@ def attention_with_stats_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         raise ValueError(f"batch x kv heads must be <= 65535 for the decode kernel, got {B} x {Hkv}")
     if request.top1 and Nk > 1 << 24:  # the partials carry the top-1 key as a float32
         raise ValueError(f"top1 in the decode kernel needs k_len <= 2**24, got {Nk}")
-    if block_n is None and interpreting():
+    pinned = None if block_n else split_pin(head_dim=D, block_m=ROWS_BLOCK, elt_bytes=q.element_size())
+    if block_n is None and pinned is None and interpreting():
         block_n = INTERPRET_BLOCK_N
     if split_len is None:
         split_len = decode_split_len(q, k) or triton.cdiv(Nk, SPLIT_ALIGN) * SPLIT_ALIGN
-    tile = block_n or SPLIT_ALIGN
+    tile = block_n or (pinned.kwargs["BLOCK_N"] if pinned else SPLIT_ALIGN)
     if split_len <= 0 or split_len % tile:
         raise ValueError(f"split_len must be a positive multiple of the key tile {tile}, got {split_len}")
     n_splits = triton.cdiv(Nk, split_len)
@@ -659,9 +628,11 @@ def attention_with_stats_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     cargs, cconst = combine_kernel_args(part_o, part_s, out, stats, request=request, flags=flags, n_splits=n_splits,
                                         block_r=combine_rows_block(R, device_sm_count(dev)))
     with device_guard(dev):  # Triton launches on the current device: make it q's
-        if block_n is None:
-            _decode_split_fwd_tuned[grid](*args, **constexprs)
-        else:
+        if block_n is not None:
             _decode_split_fwd[grid](*args, **constexprs, BLOCK_N=block_n)
+        elif pinned is not None:
+            _decode_split_fwd[grid](*args, **constexprs, **pinned.all_kwargs())
+        else:
+            SPLIT_TUNER[grid](*args, **constexprs, **length_buckets(Nq, Nk))
         _decode_combine[(triton.cdiv(R, cconst["BLOCK_R"]),)](*cargs, **cconst, num_warps=combine_warps(cconst))
     return out, stats

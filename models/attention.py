@@ -265,7 +265,7 @@ def circuit_stats_attention(
         key, value = torch.cat([pad, key], 2), torch.cat([pad, value], 2)
     elif key_offset:
         kpm = kpm[:, key_offset:]
-    request = recording.request_for(module, query, key, kpm)
+    request = recording.request_for(module, query, key, kpm, window=modifiers.get("window"))
 
     if needs_grad or dropout > 0:
         out = _differentiable_attention(query, key, value, kpm, scaling, dropout, **modifiers)

@@ -22,29 +22,30 @@ LOG2_EDGES: tuple[float, ...] = (0.0,) + tuple(float(2**k) for k in range(41)) +
 BinSpec = Union[str, Sequence[Union[int, float]]]
 
 
-def bin_edges(position_bins: BinSpec) -> tuple[float, ...]:
+def bin_edges(position_bins: BinSpec, name: str = "position_bins") -> tuple[float, ...]:
     """Edges ``e_0 < e_1 < ... < e_m`` of the bins ``[e_k, e_{k+1})``; a clear error otherwise.
 
     ``"log2"`` gives ``[0, 1), [1, 2), [2, 4), ...``; explicit edges are non-negative ints in
     increasing order, the last one may be ``math.inf``. Queries outside ``[e_0, e_m)`` are in no bin.
+    ``name``: the argument the errors name (``key_bins`` takes the same spec).
     """
     if isinstance(position_bins, str):
         if position_bins != LOG2:
-            raise ValueError(f"position_bins must be 'log2' or a list of increasing edges, got {position_bins!r}")
+            raise ValueError(f"{name} must be 'log2' or a list of increasing edges, got {position_bins!r}")
         return LOG2_EDGES
     if isinstance(position_bins, (bytes, torch.Tensor)) or not isinstance(position_bins, Sequence):
-        raise TypeError(f"position_bins must be 'log2' or a list of increasing edges, got {type(position_bins).__name__}")
+        raise TypeError(f"{name} must be 'log2' or a list of increasing edges, got {type(position_bins).__name__}")
     edges = []
     for i, e in enumerate(position_bins):
         last = i == len(position_bins) - 1
         integral = isinstance(e, numbers.Integral) or (isinstance(e, float) and e.is_integer())
         if isinstance(e, bool) or not isinstance(e, numbers.Real) or not (integral or (last and e == math.inf)):
-            raise TypeError(f"position_bins edges must be ints (the last may be math.inf), got {e!r}")
+            raise TypeError(f"{name} edges must be ints (the last may be math.inf), got {e!r}")
         edges.append(float(e))
     if len(edges) < 2:
-        raise ValueError(f"position_bins needs at least two edges (one bin), got {list(position_bins)}")
+        raise ValueError(f"{name} needs at least two edges (one bin), got {list(position_bins)}")
     if edges[0] < 0 or any(b <= a for a, b in zip(edges, edges[1:])):
-        raise ValueError(f"position_bins edges must be >= 0 and strictly increasing, got {list(position_bins)}")
+        raise ValueError(f"{name} edges must be >= 0 and strictly increasing, got {list(position_bins)}")
     return tuple(edges)
 
 

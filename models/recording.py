@@ -26,15 +26,19 @@ import pandas as pd
 import torch
 
 from ..kernels import AttentionStats, SideInputs
-from ..kernels.dispatch import check_bool
 from ..kernels.names import CHANNELS, SCALAR_STATISTICS
-from ..kernels.side_inputs import check_offsets
+from ..kernels.request import StatsRequest
 from .families import attention_interface_refusal
-from .positions import BinSpec, bin_bounds, bin_edges, bin_weights, query_positions
+from .key_mass import KEY_ATTENTION, KEY_MASS, KEY_STATISTICS, ForwardKeys, KeyMassSums, fit
+from .key_ranking import check_top_n, common_tokens, top_keys_frame
+from .positions import BinSpec, bin_bounds, bin_weights, query_positions
+from .record_options import RecordOptions, kernel_arguments
 from .wrapped import unwrap_model
 
 # The name registered with transformers' AttentionInterface / AttentionMaskInterface.
 IMPLEMENTATION = "circuit_stats"
+# The statistic groups a query mask can be given for: the averaged channels and the key mass.
+MASK_GROUPS = CHANNELS + tuple(name for name in (KEY_MASS,) if name not in CHANNELS)
 
 
 def offset_column(offset: int) -> str:
@@ -80,34 +84,50 @@ class _Block:
     counts: dict = field(default_factory=lambda: defaultdict(dict))  # layer -> name -> [B, K]
 
 
-class _Request:
-    """What one attention call must compute, and where its statistics go."""
+@dataclass
+class _ForwardInputs:
+    """What every layer of one forward on one device shares, built and validated once."""
 
-    def __init__(self, rec: "Recording", layer: int, weights: dict, kernel_kwargs: dict):
-        self.rec, self.layer, self.weights, self.kernel_kwargs = rec, layer, weights, kernel_kwargs
+    weights: dict  # statistic -> [B, Nq, K] float64 query weights (K position bins)
+    side: SideInputs
+    keys: Optional[ForwardKeys] = None  # the key layout, with key_mass
+
+
+class _LayerCall:
+    """One attention call inside the recording: its layer (and sliding window), the recording's
+    request and the forward's shared inputs."""
+
+    def __init__(self, rec: "Recording", layer: int, window: Optional[int], request: StatsRequest,
+                 shared: _ForwardInputs):
+        self.rec, self.layer, self.window, self.request, self.shared = rec, layer, window, request, shared
+        self.side = shared.side
+
+    @property
+    def kernel_kwargs(self) -> dict:
+        """``attention_with_stats`` keyword arguments of the recorded statistics (the layer adds
+        its scale and score modifiers)."""
+        return kernel_arguments(self.request, self.side)
 
     def deliver(self, stats: AttentionStats) -> None:
-        self.rec._reduce(self.layer, stats, self.weights)
+        self.rec._reduce(self.layer, stats, self.shared.weights)
+        if self.shared.keys is not None:
+            self.rec._keys.add(self.layer, stats.key_mass, self.shared.keys, self.window)
 
 
 class Recording:
     """Accumulates statistic sums per (layer, head); see ``record()``."""
 
-    def __init__(self, model, offsets, token_ids, token_match, entropy, query_mask, per_sample, probe_keys,
-                 position_bins=None, distance=False, local_window=None, top1=False, span=None):
+    def __init__(self, model, options: RecordOptions, *, token_ids: Optional[torch.Tensor] = None, query_mask=None,
+                 probe_keys: Optional[torch.Tensor] = None, span: Optional[torch.Tensor] = None):
         self.model = model
-        self.offsets = check_offsets(offsets)
-        for name, flag in (("token_match", token_match), ("entropy", entropy), ("per_sample", per_sample)):
-            check_bool(name, flag)
-        self.token_match = token_match or token_ids is not None
-        self.entropy = entropy
-        self.per_sample_enabled = per_sample
-        self.edges = None if position_bins is None else bin_edges(position_bins)
-        self.extra_kernel_kwargs = _extra_statistics(distance, local_window, top1)
-        self._user_tokens = token_ids
-        self._query_masks = _normalise_query_mask(query_mask)
-        self._probe_keys = probe_keys
-        self._span = _check_span(span)
+        self.options = options
+        self.offsets = options.offsets
+        self.token_match = options.token_match
+        self.entropy = options.entropy
+        self.per_sample_enabled = options.per_sample
+        self.edges = options.position_bins
+        self.request = options.stats_request()  # the same statistics in every forward
+        self.set_inputs(query_mask=query_mask, probe_keys=probe_keys, token_ids=token_ids, span=span)
         self._module_ids = {id(m) for m in model.modules()}
         self._tokens: Optional[torch.Tensor] = None  # ids of all keys of the current sequences
         self._sums: dict = defaultdict(dict)  # layer -> name -> [H, K, C]
@@ -119,11 +139,12 @@ class Recording:
         # State before the forward now running (None: none running): a forward that raises leaves
         # some layers' contributions; they are rolled back (see _discard_failed_forward).
         self._before_running: Optional[tuple] = None
-        # (forward number, device, q_len, k_len) -> _Request: every layer of one forward on one
-        # device shares its side inputs and query weights, built and validated once.
-        self._requests: dict = {}
+        # (forward number, device, q_len, k_len) -> (query weights, side inputs): every layer of
+        # one forward on one device shares them, built and validated once.
+        self._forward_inputs: dict = {}
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.n_layers = int(text_config.num_hidden_layers)
+        self._keys = KeyMassSums(self.n_layers, options.key_bins, options.per_sample) if options.key_mass else None
         self._hook = model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
         self._done_hook = model.register_forward_hook(self._after_forward)
 
@@ -132,6 +153,9 @@ class Recording:
         """Replace the per-forward inputs (query mask, probe keys, token ids, span) for the
         forwards that follow, e.g. between batches of different sizes; sums keep accumulating."""
         self._query_masks = _normalise_query_mask(query_mask)
+        if KEY_MASS in self._query_masks and not self.options.key_mass:
+            raise ValueError("query_mask['key_mass'] selects the queries of the key mass: record(..., key_mass=True) "
+                             "is needed for it")
         self._probe_keys = probe_keys
         self._span = _check_span(span)
         self._user_tokens = token_ids
@@ -155,6 +179,8 @@ class Recording:
             self._tokens = ids
         if not continuing or not self._blocks:
             self._blocks.append(_Block())
+            if self._keys is not None:
+                self._keys.start_sequences()
         self._n_forward += 1
 
     def _after_forward(self, module, args, output):
@@ -164,15 +190,18 @@ class Recording:
         """What a forward changes (sums are replaced, never updated in place: shallow copies do)."""
         last = self._blocks[-1] if self._blocks else None
         block = None if last is None else (last, _copy2(last.sums), _copy2(last.counts))
+        keys = None if self._keys is None else self._keys.snapshot()
         return (self._tokens, self._seq_len, _copy2(self._sums), _copy2(self._counts), dict(self._last_top1),
-                len(self._blocks), block)
+                len(self._blocks), block, keys)
 
     def _discard_failed_forward(self) -> None:
         """Roll back a forward that raised (caught inside the block), so that every layer keeps
         the same queries: the recording holds the forwards that finished."""
         if self._before_running is None:
             return
-        self._tokens, self._seq_len, sums, counts, self._last_top1, n_blocks, block = self._before_running
+        self._tokens, self._seq_len, sums, counts, self._last_top1, n_blocks, block, keys = self._before_running
+        if keys is not None:
+            self._keys.restore(keys)
         self._sums, self._counts = defaultdict(dict, sums), defaultdict(dict, counts)
         del self._blocks[n_blocks:]
         if block is not None:  # the block the forward added to (a continuing forward's)
@@ -182,7 +211,7 @@ class Recording:
         warnings.warn("a forward inside record() raised before it finished: the statistics it had recorded "
                       "were discarded; the recording holds the forwards that finished", stacklevel=3)
 
-    def _request(self, module, query, key, kpm) -> _Request:
+    def _layer_call(self, module, query, key, kpm, window: Optional[int]) -> _LayerCall:
         layer = getattr(module, "layer_idx", None)
         if layer is None:
             raise RuntimeError(f"{type(module).__name__} has no layer_idx; circuit_stats cannot tell its layer")
@@ -190,16 +219,15 @@ class Recording:
         Nk = key.shape[2]
         dev = query.device
         cache_key = (self._n_forward, dev, Nq, Nk)
-        shared = self._requests.get(cache_key)
+        shared = self._forward_inputs.get(cache_key)
         if shared is None:
-            if next(iter(self._requests), (None,))[0] != self._n_forward:
-                self._requests = {}  # a new forward: drop the previous one's
-            shared = self._requests[cache_key] = self._shared_request(B, Nq, Nk, dev, kpm)
-        weights, kernel_kwargs = shared
-        return _Request(self, int(layer), weights, kernel_kwargs)
+            if next(iter(self._forward_inputs), (None,))[0] != self._n_forward:
+                self._forward_inputs = {}  # a new forward: drop the previous one's
+            shared = self._forward_inputs[cache_key] = self._shared_inputs(B, Nq, Nk, dev, kpm)
+        return _LayerCall(self, int(layer), window, self.request, shared)
 
-    def _shared_request(self, B: int, Nq: int, Nk: int, dev: torch.device, kpm) -> tuple[dict, dict]:
-        """Query weights and kernel arguments for every layer of this forward on ``dev``."""
+    def _shared_inputs(self, B: int, Nq: int, Nk: int, dev: torch.device, kpm) -> _ForwardInputs:
+        """Query weights and side inputs for every layer of this forward on ``dev``."""
         if self.edges is None:
             bins = torch.ones(B, Nq, 1, dtype=torch.float64, device=dev)
         else:
@@ -208,14 +236,15 @@ class Recording:
             default = kpm[:, Nk - Nq:].to(torch.float64)  # every non-padded query
         else:
             default = torch.ones(B, Nq, dtype=torch.float64, device=dev)
-        masks = {name: default for name in CHANNELS}
+        masks = {name: default for name in MASK_GROUPS}
         for name, qm in self._query_masks.items():
             if tuple(qm.shape) != (B, Nq):
                 raise ValueError(f"query_mask must have shape (batch, q_len) = {(B, Nq)} for this forward, got {tuple(qm.shape)}")
-            for channel in (CHANNELS if name == "default" else (name,)):
+            for channel in (MASK_GROUPS if name == "default" else (name,)):
                 if name == "default" and channel in self._query_masks:
                     continue  # a statistic's own mask wins over the default
                 masks[channel] = qm.to(device=dev, dtype=torch.float64)
+        key_weight = masks.pop(KEY_MASS, default)
         by_mask: dict = {}  # channels sharing a mask share one [B, Nq, K] weight tensor
         weights = {name: by_mask.setdefault(id(m), m[..., None] * bins) for name, m in masks.items()}
         tokens = None
@@ -232,10 +261,14 @@ class Recording:
             elif tokens.shape[0] != B or tokens.shape[1] < Nk:
                 raise ValueError(f"token_ids must cover every key: need shape ({B}, {Nk}), got {tuple(tokens.shape)}")
             tokens = tokens[:, tokens.shape[1] - Nk:]
+        if self._keys is None:
+            side = SideInputs.build(batch=B, k_len=Nk, device=dev, key_padding_mask=kpm, token_ids=tokens,
+                                    probe_keys=self._probe_keys, span=self._span)
+            return _ForwardInputs(weights, side)
         side = SideInputs.build(batch=B, k_len=Nk, device=dev, key_padding_mask=kpm, token_ids=tokens,
-                                probe_keys=self._probe_keys, span=self._span)
-        return weights, {"offsets": self.offsets, "entropy": self.entropy, "side_inputs": side,
-                         **self.extra_kernel_kwargs}
+                                probe_keys=self._probe_keys, span=self._span, query_weight=key_weight.float())
+        ids = self._user_tokens if self._user_tokens is not None else self._tokens
+        return _ForwardInputs(weights, side, self._keys.forward_keys(kpm, ids, key_weight, B, Nq, Nk, dev))
 
     # ---------------------------------------------------------------- reduction
     def _channels(self, stats: AttentionStats) -> Iterator[tuple[str, torch.Tensor]]:
@@ -246,7 +279,7 @@ class Recording:
         if stats.probes is not None:
             yield "probes", stats.probes
         for name in SCALAR_STATISTICS:
-            val = getattr(stats, name, None)
+            val = getattr(stats, name, None) if name != KEY_MASS else None  # per key, see key_mass.py
             if val is not None:
                 yield name, val[..., None]
 
@@ -304,7 +337,10 @@ class Recording:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """``{statistic: Tensor[n_layers, n_heads]}``: means over the selected queries and rows;
-        ``[n_layers, n_heads, n_bins]`` with ``position_bins`` (NaN in a bin with no query)."""
+        ``[n_layers, n_heads, n_bins]`` with ``position_bins`` (NaN in a bin with no query).
+
+        With ``key_mass``: ``key_mass`` and ``key_attention`` ``[n_layers, n_heads, keys]`` (or
+        ``key_bins`` bins), see ``record()``."""
         self._check_complete()
         out: dict[str, list] = defaultdict(list)
         for layer in range(self.n_layers):
@@ -313,7 +349,8 @@ class Recording:
                 mean = self._finish((s / n).to(torch.float32).cpu())  # [H, (K,) C]
                 for col, val in self._columns(name, mean).items():
                     out[col].append(val)
-        return {col: torch.stack(vals) for col, vals in out.items()}
+        keys = {} if self._keys is None else self._keys.pooled()
+        return {**{col: torch.stack(vals) for col, vals in out.items()}, **keys}
 
     def last_top1_index(self) -> torch.Tensor:
         """``[B, n_layers, n_heads]`` int64: the top-1 key (absolute position) of the last query
@@ -323,15 +360,19 @@ class Recording:
             raise RuntimeError("record(..., top1=True) and at least one forward are needed for last_top1_index()")
         return torch.stack([self._last_top1[layer] for layer in range(self.n_layers)], dim=1)
 
+    def _check_per_sample(self) -> None:
+        if not self.per_sample_enabled:
+            raise RuntimeError("record(..., per_sample=True) is needed for per-sample statistics")
+        self._check_complete()
+
     def per_sample(self) -> dict[str, torch.Tensor]:
         """``{statistic: Tensor[n_sequences, n_layers, n_heads]}`` (needs ``per_sample=True``);
         ``[n_sequences, n_layers, n_heads, n_bins]`` with ``position_bins``.
 
         Sequences are the batch rows of every fresh forward, in order; a sequence (or bin) none of
-        whose queries was selected holds NaN."""
-        if not self.per_sample_enabled:
-            raise RuntimeError("record(..., per_sample=True) is needed for per-sample statistics")
-        self._check_complete()
+        whose queries was selected holds NaN. With ``key_mass``: ``key_mass`` and ``key_attention``
+        ``[n_sequences, n_layers, n_heads, keys]`` (NaN at the keys a sequence does not have)."""
+        self._check_per_sample()
         out: dict[str, list] = defaultdict(list)
         for block in self._blocks:
             if not block.counts:
@@ -345,15 +386,14 @@ class Recording:
                         per_layer[col].append(val)
             for col, vals in per_layer.items():
                 out[col].append(torch.stack(vals, dim=1))  # [B, L, H]
-        return {col: torch.cat(vals) for col, vals in out.items()}
+        keys = {} if self._keys is None else self._keys.per_sequence()
+        return {**{col: torch.cat(vals) for col, vals in out.items()}, **keys}
 
     def per_sample_counts(self) -> dict[str, torch.Tensor]:
         """``{statistic: Tensor[n_sequences]}`` (``[n_sequences, n_bins]`` with ``position_bins``):
         how many queries each per-sample mean of :meth:`per_sample` averages (the same for every
         layer); weights for pooled means and their standard errors."""
-        if not self.per_sample_enabled:
-            raise RuntimeError("record(..., per_sample=True) is needed for per-sample statistics")
-        self._check_complete()
+        self._check_per_sample()
         out: dict[str, list] = defaultdict(list)
         for block in self._blocks:
             for name, s in block.sums[0].items() if block.counts else ():
@@ -367,8 +407,8 @@ class Recording:
 
         With ``position_bins``: one row per (layer, head, bin) that holds a query, with ``bin``,
         ``pos_lo``, ``pos_hi`` (``pos_hi`` -1 for an open last bin) and ``n_queries`` (the
-        ``sink`` count) before the statistics."""
-        t = self.tensors()
+        ``sink`` count) before the statistics. The per-key statistics are not in it (``top_keys``)."""
+        t = {col: val for col, val in self.tensors().items() if col not in KEY_STATISTICS}
         n_layers, n_heads = next(iter(t.values())).shape[:2]
         if self.edges is None:
             df = pd.DataFrame({
@@ -392,6 +432,49 @@ class Recording:
             df[col] = val[:, :, keep].reshape(-1).numpy()
         return df
 
+    def _check_key_mass(self) -> KeyMassSums:
+        if self._keys is None:
+            raise RuntimeError("record(..., key_mass=True) is needed for the attention received per key")
+        self._check_complete()
+        return self._keys
+
+    def key_queries(self) -> torch.Tensor:
+        """``[n_layers, keys]`` (or ``key_bins`` bins) float64: the selected queries that can attend
+        each key, summed over sequences (for a bin: its (query, key) pairs); ``key_attention`` is
+        the pooled ``key_mass`` over this. Needs ``key_mass``."""
+        keys = self._check_key_mass()
+        n = keys.n_slots_seen()
+        return torch.stack([fit(keys.reach[layer].cpu(), n) for layer in range(self.n_layers)])
+
+    def key_tokens(self) -> torch.Tensor:
+        """``[n_sequences, keys]`` int64 token id at each key position of every sequence (counted
+        from its first real token, as ``key_mass``); -1 where a sequence has no key or its forward
+        had no ``input_ids``. Needs ``key_mass``."""
+        return self._check_key_mass().tokens()
+
+    def top_keys(self, n: int, sequence: Optional[int] = None) -> pd.DataFrame:
+        """Per (layer, head) the ``n`` key positions that received the most attention (largest
+        ``key_mass``): columns ``layer``, ``head``, ``rank`` (0 = most), ``position``,
+        ``token_id``, ``key_mass``, ``key_attention``.
+
+        ``sequence=None`` ranks the mean over sequences (``tensors()``); ``token_id`` is the token
+        at that position if every sequence that reaches it has the same one (one document), else
+        -1. ``sequence=s`` (needs ``per_sample``) ranks that sequence's keys. Not with ``key_bins``."""
+        check_top_n(n)
+        keys = self._check_key_mass()
+        if keys.edges is not None:
+            raise ValueError("top_keys() ranks key positions: it needs record(..., key_mass=True) without key_bins")
+        tokens = keys.tokens()
+        if sequence is None:
+            stats, token_ids = keys.pooled(), common_tokens(tokens, keys.reached(keys.lengths(), tokens.shape[1]))
+        else:
+            self._check_per_sample()
+            if isinstance(sequence, bool) or not isinstance(sequence, int) or not 0 <= sequence < tokens.shape[0]:
+                raise ValueError(f"sequence must be an int in [0, {tokens.shape[0]}) (a recorded sequence), got {sequence!r}")
+            stats = {name: t[sequence] for name, t in keys.per_sequence().items()}
+            token_ids = tokens[sequence]
+        return top_keys_frame(stats[KEY_MASS], stats[KEY_ATTENTION], token_ids, n)
+
     def close(self) -> None:
         self._hook.remove()
         self._done_hook.remove()
@@ -407,8 +490,8 @@ def _normalise_query_mask(query_mask) -> dict[str, torch.Tensor]:
         return {}
     masks = query_mask if isinstance(query_mask, dict) else {"default": query_mask}
     for name, qm in masks.items():
-        if name != "default" and name not in CHANNELS:
-            raise ValueError(f"query_mask keys must be 'default' or one of {CHANNELS}, got {name!r}")
+        if name != "default" and name not in MASK_GROUPS:
+            raise ValueError(f"query_mask keys must be 'default' or one of {MASK_GROUPS}, got {name!r}")
         if not isinstance(qm, torch.Tensor) or qm.dim() != 2:
             raise TypeError(f"query_mask[{name!r}] must be a [batch, q_len] tensor")
     return dict(masks)
@@ -419,35 +502,19 @@ def is_recording(module) -> bool:
     return _ACTIVE is not None and id(module) in _ACTIVE._module_ids
 
 
-def _extra_statistics(distance: bool, local_window: Optional[int], top1: bool) -> dict:
-    """Kernel keyword arguments of the optional statistics that are on (none when all are off,
-    so that a kernel without them is called exactly as before)."""
-    for name, flag in (("distance", distance), ("top1", top1)):
-        check_bool(name, flag)
-    out: dict = {}
-    if distance:
-        out["distance"] = True
-    if local_window is not None:
-        if isinstance(local_window, bool) or not isinstance(local_window, int) or local_window < 1:
-            raise ValueError(f"local_window must be an int >= 1 (keys i - W < j <= i), got {local_window!r}")
-        out["local_window"] = int(local_window)
-    if top1:
-        out["top1"] = True
-    return out
-
-
 def _check_span(span: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     if span is not None and (not isinstance(span, torch.Tensor) or span.dim() != 2 or span.shape[1] != 2):
         raise TypeError("span must be an integer tensor [batch, 2] of key ranges [start, end)")
     return span
 
 
-def request_for(module, query, key, kpm) -> Optional[_Request]:
-    """The active recording's request for this attention module, or None (plain forward)."""
+def request_for(module, query, key, kpm, window: Optional[int] = None) -> Optional[_LayerCall]:
+    """The active recording's call for this attention module (``window``: the layer's sliding
+    window), or None (plain forward)."""
     rec = _ACTIVE
     if rec is None or id(module) not in rec._module_ids:
         return None
-    return rec._request(module, query, key, kpm)
+    return rec._layer_call(module, query, key, kpm, window)
 
 
 @contextmanager
@@ -466,6 +533,8 @@ def record(
     local_window: Optional[int] = None,
     top1: bool = False,
     span: Optional[torch.Tensor] = None,
+    key_mass: bool = False,
+    key_bins: Optional[BinSpec] = None,
 ) -> Iterator[Recording]:
     """Record per-(layer, head) attention statistics of every forward inside the block.
 
@@ -494,6 +563,19 @@ def record(
         top1: ``top1_prob``, the probability of each row's largest score; the top-1 key of the
             last query of the latest forward is ``rec.last_top1_index()``.
         span: ``[B, 2]`` key range ``[start, end)`` per row -> ``span``, the mass on it.
+        key_mass: the attention each key receives, summed over the selected queries (the query
+            mask's ``"key_mass"`` group, else its default). A key's position counts from the first
+            real token of its sequence (left padding does not count); forwards that extend the KV
+            cache add to the same keys. ``rec.tensors()["key_mass"]`` ``[layers, heads, keys]``:
+            the mean over the sequences that reach each key; ``rec.tensors()["key_attention"]``:
+            the pooled mass over the number of selected queries that can attend the key (causal,
+            inside a sliding window): Gu et al.'s ``alpha_k`` for every k (NaN where none can);
+            both per sequence in ``rec.per_sample()`` (with ``per_sample``), the token ids in
+            ``rec.key_tokens()``, the most-attended keys in ``rec.top_keys(n)``. Memory
+            O(layers x heads x keys), times the sequences with ``per_sample``.
+        key_bins: the same spec as ``position_bins``: sum the key mass per bin of key position
+            (on the device) instead of per key; ``key_attention`` is then the bin's mass over its
+            (query, key) pairs.
 
     ``sink`` is always recorded. Results: ``rec.tensors()``, ``rec.summary()``.
     """
@@ -512,9 +594,10 @@ def record(
         )
     if _ACTIVE is not None:
         raise RuntimeError("record() blocks cannot be nested: a recording is already active")
-    rec = Recording(model, offsets, token_ids, token_match, entropy, query_mask, per_sample, probe_keys,
-                    position_bins=position_bins, distance=distance, local_window=local_window, top1=top1,
-                    span=span)
+    options = RecordOptions(offsets=offsets, token_match=token_match, entropy=entropy, per_sample=per_sample,
+                            position_bins=position_bins, distance=distance, local_window=local_window, top1=top1,
+                            key_mass=key_mass, key_bins=key_bins)
+    rec = Recording(model, options, token_ids=token_ids, query_mask=query_mask, probe_keys=probe_keys, span=span)
     _ACTIVE = rec
     try:
         yield rec

@@ -35,6 +35,18 @@ def random_batch(B=3, N=29, vocab=(3, 24), padding=None, seed=0):
     return ids, mask
 
 
+def positions_from_first_real_token(mask):
+    """Position of every token counted from its row's first real token (-1: padding), by a plain loop."""
+    pos = torch.full(mask.shape, -1, dtype=torch.long)
+    for b in range(mask.shape[0]):
+        n = 0
+        for i in range(mask.shape[1]):
+            if mask[b, i]:
+                pos[b, i] = n
+                n += 1
+    return pos
+
+
 @torch.no_grad()
 def eager_means(eager, ids, mask, offsets=(), token_match=False, entropy=False, query_mask=None,
                 learned_sink=False):

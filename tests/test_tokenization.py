@@ -13,6 +13,7 @@ from circuit_stats.tokenization import (
     TOKENIZER_FILES,
     ByteTokenizer,
     byte_level_tokenizer,
+    token_string,
     write_byte_tokenizer,
 )
 
@@ -92,3 +93,10 @@ def test_new_demo_checkpoints_carry_the_tokenizer(tmp_path):
         assert tok(MIXED)["input_ids"] == list(MIXED.encode("utf-8")) and tok.bos_token_id == 0
         for name in TOKENIZER_FILES:
             assert (d / name).read_bytes() == (bundled_checkpoints()[0] / name).read_bytes()
+
+
+def test_token_string_names_one_token():
+    assert token_string("bytes", 10) == "\n" and token_string(ByteTokenizer(), 65) == "A"
+    assert token_string("bytes", 0xC8) == "\\xc8"  # a lone continuation-range byte is not text
+    assert token_string(byte_level_tokenizer(), 65) == "A"  # a transformers tokenizer decodes it
+    assert token_string(None, 65) == "" and token_string(lambda s: [1], 65) == ""

@@ -4,6 +4,7 @@ command: ``add_parser(subparsers)`` and ``run(args)``; the parser imports no tor
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,17 @@ def task_list(text: str) -> list[str]:
     return names
 
 
+def json_object(text: str) -> dict:
+    """``--metadata``: a JSON object."""
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{{\"max_seq_lengths\": [4096]}}' ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def add_parser(sub) -> None:
     e = sub.add_parser("eval", help="lm-evaluation-harness tasks with per-head statistics per document "
                                     "(needs `pip install circuit-stats[eval]`)")
@@ -30,6 +42,9 @@ def add_parser(sub) -> None:
     e.add_argument("--include-path", default=None, help="a folder of task YAMLs (lm-eval's --include_path)")
     e.add_argument("--limit", type=arg.positive_number, default=None, help="documents per task (lm-eval's --limit)")
     e.add_argument("--num-fewshot", type=arg.nonnegative_int, default=None)
+    e.add_argument("--metadata", type=json_object, default=None,
+                   help="JSON object passed to every task (lm-eval's --metadata), e.g. RULER's "
+                        "'{\"tokenizer\": \"MODEL\", \"max_seq_lengths\": [4096, 8192]}'")
     e.add_argument("--out", required=True, help="output directory (resumable)")
     e.add_argument("--bins", type=arg.position_bins, default="log2",
                    help="log2, or comma-separated edges, e.g. 0,64,512,4096,inf")
@@ -56,9 +71,9 @@ def check_inputs(a) -> None:
     from ..scans.settings import check_device
 
     check_device(a.device)
-    from ..scans.sharding import parse_shard, shard_from_env
+    from ..scans.sharding import resolve_shard
 
-    a.shard = parse_shard(a.shard) if a.shard else shard_from_env()
+    a.shard = resolve_shard(a.shard)
 
 
 def load_model(a):
@@ -85,7 +100,7 @@ def run(a) -> int:
         results = evaluate(model, a.tasks, tokenizer=tokenizer, out=out, include_path=a.include_path, limit=a.limit,
                            num_fewshot=a.num_fewshot, position_bins=a.bins, statistics=a.statistics,
                            local_window=a.local_window, plots=not a.no_plots, model_name=a.model, revision=a.revision,
-                           shard=a.shard)
+                           shard=a.shard, metadata=a.metadata)
     except (EvaluationFailed, RuntimeError) as err:
         print(f"circuit-stats eval: error: {err}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ from filelock import FileLock, Timeout
 
 from ..models import uses_circuit_stats
 from ..models.positions import BinSpec, bin_edges
+from ..names import PROFILE_KEY_STATISTICS
 from ..profiling.profile import STATISTICS, record_options
 from ..profiling.writer import atomic_write_parquet, atomic_write_text
 from .requirement import require_lm_eval
@@ -32,6 +33,9 @@ def check_settings(model, tasks: Sequence[str], statistics: Sequence[str], local
     if isinstance(tasks, str) or not tasks or not all(isinstance(t, str) and t for t in tasks):
         raise ValueError(f"tasks must be a non-empty list of task names, got {tasks!r}")
     record_options(statistics, local_window)
+    if set(statistics) & set(PROFILE_KEY_STATISTICS):
+        raise ValueError(f"statistics: {list(PROFILE_KEY_STATISTICS)} are profile statistics (per bin of key "
+                         "position), not recorded per evaluation request")
     if isinstance(local_window, bool) or not isinstance(local_window, int) or local_window < 1:
         raise ValueError(f"local_window must be an int >= 1, got {local_window!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
@@ -43,7 +47,8 @@ def check_settings(model, tasks: Sequence[str], statistics: Sequence[str], local
 def evaluate(model, tasks: Sequence[str], *, tokenizer, out: Union[str, Path], include_path: Optional[str] = None,
              limit: Optional[float] = None, num_fewshot: Optional[int] = None, position_bins: BinSpec = "log2",
              statistics: Sequence[str] = STATISTICS, local_window: int = 16, plots: bool = True,
-             model_name: Optional[str] = None, revision: Optional[str] = None, shard: Optional[Shard] = None) -> dict:
+             model_name: Optional[str] = None, revision: Optional[str] = None, shard: Optional[Shard] = None,
+             metadata: Optional[dict] = None) -> dict:
     """Run lm-eval ``tasks`` on ``model`` with ``simple_evaluate`` and record every request's statistics.
 
     Args:
@@ -55,6 +60,8 @@ def evaluate(model, tasks: Sequence[str], *, tokenizer, out: Union[str, Path], i
         include_path: a folder of task YAMLs (lm-eval's ``TaskManager(include_path=...)``).
         limit, num_fewshot: as lm-eval's.
         position_bins, statistics, local_window: as ``profile``'s.
+        metadata: passed to every task (lm-eval's ``--metadata``; RULER takes ``tokenizer`` and
+            ``max_seq_lengths`` from it).
         shard: run only this shard's documents (``shards``) and commit their requests; the tables
             are written by one unsharded run afterwards, which reuses every committed request.
 
@@ -68,6 +75,8 @@ def evaluate(model, tasks: Sequence[str], *, tokenizer, out: Union[str, Path], i
     edges = bin_edges(position_bins)
     if include_path is not None and not Path(include_path).is_dir():
         raise ValueError(f"include_path {include_path} is not a directory of task YAMLs")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ValueError(f"metadata must be a dict (lm-eval's task metadata), got {type(metadata).__name__}")
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
@@ -76,7 +85,7 @@ def evaluate(model, tasks: Sequence[str], *, tokenizer, out: Union[str, Path], i
     from .report import write_report
     from .tables import samples_table, statistics_table
 
-    manager = TaskManager(include_path=str(include_path) if include_path else None)
+    manager = TaskManager(include_path=str(include_path) if include_path else None, metadata=metadata)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise ValueError(f"tasks: unknown to lm-eval{' and ' + str(include_path) if include_path else ''}: {unknown}")
@@ -85,6 +94,8 @@ def evaluate(model, tasks: Sequence[str], *, tokenizer, out: Union[str, Path], i
                     limit=limit, num_fewshot=num_fewshot, statistics=list(statistics), local_window=local_window,
                     position_bins=[e if e != float("inf") else "inf" for e in edges],
                     dtype=str(next(model.parameters()).dtype).replace("torch.", ""))
+    if metadata:  # (only then: directories written without it keep resuming)
+        settings["metadata"] = metadata
     sharded = shard is not None and shard.count > 1
     samples = shard_samples(task_sizes(tasks, manager, limit), shard) if sharded else None
     store = EvalDir(out, shard)

@@ -35,7 +35,7 @@ class EvalDir(ProfileDir):
         super().__init__(root)
         self.parts = self.root / "requests"
         # shards write into one directory at once: each has its own lock and failures file
-        tag = f".shard-{shard.index}-of-{shard.count}" if shard is not None and shard.count > 1 else ""
+        tag = shard.file_tag if shard is not None else ""
         self.lock_path = self.root / f".evaluation{tag}.lock"
         self.failures_path = self.root / f"failures{tag}.json"
 

@@ -5,7 +5,8 @@ Each document runs through the model alone (no padding), in chunks that extend t
 bin) means become rows of ``profile.parquet``. With ``out=``, every finished document is
 committed atomically, so a re-run continues where a killed one stopped, and a document that
 fails (also one whose statistics are NaN or infinite: ``NonFiniteError``) is recorded in
-``failures.json`` and skipped, never pooled.
+``failures.json`` and skipped, never pooled. Processes sharing ``out`` (``shard=``) lock each
+document while they profile it; the one that finds every document done writes the merged outputs.
 """
 
 from __future__ import annotations
@@ -19,18 +20,19 @@ from typing import Iterable, Optional, Sequence, Union
 
 import pandas as pd
 import torch
-from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from ..finite import check_finite
-from ..names import PROFILE_STATISTICS
+from ..names import PROFILE_KEY_STATISTICS, PROFILE_STATISTICS
 from ..models import offset_column, record, uses_circuit_stats
 from ..models.config import text_config
 from ..models.context import check_context, context_limit
 from ..models.positions import BinSpec, bin_edges
 from ..models.wrapped import unwrap_model
+from ..scans.sharding import Shard
 from ..tokenization import encode, resolve_tokenizer
 from .corpus import Document, as_documents
+from .keys import add_key_columns, key_options, key_sums
 from .prefill import chunked_prefill
 from .writer import ProfileDir
 
@@ -41,9 +43,10 @@ ROW_KEYS = ["doc_index", "doc_id", "n_tokens", "layer", "head", "bin", "pos_lo",
 
 
 def record_options(statistics: Sequence[str], local_window: int) -> dict:
-    unknown = sorted(set(statistics) - set(STATISTICS))
+    unknown = sorted(set(statistics) - set(STATISTICS + PROFILE_KEY_STATISTICS))
     if unknown or not statistics:
-        raise ValueError(f"statistics must be a non-empty subset of {STATISTICS}, got unknown {unknown}")
+        raise ValueError(f"statistics must be a non-empty subset of {STATISTICS + PROFILE_KEY_STATISTICS}, "
+                         f"got unknown {unknown}")
     opts: dict = {}
     if "previous_token" in statistics:
         opts["offsets"] = (1,)
@@ -57,7 +60,7 @@ def record_options(statistics: Sequence[str], local_window: int) -> dict:
         opts["local_window"] = local_window
     if "top1_prob" in statistics:
         opts["top1"] = True
-    return opts
+    return opts  # the key statistics: keys.key_options
 
 
 @torch.no_grad()
@@ -67,7 +70,8 @@ def profile_document(model: torch.nn.Module, ids: Sequence[int], *, edges, stati
     Raises ``NonFiniteError`` when a statistic is NaN or infinite (the document then fails)."""
     device = next(model.parameters()).device
     input_ids = torch.as_tensor([list(ids)], dtype=torch.long, device=device)
-    with record(model, position_bins=list(edges), **record_options(statistics, local_window)) as rec:
+    opts = dict(record_options(statistics, local_window), **key_options(statistics, edges))
+    with record(model, position_bins=list(edges), **opts) as rec:
         chunked_prefill(model, input_ids, chunk_size)
     return statistics_frame(rec, statistics, "attention statistics of this document")
 
@@ -76,8 +80,8 @@ def statistics_frame(rec, statistics: Sequence[str], what: str) -> pd.DataFrame:
     """A finished ``record(position_bins=..., **record_options(...))``'s rows: ``layer, head, bin,
     pos_lo, pos_hi, n_queries`` and ``statistics``; ``NonFiniteError`` naming ``what`` when a
     statistic is NaN or infinite."""
-    df = rec.summary().rename(columns={offset_column(1): "previous_token"})
-    df = df[["layer", "head", "bin", "pos_lo", "pos_hi", "n_queries", *statistics]]
+    df = add_key_columns(rec.summary().rename(columns={offset_column(1): "previous_token"}), rec)
+    df = df[["layer", "head", "bin", "pos_lo", "pos_hi", "n_queries", *statistics, *key_sums(statistics)]]
     check_finite(df, statistics, what)
     return df
 
@@ -107,6 +111,7 @@ def profile(
     progress: bool = True,
     model_name: Optional[str] = None,
     revision: Optional[str] = None,
+    shard: Shard = Shard(),
 ) -> pd.DataFrame:
     """Attention statistics of every head against query position over a corpus.
 
@@ -126,11 +131,15 @@ def profile(
             ``max_position_embeddings``). More than a learned position table holds (GPT-2, OPT)
             is refused; more than a rotary model was trained on gives a warning.
         add_special_tokens: passed to a transformers tokenizer (e.g. to prepend its BOS).
+        shard: profile only documents ``I, I+N, ...`` of shard ``I/N`` (``scans.sharding``; needs
+            ``out``). Processes sharing ``out`` lock each document while they profile it, and the
+            process that finds every document done (or failed) writes the merged outputs.
 
     Returns:
         One row per (document, layer, head, position bin holding a query): ``doc_index``,
         ``doc_id``, ``n_tokens``, ``layer``, ``head``, ``bin``, ``pos_lo``, ``pos_hi`` (-1: open),
-        ``n_queries`` and one column per statistic (means over the bin's queries).
+        ``n_queries`` and one column per statistic (means over the bin's queries). When documents
+        are left to other processes (other shards still running), only this shard's rows.
     """
     model = unwrap_model(model)  # an nnsight LanguageModel: the transformers model it wraps
     if not uses_circuit_stats(model):
@@ -138,23 +147,14 @@ def profile(
                          "(or switched with model.set_attn_implementation('circuit_stats'))")
     edges = bin_edges(position_bins)
     statistics = tuple(statistics)
-    record_options(statistics, local_window)  # validate before any work
-    if isinstance(local_window, bool) or not isinstance(local_window, int) or local_window < 1:
-        raise ValueError(f"local_window must be an int >= 1, got {local_window!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
+    check_arguments(statistics, local_window, chunk_size, max_tokens, shard, out)
     limit = context_limit(model) if max_tokens is None else max_tokens
     if max_tokens is not None:  # past a learned position table: refused; past a rotary model's context: a warning
         check_context(model, max_tokens, f"max_tokens={max_tokens}")
     docs = as_documents(texts)
     if not docs:
         raise ValueError("texts: no documents")
-    tok = None
-    if any(isinstance(d.text, str) for d in docs):
-        tok = resolve_tokenizer(tokenizer)
-    vocab = int(text_config(model.config).vocab_size)
+    tok = resolve_tokenizer(tokenizer) if any(isinstance(d.text, str) for d in docs) else None
     settings = dict(
         model=model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
         revision=revision, statistics=list(statistics), position_bins=[e if e != float("inf") else "inf" for e in edges],
@@ -163,68 +163,97 @@ def profile(
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
         corpus=corpus_fingerprint(docs), n_documents=len(docs),
     )
-
-    store = ProfileDir(out) if out is not None else None
-    lock = FileLock(str(store.lock_path)) if store else None
-    try:
-        if lock is not None:
-            lock.acquire(timeout=0)
-    except Timeout:
-        raise RuntimeError(f"another profile run is writing {out} (lock {store.lock_path})") from None
-    try:
-        done = store.start(settings) if store else set()
-        frames: list = []
-        failures = store.failures() if store else {}
-        was_training = model.training
-        model.eval()
-        t0 = time.time()
-        todo = [i for i in range(len(docs)) if i not in done]
-        bar = tqdm(todo, desc="profile", unit="doc", disable=not progress, initial=len(done), total=len(docs))
-        try:
-            for i in bar:
-                doc = docs[i]
-                try:
-                    ids = encode(tok, doc.text, add_special_tokens)
-                    if not ids:
-                        raise ValueError("empty document (no tokens)")
-                    bad = next((i for i in ids if not 0 <= i < vocab), None)
-                    if bad is not None:  # the offending id, not the largest
-                        raise ValueError(f"token id {bad} (position {ids.index(bad)}) does not fit the model's "
-                                         f"vocabulary of {vocab} (ids 0..{vocab - 1})")
-                    n_doc = len(ids)
-                    ids = ids[:limit] if limit else ids
-                    df = profile_document(model, ids, edges=edges, statistics=statistics,
-                                          local_window=local_window, chunk_size=chunk_size)
-                except Exception as err:  # noqa: BLE001 -- a failing document is recorded and skipped
-                    if store is None:
-                        raise
-                    log.warning("document %d (%s) failed: %s", i, doc.doc_id, err)
-                    failures[i] = {"doc_index": i, "doc_id": doc.doc_id, "error": f"{type(err).__name__}: {err}"}
-                    store.write_failures(failures)
-                    continue
-                df.insert(0, "doc_index", i)
-                df.insert(1, "doc_id", doc.doc_id)
-                df.insert(2, "n_tokens", len(ids))
-                df.insert(3, "doc_tokens", n_doc)
-                if store is not None:
-                    store.write_part(i, df)
-                    if failures.pop(i, None) is not None:
-                        store.write_failures(failures)
-                else:
-                    frames.append(df)
-                bar.set_postfix(tokens=len(ids))
-        finally:
-            bar.close()
-            model.train(was_training)
-        if store is None:
-            return pd.concat(frames, ignore_index=True)
-        result = store.finish(elapsed=time.time() - t0)
+    run = DocumentRun(model, tok, edges=edges, statistics=statistics, local_window=local_window,
+                      chunk_size=chunk_size, limit=limit, add_special_tokens=add_special_tokens)
+    if out is None:
+        return pd.concat([run.rows(i, doc) for i, doc in enumerate(tqdm(docs, desc="profile", unit="doc",
+                                                                         disable=not progress))], ignore_index=True)
+    store = ProfileDir(out, shard)
+    done = store.start(settings)
+    mine = shard.take(range(len(docs)))
+    t0 = time.time()
+    profile_into(store, run, docs, [i for i in mine if i not in done], progress=progress,
+                 desc="profile" + (f" [shard {shard}]" if shard.count > 1 else ""))
+    store.add_elapsed(time.time() - t0)
+    if not store.complete(len(docs)):  # other processes still hold documents: the last one to finish merges
+        return store.rows(mine)
+    with store.lock("merge"):
+        result, failures = store.merge()
         from .report import write_plots, write_summary
 
         if plots:
             write_plots(result, store.root / "plots")
         write_summary(result, store.root, settings, failures, store.elapsed())
-        return result
-    finally:
-        if lock is not None:
-            lock.release()
+    return result
+
+
+def check_arguments(statistics: Sequence[str], local_window: int, chunk_size: int, max_tokens: Optional[int],
+                    shard: Shard, out) -> None:
+    """``ValueError`` naming the bad argument of ``profile``, before any work."""
+    record_options(statistics, local_window)
+    if isinstance(local_window, bool) or not isinstance(local_window, int) or local_window < 1:
+        raise ValueError(f"local_window must be an int >= 1, got {local_window!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
+    if not isinstance(shard, Shard):
+        raise ValueError(f"shard must be a scans.sharding.Shard, got {shard!r}")
+    if shard.count > 1 and out is None:
+        raise ValueError(f"shard {shard} needs out= (the directory the shards share)")
+
+
+class DocumentRun:
+    """One document's rows: its ids checked against the vocabulary, cut at ``limit``, profiled."""
+
+    def __init__(self, model, tokenizer, *, edges, statistics, local_window, chunk_size, limit, add_special_tokens):
+        self.model, self.tokenizer, self.limit, self.add_special_tokens = model, tokenizer, limit, add_special_tokens
+        self.options = dict(edges=edges, statistics=statistics, local_window=local_window, chunk_size=chunk_size)
+        self.vocab = int(text_config(model.config).vocab_size)
+
+    def rows(self, doc_index: int, doc: Document) -> pd.DataFrame:
+        """``profile()``'s rows of ``doc``; raises what made it fail."""
+        ids = encode(self.tokenizer, doc.text, self.add_special_tokens)
+        if not ids:
+            raise ValueError("empty document (no tokens)")
+        bad = next((i for i in ids if not 0 <= i < self.vocab), None)
+        if bad is not None:  # the offending id, not the largest
+            raise ValueError(f"token id {bad} (position {ids.index(bad)}) does not fit the model's "
+                             f"vocabulary of {self.vocab} (ids 0..{self.vocab - 1})")
+        n_doc = len(ids)
+        ids = ids[:self.limit] if self.limit else ids
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            df = profile_document(self.model, ids, **self.options)
+        finally:
+            self.model.train(was_training)
+        df.insert(0, "doc_index", doc_index)
+        df.insert(1, "doc_id", doc.doc_id)
+        df.insert(2, "n_tokens", len(ids))
+        df.insert(3, "doc_tokens", n_doc)
+        return df
+
+
+def profile_into(store: ProfileDir, run: DocumentRun, docs: Sequence[Document], todo: Sequence[int], *,
+                 progress: bool, desc: str) -> None:
+    """Profile documents ``todo`` one by one, each under its lock, committing each part; a failing
+    document is recorded in the store's failures file and skipped. Documents another process
+    holds are left to it."""
+    failures = store.failures()
+    for i in tqdm(todo, desc=desc, unit="doc", disable=not progress):
+        with store.claim(i) as mine:
+            if not mine:
+                log.info("document %d is profiled by another process or done", i)
+                continue
+            try:
+                df = run.rows(i, docs[i])
+            except Exception as err:  # noqa: BLE001 -- a failing document is recorded and skipped
+                log.warning("document %d (%s) failed: %s", i, docs[i].doc_id, err)
+                failures[i] = {"doc_index": i, "doc_id": docs[i].doc_id, "error": f"{type(err).__name__}: {err}"}
+                store.write_failures(failures)
+                continue
+            store.write_part(i, df)
+            log.info("document %d (%s) profiled: %d tokens", i, docs[i].doc_id, int(df["n_tokens"].iloc[0]))
+        if failures.pop(i, None) is not None:
+            store.write_failures(failures)

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 
 from ..names import PROFILE_STATISTICS as STATISTICS
+from .keys import write_key_plot
+from .panels import position_panels
 from .writer import atomic_write_text
 
 KEYS = ("layer", "head", "bin", "pos_lo", "pos_hi")
@@ -62,42 +64,12 @@ def write_plots(df: pd.DataFrame, out: Path) -> list[Path]:
     layers = sorted(by_bin["layer"].unique())
     heads = sorted(by_bin["head"].unique())
     n_docs = df["doc_index"].nunique() if "doc_index" in df else 1
-    cmap = plt.get_cmap("viridis")
     for stat in statistic_columns(df):
-        ncol = min(4, len(layers))
-        nrow = math.ceil(len(layers) / ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.8 * nrow), squeeze=False, sharex=True, sharey=True)
-        for ax, layer in zip(axes.flat, layers):
-            sub = by_bin[by_bin["layer"] == layer]
-            for h in heads:
-                d = sub[sub["head"] == h].sort_values("bin")
-                if d.empty:
-                    continue
-                # each bin's value spans [pos_lo, pos_hi): a step curve, drawn at bin starts
-                x = np.append(d["pos_lo"].to_numpy(), _last_end(d))
-                y = np.append(d[stat].to_numpy(), d[stat].to_numpy()[-1])
-                ax.step(x, y, where="post", color=cmap(h / max(1, len(heads) - 1)), lw=1.2, label=f"head {h}")
-            ax.set_xscale("symlog", linthresh=1)
-            if stat == "distance":  # tokens, spanning orders of magnitude like the positions
-                ax.set_yscale("symlog", linthresh=1)
-            ax.set_title(f"layer {layer}", fontsize=9)
-            ax.grid(alpha=0.3)
-        for ax in axes.flat[len(layers):]:
-            ax.axis("off")
-        for ax in axes[-1]:
-            ax.set_xlabel("query position (tokens from the first)")
-        for ax in axes[:, 0]:
-            ax.set_ylabel(stat)
-        fig.suptitle(f"{LABELS.get(stat, stat)} vs query position ({n_docs} documents, query-weighted means)",
-                     fontsize=10)
-        fig.tight_layout()
-        if len(heads) <= 16:  # one legend for all panels, right of them
-            fig.subplots_adjust(right=0.86)
-            fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="center right", fontsize=7, frameon=False)
-        path = out / f"position_{stat}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(position_panels(
+            by_bin, stat, xlabel="query position (tokens from the first)", ylabel=stat, path=out / f"position_{stat}.png",
+            title=f"{LABELS.get(stat, stat)} vs query position ({n_docs} documents, query-weighted means)",
+            # distance: tokens, spanning orders of magnitude like the positions
+            yscale={"value": "symlog", "linthresh": 1} if stat == "distance" else None))
 
     per_head = pooled(df, ("layer", "head"))
     stats = statistic_columns(df)
@@ -126,13 +98,9 @@ def write_plots(df: pd.DataFrame, out: Path) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(path)
+    if "key_attention" in df.columns:  # the opt-in key statistic (profiling/keys.py)
+        written.append(write_key_plot(df, out))
     return written
-
-
-def _last_end(d: pd.DataFrame) -> float:
-    hi = int(d["pos_hi"].to_numpy()[-1])
-    lo = int(d["pos_lo"].to_numpy()[-1])
-    return hi if hi > 0 else 2 * max(lo, 1)
 
 
 def write_summary(df: pd.DataFrame, root: Path, settings: dict, failures: dict, elapsed_s: float) -> Path:

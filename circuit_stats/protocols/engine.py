@@ -29,6 +29,7 @@ class RunResult:
     means: dict[str, torch.Tensor]  # {statistic: [layers, heads]}
     per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # {statistic: [seqs, L, H]}
     counts: dict[str, torch.Tensor] = field(default_factory=dict)  # {statistic: [seqs]} queries per row
+    key_tokens: Optional[torch.Tensor] = None  # [seqs, positions] token ids of the keys (with key_mass)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -85,13 +86,16 @@ def run_batches(
     token_match: bool = False,
     entropy: bool = False,
     per_sample: bool = False,
+    key_mass: bool = False,
     device: Optional[torch.device] = None,
     desc: str = "scoring",
     progress: bool = True,
 ) -> RunResult:
     """Run every batch through the model inside one ``record()`` and return the means
     (``[layers, heads]`` per statistic) and, with ``per_sample``, the per-row means
-    (``[rows, layers, heads]``, rows in batch order) and the queries each averages (``[rows]``)."""
+    (``[rows, layers, heads]``, rows in batch order) and the queries each averages (``[rows]``).
+    ``key_mass``: also the attention received per key (``record(key_mass=True)``: ``key_mass`` and
+    ``key_attention`` in the means and per-sample results, per key position) and the keys' token ids."""
     device = device or model_device(model)
     batches = list(batches)  # small id tensors: the longest is checked against the context before any forward
     if batches:
@@ -103,15 +107,17 @@ def run_batches(
         return None if t is None else t.to(device)
 
     try:
-        with record(model, offsets=offsets, token_match=token_match, entropy=entropy, per_sample=per_sample) as rec:
+        with record(model, offsets=offsets, token_match=token_match, entropy=entropy, per_sample=per_sample,
+                    key_mass=key_mass) as rec:
             for batch in tqdm(batches, total=total, desc=desc, unit="batch", disable=not progress, leave=False):
                 qm = batch.query_mask
                 qm = {k: to_device(v) for k, v in qm.items()} if isinstance(qm, dict) else to_device(qm)
                 rec.set_inputs(query_mask=qm, probe_keys=to_device(batch.probe_keys))
                 model(input_ids=to_device(batch.input_ids), attention_mask=to_device(batch.attention_mask),
                       use_cache=False)
+        key_tokens = rec.key_tokens() if key_mass else None
         if not per_sample:
-            return RunResult(rec.tensors())
-        return RunResult(rec.tensors(), rec.per_sample(), rec.per_sample_counts())
+            return RunResult(rec.tensors(), key_tokens=key_tokens)
+        return RunResult(rec.tensors(), rec.per_sample(), rec.per_sample_counts(), key_tokens=key_tokens)
     finally:
         model.train(was_training)

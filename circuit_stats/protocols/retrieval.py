@@ -228,51 +228,62 @@ def recipe(o: dict, tokenizer) -> Recipe:
     return Recipe(int(o["prefix_len"]), MAX_NEW_TOKENS, stop, recall)
 
 
+def run_trials(model, o: dict, how: Recipe, haystack: Sequence[int], candidates: np.ndarray,
+               batch_size: Optional[int], bos_token_id: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Every trial of every context length, in batches of ``batch_size`` (default: one length's
+    trials at once). Returns ``(scores [trials, L, H]`` hits per answer token, ``success [trials]``
+    bool, one row per trial with its length, depth and recall)."""
+    needle_len, prefix_len = int(o["needle_len"]), int(o["prefix_len"])
+    n_copy = needle_len - prefix_len  # the answer span: the per-trial denominator in both conventions
+    depths = [float(d) for d in o["depths"]]
+    per_trial, success, rows = [], [], []
+    for i, length in enumerate(int(n) for n in o["context_lengths"]):
+        prompts, spans, needles = build_trials(haystack, length, depths, int(o["n_needles"]), needle_len,
+                                               prefix_len, candidates, int(o["seed"]) + i, bos_token_id)
+        spans = spans + torch.tensor([how.hit_from, 0])
+        bs = batch_size or len(prompts)
+        for s in range(0, len(prompts), bs):
+            hits, generated = retrieval_hits(model, prompts[s:s + bs], spans[s:s + bs], how.n_steps,
+                                             int(o["chunk_size"]), how.stop_token)
+            for t in range(hits.shape[0]):
+                recall = how.recall(generated[t].tolist(), needles[s + t, prefix_len:].tolist())
+                per_trial.append(hits[t].double() / n_copy)
+                success.append(recall > float(o["success_recall"]))
+                rows.append(dict(context_length=length, depth=depths[(s + t) % len(depths)], recall=recall))
+    return torch.stack(per_trial), torch.tensor(success), rows
+
+
+def head_table(scores: torch.Tensor, copied: torch.Tensor, threshold: float) -> pd.DataFrame:
+    """One row per (layer, head) from per-trial ``scores [trials, L, H]``: the mean score (and its
+    SE) over the trials whose answer was ``copied`` (NaN when none was) and over all trials, and
+    the label at ``threshold``."""
+    _, L, H = scores.shape
+    df = pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L)})
+    nan = torch.full((L, H), float("nan"), dtype=torch.float64)
+    on_copied = mean_se(scores[copied]) if copied.any() else (nan, nan)
+    for col, (mean, se) in {"retrieval_score": on_copied, "retrieval_score_all_trials": mean_se(scores)}.items():
+        df[col], df[se_column(col)] = mean.reshape(-1).numpy(), se.reshape(-1).numpy()
+    df["is_retrieval"] = df["retrieval_score"].fillna(0.0).to_numpy() >= threshold
+    df["label"] = np.where(df["is_retrieval"], RETRIEVAL, UNCLASSIFIED)
+    return label_margins(df, {"retrieval_score": threshold}, {"retrieval_score": RETRIEVAL})
+
+
 def score(model, *, tokenizer=None, texts=None, batch_size: Optional[int] = None, device=None,
           bos_token_id: Optional[int] = None, progress: bool = True, **options) -> pd.DataFrame:
     o = PROTOCOL.check_options(options)
     how = recipe(o, tokenizer)
     # the longest prompt plus the tokens decoded after it (the last one is never fed back)
     check_context(model, max(int(n) for n in o["context_lengths"]) + how.n_steps - 1, "protocol 'retrieval'")
-    cfg = text_config(model.config)
-    vocab = int(cfg.vocab_size)
-    needle_len, prefix_len = int(o["needle_len"]), int(o["prefix_len"])
-    lengths = [int(n) for n in o["context_lengths"]]
-    depths = [float(d) for d in o["depths"]]
     haystack = haystack_tokens(model, texts, tokenizer)
-    candidates = needle_candidates(haystack, vocab, o["vocab_range"])
-    n_copy = needle_len - prefix_len  # the answer span: the per-trial denominator in both conventions
-    L, H = int(cfg.num_hidden_layers), int(cfg.num_attention_heads)
-    per_trial, success, rows = [], [], []
+    candidates = needle_candidates(haystack, int(text_config(model.config).vocab_size), o["vocab_range"])
     was_training = model.training
     model.eval()
     try:
-        for i, length in enumerate(lengths):
-            prompts, spans, needles = build_trials(haystack, length, depths, int(o["n_needles"]), needle_len,
-                                                   prefix_len, candidates, int(o["seed"]) + i, bos_token_id)
-            spans = spans + torch.tensor([how.hit_from, 0])
-            bs = batch_size or len(prompts)
-            for s in range(0, len(prompts), bs):
-                hits, generated = retrieval_hits(model, prompts[s:s + bs], spans[s:s + bs], how.n_steps,
-                                                 int(o["chunk_size"]), how.stop_token)
-                for t in range(hits.shape[0]):
-                    recall = how.recall(generated[t].tolist(), needles[s + t, prefix_len:].tolist())
-                    per_trial.append(hits[t].double() / n_copy)
-                    success.append(recall > float(o["success_recall"]))
-                    rows.append(dict(context_length=length, depth=depths[(s + t) % len(depths)], recall=recall))
+        scores, copied, rows = run_trials(model, o, how, haystack, candidates, batch_size, bos_token_id)
     finally:
         model.train(was_training)
-    scores = torch.stack(per_trial)  # [trials, L, H]
-    ok = torch.tensor(success)
-    df = pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L)})
-    nan = torch.full((L, H), float("nan"), dtype=torch.float64)
-    copied = mean_se(scores[ok]) if ok.any() else (nan, nan)
-    for col, (mean, se) in {"retrieval_score": copied, "retrieval_score_all_trials": mean_se(scores)}.items():
-        df[col], df[se_column(col)] = mean.reshape(-1).numpy(), se.reshape(-1).numpy()
-    df["is_retrieval"] = df["retrieval_score"].fillna(0.0).to_numpy() >= float(o["threshold"])
-    df["label"] = np.where(df["is_retrieval"], RETRIEVAL, UNCLASSIFIED)
-    df = label_margins(df, {"retrieval_score": float(o["threshold"])}, {"retrieval_score": RETRIEVAL})
-    df.attrs.update(settings=dict(o, bos_token_id=bos_token_id, n_trials=len(success), n_copied=int(ok.sum()),
+    df = head_table(scores, copied, float(o["threshold"]))
+    df.attrs.update(settings=dict(o, bos_token_id=bos_token_id, n_trials=len(rows), n_copied=int(copied.sum()),
                                   tokenizer=getattr(tokenizer, "name_or_path", None) or str(tokenizer)),
                     trials=rows)
     return df

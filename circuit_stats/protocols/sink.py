@@ -20,6 +20,16 @@ front explicitly (BOS + 63 text tokens), as in the other conventions.
 windows (a text shorter than ``seq_len`` is used whole, so ``alpha0`` weighs prompts by length),
 tokenized as the tokenizer does by default, with ``bos_token_id`` put in front of every window
 (``seq_len + 1`` tokens).
+
+Beyond position 0 (``record(key_mass=True)``, the attention each key receives; off by default, it
+costs a second pass over the keys): ``first_keys=K`` adds Gu et al.'s ``alpha_k`` for
+``k = 1 .. K-1`` as columns ``alpha1``, ... (each key's attention over the queries that can attend
+it, pooled over prompts); ``secondary_sinks=True`` finds the keys other than position 0 with
+``alpha_k > eps`` in each prompt (keys with at least ``min_queries`` queries at or after them) and
+groups them by token id across texts: ``df.attrs["secondary_sinks"]`` (records with ``layer``,
+``head``, ``token_id``, ``token``, ``n_keys``, ``n_sinks``, ``alpha_mean``, ``alpha_max``; see
+``key_sinks.secondary_sinks``) and per head the column ``n_secondary_sinks`` (token ids). The
+per-prompt key sums it needs take O(prompts x layers x heads x seq_len) memory on the device.
 """
 
 from __future__ import annotations
@@ -32,12 +42,14 @@ import torch
 from ..labels import FIRST_TOKEN, UNCLASSIFIED, flag_column
 from .engine import run_batches
 from .frames import flat, head_frame
+from .key_sinks import first_key_alphas, secondary_sinks, sinks_per_head
 from .spec import Protocol, require_choice, require_int, require_open_unit
 from .texts import check_no_double_bos, text_batches, tokenize_texts
 from .uncertainty import label_margins, mean_se, se_column
 
 CONVENTIONS = ("circuit_stats", "gu2025")
-DEFAULTS = dict(seq_len=64, n_sequences=None, eps=0.3, convention="circuit_stats", drop_short=False)
+DEFAULTS = dict(seq_len=64, n_sequences=None, eps=0.3, convention="circuit_stats", drop_short=False,
+                first_keys=1, secondary_sinks=False, min_queries=8)
 FLAG = flag_column(FIRST_TOKEN)  # "is_first_token"
 
 
@@ -46,6 +58,8 @@ def validate(o: dict) -> None:
     require_int(o, "n_sequences", 1, optional=True)
     require_open_unit(o, "eps")
     require_choice(o, "convention", CONVENTIONS)
+    require_int(o, "first_keys", 1, o["seq_len"])
+    require_int(o, "min_queries", 1)
     if o["drop_short"] and o["convention"] != "gu2025":
         raise ValueError("drop_short is a convention='gu2025' option (the default convention keeps short texts)")
 
@@ -104,8 +118,12 @@ def score(model, *, tokenizer=None, texts=None, batch_size: int = 16, device=Non
         bos = batch_bos = bos_token_id
         prompts = windows(enc.seqs, o["seq_len"], o["n_sequences"])
 
+    longest = max(map(len, prompts), default=0) + (batch_bos is not None)
+    if o["first_keys"] > longest:
+        raise ValueError(f"first_keys={o['first_keys']} asks for alpha_k past the longest prompt ({longest} tokens)")
+    key_mass = o["first_keys"] > 1 or o["secondary_sinks"]
     res = run_batches(model, text_batches(prompts, batch_size, batch_bos), total=-(-len(prompts) // batch_size),
-                      per_sample=True, device=device, desc="sink", progress=progress)
+                      per_sample=True, key_mass=key_mass, device=device, desc="sink", progress=progress)
     per = res.per_sample["sink"]  # [prompts, L, H]
     alpha0 = per.double().mean(0) if gu else res.means["sink"]  # equal-length prompts: the same
     df = head_frame(*alpha0.shape)
@@ -115,6 +133,14 @@ def score(model, *, tokenizer=None, texts=None, batch_size: int = 16, device=Non
     df[FLAG] = df["alpha0"] > o["eps"]
     df["label"] = df[FLAG].map({True: FIRST_TOKEN, False: UNCLASSIFIED})
     df = label_margins(df, {"alpha0": o["eps"]}, {"alpha0": FIRST_TOKEN})
+    if key_mass:
+        for column, alpha in first_key_alphas(res.means["key_attention"], o["first_keys"]).items():
+            df[column] = flat(alpha)
+    if o["secondary_sinks"]:
+        table = secondary_sinks(res.per_sample["key_attention"], res.key_tokens, o["eps"], o["min_queries"],
+                                tokenizer)
+        df["n_secondary_sinks"] = sinks_per_head(table, *alpha0.shape).reshape(-1).numpy()
+        df.attrs["secondary_sinks"] = table.to_dict("records")
     rates = sink_rate(per, o["eps"])
     df.attrs.update(
         sink_rate=float(rates.mean()),

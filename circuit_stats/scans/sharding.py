@@ -23,6 +23,11 @@ class Shard(NamedTuple):
         """Every ``count``-th item from ``index`` (round robin keeps shards balanced in time)."""
         return list(items[self.index :: self.count])
 
+    @property
+    def file_tag(self) -> str:
+        """``.shard-I-of-N`` for a shard's own files in a shared directory; empty for ``0/1``."""
+        return f".shard-{self.index}-of-{self.count}" if self.count > 1 else ""
+
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
 
@@ -36,6 +41,11 @@ def parse_shard(spec: str) -> Shard:
     if n < 1 or not 0 <= i < n:
         raise ValueError(f"--shard {spec!r}: expected 0 <= I < N")
     return Shard(i, n)
+
+
+def resolve_shard(spec: Optional[str], env: Optional[Mapping[str, str]] = None) -> Shard:
+    """``--shard I/N`` when given, else the torchrun / SLURM array shard (``shard_from_env``)."""
+    return parse_shard(spec) if spec else shard_from_env(env)
 
 
 def _env_int(env: Mapping[str, str], name: str) -> Optional[int]:

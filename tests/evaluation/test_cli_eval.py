@@ -26,6 +26,8 @@ def test_missing_lm_eval_says_how_to_install(tmp_path, monkeypatch, capsys):
     (["--tasks", "copy_mc", "--limit", "0"], "--limit"),
     (["--tasks", "copy_mc", "--bins", "4,2"], "--bins"),
     (["--tasks", "copy_mc", "--statistics", "sink,bogus"], "--statistics"),
+    (["--tasks", "copy_mc", "--metadata", "[4096]"], "--metadata"),
+    (["--tasks", "copy_mc", "--metadata", "{max_seq_lengths: 1}"], "--metadata"),
 ])
 def test_bad_settings_exit_2_and_write_nothing(tmp_path, capsys, argv, flag):
     pytest.importorskip("lm_eval")
@@ -43,6 +45,19 @@ def test_eval_on_the_bundled_model(byte_checkpoint, task_dir, tmp_path, capsys):
     stats = pd.read_parquet(out / "statistics.parquet")
     assert list(stats.columns[-2:]) == ["sink", "induction"] and stats["doc_id"].nunique() == 3
     assert len(pd.read_parquet(out / "samples.parquet")) == 3 and (out / "summary.md").exists()
+
+
+def test_metadata_reaches_every_task(byte_checkpoint, task_dir, tmp_path):
+    """``--metadata`` (e.g. RULER's tokenizer and lengths) is merged into each task's config."""
+    import json
+
+    out = tmp_path / "out"
+    assert main(["eval", str(byte_checkpoint), "--tasks", "copy_mc", "--include-path", str(task_dir), "--limit", "1",
+                 "--statistics", "sink", "--metadata", '{"max_seq_lengths": [64], "note": "x"}', "--out", str(out),
+                 "--no-plots"]) == 0
+    config = json.loads((out / "results.json").read_text())["configs"]["copy_mc"]
+    assert config["metadata"]["max_seq_lengths"] == [64] and config["metadata"]["note"] == "x"
+    assert json.loads((out / "evaluation.json").read_text())["settings"]["metadata"]["note"] == "x"
 
 
 def test_torchrun_two_processes_then_merge(byte_checkpoint, task_dir, tmp_path, monkeypatch):

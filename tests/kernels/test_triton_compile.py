@@ -22,6 +22,7 @@ import pytest
 import triton
 from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import aot
+from circuit_stats.kernels.triton_common import SMEM_LIMIT_BYTES, head_block
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
@@ -68,7 +69,7 @@ HEAVY_AT_256 = ("modifiers", "full")
 def heaviest_config(variant: aot.CompileVariant) -> triton.Config:
     """The kept config with the most accumulator + score elements per thread (split decode: the
     largest key tile, most stages)."""
-    d = aot.ta.head_block(variant.head_dim)
+    d = head_block(variant.head_dim)
     if variant.kernel == "key_mass":  # the largest score tile per warp
         return max(aot.candidate_configs(variant),
                    key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] / c.num_warps, c.num_stages))
@@ -112,7 +113,7 @@ def test_kernel_compiles_without_spills(compiled, arch, variant):
     assert "error" not in row, f"sm_{arch} {variant.name}: {row.get('error')}"
     cfg = f"{row['BLOCK_M']}x{row['BLOCK_N']} w{row['num_warps']} s{row['num_stages']}"
     assert row["registers"] is not None and 0 < row["registers"] <= 255
-    limit = aot.ta.SMEM_LIMIT_BYTES if arch == 90 else 163 * 1024
+    limit = SMEM_LIMIT_BYTES if arch == 90 else 163 * 1024
     assert row["shared_bytes"] <= limit, f"sm_{arch} {variant.name} {cfg}: {row['shared_bytes']} B shared memory"
     # wgmma on Hopper for 64-row tiles and up; 16-row decode tiles use mma.sync there too. The
     # combine has no matrix product.

@@ -5,7 +5,6 @@ import torch
 from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive
 from circuit_stats.kernels import triton_decode
-from circuit_stats.kernels.triton_common import head_block
 from circuit_stats.kernels.triton_decode import attention_with_stats_decode, plan_split_len
 from conftest import DEVICE, KERNEL_DTYPES
 
@@ -159,22 +158,6 @@ def test_bad_split_len_and_long_queries_are_refused():
     q17, k17, v17, _, _ = make_inputs(1, 2, 2, 17, 40, 16, torch.float32, None)
     with pytest.raises(ValueError, match="q length"):
         attention_with_stats_decode(q17, k17, v17, request, side)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
-@pytest.mark.parametrize("head_dim", [40, 64, 128, 256])
-def test_autotune_pruner_keeps_configs_that_fit(dtype, head_dim):
-    """The pruner keeps at least one config, never one over the shared-memory budget, and for fp32
-    only the small key tiles that compiled without spills (BLOCK_N x BLOCK_D <= 2048, or 16 keys)."""
-    bd, bm = head_block(head_dim), triton_decode.ROWS_BLOCK
-    q = torch.zeros(1, dtype=dtype)
-    kept = triton_decode.prune_split_configs(triton_decode.SPLIT_CONFIGS, {"Q": q}, BLOCK_D=bd, BLOCK_M=bm)
-    assert kept
-    elt = q.element_size()
-    for c in kept:
-        bn = c.kwargs["BLOCK_N"]
-        assert elt * (bm * bd + 2 * bn * bd * c.num_stages) <= 200 * 1024
-        assert (bn * bd <= 2048 or bn == 16) if elt == 4 else (bn >= 32 and c.num_stages >= 3)
 
 
 # Every case with two modifier sets, every modifier set with two cases.

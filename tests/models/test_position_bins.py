@@ -8,25 +8,13 @@ import torch
 from circuit_stats.models import tiny_model
 from circuit_stats.models.positions import LOG2_EDGES, bin_edges
 from circuit_stats.profiling.prefill import cache_keyword
-from hf_helpers import model_pair, random_batch
+from hf_helpers import model_pair, positions_from_first_real_token, random_batch
 from transformers import DynamicCache
 
 import circuit_stats
 from circuit_stats.kernels import stats_from_probabilities
 
 pytestmark = pytest.mark.hf
-
-
-def positions_from_first_real_token(mask):
-    """Position of every query counted from its row's first real token, by a plain loop."""
-    pos = torch.full(mask.shape, -1, dtype=torch.long)
-    for b in range(mask.shape[0]):
-        n = 0
-        for i in range(mask.shape[1]):
-            if mask[b, i]:
-                pos[b, i] = n
-                n += 1
-    return pos
 
 
 @torch.no_grad()

@@ -131,3 +131,103 @@ def test_the_same_model_by_relative_and_absolute_path_resumes(tmp_path, capsys, 
     assert main(["profile", "checkpoint-1600", *argv]) == 0
     assert main(["profile", MODEL, *argv]) == 0
     assert "other settings" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, env, named", [(["--shard", "2/2"], {}, "--shard"), (["--shard", "1-2"], {}, "--shard"),
+                                               ([], {"RANK": "2", "WORLD_SIZE": "2"}, "RANK=2")])
+def test_a_bad_shard_exits_2_before_the_model_loads(tmp_path, capsys, monkeypatch, extra, env, named):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "t.txt").write_text("abc abc\n")
+    # a hub id that cannot be loaded here: reaching the model would fail differently
+    assert main(["profile", "someone/some-model", "--texts", str(tmp_path / "t.txt"), "--out", str(tmp_path / "o"),
+                 *extra]) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_shards_exit_1_for_their_failures_and_the_merge_for_all(tmp_path, capsys):
+    """Shard 0 (no failure, shard 1 not done): exit 0, nothing merged; shard 1 (an empty document):
+    exit 1, then every document is done and it merges; shard 0 again: exit 1 (the merge holds the
+    failure)."""
+    texts = tmp_path / "t.jsonl"
+    texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("hello hello", "", "abc abc abc", "xyz")))
+    out = tmp_path / "o"
+    argv = ["profile", MODEL, "--texts", str(texts), "--out", str(out), "--no-plots", "--statistics", "sink"]
+    assert main(argv + ["--shard", "0/2"]) == 0
+    printed = capsys.readouterr().out
+    assert "shard 0/2: profiled 2 documents" in printed and "2 documents left to other processes" in printed
+    assert not (out / "profile.parquet").exists()
+    assert main(argv + ["--shard", "1/2"]) == 1
+    captured = capsys.readouterr()
+    assert "every document done" in captured.out and "1 documents failed" in captured.err
+    assert [f["doc_index"] for f in json.loads((out / "failures.json").read_text())] == [1]
+    assert sorted(pd.read_parquet(out / "profile.parquet")["doc_index"].unique()) == [0, 2, 3]
+    assert main(argv + ["--shard", "0/2"]) == 1 and "failures.json" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_profile_every_document_once(tmp_path, monkeypatch):
+    """``torchrun --nproc-per-node 2``: each document is profiled by exactly one rank, the last
+    rank to finish merges, and the merged outputs equal one process's."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    corpus = " ".join(json.loads(line)["text"] for line in
+                      (demo_series_dir().parents[1] / "data" / "sample_corpus.jsonl").read_text().splitlines())
+    texts = tmp_path / "t.jsonl"
+    lengths = (40, 310, 90, 520, 150, 12)  # very different lengths: none pads another
+    texts.write_text("".join(json.dumps({"text": corpus[i * 600:i * 600 + n]}) + "\n" for i, n in enumerate(lengths)))
+
+    def argv(out):
+        return ["profile", MODEL, "--texts", str(texts), "--out", str(out), "--statistics", "sink,induction,distance",
+                "--bins", "0,8,64,inf", "--chunk-size", "128"]
+
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          "0", "-m", "circuit_stats.cli", "-v", *argv(tmp_path / "two")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "shard 0/2: profiled 3 documents" in run.stdout and "shard 1/2: profiled 3 documents" in run.stdout
+    assert "every document done" in run.stdout
+    profiled = [int(i) for i in re.findall(r"document (\d+) \(\S+\) profiled", run.stderr)]
+    assert sorted(profiled) == list(range(len(lengths))), "every document profiled exactly once"
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(argv(tmp_path / "one")) == 0
+    two, one = tmp_path / "two", tmp_path / "one"
+    merged = pd.read_parquet(two / "profile.parquet")
+    assert merged.drop_duplicates("doc_index")["n_tokens"].tolist() == list(lengths)
+    pd.testing.assert_frame_equal(merged, pd.read_parquet(one / "profile.parquet"))
+    assert not (two / "failures.json").exists()
+
+    def summary(path):
+        return [line for line in path.read_text().splitlines() if not line.startswith("- time:")]
+
+    assert summary(two / "summary.md") == summary(one / "summary.md")
+    assert {p.name for p in (two / "plots").iterdir()} == {p.name for p in (one / "plots").iterdir()}
+
+
+def test_two_unsharded_processes_on_one_directory_share_the_documents(tmp_path):
+    """Two plain runs started together on one --out: the document locks give each document to one
+    of them (however their timing falls), and the outputs are complete."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    texts = tmp_path / "t.txt"
+    texts.write_text("\n\n".join(f"{i} the mill by the river " * (6 + 3 * i) for i in range(8)) + "\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "circuit_stats.cli", "-v", "profile", MODEL, "--texts", str(texts), "--out", str(out),
+           "--statistics", "sink,induction", "--no-plots"]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in logs]
+    profiled = [int(i) for _, err in logs for i in re.findall(r"document (\d+) \(\S+\) profiled", err)]
+    assert sorted(profiled) == list(range(8)), "every document profiled by exactly one of the two"
+    assert sorted(pd.read_parquet(out / "profile.parquet")["doc_index"].unique()) == list(range(8))
+    assert any("every document done" in printed for printed, _ in logs)

@@ -184,7 +184,7 @@ def test_profile_files_follow_the_umask(model, seed, tmp_path):
         profile(model, token_docs(seed, (20, 12)), out=tmp_path / "p", statistics=["sink"], progress=False)
     finally:
         os.umask(old)
-    files = [p for p in (tmp_path / "p").rglob("*") if p.is_file() and p.name != ".profile.lock"]
+    files = [p for p in (tmp_path / "p").rglob("*") if p.is_file()]
     assert len(files) >= 5  # profile.json, 2 parts, profile.parquet, summary.md, plots
     assert all(p.stat().st_mode & 0o777 == 0o644 for p in files), {p.name: oct(p.stat().st_mode) for p in files}
 

@@ -1,0 +1,295 @@
+"""Which tile configs a Triton launch may try, and which one it runs.
+
+For the fused kernel (``triton_attention``) and the split-decode kernel (``triton_decode``):
+
+* **Bounded.** A launch tries at most ``MAX_PREFILL_CONFIGS`` (4) prefill tiles, or
+  ``MAX_DECODE_CONFIGS`` (3) decode tiles (the fused kernel's 16-row tiles, the split kernel's key
+  tiles): the first kept ones (``keep_config``, ``split_kept_configs``) of a list in order of
+  preference, cheapest hot loop first by the static compile reports (warp-instructions per 1000
+  scores, sm_90 bf16, the same order under Triton 3.9 and 3.6). Prefill
+  (``bench/results/compile-sm90-2026-12-04-triton3.{9,6}.md``, D = 64 no statistics, 3.9):
+  128x128 w8 s2 (228), 128x64 w8 s2 (293), 64x64 w4 s2 (295), 128x64 w8 s3 (303), 64x64 w4 s3
+  (306), then the 8-warp 64-row tiles (kept only where nothing else is spill-free) and 64x32 (414;
+  541 vs 356 for 128x64 at D = 128), so the bound drops the 3-stage and the 64x32 tiles where more
+  than 4 are kept and keeps every tile where fewer are. Fused decode
+  (``compile-sm90-2026-11-25.md``, D = 64): 16x128 (524), 16x64 s2 (715), 16x64 s3 (770). Split
+  decode (``compile-sm90-2026-12-04-split-triton3.{9,6}.md``, D = 64 all statistics, 3.9): 128
+  keys (1252), 64 (1543), 32 (2180); 4 stages cost the instructions of 3, 3 come first.
+  Static figures, not timings: within the bound the autotuner measures.
+* **Per length bucket.** The tuning key holds the power-of-two buckets of the query and key
+  lengths (``length_buckets``) beside every feature flag and the dtypes, so each bucket is tuned
+  on the first length that falls in it, within 2x of any other length of the bucket, instead of
+  one length deciding for a whole range (a 300-token prompt for 128k keys). The buckets are
+  keywords of ``LengthBucketed``, a view of the kernel that drops them before launching: the
+  kernel's signature does not change and its compiled binaries are shared by every bucket (Triton's
+  own specialisation of integer arguments aside), so a new bucket repeats only the timing runs,
+  at most 4 configs. Decoding over a growing cache meets a new key bucket at each power of two:
+  a first call there is timed, which a CUDA-graph capture must not see (pin a config, or run each
+  bucket once before capturing).
+* **Cached across processes.** ``triton.autotune(cache_results=True)`` (Triton 3.6 and 3.9 both
+  have it) stores each key's timings in Triton's cache directory (``TRITON_CACHE_DIR``, default
+  ``~/.triton/cache``: a ``<hash>/<kernel>.autotune.json`` per key), keyed on the Triton version,
+  the GPU target (sm_90: an H100 and an H200 share it), the kernel source, the tuning key and the
+  configs tried; a later process reads the choice instead of timing again. Delete those files to
+  re-tune. Triton keeps no such cache under the interpreter (``TRITON_INTERPRET=1``).
+* **Pinnable**: ``pinning`` (an environment variable or ``pin_config``) bypasses the autotuner.
+
+Imports go one way: ``triton_attention`` / ``triton_decode -> pinning -> autotune -> triton_common``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional
+
+import triton
+from triton.runtime import KernelInterface
+
+from .triton_common import SMEM_LIMIT_BYTES, constexpr_names, head_block, smem_bytes, smem_fits
+
+# ----------------------------------------------------------------------------------------------
+# The fused kernel's tiles.
+
+# In order of preference (see the module docstring): the autotuner tries the first kept ones.
+PREFILL_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in ((128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (64, 64, 4, 3),
+                         (64, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2))
+]
+# Decode: a handful of query rows per sequence, so a 16-row tile (the smallest tl.dot takes).
+DECODE_CONFIGS = [
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": bn}, num_warps=4, num_stages=s)
+    for bn, s in ((128, 2), (64, 2), (64, 3))
+]
+MAX_PREFILL_CONFIGS = 4
+MAX_DECODE_CONFIGS = 3
+
+
+def tile_of(cfg: triton.Config) -> tuple[int, int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` of a fused-kernel config."""
+    return cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages
+
+
+def _tiles(*specs: tuple[int, int, int, int]) -> frozenset:
+    return frozenset(specs)
+
+
+# Tiles that compile without register spills on sm_90 (triton 3.9), per the compile report
+# (bench/results/compile-sm90-*.json; `python -m bench.compile_report --all-configs` shows the
+# spilling ones): keyed by (head-dim tile, loop level, head dim padded) where the loop level is
+# "none" (no per-score work beyond attention), "window" (a sliding window and nothing else in the
+# loop: a windowed layer outside record()), "stats" (token matching, entropy) or "heavy" (any of
+# distance, local, top1, span or softcap, or a window together with statistics: ``loop_level``). Spilling is
+# not monotone in the tile (at D = 128 with all statistics 128x64 w8 spills with 2 stages and not
+# with 3), so this is a measured list rather than a register formula.
+_ALL_PREFILL = _tiles(*[tile_of(c) for c in PREFILL_CONFIGS])
+NO_SPILL_TILES = {
+    (64, "none", False): _ALL_PREFILL - {(64, 32, 8, 2), (64, 64, 8, 2)},
+    (64, "stats", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)),
+    (64, "window", False): _ALL_PREFILL - {(64, 32, 8, 2), (64, 64, 8, 2)},
+    (64, "heavy", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)),
+    (128, "none", False): _tiles((128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
+    (128, "none", True): _tiles((128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
+    (128, "window", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
+    (128, "window", True): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
+    (128, "stats", False): _tiles((128, 64, 8, 3), (64, 32, 4, 2)),
+    (128, "stats", True): _tiles((64, 32, 4, 2)),
+    # Every statistic and modifier at once leaves only the 8-warp 64-row tiles spill-free.
+    (128, "heavy", False): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
+    (128, "heavy", True): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
+    (256, "none", False): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
+    (256, "window", False): _tiles((64, 32, 8, 2)),
+    (256, "stats", False): _tiles((64, 32, 8, 2)),
+    # No tile is spill-free at D = 256 with softcap or every statistic: this one spills least
+    # (28-76 B), and only outside the key loops (prologue and epilogue; see the compile test).
+    (256, "heavy", False): _tiles((64, 32, 8, 2)),
+}
+# Triton 3.6 (the GPU machines' release) allocates registers differently: these tiles, spill-free
+# under 3.9, spill there (sm_90 bf16: D=128 all statistics 128x64 w8 s3, 32 B; every statistic and
+# modifier 64x64 w8 s2, 4 B), so the autotuner does not try them under Triton < 3.7.
+SPILLING_BEFORE_TRITON_3_7 = {
+    (128, "stats", False): _tiles((128, 64, 8, 3)),
+    (128, "heavy", False): _tiles((64, 64, 8, 2)),
+    (128, "heavy", True): _tiles((64, 64, 8, 2)),
+}
+TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2])
+# fp32 inputs (3xTF32 holds two halves of every operand): the smallest tiles only. Spill-free at
+# D <= 64 without loop statistics; the least-spilling tile measured elsewhere (see the report).
+NO_SPILL_TILES_FP32 = {64: _tiles((64, 32, 4, 2)), 128: _tiles((64, 32, 4, 2)), 256: _tiles((64, 32, 8, 2))}
+LOOP_LEVELS = ("none", "window", "stats", "heavy")
+
+
+def no_spill_tiles(*, head_dim: int, elt_bytes: int, loop_level: str,
+                   triton_version: tuple[int, int] = TRITON_VERSION) -> frozenset:
+    """The prefill tiles measured spill-free for a launch (before the shared-memory check)."""
+    tile_class = max(64, head_block(head_dim))
+    if elt_bytes == 4:
+        return NO_SPILL_TILES_FP32[tile_class]
+    padded = head_block(head_dim) != head_dim and head_dim > 64
+    key = (tile_class, loop_level, padded and tile_class == 128)
+    spilling = SPILLING_BEFORE_TRITON_3_7.get(key, frozenset()) if triton_version < (3, 7) else frozenset()
+    return NO_SPILL_TILES[key] - spilling
+
+
+def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int, loop_level: str,
+                smem_limit: int = SMEM_LIMIT_BYTES, triton_version: tuple[int, int] = TRITON_VERSION) -> bool:
+    """Whether the autotuner may try ``cfg``: it fits shared memory and is a tile measured to
+    compile without register spills (``no_spill_tiles``: ``NO_SPILL_TILES``, less
+    ``SPILLING_BEFORE_TRITON_3_7`` on Triton 3.6). Decode tiles (16 rows) are small enough for
+    every head dim."""
+    bm, bn, _, st = tile_of(cfg)
+    bd = head_block(head_dim)
+    if smem_bytes(bm, bn, st, bd, elt_bytes) > smem_limit:
+        return False
+    if bm == 16:
+        return bd < 256 or (bn, st) == (64, 2)
+    return tile_of(cfg) in no_spill_tiles(head_dim=head_dim, elt_bytes=elt_bytes, loop_level=loop_level,
+                                          triton_version=triton_version)
+
+
+# Constexpr flags by the per-score work they add to the key loop (point statistics and learned
+# sinks are epilogue-only).
+STATS_FLAGS = ("HAS_TOK", "HAS_ENT")
+HEAVY_FLAGS = ("HAS_DIST", "HAS_LOCAL", "HAS_TOP1", "HAS_SPAN", "HAS_SOFTCAP")
+
+
+def loop_level(constexprs: Mapping[str, Any]) -> str:
+    """A launch's loop level (``LOOP_LEVELS``) from its constexprs: which tile list it may use."""
+    stats = any(constexprs.get(f, False) for f in STATS_FLAGS)
+    window = constexprs.get("HAS_WINDOW", False)
+    if any(constexprs.get(f, False) for f in HEAVY_FLAGS) or (window and stats):
+        return "heavy"
+    return "window" if window else ("stats" if stats else "none")
+
+
+def tuner_bucket(q_len: int) -> str:
+    """The config list a launch tunes over: ``"decode"`` (``Nq <= 16``, ``DECODE_CONFIGS``) or
+    ``"prefill"`` (``PREFILL_CONFIGS``)."""
+    return "decode" if q_len <= 16 else "prefill"
+
+
+def candidate_configs(bucket: str, *, head_dim: int, elt_bytes: int, loop_level: str,
+                      triton_version: tuple[int, int] = TRITON_VERSION) -> list[triton.Config]:
+    """The configs the autotuner tries for one launch: the first kept ones of the bucket's list,
+    at most ``MAX_DECODE_CONFIGS`` / ``MAX_PREFILL_CONFIGS``; never empty. When no 16-row decode
+    tile is kept (fp32 at head dims over 128: none fits shared memory) the prefill candidates
+    (their 64-row tiles mask the rows beyond ``Nq``); when no prefill tile is kept, the smallest
+    that fits shared memory."""
+    decode = bucket == "decode"
+    configs = DECODE_CONFIGS if decode else PREFILL_CONFIGS
+    bd = head_block(head_dim)
+    kept = [c for c in configs if keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=loop_level,
+                                              triton_version=triton_version)]
+    if kept:
+        return kept[:MAX_DECODE_CONFIGS if decode else MAX_PREFILL_CONFIGS]
+    if decode:
+        return candidate_configs("prefill", head_dim=head_dim, elt_bytes=elt_bytes, loop_level=loop_level,
+                                 triton_version=triton_version)
+    fits = [c for c in configs if smem_fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, bd, elt_bytes)]
+    return (sorted(fits, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]) or configs)[:1]
+
+
+def prune_fused_configs(configs: list[triton.Config], named_args: dict, **kwargs: Any) -> list[triton.Config]:
+    """``early_config_prune`` of the fused kernel's autotuner (``configs`` is ignored: the list
+    follows from the launch's query length)."""
+    a = {**named_args, **kwargs}
+    return candidate_configs(tuner_bucket(a["Nq"]), head_dim=a["HEAD_DIM"], elt_bytes=a["Q"].element_size(),
+                             loop_level=loop_level(a))
+
+
+# ----------------------------------------------------------------------------------------------
+# The split-decode kernel's key tiles (its 16-row tile is fixed: ``triton_decode.ROWS_BLOCK``).
+
+# 4 warps: a decode tile has 16 to 64 rows (8 warps gave no fewer registers and spilled at D=128).
+# In order of preference (see the module docstring). BLOCK_N = 16 is for fp32 only.
+SPLIT_CONFIGS = [
+    triton.Config({"BLOCK_N": bn}, num_warps=4, num_stages=s)
+    for bn in (128, 64, 32) for s in (3, 4, 2)
+] + [triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=s) for s in (2, 3, 4)]
+
+
+def split_kept_configs(configs: list[triton.Config], *, block_d: int, block_m: int,
+                       elt_bytes: int) -> list[triton.Config]:
+    """The split-kernel configs that fit shared memory and registers (unbounded, in order).
+
+    16-bit inputs: key tiles of 32 to 128 (BLOCK_M x BLOCK_N <= 64 x 64 at BLOCK_D = 256), 3 or 4
+    stages (with all statistics and padding, 2-stage sm_90 compiles spilled 8-36 bytes outside
+    the key loop at D = 64, 128 and 256; 3 and 4 stages did not).
+    fp32 inputs (exact fp32 dots on the CUDA cores): BLOCK_N x BLOCK_D <= 2048, or 16 keys, i.e.
+    32 keys at D <= 64 and 16 above (sm_90 compiles of larger fp32 tiles spill)."""
+    kept = [c for c in configs if smem_fits(block_m, c.kwargs["BLOCK_N"], c.num_stages, block_d, elt_bytes)]
+    if elt_bytes >= 4:
+        return [c for c in kept if c.kwargs["BLOCK_N"] * block_d <= 2048 or c.kwargs["BLOCK_N"] == 16]
+    kept = [c for c in kept if c.kwargs["BLOCK_N"] >= 32 and c.num_stages >= 3]
+    if block_d >= 256:
+        kept = [c for c in kept if block_m * c.kwargs["BLOCK_N"] <= 64 * 64] or kept
+    return kept
+
+
+def prune_split_configs(configs: list[triton.Config], named_args: dict, **kwargs: Any) -> list[triton.Config]:
+    """``early_config_prune`` of the split kernel's autotuner: the first ``MAX_DECODE_CONFIGS``
+    of ``split_kept_configs``, or the smallest config when none is kept."""
+    bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
+    bm = kwargs.get("BLOCK_M", named_args.get("BLOCK_M"))
+    elt = named_args["Q"].element_size() if hasattr(named_args.get("Q"), "element_size") else 2
+    kept = split_kept_configs(configs, block_d=bd, block_m=bm, elt_bytes=elt)
+    return kept[:MAX_DECODE_CONFIGS] or [min(configs, key=lambda c: (c.kwargs["BLOCK_N"], c.num_stages))]
+
+
+# ----------------------------------------------------------------------------------------------
+# Autotuners: one per kernel, keyed on the feature flags, the dtypes and the length buckets.
+
+LENGTH_BUCKET_ARGS = ("Q_LEN_BUCKET", "K_LEN_BUCKET")
+
+
+def length_bucket(n: int) -> int:
+    """The power-of-two bucket of a length: the smallest power of two >= ``n`` (1 for 0)."""
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def length_buckets(q_len: int, k_len: int) -> dict[str, int]:
+    """The tuning-key keywords of a launch with these query and key lengths."""
+    return dict(zip(LENGTH_BUCKET_ARGS, (length_bucket(q_len), length_bucket(k_len))))
+
+
+class LengthBucketed(KernelInterface):
+    """A jit kernel as the autotuner sees it: the same arguments plus the keywords
+    ``LENGTH_BUCKET_ARGS``, which join the tuning key and are dropped before the kernel runs (so
+    the kernel and its compiled binaries are shared by all buckets). ``fn`` is the kernel, as
+    Triton's autotuner expects of what it wraps."""
+
+    def __init__(self, fn: Any):
+        self.fn = fn
+        self.arg_names = list(fn.arg_names) + list(LENGTH_BUCKET_ARGS)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn.run(*args, **self.kernel_kwargs(kwargs))
+
+    def warmup(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn.warmup(*args, **self.kernel_kwargs(kwargs))
+
+    @staticmethod
+    def kernel_kwargs(kwargs: dict) -> dict:
+        return {k: v for k, v in kwargs.items() if k not in LENGTH_BUCKET_ARGS}
+
+
+def tuning_key(kernel: Any, tiles: tuple[str, ...]) -> list[str]:
+    """Every constexpr of ``kernel`` but its tile parameters, and the length buckets."""
+    return [name for name in constexpr_names(kernel) if name not in tiles] + list(LENGTH_BUCKET_ARGS)
+
+
+def fused_tuner(kernel: Any, do_bench: Optional[Callable] = None) -> Any:
+    """The fused kernel's autotuner: launch it as ``tuner[grid](*args, **constexprs,
+    **length_buckets(Nq, Nk))``. Tuned per value of every constexpr but the tile (BLOCK_D follows
+    HEAD_DIM), per argument dtype (Triton adds those) and per length bucket; ``do_bench`` as in
+    ``triton.autotune`` (default: Triton's benchmarker)."""
+    return triton.autotune(configs=PREFILL_CONFIGS + DECODE_CONFIGS,
+                           key=tuning_key(kernel, ("BLOCK_D", "BLOCK_M", "BLOCK_N")),
+                           prune_configs_by={"early_config_prune": prune_fused_configs},
+                           do_bench=do_bench, cache_results=True)(LengthBucketed(kernel))
+
+
+def split_tuner(kernel: Any, do_bench: Optional[Callable] = None) -> Any:
+    """The split-decode kernel's autotuner (see ``fused_tuner``; DOT_PRECISION follows the dtype)."""
+    return triton.autotune(configs=SPLIT_CONFIGS, key=tuning_key(kernel, ("BLOCK_N", "DOT_PRECISION")),
+                           prune_configs_by={"early_config_prune": prune_split_configs},
+                           do_bench=do_bench, cache_results=True)(LengthBucketed(kernel))

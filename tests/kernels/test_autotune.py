@@ -1,0 +1,237 @@
+"""Autotuning (kernels/autotune.py): which configs a launch may try, bounded, per length bucket,
+cached. The pruning is pure Python; the tuners are Triton's real autotuners over a recording
+stand-in kernel, with a stand-in benchmark (no GPU)."""
+
+import inspect
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from circuit_stats.kernels import autotune
+from circuit_stats.kernels.autotune import (DECODE_CONFIGS, LOOP_LEVELS, MAX_DECODE_CONFIGS, MAX_PREFILL_CONFIGS,
+                                            PREFILL_CONFIGS, SPLIT_CONFIGS, candidate_configs, length_bucket,
+                                            length_buckets, tile_of)
+from circuit_stats.kernels.triton_common import SMEM_LIMIT_BYTES, head_block, smem_bytes
+
+HEAD_DIMS = [8, 16, 32, 40, 64, 80, 96, 128, 160, 200, 256]
+VERSIONS = [(3, 6), (3, 9)]
+
+
+def tiles(configs) -> list[tuple]:
+    return [tile_of(c) for c in configs]
+
+
+# ----------------------------------------------------------------------------------------------
+# Bounded candidate lists.
+
+@pytest.mark.parametrize("version", VERSIONS, ids=str)
+@pytest.mark.parametrize("elt_bytes", [2, 4])
+@pytest.mark.parametrize("level", LOOP_LEVELS)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("bucket", ["decode", "prefill"])
+def test_candidates_are_bounded_kept_and_in_preference_order(bucket, head_dim, level, elt_bytes, version):
+    """1 to the bound configs, each fitting shared memory, in the list's order, and (where any
+    tile is kept) exactly the first kept ones: none skipped ahead of a tried one."""
+    got = candidate_configs(bucket, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level, triton_version=version)
+    bound = MAX_DECODE_CONFIGS if bucket == "decode" else MAX_PREFILL_CONFIGS
+    configs = DECODE_CONFIGS if bucket == "decode" else PREFILL_CONFIGS
+    assert 1 <= len(got) <= bound
+    if not any(c is k for k in configs for c in got):  # no 16-row tile fits: the prefill candidates
+        assert bucket == "decode" and elt_bytes == 4 and head_block(head_dim) == 256
+        configs = PREFILL_CONFIGS
+        assert got == candidate_configs("prefill", head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level)
+    assert all(any(c is k for k in configs) for c in got)
+    positions = [next(i for i, k in enumerate(configs) if k is c) for c in got]
+    assert positions == sorted(positions)
+    bd = head_block(head_dim)
+    for c in got:
+        bm, bn, _, st = tile_of(c)
+        assert smem_bytes(bm, bn, st, bd, elt_bytes) <= SMEM_LIMIT_BYTES
+    kept = [c for c in configs
+            if autotune.keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level, triton_version=version)]
+    if kept:
+        assert got == kept[:bound]
+
+
+# (bucket, head_dim, bytes, loop level, Triton) -> the tiles tried, from the compile reports.
+EXPECTED = {
+    # D = 64, 16-bit, no statistics: 6 spill-free tiles, the 4 cheapest per score are tried.
+    ("prefill", 64, 2, "none", (3, 9)): [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3)],
+    ("prefill", 64, 2, "none", (3, 6)): [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3)],
+    ("prefill", 128, 2, "none", (3, 9)): [(128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (64, 64, 4, 3)],
+    ("prefill", 64, 2, "stats", (3, 9)): [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)],
+    # Triton 3.6 spills D=128 all statistics 128x64 w8 s3 (32 B) and every modifier 64x64 w8 s2.
+    ("prefill", 128, 2, "stats", (3, 9)): [(128, 64, 8, 3), (64, 32, 4, 2)],
+    ("prefill", 128, 2, "stats", (3, 6)): [(64, 32, 4, 2)],
+    ("prefill", 128, 2, "heavy", (3, 9)): [(64, 64, 8, 2), (64, 32, 8, 2)],
+    ("prefill", 128, 2, "heavy", (3, 6)): [(64, 32, 8, 2)],
+    ("prefill", 96, 2, "window", (3, 9)): [(64, 64, 8, 2), (64, 32, 8, 2)],  # padded to 128 on chip
+    ("prefill", 256, 2, "heavy", (3, 9)): [(64, 32, 8, 2)],
+    ("prefill", 128, 4, "none", (3, 9)): [(64, 32, 4, 2)],  # fp32: 3xTF32 tiles
+    ("decode", 64, 2, "heavy", (3, 9)): [(16, 128, 4, 2), (16, 64, 4, 2), (16, 64, 4, 3)],
+    ("decode", 256, 2, "none", (3, 6)): [(16, 64, 4, 2)],
+    ("decode", 256, 4, "none", (3, 9)): [(64, 32, 8, 2)],  # no 16-row tile fits shared memory in fp32
+}
+
+
+@pytest.mark.parametrize("case", list(EXPECTED), ids=str)
+def test_candidates_match_the_compile_reports(case):
+    bucket, head_dim, elt_bytes, level, version = case
+    got = candidate_configs(bucket, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level, triton_version=version)
+    assert tiles(got) == EXPECTED[case]
+
+
+def test_the_bound_binds_and_the_lists_hold_more():
+    """The lists are longer than the bound (so the bound is what limits a launch), and the
+    current Triton's branch is the one ``keep_config`` uses by default."""
+    assert len(PREFILL_CONFIGS) > MAX_PREFILL_CONFIGS == 4 and len(DECODE_CONFIGS) == MAX_DECODE_CONFIGS == 3
+    kept = [c for c in PREFILL_CONFIGS if autotune.keep_config(c, head_dim=64, elt_bytes=2, loop_level="none")]
+    assert len(kept) == 6 and len(candidate_configs("prefill", head_dim=64, elt_bytes=2, loop_level="none")) == 4
+    old = candidate_configs("prefill", head_dim=128, elt_bytes=2, loop_level="stats", triton_version=(3, 6))
+    here = candidate_configs("prefill", head_dim=128, elt_bytes=2, loop_level="stats")
+    assert (here == old) == (autotune.TRITON_VERSION < (3, 7))
+
+
+@pytest.mark.parametrize("flags, level", [
+    ({}, "none"), ({"N_OFFSETS": 3, "N_PROBES": 2, "HAS_SINKS": True}, "none"), ({"HAS_WINDOW": True}, "window"),
+    ({"HAS_ENT": True}, "stats"), ({"HAS_TOK": True}, "stats"), ({"HAS_TOP1": True}, "heavy"),
+    ({"HAS_SOFTCAP": True}, "heavy"), ({"HAS_WINDOW": True, "HAS_ENT": True}, "heavy")])
+def test_loop_level(flags, level):
+    assert autotune.loop_level(flags) == level
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("head_dim", [40, 64, 128, 256])
+def test_split_pruner_keeps_at_most_three_configs_that_fit(dtype, head_dim):
+    """At most ``MAX_DECODE_CONFIGS``, never over the shared-memory budget, for fp32 only the small
+    key tiles that compiled without spills (BLOCK_N x BLOCK_D <= 2048, or 16 keys), for 16-bit
+    inputs 32+ keys and 3+ stages; the largest key tiles first."""
+    bd, bm = head_block(head_dim), 16
+    q = torch.zeros(1, dtype=dtype)
+    kept = autotune.prune_split_configs(SPLIT_CONFIGS, {"Q": q}, BLOCK_D=bd, BLOCK_M=bm)
+    assert 1 <= len(kept) <= MAX_DECODE_CONFIGS
+    elt = q.element_size()
+    for c in kept:
+        bn = c.kwargs["BLOCK_N"]
+        assert elt * (bm * bd + 2 * bn * bd * c.num_stages) <= SMEM_LIMIT_BYTES
+        assert (bn * bd <= 2048 or bn == 16) if elt == 4 else (bn >= 32 and c.num_stages >= 3)
+    block_n = [c.kwargs["BLOCK_N"] for c in kept]
+    assert block_n == sorted(block_n, reverse=True)
+
+
+@pytest.mark.parametrize("head_dim, elt_bytes, expected", [
+    (64, 2, [(128, 3), (128, 4), (64, 3)]),
+    (128, 2, [(128, 3), (64, 3), (64, 4)]),  # 128 keys x 4 stages is over shared memory at D = 128
+    (256, 2, [(64, 3), (32, 3), (32, 4)]),
+    (64, 4, [(32, 3), (32, 4), (32, 2)]),
+    (128, 4, [(16, 2), (16, 3), (16, 4)]),
+])
+def test_split_candidates_match_the_split_report(head_dim, elt_bytes, expected):
+    q = torch.zeros(1, dtype=torch.float16 if elt_bytes == 2 else torch.float32)
+    kept = autotune.prune_split_configs(SPLIT_CONFIGS, {"Q": q}, BLOCK_D=head_block(head_dim), BLOCK_M=16)
+    assert [(c.kwargs["BLOCK_N"], c.num_stages) for c in kept] == expected
+
+
+# ----------------------------------------------------------------------------------------------
+# Length buckets and the tuners.
+
+def test_length_buckets_are_powers_of_two():
+    assert [length_bucket(n) for n in (0, 1, 2, 3, 16, 17, 300, 512, 513, 131072)] == \
+        [1, 1, 2, 4, 16, 32, 512, 512, 1024, 131072]
+    assert length_buckets(300, 131072) == {"Q_LEN_BUCKET": 512, "K_LEN_BUCKET": 131072}
+
+
+def stand_in(Q, Nq, Nk, HEAD_DIM: tl.constexpr, HAS_ENT: tl.constexpr, FP32_INPUT: tl.constexpr,
+             BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The shape of the fused kernel's signature, for the tuner's key and pruner."""
+
+
+class RecordingKernel:
+    """What the autotuner wraps, recording every launch's keywords instead of launching."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.arg_names = list(inspect.signature(fn).parameters)
+        self.launches = []
+
+    def run(self, *args, grid, warmup, **kwargs):
+        self.launches.append(kwargs)
+
+
+def timed_by_block_m(kernel):
+    """A stand-in benchmark: runs the launch once, and times it by its tile (128-row tiles win)."""
+    def do_bench(kernel_call, quantiles):
+        kernel_call()
+        return [1.0 / kernel.launches[-1]["BLOCK_M"]] * len(quantiles)
+    return do_bench
+
+
+def launch(tuner, q, n_q, n_k, **flags):
+    tuner[(1,)](q, n_q, n_k, **dict(HEAD_DIM=64, HAS_ENT=False, FP32_INPUT=False, BLOCK_D=64, **flags),
+                **length_buckets(n_q, n_k))
+
+
+def test_fused_tuner_tunes_once_per_length_bucket():
+    """Each new power-of-two bucket of (Nq, Nk) benchmarks the bounded candidates once; a length
+    of a bucket already tuned reuses its choice; the kernel never sees the bucket keywords."""
+    kernel = RecordingKernel(stand_in)
+    tuner = autotune.fused_tuner(kernel, do_bench=timed_by_block_m(kernel))
+    q = torch.zeros(1, dtype=torch.float16)
+    launch(tuner, q, 300, 300)  # tunes bucket (512, 512): 4 candidates, then the chosen one runs
+    assert len(kernel.launches) == MAX_PREFILL_CONFIGS + 1
+    assert kernel.launches[-1]["BLOCK_M"] == 128 and kernel.launches[-1]["BLOCK_N"] == 128
+    launch(tuner, q, 500, 400)  # same bucket: no tuning
+    assert len(kernel.launches) == MAX_PREFILL_CONFIGS + 2
+    launch(tuner, q, 300, 131072)  # a longer key bucket: tuned again
+    assert len(kernel.launches) == 2 * MAX_PREFILL_CONFIGS + 3
+    launch(tuner, q, 1, 300)  # decode bucket: the 16-row tiles
+    assert {c["BLOCK_M"] for c in kernel.launches[-4:]} == {16}
+    assert not any(k in launch_kw for launch_kw in kernel.launches for k in autotune.LENGTH_BUCKET_ARGS)
+    buckets = [(dict(zip(tuner.keys, key))["Q_LEN_BUCKET"], dict(zip(tuner.keys, key))["K_LEN_BUCKET"])
+               for key in tuner.cache]
+    assert sorted(buckets) == [(1, 512), (512, 512), (512, 131072)]
+
+
+def test_tuning_keys_cover_every_flag_and_both_buckets():
+    from circuit_stats.kernels import triton_attention as ta, triton_decode as td
+    from circuit_stats.kernels.triton_common import constexpr_names
+
+    fused = set(constexpr_names(ta.FUSED_KERNEL)) - {"BLOCK_D", "BLOCK_M", "BLOCK_N"}
+    assert set(ta.FUSED_TUNER.keys) == fused | set(autotune.LENGTH_BUCKET_ARGS)
+    split = set(constexpr_names(td.SPLIT_KERNEL)) - {"BLOCK_N", "DOT_PRECISION"}
+    assert set(td.SPLIT_TUNER.keys) == split | set(autotune.LENGTH_BUCKET_ARGS)
+    assert len(ta.FUSED_TUNER.configs) == len(PREFILL_CONFIGS + DECODE_CONFIGS)
+
+
+def test_tuners_cache_results_across_processes_where_triton_allows():
+    """``cache_results`` is on (Triton turns it off under the interpreter, where nothing is timed)."""
+    from triton import knobs
+
+    kernel = RecordingKernel(stand_in)
+    with knobs.runtime.scope():
+        knobs.runtime.interpret = False
+        assert autotune.fused_tuner(kernel).cache_results and autotune.split_tuner(kernel).cache_results
+        knobs.runtime.interpret = True
+        assert not autotune.fused_tuner(kernel).cache_results
+
+
+def test_the_real_tuner_runs_the_kernel_with_its_choice(seed, poison_outputs):
+    """The fused kernel through its autotuner (as on a GPU, with a stand-in benchmark that times
+    nothing, so the first candidate, 128x128, wins): the bucket keywords never reach the kernel,
+    and its output matches the float64 reference."""
+    from circuit_stats.kernels import attention_with_stats_naive, triton_attention
+    from circuit_stats.kernels.request import StatsRequest
+    from circuit_stats.kernels.side_inputs import SideInputs
+    from kernel_cases import OUT_TOL, make_inputs
+
+    tuner = autotune.fused_tuner(triton_attention.FUSED_KERNEL, do_bench=lambda call, quantiles: [1.0] * len(quantiles))
+    q, k, v, _, _ = make_inputs(1, 2, 1, 37, 37, 64, torch.float16, None)
+    launch = triton_attention.launch_arguments(q, k, v, StatsRequest(scale=0.125), SideInputs.build(
+        batch=1, k_len=37, device=q.device))
+    grid = lambda meta: (triton.cdiv(37, meta["BLOCK_M"]), 2)  # noqa: E731
+    tuner[grid](*launch.args, **launch.constexprs, **length_buckets(37, 37))
+    assert tile_of(tuner.best_config) == (128, 128, 8, 2)
+    ref_out, ref = attention_with_stats_naive(q.double(), k.double(), v.double(), scale=0.125)
+    assert (launch.out.double() - ref_out).abs().max().item() <= OUT_TOL[torch.float16]
+    assert (launch.stats.lse.double() - ref.lse).abs().max().item() <= 1e-3
