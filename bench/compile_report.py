@@ -10,10 +10,7 @@ For every head-dim class, dtype and statistics set, every tile config the autotu
 argument builder (``kernels.aot``), and the report lists registers, spill bytes, shared memory,
 tensor-core instruction use, and the hot loop's cost: warp-instructions per 1000 attention
 scores in the unmasked key/value loop (instructions of one iteration x warps / (BLOCK_M x
-BLOCK_N)), beside the Triton fused-attention tutorial's forward compiled the same way. With
-``--kernel key_mass`` the key-mass pass (``triton_key_mass``; a score there is one (key, query)
-pair of its unmasked query loop) is compiled beside the fused kernel's "none" variants of the same
-shapes, and ``x fused none`` compares the two per 1000 scores.
+BLOCK_N)), beside the Triton fused-attention tutorial's forward compiled the same way.
 
 These are static compile figures: what the GPU will execute, not how fast it runs. Writes
 ``bench/results/compile-sm<arch>-<date>.json`` and a Markdown table beside it. Run without

@@ -136,6 +136,7 @@ def variant_request(variant: CompileVariant) -> tuple[StatsRequest, SideInputs]:
         probe_keys=TensorSpec(i32, (B, 2)) if stats_point else None,
         span=TensorSpec(torch.int64, (B, 2)) if stats_long else None,
         query_weight=TensorSpec(torch.float32, (B, variant.q_len)) if key_mass else None,
+        query_log2_weight=TensorSpec(torch.float32, (B, variant.q_len)) if key_mass else None,
     )
     request = StatsRequest(scale=variant.head_dim ** -0.5, offsets=(1, 2, 3) if stats_point else (),
                            entropy=stats_all, distance=stats_long, local_window=64 if stats_long else None,

@@ -54,6 +54,8 @@ class SideInputs:
         query_weight: ``[B, Nq]`` float32 weight of each query row in ``key_mass`` (finite,
             >= 0; 0 = the row does not count), or None (every row weighs 1). Read only by calls
             with ``key_mass=True``.
+        query_log2_weight: ``log2(query_weight)`` (-inf where 0), for the Triton key-mass pass;
+            None without ``query_weight``.
     """
 
     batch: int
@@ -65,6 +67,7 @@ class SideInputs:
     probe_keys: Optional[torch.Tensor] = None
     span: Optional[torch.Tensor] = None
     query_weight: Optional[torch.Tensor] = None
+    query_log2_weight: Optional[torch.Tensor] = None
 
     @classmethod
     def build(
@@ -130,6 +133,7 @@ class SideInputs:
             probe_keys=probe_keys,
             span=span,
             query_weight=query_weight,
+            query_log2_weight=query_weight.log2() if query_weight is not None else None,
         )
 
     def check_matches(self, q: torch.Tensor, k: torch.Tensor) -> None:
@@ -143,13 +147,6 @@ class SideInputs:
         if self.query_weight is not None and self.query_weight.shape[1] != q.shape[2]:
             raise ValueError(f"key_mass_queries (query_weight) must have shape {(B, q.shape[2])} (one weight per "
                              f"query row), got {tuple(self.query_weight.shape)}")
-
-
-def check_query_weight(weight, batch: int) -> torch.Tensor:
-    """``weight`` as given if it is a float or bool ``[batch, n_queries]`` tensor of finite
-    values >= 0 (the ``key_mass_queries`` argument); a clear error otherwise."""
-    raise_failed(query_weight_checks(weight, batch))
-    return weight
 
 
 def query_weight_checks(weight, batch: int) -> list[ValueCheck]:

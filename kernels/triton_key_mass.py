@@ -6,16 +6,16 @@ exact column sums at O(Nk) memory: one program per (key block, batch, query head
 ``BLOCK_N`` keys on chip and walks the query blocks that can attend them, recomputing
 ``s = q k^T`` (with the attention pass's softcap) and ``p = 2^(s2 - lse2)``; no P @ V.
 
-The row weight is folded into the exponent, ``w p = 2^(s2 - (lse2 - log2 w))``, so the loop
-costs one dot, one ``exp2`` and one add per score. A row that does not count (weight 0, no
-attendable key, past ``Nq``) gets ``+inf`` there and a zero query, so it adds exactly 0, even
-where its own query holds NaN. Causality and a sliding window are masked only on the query
+The row weight is folded into the exponent, ``w p = 2^(s2 - (lse2 - log2 w))`` (``log2 w``
+computed once per forward: ``SideInputs.query_log2_weight``), so the loop costs one dot, one
+``exp2``, one max and one add per score. A row that does not count (weight 0, no attendable
+key, past ``Nq``) gets ``+inf`` there and adds exactly 0, even where its query holds NaN (the max
+turns a NaN exponent into -1e30). Causality and a sliding window are masked only on the query
 blocks that cross them; padded keys and keys past ``Nk`` are columns of their own, set to 0 once
 at the end. Learned sinks need nothing: they are in ``lse`` already.
 
 A NaN row that counts is handled by the caller (``AttentionStats.mark_nan_rows``: the head's
-whole ``key_mass`` NaN). One difference from the torch backend, on non-finite inputs only: a key
-holding NaN that only non-counting rows may attend reads NaN here (0 there).
+whole ``key_mass`` NaN).
 """
 
 from __future__ import annotations
@@ -30,49 +30,54 @@ import triton.language as tl
 from .request import StatsRequest
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-from .triton_common import (LOG2E_K, constexpr_names, device_guard, head_block, interpreting, kernel_flags,
+from .triton_common import (LOG2E_K, NEG_BIG, constexpr_names, device_guard, head_block, interpreting, kernel_flags,
                             program_heads, score_scales, tanh_softcap)
 
 
 @triton.jit
 def _key_mass_sweep(
-    acc, k, offs_n, Qb, LSEb, QWb, stride_qm, stride_qd, lo, hi, Nq, shift, qk_scale, cap_in, window,
+    acc, k_t, offs_n, Qb, LSEb, QWb, stride_qm, stride_qd, lo, hi, Nq, shift, qk_scale, cap_in, window,
     MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_QW: tl.constexpr,
     FP32_INPUT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """Add ``2^(s2 - ref2)`` of query blocks [lo, hi) to ``acc [BLOCK_N, BLOCK_M]``. With
+    """Add ``2^(s2 - ref2)`` of query blocks [lo, hi) to ``acc [BLOCK_M, BLOCK_N]``. With
     MASKED=False every query of every block may attend every key of the block (causally and
     inside its window), so no per-score mask is built."""
     offs_i = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
+    if BLOCK_D == HEAD_DIM:  # no head-dim mask: the loads stay vectorised
+        d_ok = offs_d < BLOCK_D
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_i
         row_ok = offs_m < Nq
+        # Loads that do not depend on loaded values, so that the pipeliner can issue them early.
         lse = tl.load(LSEb + offs_m, mask=row_ok, other=float("-inf"))
+        q = tl.load(Qb + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd,
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
         counted = lse > float("-inf")  # False on rows with no key, past Nq, or NaN (marked by the caller)
         ref2 = lse * LOG2E_K
-        if HAS_QW:
-            w = tl.load(QWb + offs_m, mask=row_ok, other=0.0)
-            counted = counted & (w > 0)
-            ref2 = ref2 - tl.math.log2(tl.where(counted, w, 1.0))
-        ref2 = tl.where(counted, ref2, float("inf"))
-        q_t = tl.load(Qb + offs_m[None, :].to(tl.int64) * stride_qm + offs_d[:, None] * stride_qd,
-                      mask=d_ok[:, None] & counted[None, :], other=0.0)  # [BLOCK_D, BLOCK_M]
+        if HAS_QW:  # log2 of the weight, -inf where it is 0
+            log2_w = tl.load(QWb + offs_m, mask=row_ok, other=float("-inf"))
+            counted = counted & (log2_w > float("-inf"))
+            ref2 = ref2 - log2_w
         if FP32_INPUT:
-            s = tl.dot(k, q_t, input_precision="tf32x3")
+            s = tl.dot(q, k_t, input_precision="tf32x3")
         else:
-            s = tl.dot(k, q_t)
+            s = tl.dot(q, k_t)
         if HAS_SOFTCAP:
             s = tanh_softcap(s, cap_in)
-        p = tl.math.exp2(s * qk_scale - ref2[None, :])
+        # Rows that do not count get ref2 = +inf: 2^-inf = 0. The max turns a NaN exponent into
+        # -1e30 (max.f32 returns the number): a NaN a non-counting row holds adds 0; a counting
+        # row with NaN has a NaN output, from which the caller marks the head.
+        x = tl.maximum(s * qk_scale - tl.where(counted, ref2, float("inf"))[:, None], NEG_BIG)
         if MASKED:
             q_pos = shift + offs_m
-            keep = offs_n[:, None] <= q_pos[None, :]
+            keep = offs_n[None, :] <= q_pos[:, None]
             if HAS_WINDOW:  # transformers' sliding window: i - window < j <= i
-                keep = keep & (offs_n[:, None] > q_pos[None, :] - window)
-            p = tl.where(keep, p, 0.0)
-        acc += p
+                keep = keep & (offs_n[None, :] > q_pos[:, None] - window)
+            x = tl.where(keep, x, NEG_BIG)
+        acc += tl.math.exp2(x)
     return acc
 
 
@@ -97,8 +102,8 @@ def _key_mass_fwd(
     if HAS_PAD:
         key_ok = key_ok & (tl.load(KPM + b * stride_mb + offs_n * stride_mn, mask=in_range, other=0) != 0)
     Kb = K + b * stride_kb + kvh * stride_kh
-    k = tl.load(Kb + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
-                mask=in_range[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+    k_t = tl.load(Kb + offs_n[None, :].to(tl.int64) * stride_kn + offs_d[:, None] * stride_kd,
+                  mask=in_range[None, :] & (offs_d < HEAD_DIM)[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
     Qb = Q + b * stride_qb + h * stride_qh
     LSEb = LSE + bh * Nq
     QWb = QW + b * Nq
@@ -120,19 +125,19 @@ def _key_mass_fwd(
         win_end = tl.minimum(start_n + window - shift, q_hi)
         unmasked_end = mid + tl.maximum(win_end - mid, 0) // BLOCK_M * BLOCK_M
 
-    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    acc = _key_mass_sweep(acc, k, offs_n, Qb, LSEb, QWb, stride_qm, stride_qd, q_lo, mid, Nq, shift, qk_scale,
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc = _key_mass_sweep(acc, k_t, offs_n, Qb, LSEb, QWb, stride_qm, stride_qd, q_lo, mid, Nq, shift, qk_scale,
                           cap_in, window, True, HAS_WINDOW, HAS_SOFTCAP, HAS_QW, FP32_INPUT, HEAD_DIM, BLOCK_D,
                           BLOCK_M)
-    acc = _key_mass_sweep(acc, k, offs_n, Qb, LSEb, QWb, stride_qm, stride_qd, mid, unmasked_end, Nq, shift,
+    acc = _key_mass_sweep(acc, k_t, offs_n, Qb, LSEb, QWb, stride_qm, stride_qd, mid, unmasked_end, Nq, shift,
                           qk_scale, cap_in, window, False, HAS_WINDOW, HAS_SOFTCAP, HAS_QW, FP32_INPUT, HEAD_DIM,
                           BLOCK_D, BLOCK_M)
     if HAS_WINDOW:  # queries whose window starts inside the block
-        acc = _key_mass_sweep(acc, k, offs_n, Qb, LSEb, QWb, stride_qm, stride_qd, unmasked_end, q_hi, Nq, shift,
+        acc = _key_mass_sweep(acc, k_t, offs_n, Qb, LSEb, QWb, stride_qm, stride_qd, unmasked_end, q_hi, Nq, shift,
                               qk_scale, cap_in, window, True, HAS_WINDOW, HAS_SOFTCAP, HAS_QW, FP32_INPUT, HEAD_DIM,
                               BLOCK_D, BLOCK_M)
     # Padded keys' columns summed probabilities of keys the rows may not attend: 0 instead.
-    tl.store(KM + bh * Nk + offs_n, tl.where(key_ok, tl.sum(acc, 1), 0.0), mask=in_range)
+    tl.store(KM + bh * Nk + offs_n, tl.where(key_ok, tl.sum(acc, 0), 0.0), mask=in_range)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,15 +153,16 @@ DECODE_CONFIGS = [
     triton.Config({"BLOCK_N": bn, "BLOCK_M": 16}, num_warps=w, num_stages=2)
     for bn, w in ((64, 4), (128, 4), (128, 8))
 ]
-# Tiles that spill registers on sm_90 (triton 3.9; the compile sweep of bench/compile_report.py
-# --kernel key_mass --all-configs, window + softcap + padding + query weights), by (head-dim tile,
-# element bytes). bf16/fp16 spill nowhere; fp32 (3xTF32 keeps both halves of every operand)
-# spills at D = 128 in three tiles and at D = 256 in every tile: there the smallest tile, which
-# spills least (prefill 64x32: 836 B; decode 64x16: 328 B), is the fallback.
+# Tiles that spill registers on sm_90 (triton 3.9; compiled with a window, softcap, padding and
+# query weights, every config: bench.compile_report --kernel key_mass --all-configs), by (head-dim
+# tile, element bytes). bf16/fp16 spill nowhere (D = 64..256). fp32 (3xTF32 keeps both halves of
+# every operand) spills in every prefill tile from D = 128 on: the smallest tile, which spills
+# least (64x32 at D = 128: 112 B), is the fallback; decode tiles spill at D = 128 in 128x16 w4.
 _ALL_TILES = frozenset((c.kwargs["BLOCK_N"], c.kwargs["BLOCK_M"], c.num_warps, c.num_stages)
                        for c in PREFILL_CONFIGS + DECODE_CONFIGS)
+_PREFILL_TILES = frozenset(t for t in _ALL_TILES if t[1] > 16)
 SPILLING_TILES: dict[tuple[int, int], frozenset] = {
-    (128, 4): frozenset({(128, 32, 4, 2), (64, 64, 4, 2), (128, 16, 4, 2)}),
+    (128, 4): _PREFILL_TILES | {(128, 16, 4, 2)},
     (256, 4): _ALL_TILES,
 }
 INTERPRET_BLOCK = (16, 16)  # (BLOCK_M, BLOCK_N) under TRITON_INTERPRET=1
@@ -224,7 +230,7 @@ def key_mass_arguments(q: Any, k: Any, request: StatsRequest, side: SideInputs, 
         kpm_strides = tuple(kpm.stride())
     else:
         kpm, kpm_strides = side.first_key, (0, 0)  # never read
-    qw = side.query_weight
+    qw = side.query_log2_weight
     qk_scale, cap_in = score_scales(request.scale, request.softcap)
     args = (q, k, stats.lse, stats.lse if qw is None else qw, kpm, side.first_key, stats.key_mass,
             *q.stride(), *k.stride(), *kpm_strides, Hq, Hq // Hkv, Nq, Nk, qk_scale, cap_in, request.window or 0)
