@@ -193,7 +193,7 @@ def key_mass_launch(variant: CompileVariant) -> tuple[JITFunction, dict]:
     q, k, _ = variant_inputs(variant)
     stats = request.allocate(tuple(q.shape[:3]), side, SpecTensors().empty)
     launch = tkm.key_mass_arguments(q, k, request, side, stats)
-    return tkm.KEY_MASS_KERNEL, {**dict(zip(tkm.KEY_MASS_KERNEL.arg_names, launch.args)), **launch.constexprs}
+    return tkm.KEY_MASS_KERNEL, {**launch.args, **launch.constexprs}
 
 
 def band_launch(variant: CompileVariant) -> tuple[JITFunction, dict]:

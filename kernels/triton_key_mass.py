@@ -31,7 +31,7 @@ from .request import StatsRequest
 from .side_inputs import SideInputs
 from .stats import AttentionStats
 from .triton_common import (LOG2E_K, NEG_BIG, constexpr_names, device_guard, head_block, interpreting, kernel_flags,
-                            program_heads, score_scales, tanh_softcap)
+                            program_heads, score_scales, stride_args, tanh_softcap)
 
 
 @triton.jit
@@ -209,11 +209,11 @@ _TUNERS = {
 
 @dataclass(frozen=True)
 class KeyMassLaunch:
-    """One launch of ``_key_mass_fwd`` but the tile: positional ``args``, ``constexprs``,
+    """One launch of ``_key_mass_fwd`` but the tile: ``args`` by parameter name, ``constexprs``,
     ``grid_keys = (Nk, B * Hq)`` (the grid is ``(cdiv(Nk, BLOCK_N), B * Hq)``) and the autotune
     ``bucket``."""
 
-    args: tuple
+    args: dict
     constexprs: dict
     grid_keys: tuple[int, int]
     bucket: str
@@ -232,8 +232,11 @@ def key_mass_arguments(q: Any, k: Any, request: StatsRequest, side: SideInputs, 
         kpm, kpm_strides = side.first_key, (0, 0)  # never read
     qw = side.query_log2_weight
     qk_scale, cap_in = score_scales(request.scale, request.softcap)
-    args = (q, k, stats.lse, stats.lse if qw is None else qw, kpm, side.first_key, stats.key_mass,
-            *q.stride(), *k.stride(), *kpm_strides, Hq, Hq // Hkv, Nq, Nk, qk_scale, cap_in, request.window or 0)
+    args = dict(Q=q, K=k, LSE=stats.lse, QW=stats.lse if qw is None else qw, KPM=kpm, FIRST=side.first_key,
+                KM=stats.key_mass, **stride_args(q, ("stride_qb", "stride_qh", "stride_qm", "stride_qd")),
+                **stride_args(k, ("stride_kb", "stride_kh", "stride_kn", "stride_kd")),
+                **dict(zip(("stride_mb", "stride_mn"), kpm_strides)), Hq=Hq, GROUP=Hq // Hkv, Nq=Nq, Nk=Nk,
+                qk_scale=qk_scale, cap_in=cap_in, window=request.window or 0)
     constexprs = dict(HEAD_DIM=D, BLOCK_D=head_block(D), **flags, HAS_QW=qw is not None,
                       FP32_INPUT=q.dtype == torch.float32)
     return KeyMassLaunch(args, constexprs, (Nk, B * Hq), "decode" if Nq <= 16 else "prefill")
@@ -249,8 +252,8 @@ def add_key_mass(q: torch.Tensor, k: torch.Tensor, request: StatsRequest, side: 
     with device_guard(q.device):
         if block is None and not interpreting():
             grid = lambda meta: (triton.cdiv(n_keys, meta["BLOCK_N"]), n_programs)  # noqa: E731
-            _TUNERS[launch.bucket][grid](*launch.args, **launch.constexprs)
+            _TUNERS[launch.bucket][grid](**launch.args, **launch.constexprs)
         else:
             bm, bn = block or INTERPRET_BLOCK
-            _key_mass_fwd[(triton.cdiv(n_keys, bn), n_programs)](*launch.args, **launch.constexprs, BLOCK_N=bn,
+            _key_mass_fwd[(triton.cdiv(n_keys, bn), n_programs)](**launch.args, **launch.constexprs, BLOCK_N=bn,
                                                                  BLOCK_M=bm)
