@@ -38,6 +38,7 @@ from triton.runtime.jit import JITFunction, MockTensor
 from . import autotune
 from . import triton_attention as ta
 from . import triton_key_mass as tkm
+from . import triton_token_match as tm
 from .sass_loops import mma_loops
 from .request import StatsRequest
 from .side_inputs import SideInputs
@@ -127,12 +128,15 @@ def variant_request(variant: CompileVariant) -> tuple[StatsRequest, SideInputs]:
     stats_long = variant.stats in ("long", "full")
     modifiers = variant.stats in ("modifiers", "full")
     windowed = modifiers or variant.stats == "window"
+    # Token matching runs in the fused kernel's loop only with TOKEN_MATCH = "loop"; by default the
+    # band kernel does it after the main pass (compiled as its own variant, kernel="band").
+    token_match = stats_all and (variant.kernel != "fused" or tm.TOKEN_MATCH == "loop")
     side = SideInputs(
         batch=B, k_len=Nk,
         key_padding_mask=TensorSpec(torch.bool, (B, Nk)) if variant.padded else None,
         first_key=TensorSpec(i32, (B,)),
-        token_ids=TensorSpec(i32, (B, Nk)) if stats_all else None,
-        prev_token_ids=TensorSpec(i32, (B, Nk)) if stats_all else None,
+        token_ids=TensorSpec(i32, (B, Nk)) if token_match else None,
+        prev_token_ids=TensorSpec(i32, (B, Nk)) if token_match else None,
         probe_keys=TensorSpec(i32, (B, 2)) if stats_point else None,
         span=TensorSpec(torch.int64, (B, 2)) if stats_long else None,
         query_weight=TensorSpec(torch.float32, (B, variant.q_len)) if key_mass else None,
@@ -199,8 +203,6 @@ def key_mass_launch(variant: CompileVariant) -> tuple[JITFunction, dict]:
 def band_launch(variant: CompileVariant) -> tuple[JITFunction, dict]:
     """``(kernel, keyword arguments)`` of the token-match band kernel (``variant.kernel == "band"``),
     built by ``triton_token_match``'s own argument builder on stand-ins."""
-    from . import triton_token_match as tm
-
     request, _ = variant_request(variant)
     q, k, _ = variant_inputs(variant)
     B, Hq, Nq, _ = q.shape
@@ -220,9 +222,7 @@ def candidate_configs(variant: CompileVariant) -> list[triton.Config]:
         return tkm.candidate_configs("decode" if variant.q_len <= 16 else "prefill", head_dim=variant.head_dim,
                                      elt_bytes=DTYPES[variant.dtype].itemsize)
     if variant.kernel == "band":  # one fixed config
-        from .triton_token_match import band_config
-
-        return [band_config()]
+        return [tm.band_config()]
     if variant.kernel != "fused":
         from . import triton_decode as td
 

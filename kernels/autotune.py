@@ -77,7 +77,9 @@ def _tiles(*specs: tuple[int, int, int, int]) -> frozenset:
 # (bench/results/compile-sm90-*.json; `python -m bench.compile_report --all-configs` shows the
 # spilling ones): keyed by (head-dim tile, loop level, head dim padded) where the loop level is
 # "none" (no per-score work beyond attention), "window" (a sliding window and nothing else in the
-# loop: a windowed layer outside record()), "stats" (token matching, entropy) or "heavy" (any of
+# loop: a windowed layer outside record()), "entropy" (entropy without in-loop token matching: the
+# default, the band kernel matches tokens after the main pass), "stats" (in-loop token matching,
+# ``TOKEN_MATCH = "loop"``, and the split-decode kernel) or "heavy" (any of
 # distance, local, top1, span or softcap, or a window together with statistics: ``loop_level``). Spilling is
 # not monotone in the tile (at D = 128 with all statistics 128x64 w8 spills with 2 stages and not
 # with 3), so this is a measured list rather than a register formula.
@@ -93,6 +95,13 @@ NO_SPILL_TILES = {
     (128, "window", True): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
     (128, "stats", False): _tiles((128, 64, 8, 3), (64, 32, 4, 2)),
     (128, "stats", True): _tiles((64, 32, 4, 2)),
+    # Entropy without in-loop token matching (the default: the band kernel matches tokens after
+    # the main pass), spill-free under Triton 3.9 and 3.6 (bf16, compile reports
+    # compile-sm90-2026-12-04-entropy-triton3.{9,6}); 128x64 w8 s3 spills 28 B (3.9) there.
+    (64, "entropy", False): _ALL_PREFILL,
+    (128, "entropy", False): _tiles((64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2)),
+    (128, "entropy", True): _tiles((64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2)),
+    (256, "entropy", False): _tiles((64, 32, 8, 2)),
     # Every statistic and modifier at once leaves only 64x32 w8 s2 spill-free (64x64 w8 s2 spills
     # 88 B between the key loops under 3.9 since the local/span segments, 4 B under 3.6 before).
     (128, "heavy", False): _tiles((64, 32, 8, 2)),
@@ -114,7 +123,7 @@ TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2])
 # fp32 inputs (3xTF32 holds two halves of every operand): the smallest tiles only. Spill-free at
 # D <= 64 without loop statistics; the least-spilling tile measured elsewhere (see the report).
 NO_SPILL_TILES_FP32 = {64: _tiles((64, 32, 4, 2)), 128: _tiles((64, 32, 4, 2)), 256: _tiles((64, 32, 8, 2))}
-LOOP_LEVELS = ("none", "window", "stats", "heavy")
+LOOP_LEVELS = ("none", "window", "entropy", "stats", "heavy")
 
 
 def no_spill_tiles(*, head_dim: int, elt_bytes: int, loop_level: str,
@@ -157,7 +166,9 @@ def loop_level(constexprs: Mapping[str, Any]) -> str:
     window = constexprs.get("HAS_WINDOW", False)
     if any(constexprs.get(f, False) for f in HEAVY_FLAGS) or (window and stats):
         return "heavy"
-    return "window" if window else ("stats" if stats else "none")
+    if window:
+        return "window"
+    return "stats" if constexprs.get("HAS_TOK", False) else ("entropy" if stats else "none")
 
 
 def tuner_bucket(q_len: int) -> str:

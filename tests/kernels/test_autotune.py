@@ -64,6 +64,10 @@ EXPECTED = {
     # Triton 3.6 spills D=128 all statistics 128x64 w8 s3 (32 B); every modifier leaves 64x32 w8 s2 in both.
     ("prefill", 128, 2, "stats", (3, 9)): [(128, 64, 8, 3), (64, 32, 4, 2)],
     ("prefill", 128, 2, "stats", (3, 6)): [(64, 32, 4, 2)],
+    # Entropy without in-loop token matching (the default "all"): spill-free in both Tritons.
+    ("prefill", 64, 2, "entropy", (3, 6)): [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3)],
+    ("prefill", 128, 2, "entropy", (3, 9)): [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 32, 4, 2)],
+    ("prefill", 256, 2, "entropy", (3, 6)): [(64, 32, 8, 2)],
     ("prefill", 128, 2, "heavy", (3, 9)): [(64, 32, 8, 2)],
     ("prefill", 128, 2, "heavy", (3, 6)): [(64, 32, 8, 2)],
     ("prefill", 96, 2, "window", (3, 9)): [(64, 64, 8, 2), (64, 32, 8, 2)],  # padded to 128 on chip
@@ -95,7 +99,8 @@ def test_the_bound_binds_and_the_lists_hold_more():
 
 @pytest.mark.parametrize("flags, level", [
     ({}, "none"), ({"N_OFFSETS": 3, "N_PROBES": 2, "HAS_SINKS": True}, "none"), ({"HAS_WINDOW": True}, "window"),
-    ({"HAS_ENT": True}, "stats"), ({"HAS_TOK": True}, "stats"), ({"HAS_TOP1": True}, "heavy"),
+    ({"HAS_ENT": True}, "entropy"), ({"HAS_TOK": True}, "stats"),
+    ({"HAS_TOK": True, "HAS_ENT": True}, "stats"), ({"HAS_TOP1": True}, "heavy"),
     ({"HAS_SOFTCAP": True}, "heavy"), ({"HAS_WINDOW": True, "HAS_ENT": True}, "heavy")])
 def test_loop_level(flags, level):
     assert autotune.loop_level(flags) == level
