@@ -30,8 +30,8 @@ import triton.language as tl
 from .request import StatsRequest
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-from .triton_common import (LOG2E_K, NEG_BIG, constexpr_names, device_guard, head_block, interpreting, kernel_flags,
-                            program_heads, score_scales, stride_args, tanh_softcap)
+from .triton_common import (INTERPRETED, LOG2E_K, NEG_BIG, constexpr_names, device_guard, head_block, interpreting,
+                            kernel_flags, program_heads, score_scales, stride_args, tanh_softcap)
 
 
 @triton.jit
@@ -71,6 +71,8 @@ def _key_mass_sweep(
         # -1e30 (max.f32 returns the number): a NaN a non-counting row holds adds 0; a counting
         # row with NaN has a NaN output, from which the caller marks the head.
         x = tl.maximum(s * qk_scale - tl.where(counted, ref2, float("inf"))[:, None], NEG_BIG)
+        if INTERPRETED:  # as the GPU's max.f32: Triton 3.6's interpreter keeps the NaN (np.maximum)
+            x = tl.where(x == x, x, NEG_BIG)
         if MASKED:
             q_pos = shift + offs_m
             keep = offs_n[None, :] <= q_pos[:, None]
