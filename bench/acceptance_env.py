@@ -79,6 +79,9 @@ def environment() -> dict:
 
 
 def git_commit() -> Optional[str]:
+    """``CIRCUIT_STATS_COMMIT`` when set (a copied checkout's git may not be the project's), else git's HEAD."""
+    if os.environ.get("CIRCUIT_STATS_COMMIT"):
+        return os.environ["CIRCUIT_STATS_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
