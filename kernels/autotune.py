@@ -11,7 +11,8 @@ For the fused kernel (``triton_attention``) and the split-decode kernel (``trito
   128x128 w8 s2 (228), 128x64 w8 s2 (293), 64x64 w4 s2 (295), 128x64 w8 s3 (303), 64x64 w4 s3
   (306), then the 8-warp 64-row tiles (kept only where nothing else is spill-free) and 64x32 (414;
   541 vs 356 for 128x64 at D = 128), so the bound drops the 3-stage and the 64x32 tiles where more
-  than 4 are kept and keeps every tile where fewer are. Fused decode
+  than 4 are kept and keeps every tile where fewer are (64x16, last, is for fp32 at D = 256 only:
+  nothing larger fits shared memory there). Fused decode
   (``compile-sm90-2026-11-25.md``, D = 64): 16x128 (524), 16x64 s2 (715), 16x64 s3 (770). Split
   decode (``compile-sm90-2026-12-04-split-triton3.{9,6}.md``, D = 64 all statistics, 3.9): 128
   keys (1252), 64 (1543), 32 (2180); 4 stages cost the instructions of 3, 3 come first.
@@ -53,7 +54,7 @@ from .triton_common import SMEM_LIMIT_BYTES, constexpr_names, head_block, smem_b
 PREFILL_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bm, bn, w, s in ((128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (64, 64, 4, 3),
-                         (64, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2))
+                         (64, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2), (64, 16, 8, 2))
 ]
 # Decode: a handful of query rows per sequence, so a 16-row tile (the smallest tl.dot takes).
 DECODE_CONFIGS = [
@@ -83,7 +84,10 @@ def _tiles(*specs: tuple[int, int, int, int]) -> frozenset:
 # distance, local, top1, span or softcap, or a window together with statistics: ``loop_level``). Spilling is
 # not monotone in the tile (at D = 128 with all statistics 128x64 w8 spills with 2 stages and not
 # with 3), so this is a measured list rather than a register formula.
-_ALL_PREFILL = _tiles(*[tile_of(c) for c in PREFILL_CONFIGS])
+# 64x16 w8 s2 is for fp32 at D = 256 only (``NO_SPILL_TILES_FP32``): the one 64-row tile whose two
+# Q copies and K/V stages fit 227 KB there (196608 B, sm_90, Triton 3.9 and 3.6).
+FP32_ONLY_TILES = _tiles((64, 16, 8, 2))
+_ALL_PREFILL = _tiles(*[tile_of(c) for c in PREFILL_CONFIGS]) - FP32_ONLY_TILES
 NO_SPILL_TILES = {
     (64, "none", False): _ALL_PREFILL - {(64, 32, 8, 2), (64, 64, 8, 2)},
     (64, "stats", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)),
@@ -121,8 +125,11 @@ SPILLING_BEFORE_TRITON_3_7 = {
 }
 TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2])
 # fp32 inputs (3xTF32 holds two halves of every operand): the smallest tiles only. Spill-free at
-# D <= 64 without loop statistics; the least-spilling tile measured elsewhere (see the report).
-NO_SPILL_TILES_FP32 = {64: _tiles((64, 32, 4, 2)), 128: _tiles((64, 32, 4, 2)), 256: _tiles((64, 32, 8, 2))}
+# D <= 64 without loop statistics; the least-spilling tile measured elsewhere (see the report). At
+# D = 256 64x32 needs 262144 B of shared memory (two Q copies), over sm_90's 232448: 64x16 w8 s2
+# (196608 B) spills least of those that fit (sm_90 compiles, Triton 3.9: 2272 B with no
+# statistics, 6112 B with all; 64x32 s1 and 64x16 w4 or s3 spill more).
+NO_SPILL_TILES_FP32 = {64: _tiles((64, 32, 4, 2)), 128: _tiles((64, 32, 4, 2)), 256: _tiles((64, 16, 8, 2))}
 LOOP_LEVELS = ("none", "window", "entropy", "stats", "heavy")
 
 

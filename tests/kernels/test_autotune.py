@@ -75,8 +75,45 @@ EXPECTED = {
     ("prefill", 128, 4, "none", (3, 9)): [(64, 32, 4, 2)],  # fp32: 3xTF32 tiles
     ("decode", 64, 2, "heavy", (3, 9)): [(16, 128, 4, 2), (16, 64, 4, 2), (16, 64, 4, 3)],
     ("decode", 256, 2, "none", (3, 6)): [(16, 64, 4, 2)],
-    ("decode", 256, 4, "none", (3, 9)): [(64, 32, 8, 2)],  # no 16-row tile fits shared memory in fp32
+    # fp32 at D = 256: no 16-row tile fits shared memory, nor 64x32 (two Q copies: 262144 B).
+    ("decode", 256, 4, "none", (3, 9)): [(64, 16, 8, 2)],
+    ("prefill", 256, 4, "heavy", (3, 6)): [(64, 16, 8, 2)],
+    ("prefill", 200, 4, "entropy", (3, 9)): [(64, 16, 8, 2)],
 }
+
+
+# Shared memory of sm_90 compiles (``CompiledKernel.metadata.shared``, the figure the driver
+# checks at launch), Triton 3.9 and 3.6 alike: (head dim, bytes per element, tile) -> bytes. From
+# bench/results/compile-sm90-*.json, and the fp32 D = 256 tiles from the H200's refusal (64x32
+# w8 s2: 262144 > 232448) and the fp32 report of the fix (compile-sm90-2026-12-04-fp32-smem-*).
+MEASURED_SMEM = {
+    (64, 2, (128, 128, 8, 2)): 81920, (128, 2, (128, 64, 8, 2)): 98304, (128, 2, (64, 32, 4, 2)): 49152,
+    (256, 2, (64, 32, 8, 2)): 98304, (256, 2, (64, 64, 8, 2)): 163840,
+    (64, 4, (64, 32, 4, 2)): 65536, (128, 4, (64, 32, 4, 2)): 131072, (128, 4, (64, 64, 4, 2)): 196608,
+    (256, 4, (64, 32, 8, 2)): 262144, (256, 4, (64, 32, 4, 2)): 262144, (256, 4, (64, 16, 8, 2)): 196608,
+    (256, 4, (64, 16, 8, 3)): 229376, (256, 4, (64, 32, 8, 1)): 196608,
+}
+
+
+@pytest.mark.parametrize("case", list(MEASURED_SMEM), ids=str)
+def test_shared_memory_model_covers_the_compiled_kernels(case):
+    """The model never under-estimates a compile (the H200 refused an fp32 tile it under-estimated
+    by a whole Q tile), so a tile it keeps fits."""
+    head_dim, elt_bytes, (bm, bn, _, st) = case
+    assert smem_bytes(bm, bn, st, head_block(head_dim), elt_bytes) >= MEASURED_SMEM[case]
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=str)
+@pytest.mark.parametrize("level", LOOP_LEVELS)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_no_fp32_candidate_is_a_tile_the_gpu_refused(head_dim, level, version):
+    """fp32 at any head dim, prefill or decode: no candidate needs more shared memory than sm_90
+    has by the compiled figures (where measured) and by the model."""
+    for bucket in ("prefill", "decode"):
+        for c in candidate_configs(bucket, head_dim=head_dim, elt_bytes=4, loop_level=level, triton_version=version):
+            bm, bn, _, st = tile_of(c)
+            measured = MEASURED_SMEM.get((head_block(head_dim), 4, tile_of(c)), 0)
+            assert max(measured, smem_bytes(bm, bn, st, head_block(head_dim), 4)) <= SMEM_LIMIT_BYTES, tile_of(c)
 
 
 @pytest.mark.parametrize("case", list(EXPECTED), ids=str)
