@@ -242,20 +242,56 @@ def split_kept_configs(configs: list[triton.Config], *, block_d: int, block_m: i
     return kept
 
 
+# The split kernel's key tiles, largest first: a split of ``split_len`` keys is a whole number of
+# key tiles, so a launch tries only the tiles that divide its split length.
+SPLIT_KEY_TILES = tuple(sorted({c.kwargs["BLOCK_N"] for c in SPLIT_CONFIGS}, reverse=True))
+
+
+def max_key_tile(split_len: int) -> int:
+    """The largest key tile of ``SPLIT_KEY_TILES`` that divides ``split_len``; 0 when none does."""
+    return next((bn for bn in SPLIT_KEY_TILES if split_len > 0 and split_len % bn == 0), 0)
+
+
+def split_len_error(split_len: int, tiles: tuple[int, ...] = SPLIT_KEY_TILES) -> str:
+    """What a ``ValueError`` says of a ``split_len`` that is no multiple of the key ``tiles``."""
+    what = f"the key tile {tiles[0]}" if len(tiles) == 1 else f"a key tile ({', '.join(map(str, tiles))})"
+    return f"split_len must be a positive multiple of {what}, got {split_len}"
+
+
+def split_candidates(configs: list[triton.Config], *, block_d: int, block_m: int, elt_bytes: int,
+                     split_len: int) -> list[triton.Config]:
+    """The split-kernel configs a launch with splits of ``split_len`` keys tries: the first
+    ``MAX_DECODE_CONFIGS`` kept ones (``split_kept_configs``) whose key tile divides ``split_len``,
+    else the smallest dividing config (e.g. 16 keys for 16-bit inputs and ``split_len = 48``);
+    empty when no key tile divides ``split_len``."""
+    dividing = [c for c in configs if split_len > 0 and split_len % c.kwargs["BLOCK_N"] == 0]
+    kept = split_kept_configs(dividing, block_d=block_d, block_m=block_m, elt_bytes=elt_bytes)
+    if kept:
+        return kept[:MAX_DECODE_CONFIGS]
+    return [min(dividing, key=lambda c: (c.kwargs["BLOCK_N"], c.num_stages))] if dividing else []
+
+
 def prune_split_configs(configs: list[triton.Config], named_args: dict, **kwargs: Any) -> list[triton.Config]:
-    """``early_config_prune`` of the split kernel's autotuner: the first ``MAX_DECODE_CONFIGS``
-    of ``split_kept_configs``, or the smallest config when none is kept."""
+    """``early_config_prune`` of the split kernel's autotuner: ``split_candidates`` for the
+    launch's ``split_len``; ``ValueError`` when no key tile divides it (the launcher checks first)."""
     a = {**named_args, **kwargs}  # launches pass their arguments by name
-    bd, bm = a["BLOCK_D"], a["BLOCK_M"]
     elt = a["Q"].element_size() if hasattr(a.get("Q"), "element_size") else 2
-    kept = split_kept_configs(configs, block_d=bd, block_m=bm, elt_bytes=elt)
-    return kept[:MAX_DECODE_CONFIGS] or [min(configs, key=lambda c: (c.kwargs["BLOCK_N"], c.num_stages))]
+    got = split_candidates(configs, block_d=a["BLOCK_D"], block_m=a["BLOCK_M"], elt_bytes=elt,
+                           split_len=a["split_len"])
+    if not got:
+        raise ValueError(split_len_error(a["split_len"]))
+    return got
 
 
 # ----------------------------------------------------------------------------------------------
 # Autotuners: one per kernel, keyed on the feature flags, the dtypes and the length buckets.
 
 LENGTH_BUCKET_ARGS = ("Q_LEN_BUCKET", "K_LEN_BUCKET")
+# The split kernel's tuning key also holds the largest key tile dividing the split length
+# (``max_key_tile``): launches whose split lengths admit different tiles are tuned apart, so a
+# choice made for 512-key splits (128 keys) is never reused for 32-key splits.
+KEY_TILE_ARG = "MAX_KEY_TILE"
+TUNING_ONLY_ARGS = LENGTH_BUCKET_ARGS + (KEY_TILE_ARG,)
 
 
 def length_bucket(n: int) -> int:
@@ -268,15 +304,20 @@ def length_buckets(q_len: int, k_len: int) -> dict[str, int]:
     return dict(zip(LENGTH_BUCKET_ARGS, (length_bucket(q_len), length_bucket(k_len))))
 
 
+def split_tuning_keywords(q_len: int, k_len: int, split_len: int) -> dict[str, int]:
+    """The split tuner's keywords: the length buckets and ``KEY_TILE_ARG``."""
+    return {**length_buckets(q_len, k_len), KEY_TILE_ARG: max_key_tile(split_len)}
+
+
 class LengthBucketed(KernelInterface):
     """A jit kernel as the autotuner sees it: the same arguments plus the keywords
-    ``LENGTH_BUCKET_ARGS``, which join the tuning key and are dropped before the kernel runs (so
-    the kernel and its compiled binaries are shared by all buckets). ``fn`` is the kernel, as
-    Triton's autotuner expects of what it wraps."""
+    ``LENGTH_BUCKET_ARGS`` (and ``extra``, of ``TUNING_ONLY_ARGS``), which join the tuning key and
+    are dropped before the kernel runs (so the kernel and its compiled binaries are shared by all
+    buckets). ``fn`` is the kernel, as Triton's autotuner expects of what it wraps."""
 
-    def __init__(self, fn: Any):
+    def __init__(self, fn: Any, extra: tuple[str, ...] = ()):
         self.fn = fn
-        self.arg_names = list(fn.arg_names) + list(LENGTH_BUCKET_ARGS)
+        self.arg_names = list(fn.arg_names) + list(LENGTH_BUCKET_ARGS) + list(extra)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn.run(*args, **self.kernel_kwargs(kwargs))
@@ -286,7 +327,7 @@ class LengthBucketed(KernelInterface):
 
     @staticmethod
     def kernel_kwargs(kwargs: dict) -> dict:
-        return {k: v for k, v in kwargs.items() if k not in LENGTH_BUCKET_ARGS}
+        return {k: v for k, v in kwargs.items() if k not in TUNING_ONLY_ARGS}
 
 
 def tuning_key(kernel: Any, tiles: tuple[str, ...]) -> list[str]:
@@ -306,7 +347,10 @@ def fused_tuner(kernel: Any, do_bench: Optional[Callable] = None) -> Any:
 
 
 def split_tuner(kernel: Any, do_bench: Optional[Callable] = None) -> Any:
-    """The split-decode kernel's autotuner (see ``fused_tuner``; DOT_PRECISION follows the dtype)."""
-    return triton.autotune(configs=SPLIT_CONFIGS, key=tuning_key(kernel, ("BLOCK_N", "DOT_PRECISION")),
+    """The split-decode kernel's autotuner: launch it with ``**split_tuning_keywords(Nq, Nk,
+    split_len)`` (see ``fused_tuner``; DOT_PRECISION follows the dtype; the key tiles tried divide
+    ``split_len``)."""
+    return triton.autotune(configs=SPLIT_CONFIGS,
+                           key=tuning_key(kernel, ("BLOCK_N", "DOT_PRECISION")) + [KEY_TILE_ARG],
                            prune_configs_by={"early_config_prune": prune_split_configs},
-                           do_bench=do_bench, cache_results=True)(LengthBucketed(kernel))
+                           do_bench=do_bench, cache_results=True)(LengthBucketed(kernel, (KEY_TILE_ARG,)))

@@ -151,7 +151,7 @@ def test_split_pruner_keeps_at_most_three_configs_that_fit(dtype, head_dim):
     inputs 32+ keys and 3+ stages; the largest key tiles first."""
     bd, bm = head_block(head_dim), 16
     q = torch.zeros(1, dtype=dtype)
-    kept = autotune.prune_split_configs(SPLIT_CONFIGS, {"Q": q}, BLOCK_D=bd, BLOCK_M=bm)
+    kept = autotune.prune_split_configs(SPLIT_CONFIGS, {"Q": q}, BLOCK_D=bd, BLOCK_M=bm, split_len=512)
     assert 1 <= len(kept) <= MAX_DECODE_CONFIGS
     elt = q.element_size()
     for c in kept:
@@ -160,6 +160,60 @@ def test_split_pruner_keeps_at_most_three_configs_that_fit(dtype, head_dim):
         assert (bn * bd <= 2048 or bn == 16) if elt == 4 else (bn >= 32 and c.num_stages >= 3)
     block_n = [c.kwargs["BLOCK_N"] for c in kept]
     assert block_n == sorted(block_n, reverse=True)
+
+
+@pytest.mark.parametrize("split_len", [16, 32, 48, 96, 128, 160, 512, 4096])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("head_dim", [16, 40, 64, 128, 256])
+def test_split_key_tiles_divide_the_split_length(head_dim, dtype, split_len):
+    """As on a GPU (the interpreter's fixed 16-key tile divides every length a test passes): the
+    autotuner tries only key tiles that divide ``split_len`` (a 128-key tile and 32-key splits
+    was refused on an H200), the kept ones where any divides, and the same as without the
+    restriction when the largest tile divides."""
+    q = torch.zeros(1, dtype=dtype)
+    got = autotune.prune_split_configs(SPLIT_CONFIGS, {"Q": q}, BLOCK_D=head_block(head_dim), BLOCK_M=16,
+                                       split_len=split_len)
+    assert 1 <= len(got) <= MAX_DECODE_CONFIGS and all(split_len % c.kwargs["BLOCK_N"] == 0 for c in got)
+    kept = autotune.split_kept_configs(SPLIT_CONFIGS, block_d=head_block(head_dim), block_m=16,
+                                       elt_bytes=q.element_size())
+    dividing = [c for c in kept if split_len % c.kwargs["BLOCK_N"] == 0]
+    assert got == (dividing[:MAX_DECODE_CONFIGS] or [min((c for c in SPLIT_CONFIGS if split_len % c.kwargs["BLOCK_N"] == 0),
+                                                         key=lambda c: (c.kwargs["BLOCK_N"], c.num_stages))])
+    if split_len % 128 == 0:
+        assert got == kept[:MAX_DECODE_CONFIGS]
+    assert autotune.max_key_tile(split_len) == max(bn for bn in (16, 32, 64, 128) if split_len % bn == 0)
+
+
+def test_split_32_on_a_gpu_tries_32_key_tiles():
+    """The H200's case: 16-bit inputs, D = 16, 32-key splits: 32-key tiles with 3 and 4 stages."""
+    got = autotune.prune_split_configs(SPLIT_CONFIGS, {"Q": torch.zeros(1, dtype=torch.bfloat16)}, BLOCK_D=16,
+                                       BLOCK_M=16, split_len=32)
+    assert [(c.kwargs["BLOCK_N"], c.num_stages) for c in got] == [(32, 3), (32, 4)]
+
+
+@pytest.mark.parametrize("split_len", [0, -16, 8, 24, 100])
+def test_split_lengths_no_key_tile_divides_are_refused(split_len):
+    assert autotune.max_key_tile(split_len) == 0
+    assert autotune.split_candidates(SPLIT_CONFIGS, block_d=64, block_m=16, elt_bytes=2, split_len=split_len) == []
+    with pytest.raises(ValueError, match=f"split_len must be a positive multiple of a key tile .*got {split_len}"):
+        autotune.prune_split_configs(SPLIT_CONFIGS, {"Q": torch.zeros(1, dtype=torch.float16)}, BLOCK_D=64, BLOCK_M=16,
+                                     split_len=split_len)
+
+
+def test_split_tuner_tunes_split_lengths_with_different_tiles_apart():
+    """A choice made for 512-key splits (a 128-key tile) is not reused for 32-key splits of the
+    same lengths: the largest dividing tile is part of the key; the kernel never sees it."""
+    def split_stand_in(Q, split_len, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        pass
+
+    kernel = RecordingKernel(split_stand_in)
+    tuner = autotune.split_tuner(kernel, do_bench=lambda call, quantiles: (call(), [1.0] * len(quantiles))[1])
+    q = torch.zeros(1, dtype=torch.float16)
+    for split_len in (512, 32, 512):
+        tuner[(1,)](q, split_len, BLOCK_D=64, BLOCK_M=16, **autotune.split_tuning_keywords(1, 4096, split_len))
+        assert split_len % kernel.launches[-1]["BLOCK_N"] == 0
+    assert {dict(zip(tuner.keys, key))[autotune.KEY_TILE_ARG] for key in tuner.cache} == {128, 32}
+    assert not any(k in launch_kw for launch_kw in kernel.launches for k in autotune.TUNING_ONLY_ARGS)
 
 
 @pytest.mark.parametrize("head_dim, elt_bytes, expected", [
@@ -171,7 +225,8 @@ def test_split_pruner_keeps_at_most_three_configs_that_fit(dtype, head_dim):
 ])
 def test_split_candidates_match_the_split_report(head_dim, elt_bytes, expected):
     q = torch.zeros(1, dtype=torch.float16 if elt_bytes == 2 else torch.float32)
-    kept = autotune.prune_split_configs(SPLIT_CONFIGS, {"Q": q}, BLOCK_D=head_block(head_dim), BLOCK_M=16)
+    kept = autotune.prune_split_configs(SPLIT_CONFIGS, {"Q": q}, BLOCK_D=head_block(head_dim), BLOCK_M=16,
+                                        split_len=4096)
     assert [(c.kwargs["BLOCK_N"], c.num_stages) for c in kept] == expected
 
 
@@ -242,7 +297,7 @@ def test_tuning_keys_cover_every_flag_and_both_buckets():
     fused = set(constexpr_names(ta.FUSED_KERNEL)) - {"BLOCK_D", "BLOCK_M", "BLOCK_N"}
     assert set(ta.FUSED_TUNER.keys) == fused | set(autotune.LENGTH_BUCKET_ARGS)
     split = set(constexpr_names(td.SPLIT_KERNEL)) - {"BLOCK_N", "DOT_PRECISION"}
-    assert set(td.SPLIT_TUNER.keys) == split | set(autotune.LENGTH_BUCKET_ARGS)
+    assert set(td.SPLIT_TUNER.keys) == split | set(autotune.TUNING_ONLY_ARGS)
     assert len(ta.FUSED_TUNER.configs) == len(PREFILL_CONFIGS + DECODE_CONFIGS)
 
 
