@@ -116,6 +116,26 @@ def test_no_fp32_candidate_is_a_tile_the_gpu_refused(head_dim, level, version):
             assert max(measured, smem_bytes(bm, bn, st, head_block(head_dim), 4)) <= SMEM_LIMIT_BYTES, tile_of(c)
 
 
+SM80_SMEM_LIMIT = 163 * 1024  # 166912 B per block on an A100 (sm_90: SMEM_LIMIT_BYTES = 227 KB = 232448 B)
+
+
+def test_sm80_fits_every_16_bit_candidate_and_not_fp32_at_256():
+    """The candidates are chosen against sm_90's limit. By the model, every 16-bit candidate also
+    fits an A100's; fp32 does not at D = 256 (64x16: 196608 B, the model's figure exactly) nor,
+    by the model only, the D = 128 decode tile 16x64 s3 (212992 B; compiled for sm_90: 155648 B):
+    the known gaps on sm_80."""
+    over = set()
+    for elt_bytes in (2, 4):
+        for head_dim in HEAD_DIMS:
+            for level in LOOP_LEVELS:
+                for bucket in ("prefill", "decode"):
+                    for c in candidate_configs(bucket, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level):
+                        bm, bn, _, st = tile_of(c)
+                        if smem_bytes(bm, bn, st, head_block(head_dim), elt_bytes) > SM80_SMEM_LIMIT:
+                            over.add((elt_bytes, head_block(head_dim)))
+    assert SMEM_LIMIT_BYTES == 232448 and over == {(4, 128), (4, 256)}
+
+
 @pytest.mark.parametrize("case", list(EXPECTED), ids=str)
 def test_candidates_match_the_compile_reports(case):
     bucket, head_dim, elt_bytes, level, version = case
