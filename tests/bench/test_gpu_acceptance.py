@@ -60,11 +60,14 @@ def test_the_kernel_test_steps_name_existing_tests():
     assert "tests/kernels/test_attention_correctness.py" in gpu_acceptance.KERNEL_TEST_FILES
 
 
-@pytest.mark.parametrize("step, head_dim, dtypes", [("hf-gpu", 16, (2, 4)), ("bench-model", 256, (2,))])
-def test_the_pinned_steps_pin_configs_every_launch_keeps(monkeypatch, step, head_dim, dtypes):
+@pytest.mark.parametrize("step, head_dim, dtypes, levels", [("hf-gpu", 16, (2, 4), None),
+                                                              ("bench-model", 256, (2,), None),
+                                                              ("multi-gpu", 128, (2,), ("entropy",))])
+def test_the_pinned_steps_pin_configs_every_launch_keeps(monkeypatch, step, head_dim, dtypes, levels):
     """The HF families' tiny models (head dim 16) and the model benchmark (Pythia-1B shape, D = 256,
-    bf16) pin configs that every launch keeps, at every loop level, prefill and decode: a pin
-    that a launch does not keep is a ValueError there."""
+    bf16) pin configs that every launch keeps, at every loop level, prefill and decode, and the
+    multi-GPU check (D = 128 bf16, entropy) one its launch keeps: a pin that a launch does not
+    keep is a ValueError there."""
     from circuit_stats.kernels import autotune, pinning
     from circuit_stats.kernels.triton_decode import ROWS_BLOCK
 
@@ -80,6 +83,8 @@ def test_the_pinned_steps_pin_configs_every_launch_keeps(monkeypatch, step, head
     assert set(flags) == set(autotune.LOOP_LEVELS)
     for elt_bytes in dtypes:
         for level, constexprs in flags.items():
+            if levels and level not in levels:
+                continue
             assert autotune.loop_level(constexprs) == level
             pin = pinning.fused_pin(head_dim=head_dim, elt_bytes=elt_bytes, constexprs=constexprs)
             assert pin is not None and pinning.config_text(pin) == found.env["CIRCUIT_STATS_TRITON_CONFIG"]
