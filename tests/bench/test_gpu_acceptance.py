@@ -224,13 +224,16 @@ def test_bench_steps_plumbing_on_cpu(tmp_path):
                   1, 120, False),
              Step("bench-model", "quick", gpu_acceptance.bench_command(
                   "bench.bench_model", "--quick", "--models", "pythia-1b-shape", "--lengths", "48",
-                  "--xu-sequences", "4"), 1, 300, False)]
+                  "--xu-sequences", "4"), 1, 300, False, gpu_acceptance.MODEL_BENCH_PINS)]
     out = tmp_path / "out"
     rc = gpu_acceptance.run(steps, out, seed=3)
     doc = json.loads((out / "acceptance.json").read_text())
     assert rc == 0, [r.get("log_tail") for r in doc["steps"]]
     for record in doc["steps"]:
         assert record["status"] == "ok" and record["result"]["choices"] == []  # no autotuning on the CPU
+    model_step = doc["steps"][1]
+    assert model_step["env"] == gpu_acceptance.MODEL_BENCH_PINS
+    assert model_step["result"]["pinned"] == {"fused": gpu_acceptance.MODEL_BENCH_PINS["CIRCUIT_STATS_TRITON_CONFIG"]}
     assert set(doc["benchmarks"]) == {"kernel-quick", "model-quick"}
     assert {r["model"] for r in doc["benchmarks"]["model-quick"]["results"]} == {"pythia-1b-shape"}
     kernel_rows = doc["benchmarks"]["kernel-quick"]["results"]
@@ -238,6 +241,7 @@ def test_bench_steps_plumbing_on_cpu(tmp_path):
     assert all(r["status"] == "ok" for r in kernel_rows)
     summary = (out / "summary.md").read_text()
     assert "ours-all" in summary and "xu2026 end to end" in summary
+    assert "| bench-model | fused (pinned) | every launch | BLOCK_M=64,BLOCK_N=32,num_warps=8,num_stages=2 |" in summary
     assert len(list(out.iterdir())) <= 8
 
 
