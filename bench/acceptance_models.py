@@ -95,15 +95,26 @@ def refused(family: str) -> Optional[str]:
     return attention_interface_refusal(tiny_model(family, attn_implementation="eager"))
 
 
+def refusal_row(family: str) -> Optional[dict]:
+    """The row of a family that cannot run here (skipped, with the reason) or is unknown (failed),
+    else None."""
+    try:
+        reason = refused(family)
+    except Exception as err:  # noqa: BLE001 - recorded, the next family still runs
+        return {"family": family, "status": "failed", "error": f"{type(err).__name__}: {str(err)[:300]}"}
+    return {"family": family, "status": "skipped", "reason": reason[:200]} if reason else None
+
+
 def check_families(families: Sequence[str], dtypes: list, device: str, json_path: Path) -> list[dict]:
     """Every family and dtype in this process; ``json_path`` rewritten after each row."""
     rows = []
     for family in families:
-        reason = refused(family)
-        if reason:
-            rows.append({"family": family, "status": "skipped", "reason": reason[:200]})
-            print(json.dumps(rows[-1]), flush=True)
-        for dtype in [] if reason else dtypes:
+        refusal = refusal_row(family)
+        if refusal:
+            rows.append(refusal)
+            print(json.dumps(refusal), flush=True)
+            json_path.write_text(json.dumps({"families": rows}, indent=1))
+        for dtype in [] if refusal else dtypes:
             try:
                 rows.append(check_family(family, dtype, device))
             except Exception as err:  # noqa: BLE001 - recorded, the next family still runs

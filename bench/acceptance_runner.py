@@ -78,7 +78,7 @@ def run_step(step: Step, scratch: Path, out: Path, log_path: Path, budget_s: Opt
                                 cwd=REPO, start_new_session=True)
         timed_out = wait_or_stop(proc, budget)
     seconds = time.monotonic() - start
-    record.update(command=cmd, seconds=round(seconds, 1), returncode=proc.returncode,
+    record.update(command=cmd, env=step.env, seconds=round(seconds, 1), returncode=proc.returncode,
                   log_tail=read_tail(log_path, offset))
     result = read_result(result_path(step, scratch))
     if result is not None:

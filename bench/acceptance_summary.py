@@ -15,14 +15,16 @@ MAX_LISTED = 25
 
 
 def junit_summary(path: Path) -> Optional[dict]:
-    """Counts, failing test ids with their first message line, and skip reasons of a junit file."""
+    """Counts, failing test ids with their first message line, and skip reasons of a junit file
+    (tests interrupted at a budget stop are not counted)."""
     if not path.exists():
         return None
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as err:
         return {"unreadable": str(err)}
-    cases = list(root.iter("testcase"))
+    # A test that SIGINT interrupted is written as a nameless <testcase/>: neither passed nor failed.
+    cases = [case for case in root.iter("testcase") if case.get("name")]
     failed, skipped = [], Counter()
     for case in cases:
         name = f"{case.get('classname', '')}::{case.get('name', '')}"
@@ -115,14 +117,17 @@ def bench_sections(benches: dict, out: Path) -> list[str]:
 
 
 def autotune_section(records: list[dict]) -> list[str]:
+    """The autotuners' choices per step, and the configs a step pinned (every launch of that kernel)."""
     rows = [(r["step"], c) for r in records for c in (r.get("result") or {}).get("choices", [])]
-    if not rows:
+    pins = [(r["step"], kernel, cfg) for r in records for kernel, cfg in ((r.get("result") or {}).get("pinned") or {}).items()]
+    if not rows and not pins:
         return []
     lines = ["", "### Autotuner choices", "", "| step | kernel | key | config | of |", "|---|---|---|---|---|"]
     for step, c in rows:
         key = ", ".join(f"{k}={v}" for k, v in c["key"].items() if v not in ("False", "0", "None"))
         cfg = ", ".join(f"{k}={v}" for k, v in c["config"].items())
         lines.append(f"| {step} | {c['kernel']} | {_cell(key)} | {cfg} | {c['n_configs']} |")
+    lines += [f"| {step} | {kernel} (pinned) | every launch | {_cell(cfg)} | - |" for step, kernel, cfg in pins]
     return lines
 
 

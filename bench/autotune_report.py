@@ -3,15 +3,17 @@ every Triton autotuner in memory picked for each key.
 
     python -m bench.autotune_report --json choices.json bench.bench_kernel --lengths 2048
 
-Autotuners are found by type (``triton.runtime.autotuner.Autotuner``), not by name, so nothing
-here depends on how the kernel modules name or wrap them. Pinned configs (``kernels.pinning``:
-launches that bypass the autotuners) are written beside the choices.
+Autotuners are found in the kernel modules (``circuit_stats.kernels.*``, the attributes of each
+module and the dicts, lists and tuples it holds) by type (``triton.runtime.autotuner.Autotuner``),
+not by name, so nothing here depends on how the modules name or group them. Not by scanning
+``gc.get_objects()``: ``isinstance`` on a weak proxy whose object is gone raises ReferenceError
+(it did on the H200). Pinned configs (``kernels.pinning``: launches that bypass the autotuners)
+are written beside the choices.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import json
 import sys
@@ -28,10 +30,24 @@ def config_dict(config: Any) -> dict:
     return out
 
 
-def autotuners() -> list:
+KERNEL_PACKAGE = "circuit_stats.kernels"
+
+
+def autotuners(package: str = KERNEL_PACKAGE) -> list:
+    """Every autotuner held by an imported module of ``package`` (or in a dict, list or tuple
+    such a module holds), once each, in import order."""
     from triton.runtime.autotuner import Autotuner
 
-    return [obj for obj in gc.get_objects() if isinstance(obj, Autotuner)]
+    found: dict[int, Any] = {}
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == package or name.startswith(package + ".")):
+            continue
+        for value in list(vars(module).values()):
+            # type(), never isinstance(): isinstance looks through a weak proxy, and raises if it is dead
+            kind = type(value)
+            members = value.values() if issubclass(kind, dict) else value if issubclass(kind, (list, tuple)) else [value]
+            found.update((id(obj), obj) for obj in list(members) if issubclass(type(obj), Autotuner))
+    return list(found.values())
 
 
 def kernel_name(tuner: Any) -> str:

@@ -230,7 +230,7 @@ def candidate_configs(variant: CompileVariant) -> list[triton.Config]:
         if variant.kernel == "combine":
             return [triton.Config({}, num_warps=td.combine_warps(c), num_stages=1)]
         return autotune.prune_split_configs(autotune.SPLIT_CONFIGS, {"Q": torch.empty(0, dtype=DTYPES[variant.dtype])},
-                                            BLOCK_D=c["BLOCK_D"], BLOCK_M=c["BLOCK_M"])
+                                            BLOCK_D=c["BLOCK_D"], BLOCK_M=c["BLOCK_M"], split_len=c["split_len"])
     launch = variant_launch(variant)
     return autotune.candidate_configs(launch.bucket, head_dim=variant.head_dim,
                                       elt_bytes=DTYPES[variant.dtype].itemsize,

@@ -11,7 +11,8 @@ For the fused kernel (``triton_attention``) and the split-decode kernel (``trito
   128x128 w8 s2 (228), 128x64 w8 s2 (293), 64x64 w4 s2 (295), 128x64 w8 s3 (303), 64x64 w4 s3
   (306), then the 8-warp 64-row tiles (kept only where nothing else is spill-free) and 64x32 (414;
   541 vs 356 for 128x64 at D = 128), so the bound drops the 3-stage and the 64x32 tiles where more
-  than 4 are kept and keeps every tile where fewer are. Fused decode
+  than 4 are kept and keeps every tile where fewer are (64x16, last, is for fp32 at D = 256 only:
+  nothing larger fits shared memory there). Fused decode
   (``compile-sm90-2026-11-25.md``, D = 64): 16x128 (524), 16x64 s2 (715), 16x64 s3 (770). Split
   decode (``compile-sm90-2026-12-04-split-triton3.{9,6}.md``, D = 64 all statistics, 3.9): 128
   keys (1252), 64 (1543), 32 (2180); 4 stages cost the instructions of 3, 3 come first.
@@ -53,7 +54,7 @@ from .triton_common import SMEM_LIMIT_BYTES, constexpr_names, head_block, smem_b
 PREFILL_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bm, bn, w, s in ((128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (64, 64, 4, 3),
-                         (64, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2))
+                         (64, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2), (64, 16, 8, 2))
 ]
 # Decode: a handful of query rows per sequence, so a 16-row tile (the smallest tl.dot takes).
 DECODE_CONFIGS = [
@@ -83,7 +84,10 @@ def _tiles(*specs: tuple[int, int, int, int]) -> frozenset:
 # distance, local, top1, span or softcap, or a window together with statistics: ``loop_level``). Spilling is
 # not monotone in the tile (at D = 128 with all statistics 128x64 w8 spills with 2 stages and not
 # with 3), so this is a measured list rather than a register formula.
-_ALL_PREFILL = _tiles(*[tile_of(c) for c in PREFILL_CONFIGS])
+# 64x16 w8 s2 is for fp32 at D = 256 only (``NO_SPILL_TILES_FP32``): the one 64-row tile whose two
+# Q copies and K/V stages fit 227 KB there (196608 B, sm_90, Triton 3.9 and 3.6).
+FP32_ONLY_TILES = _tiles((64, 16, 8, 2))
+_ALL_PREFILL = _tiles(*[tile_of(c) for c in PREFILL_CONFIGS]) - FP32_ONLY_TILES
 NO_SPILL_TILES = {
     (64, "none", False): _ALL_PREFILL - {(64, 32, 8, 2), (64, 64, 8, 2)},
     (64, "stats", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)),
@@ -121,8 +125,11 @@ SPILLING_BEFORE_TRITON_3_7 = {
 }
 TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2])
 # fp32 inputs (3xTF32 holds two halves of every operand): the smallest tiles only. Spill-free at
-# D <= 64 without loop statistics; the least-spilling tile measured elsewhere (see the report).
-NO_SPILL_TILES_FP32 = {64: _tiles((64, 32, 4, 2)), 128: _tiles((64, 32, 4, 2)), 256: _tiles((64, 32, 8, 2))}
+# D <= 64 without loop statistics; the least-spilling tile measured elsewhere (see the report). At
+# D = 256 64x32 needs 262144 B of shared memory (two Q copies), over sm_90's 232448: 64x16 w8 s2
+# (196608 B) spills least of those that fit (sm_90 compiles, Triton 3.9: 2272 B with no
+# statistics, 6112 B with all; 64x32 s1 and 64x16 w4 or s3 spill more).
+NO_SPILL_TILES_FP32 = {64: _tiles((64, 32, 4, 2)), 128: _tiles((64, 32, 4, 2)), 256: _tiles((64, 16, 8, 2))}
 LOOP_LEVELS = ("none", "window", "entropy", "stats", "heavy")
 
 
@@ -235,20 +242,56 @@ def split_kept_configs(configs: list[triton.Config], *, block_d: int, block_m: i
     return kept
 
 
+# The split kernel's key tiles, largest first: a split of ``split_len`` keys is a whole number of
+# key tiles, so a launch tries only the tiles that divide its split length.
+SPLIT_KEY_TILES = tuple(sorted({c.kwargs["BLOCK_N"] for c in SPLIT_CONFIGS}, reverse=True))
+
+
+def max_key_tile(split_len: int) -> int:
+    """The largest key tile of ``SPLIT_KEY_TILES`` that divides ``split_len``; 0 when none does."""
+    return next((bn for bn in SPLIT_KEY_TILES if split_len > 0 and split_len % bn == 0), 0)
+
+
+def split_len_error(split_len: int, tiles: tuple[int, ...] = SPLIT_KEY_TILES) -> str:
+    """What a ``ValueError`` says of a ``split_len`` that is no multiple of the key ``tiles``."""
+    what = f"the key tile {tiles[0]}" if len(tiles) == 1 else f"a key tile ({', '.join(map(str, tiles))})"
+    return f"split_len must be a positive multiple of {what}, got {split_len}"
+
+
+def split_candidates(configs: list[triton.Config], *, block_d: int, block_m: int, elt_bytes: int,
+                     split_len: int) -> list[triton.Config]:
+    """The split-kernel configs a launch with splits of ``split_len`` keys tries: the first
+    ``MAX_DECODE_CONFIGS`` kept ones (``split_kept_configs``) whose key tile divides ``split_len``,
+    else the smallest dividing config (e.g. 16 keys for 16-bit inputs and ``split_len = 48``);
+    empty when no key tile divides ``split_len``."""
+    dividing = [c for c in configs if split_len > 0 and split_len % c.kwargs["BLOCK_N"] == 0]
+    kept = split_kept_configs(dividing, block_d=block_d, block_m=block_m, elt_bytes=elt_bytes)
+    if kept:
+        return kept[:MAX_DECODE_CONFIGS]
+    return [min(dividing, key=lambda c: (c.kwargs["BLOCK_N"], c.num_stages))] if dividing else []
+
+
 def prune_split_configs(configs: list[triton.Config], named_args: dict, **kwargs: Any) -> list[triton.Config]:
-    """``early_config_prune`` of the split kernel's autotuner: the first ``MAX_DECODE_CONFIGS``
-    of ``split_kept_configs``, or the smallest config when none is kept."""
+    """``early_config_prune`` of the split kernel's autotuner: ``split_candidates`` for the
+    launch's ``split_len``; ``ValueError`` when no key tile divides it (the launcher checks first)."""
     a = {**named_args, **kwargs}  # launches pass their arguments by name
-    bd, bm = a["BLOCK_D"], a["BLOCK_M"]
     elt = a["Q"].element_size() if hasattr(a.get("Q"), "element_size") else 2
-    kept = split_kept_configs(configs, block_d=bd, block_m=bm, elt_bytes=elt)
-    return kept[:MAX_DECODE_CONFIGS] or [min(configs, key=lambda c: (c.kwargs["BLOCK_N"], c.num_stages))]
+    got = split_candidates(configs, block_d=a["BLOCK_D"], block_m=a["BLOCK_M"], elt_bytes=elt,
+                           split_len=a["split_len"])
+    if not got:
+        raise ValueError(split_len_error(a["split_len"]))
+    return got
 
 
 # ----------------------------------------------------------------------------------------------
 # Autotuners: one per kernel, keyed on the feature flags, the dtypes and the length buckets.
 
 LENGTH_BUCKET_ARGS = ("Q_LEN_BUCKET", "K_LEN_BUCKET")
+# The split kernel's tuning key also holds the largest key tile dividing the split length
+# (``max_key_tile``): launches whose split lengths admit different tiles are tuned apart, so a
+# choice made for 512-key splits (128 keys) is never reused for 32-key splits.
+KEY_TILE_ARG = "MAX_KEY_TILE"
+TUNING_ONLY_ARGS = LENGTH_BUCKET_ARGS + (KEY_TILE_ARG,)
 
 
 def length_bucket(n: int) -> int:
@@ -261,15 +304,20 @@ def length_buckets(q_len: int, k_len: int) -> dict[str, int]:
     return dict(zip(LENGTH_BUCKET_ARGS, (length_bucket(q_len), length_bucket(k_len))))
 
 
+def split_tuning_keywords(q_len: int, k_len: int, split_len: int) -> dict[str, int]:
+    """The split tuner's keywords: the length buckets and ``KEY_TILE_ARG``."""
+    return {**length_buckets(q_len, k_len), KEY_TILE_ARG: max_key_tile(split_len)}
+
+
 class LengthBucketed(KernelInterface):
     """A jit kernel as the autotuner sees it: the same arguments plus the keywords
-    ``LENGTH_BUCKET_ARGS``, which join the tuning key and are dropped before the kernel runs (so
-    the kernel and its compiled binaries are shared by all buckets). ``fn`` is the kernel, as
-    Triton's autotuner expects of what it wraps."""
+    ``LENGTH_BUCKET_ARGS`` (and ``extra``, of ``TUNING_ONLY_ARGS``), which join the tuning key and
+    are dropped before the kernel runs (so the kernel and its compiled binaries are shared by all
+    buckets). ``fn`` is the kernel, as Triton's autotuner expects of what it wraps."""
 
-    def __init__(self, fn: Any):
+    def __init__(self, fn: Any, extra: tuple[str, ...] = ()):
         self.fn = fn
-        self.arg_names = list(fn.arg_names) + list(LENGTH_BUCKET_ARGS)
+        self.arg_names = list(fn.arg_names) + list(LENGTH_BUCKET_ARGS) + list(extra)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn.run(*args, **self.kernel_kwargs(kwargs))
@@ -279,7 +327,7 @@ class LengthBucketed(KernelInterface):
 
     @staticmethod
     def kernel_kwargs(kwargs: dict) -> dict:
-        return {k: v for k, v in kwargs.items() if k not in LENGTH_BUCKET_ARGS}
+        return {k: v for k, v in kwargs.items() if k not in TUNING_ONLY_ARGS}
 
 
 def tuning_key(kernel: Any, tiles: tuple[str, ...]) -> list[str]:
@@ -299,7 +347,10 @@ def fused_tuner(kernel: Any, do_bench: Optional[Callable] = None) -> Any:
 
 
 def split_tuner(kernel: Any, do_bench: Optional[Callable] = None) -> Any:
-    """The split-decode kernel's autotuner (see ``fused_tuner``; DOT_PRECISION follows the dtype)."""
-    return triton.autotune(configs=SPLIT_CONFIGS, key=tuning_key(kernel, ("BLOCK_N", "DOT_PRECISION")),
+    """The split-decode kernel's autotuner: launch it with ``**split_tuning_keywords(Nq, Nk,
+    split_len)`` (see ``fused_tuner``; DOT_PRECISION follows the dtype; the key tiles tried divide
+    ``split_len``)."""
+    return triton.autotune(configs=SPLIT_CONFIGS,
+                           key=tuning_key(kernel, ("BLOCK_N", "DOT_PRECISION")) + [KEY_TILE_ARG],
                            prune_configs_by={"early_config_prune": prune_split_configs},
-                           do_bench=do_bench, cache_results=True)(LengthBucketed(kernel))
+                           do_bench=do_bench, cache_results=True)(LengthBucketed(kernel, (KEY_TILE_ARG,)))

@@ -57,8 +57,13 @@ def head_block(head_dim: int) -> int:
 
 
 def smem_bytes(block_m: int, block_n: int, num_stages: int, block_d: int, elt_bytes: int) -> int:
-    """Shared memory of one program: Q tile + ``num_stages`` K and V tiles."""
-    return elt_bytes * (block_m * block_d + 2 * block_n * block_d * num_stages)
+    """Shared memory of one program: the Q tile (two copies for fp32 inputs) + ``num_stages`` K
+    and V tiles. fp32's second Q tile is measured: sm_90 compiles of the 64-row fp32 (3xTF32)
+    tiles take exactly ``4 * (2 BLOCK_M + 2 BLOCK_N num_stages) * BLOCK_D`` bytes under Triton 3.9
+    and 3.6 (an H200 refused 64x32 s2 at D = 256: 262144 B > 232448); 16-bit tiles take at most
+    the one-copy figure."""
+    q_tiles = 2 if elt_bytes >= 4 else 1
+    return elt_bytes * (q_tiles * block_m * block_d + 2 * block_n * block_d * num_stages)
 
 
 def smem_fits(block_m: int, block_n: int, num_stages: int, block_d: int, elt_bytes: int) -> bool:

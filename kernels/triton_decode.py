@@ -80,7 +80,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .autotune import length_buckets, split_tuner
+from .autotune import SPLIT_CONFIGS, split_candidates, split_len_error, split_tuner, split_tuning_keywords
 from .pinning import split_pin
 from .request import StatsRequest, torch_allocator
 from .side_inputs import SideInputs
@@ -584,6 +584,18 @@ def combine_kernel_args(part_o: Any, part_s: Any, out: Any, stats: AttentionStat
     return args, constexprs
 
 
+def check_split_len(split_len: int, tile: Optional[int], head_dim: int, elt_bytes: int) -> None:
+    """``ValueError`` unless ``split_len`` is a whole number of key tiles: of ``tile`` when one is
+    fixed (forced, pinned, or the interpreter's), else of some config the autotuner would try
+    (``autotune.split_candidates``: the tuner tries only the tiles that divide it)."""
+    if tile is not None:
+        if split_len <= 0 or split_len % tile:
+            raise ValueError(split_len_error(split_len, (tile,)))
+    elif not split_candidates(SPLIT_CONFIGS, block_d=head_block(head_dim), block_m=ROWS_BLOCK, elt_bytes=elt_bytes,
+                              split_len=split_len):
+        raise ValueError(split_len_error(split_len))
+
+
 def attention_with_stats_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, request: StatsRequest,
                                 side: SideInputs, split_len: Optional[int] = None, block_n: Optional[int] = None,
                                 ) -> tuple[torch.Tensor, AttentionStats]:
@@ -593,8 +605,9 @@ def attention_with_stats_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     ``k, v [B, Hkv, Nk, D]``, any strides), with ``Nq <= DECODE_MAX_QUERIES``.
 
     Args:
-        split_len: keys per split (a multiple of the key tile); default ``decode_split_len``,
-            or all keys in one split when splitting is not worthwhile.
+        split_len: keys per split (a multiple of the key tile: the autotuner tries only the
+            tiles that divide it); default ``decode_split_len``, or all keys in one split when
+            splitting is not worthwhile.
         block_n: force the key tile (tests); otherwise a pinned config (``pinning``), else
             autotuned on GPU (``autotune``), else 16 under the interpreter.
     """
@@ -609,9 +622,7 @@ def attention_with_stats_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         block_n = INTERPRET_BLOCK_N
     if split_len is None:
         split_len = decode_split_len(q, k) or triton.cdiv(Nk, SPLIT_ALIGN) * SPLIT_ALIGN
-    tile = block_n or (pinned.kwargs["BLOCK_N"] if pinned else SPLIT_ALIGN)
-    if split_len <= 0 or split_len % tile:
-        raise ValueError(f"split_len must be a positive multiple of the key tile {tile}, got {split_len}")
+    check_split_len(split_len, block_n or (pinned.kwargs["BLOCK_N"] if pinned else None), D, q.element_size())
     n_splits = triton.cdiv(Nk, split_len)
     grid = (n_splits, triton.cdiv((Hq // Hkv) * Nq, ROWS_BLOCK), B * Hkv)
     check_grid(grid, "split-decode", ("key splits", "row blocks", "batch x kv heads"))
@@ -632,7 +643,7 @@ def attention_with_stats_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                                         block_r=combine_rows_block(R, device_sm_count(dev)))
     split_kernel = _decode_split_fwd if block_n is not None or pinned is not None else SPLIT_TUNER
     split_tile = ({"BLOCK_N": block_n} if block_n is not None else pinned.all_kwargs() if pinned is not None
-                  else length_buckets(Nq, Nk))
+                  else split_tuning_keywords(Nq, Nk, split_len))
     with device_guard(dev):  # Triton launches on the current device: make it q's
         # triton.heuristics derives the flags first, so that they reach the tuner's key
         triton.heuristics(SPLIT_HEURISTICS)(split_kernel)[grid](**args, **constexprs, **split_tile)

@@ -33,6 +33,82 @@ def test_dry_run_exits_0_fits_8_minutes_and_imports_no_torch():
     for step in steps:
         assert step.name in proc.stdout and 0 < step.estimate_s <= step.budget_s
     assert [s.name for s in steps][:3] == ["environment", "install", "kernel-tests"]
+    by_name = {s.name: s for s in steps}
+    assert by_name["kernel-tests"].command[-2:] == ("-n", "8") and by_name["hf-gpu"].command[-2:] == ("--jobs", "8")
+
+
+def test_workers_are_every_core_but_two(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())  # as if pytest-xdist were there
+    monkeypatch.setattr(gpu_acceptance.os, "cpu_count", lambda: 16)
+    assert gpu_acceptance.xdist_workers() == 14
+    monkeypatch.setattr(gpu_acceptance.os, "cpu_count", lambda: 2)
+    assert gpu_acceptance.xdist_workers() == 1
+
+
+def test_the_kernel_test_steps_name_existing_tests():
+    """Every file and test id of the two kernel-test steps collects (a renamed test would
+    otherwise make pytest exit 4 on the GPU), and the default step holds the fused-kernel file."""
+    ids = [*gpu_acceptance.KERNEL_TEST_FILES, *gpu_acceptance.MORE_KERNEL_TEST_FILES]
+    proc = subprocess.run([PY, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *ids],
+                          capture_output=True, text=True, cwd=acceptance_runner.REPO, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    collected = [line for line in proc.stdout.splitlines() if "::" in line]
+    for test_id in ids:
+        assert any(line.startswith(test_id) for line in collected), f"{test_id} collects nothing"
+    assert "tests/kernels/test_attention_correctness.py" in gpu_acceptance.KERNEL_TEST_FILES
+
+
+@pytest.mark.parametrize("step, head_dim, dtypes, levels", [("hf-gpu", 16, (2, 4), None),
+                                                              ("bench-model", 256, (2,), None),
+                                                              ("multi-gpu", 128, (2,), ("entropy",))])
+def test_the_pinned_steps_pin_configs_every_launch_keeps(monkeypatch, step, head_dim, dtypes, levels):
+    """The HF families' tiny models (head dim 16) and the model benchmark (Pythia-1B shape, D = 256,
+    bf16) pin configs that every launch keeps, at every loop level, prefill and decode, and the
+    multi-GPU check (D = 128 bf16, entropy) one its launch keeps: a pin that a launch does not
+    keep is a ValueError there."""
+    from circuit_stats.kernels import autotune, pinning
+    from circuit_stats.kernels.triton_decode import ROWS_BLOCK
+
+    (found,) = [s for s in gpu_acceptance.default_steps(1, 1) if s.name == step]
+    monkeypatch.setattr(pinning, "_PINS", {})
+    for name in pinning.PIN_ENV.values():
+        monkeypatch.delenv(name, raising=False)
+    for name, value in found.env.items():
+        monkeypatch.setenv(name, value)
+    pinning.check_pins()
+    flags = {"none": {}, "window": {"HAS_WINDOW": True}, "entropy": {"HAS_ENT": True}, "stats": {"HAS_TOK": True},
+             "heavy": {"HAS_SOFTCAP": True}}
+    assert set(flags) == set(autotune.LOOP_LEVELS)
+    for elt_bytes in dtypes:
+        for level, constexprs in flags.items():
+            if levels and level not in levels:
+                continue
+            assert autotune.loop_level(constexprs) == level
+            pin = pinning.fused_pin(head_dim=head_dim, elt_bytes=elt_bytes, constexprs=constexprs)
+            assert pin is not None and pinning.config_text(pin) == found.env["CIRCUIT_STATS_TRITON_CONFIG"]
+        if "CIRCUIT_STATS_TRITON_SPLIT_CONFIG" in found.env:
+            assert pinning.split_pin(head_dim=head_dim, block_m=ROWS_BLOCK, elt_bytes=elt_bytes) is not None
+
+
+def test_a_pytest_step_stopped_at_its_budget_still_reports_what_ran(tmp_path, monkeypatch):
+    """SIGINT first: pytest stops, writes its junit file (the summary lists what passed), then the
+    step is recorded as timed out."""
+    monkeypatch.setattr(acceptance_runner, "GRACE_S", 4.0)
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "test_slow.py").write_text("import time\n"
+                                        "def test_quick():\n    assert True\n"
+                                        "def test_slow():\n    time.sleep(120)\n")
+    step = Step("stand-in-tests", "stand-in pytest", (PY, "-m", "pytest", str(tests), "-q", "-p", "no:cacheprovider",
+                                                      "--rootdir", str(tests), "--junitxml={junit}"), 1, 16, False)
+    out = tmp_path / "out"
+    assert gpu_acceptance.run([step], out, seed=1) == 1
+    (record,) = json.loads((out / "acceptance.json").read_text())["steps"]
+    assert record["status"] == "timeout" and record["seconds"] < 16
+    assert record["junit"]["passed"] == 1 and record["junit"]["tests"] == 1  # the interrupted one is not counted
+    assert "1 passed" in (out / "summary.md").read_text()
 
 
 def test_unknown_step_is_refused_before_anything_runs(tmp_path, capsys):
@@ -144,21 +220,28 @@ def test_autotune_choices_are_read_from_real_autotuners():
 def test_bench_steps_plumbing_on_cpu(tmp_path):
     """The bench steps' command shape (autotune report around a bench main, results into {out}),
     run with the benches' --quick CPU sizes: the GPU steps differ only in their sizes."""
-    steps = [Step("bench-kernel", "quick", gpu_acceptance.bench_command(
-                  "bench.bench_kernel", "--quick", "--lengths", "48", "--head-dims", "16"), 1, 120, False),
+    steps = [Step("bench-kernel", "quick", gpu_acceptance.bench_command("bench.acceptance_kernel", "--quick"),
+                  1, 120, False),
              Step("bench-model", "quick", gpu_acceptance.bench_command(
                   "bench.bench_model", "--quick", "--models", "pythia-1b-shape", "--lengths", "48",
-                  "--xu-sequences", "4"), 1, 300, False)]
+                  "--xu-sequences", "4"), 1, 300, False, gpu_acceptance.MODEL_BENCH_PINS)]
     out = tmp_path / "out"
     rc = gpu_acceptance.run(steps, out, seed=3)
     doc = json.loads((out / "acceptance.json").read_text())
     assert rc == 0, [r.get("log_tail") for r in doc["steps"]]
     for record in doc["steps"]:
         assert record["status"] == "ok" and record["result"]["choices"] == []  # no autotuning on the CPU
+    model_step = doc["steps"][1]
+    assert model_step["env"] == gpu_acceptance.MODEL_BENCH_PINS
+    assert model_step["result"]["pinned"] == {"fused": gpu_acceptance.MODEL_BENCH_PINS["CIRCUIT_STATS_TRITON_CONFIG"]}
     assert set(doc["benchmarks"]) == {"kernel-quick", "model-quick"}
     assert {r["model"] for r in doc["benchmarks"]["model-quick"]["results"]} == {"pythia-1b-shape"}
+    kernel_rows = doc["benchmarks"]["kernel-quick"]["results"]
+    assert {r["variant"] for r in kernel_rows if r["D"] == 32} == {"ours-plain", "sdpa-flash"}  # the plain-vs-SDPA rows
+    assert all(r["status"] == "ok" for r in kernel_rows)
     summary = (out / "summary.md").read_text()
     assert "ours-all" in summary and "xu2026 end to end" in summary
+    assert "| bench-model | fused (pinned) | every launch | BLOCK_M=64,BLOCK_N=32,num_warps=8,num_stages=2 |" in summary
     assert len(list(out.iterdir())) <= 8
 
 
@@ -169,7 +252,9 @@ def test_hf_families_step_on_cpu(tmp_path):
     step = next(s for s in gpu_acceptance.default_steps(1, 1) if s.name == "hf-gpu")
     argv = ("--device", "cpu", "--families", "pythia,falcon,no-such-family")
     out = tmp_path / "out"
-    assert gpu_acceptance.run([Step(step.name, step.purpose, (*step.command, *argv), 1, 300, False)], out, seed=1) == 1
+    assert step.env["CIRCUIT_STATS_TRITON_CONFIG"]  # run with the step's pins, as on the GPU
+    assert gpu_acceptance.run([Step(step.name, step.purpose, (*step.command, *argv), 1, 300, False, step.env)], out,
+                              seed=1) == 1
     (record,) = json.loads((out / "acceptance.json").read_text())["steps"]
     assert record["status"] == "failed"
     rows = {(r["family"], r.get("dtype")): r for r in record["result"]["families"]}

@@ -75,8 +75,65 @@ EXPECTED = {
     ("prefill", 128, 4, "none", (3, 9)): [(64, 32, 4, 2)],  # fp32: 3xTF32 tiles
     ("decode", 64, 2, "heavy", (3, 9)): [(16, 128, 4, 2), (16, 64, 4, 2), (16, 64, 4, 3)],
     ("decode", 256, 2, "none", (3, 6)): [(16, 64, 4, 2)],
-    ("decode", 256, 4, "none", (3, 9)): [(64, 32, 8, 2)],  # no 16-row tile fits shared memory in fp32
+    # fp32 at D = 256: no 16-row tile fits shared memory, nor 64x32 (two Q copies: 262144 B).
+    ("decode", 256, 4, "none", (3, 9)): [(64, 16, 8, 2)],
+    ("prefill", 256, 4, "heavy", (3, 6)): [(64, 16, 8, 2)],
+    ("prefill", 200, 4, "entropy", (3, 9)): [(64, 16, 8, 2)],
 }
+
+
+# Shared memory of sm_90 compiles (``CompiledKernel.metadata.shared``, the figure the driver
+# checks at launch), Triton 3.9 and 3.6 alike: (head dim, bytes per element, tile) -> bytes. From
+# bench/results/compile-sm90-*.json, and the fp32 D = 256 tiles from the H200's refusal (64x32
+# w8 s2: 262144 > 232448) and the fp32 report of the fix (compile-sm90-2026-12-04-fp32-smem-*).
+MEASURED_SMEM = {
+    (64, 2, (128, 128, 8, 2)): 81920, (128, 2, (128, 64, 8, 2)): 98304, (128, 2, (64, 32, 4, 2)): 49152,
+    (256, 2, (64, 32, 8, 2)): 98304, (256, 2, (64, 64, 8, 2)): 163840,
+    (64, 4, (64, 32, 4, 2)): 65536, (128, 4, (64, 32, 4, 2)): 131072, (128, 4, (64, 64, 4, 2)): 196608,
+    (256, 4, (64, 32, 8, 2)): 262144, (256, 4, (64, 32, 4, 2)): 262144, (256, 4, (64, 16, 8, 2)): 196608,
+    (256, 4, (64, 16, 8, 3)): 229376, (256, 4, (64, 32, 8, 1)): 196608,
+}
+
+
+@pytest.mark.parametrize("case", list(MEASURED_SMEM), ids=str)
+def test_shared_memory_model_covers_the_compiled_kernels(case):
+    """The model never under-estimates a compile (the H200 refused an fp32 tile it under-estimated
+    by a whole Q tile), so a tile it keeps fits."""
+    head_dim, elt_bytes, (bm, bn, _, st) = case
+    assert smem_bytes(bm, bn, st, head_block(head_dim), elt_bytes) >= MEASURED_SMEM[case]
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=str)
+@pytest.mark.parametrize("level", LOOP_LEVELS)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_no_fp32_candidate_is_a_tile_the_gpu_refused(head_dim, level, version):
+    """fp32 at any head dim, prefill or decode: no candidate needs more shared memory than sm_90
+    has by the compiled figures (where measured) and by the model."""
+    for bucket in ("prefill", "decode"):
+        for c in candidate_configs(bucket, head_dim=head_dim, elt_bytes=4, loop_level=level, triton_version=version):
+            bm, bn, _, st = tile_of(c)
+            measured = MEASURED_SMEM.get((head_block(head_dim), 4, tile_of(c)), 0)
+            assert max(measured, smem_bytes(bm, bn, st, head_block(head_dim), 4)) <= SMEM_LIMIT_BYTES, tile_of(c)
+
+
+SM80_SMEM_LIMIT = 163 * 1024  # 166912 B per block on an A100 (sm_90: SMEM_LIMIT_BYTES = 227 KB = 232448 B)
+
+
+def test_sm80_fits_every_16_bit_candidate_and_not_fp32_at_256():
+    """The candidates are chosen against sm_90's limit. By the model, every 16-bit candidate also
+    fits an A100's; fp32 does not at D = 256 (64x16: 196608 B, the model's figure exactly) nor,
+    by the model only, the D = 128 decode tile 16x64 s3 (212992 B; compiled for sm_90: 155648 B):
+    the known gaps on sm_80."""
+    over = set()
+    for elt_bytes in (2, 4):
+        for head_dim in HEAD_DIMS:
+            for level in LOOP_LEVELS:
+                for bucket in ("prefill", "decode"):
+                    for c in candidate_configs(bucket, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level):
+                        bm, bn, _, st = tile_of(c)
+                        if smem_bytes(bm, bn, st, head_block(head_dim), elt_bytes) > SM80_SMEM_LIMIT:
+                            over.add((elt_bytes, head_block(head_dim)))
+    assert SMEM_LIMIT_BYTES == 232448 and over == {(4, 128), (4, 256)}
 
 
 @pytest.mark.parametrize("case", list(EXPECTED), ids=str)
@@ -114,7 +171,7 @@ def test_split_pruner_keeps_at_most_three_configs_that_fit(dtype, head_dim):
     inputs 32+ keys and 3+ stages; the largest key tiles first."""
     bd, bm = head_block(head_dim), 16
     q = torch.zeros(1, dtype=dtype)
-    kept = autotune.prune_split_configs(SPLIT_CONFIGS, {"Q": q}, BLOCK_D=bd, BLOCK_M=bm)
+    kept = autotune.prune_split_configs(SPLIT_CONFIGS, {"Q": q}, BLOCK_D=bd, BLOCK_M=bm, split_len=512)
     assert 1 <= len(kept) <= MAX_DECODE_CONFIGS
     elt = q.element_size()
     for c in kept:
@@ -123,6 +180,60 @@ def test_split_pruner_keeps_at_most_three_configs_that_fit(dtype, head_dim):
         assert (bn * bd <= 2048 or bn == 16) if elt == 4 else (bn >= 32 and c.num_stages >= 3)
     block_n = [c.kwargs["BLOCK_N"] for c in kept]
     assert block_n == sorted(block_n, reverse=True)
+
+
+@pytest.mark.parametrize("split_len", [16, 32, 48, 96, 128, 160, 512, 4096])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("head_dim", [16, 40, 64, 128, 256])
+def test_split_key_tiles_divide_the_split_length(head_dim, dtype, split_len):
+    """As on a GPU (the interpreter's fixed 16-key tile divides every length a test passes): the
+    autotuner tries only key tiles that divide ``split_len`` (a 128-key tile and 32-key splits
+    was refused on an H200), the kept ones where any divides, and the same as without the
+    restriction when the largest tile divides."""
+    q = torch.zeros(1, dtype=dtype)
+    got = autotune.prune_split_configs(SPLIT_CONFIGS, {"Q": q}, BLOCK_D=head_block(head_dim), BLOCK_M=16,
+                                       split_len=split_len)
+    assert 1 <= len(got) <= MAX_DECODE_CONFIGS and all(split_len % c.kwargs["BLOCK_N"] == 0 for c in got)
+    kept = autotune.split_kept_configs(SPLIT_CONFIGS, block_d=head_block(head_dim), block_m=16,
+                                       elt_bytes=q.element_size())
+    dividing = [c for c in kept if split_len % c.kwargs["BLOCK_N"] == 0]
+    assert got == (dividing[:MAX_DECODE_CONFIGS] or [min((c for c in SPLIT_CONFIGS if split_len % c.kwargs["BLOCK_N"] == 0),
+                                                         key=lambda c: (c.kwargs["BLOCK_N"], c.num_stages))])
+    if split_len % 128 == 0:
+        assert got == kept[:MAX_DECODE_CONFIGS]
+    assert autotune.max_key_tile(split_len) == max(bn for bn in (16, 32, 64, 128) if split_len % bn == 0)
+
+
+def test_split_32_on_a_gpu_tries_32_key_tiles():
+    """The H200's case: 16-bit inputs, D = 16, 32-key splits: 32-key tiles with 3 and 4 stages."""
+    got = autotune.prune_split_configs(SPLIT_CONFIGS, {"Q": torch.zeros(1, dtype=torch.bfloat16)}, BLOCK_D=16,
+                                       BLOCK_M=16, split_len=32)
+    assert [(c.kwargs["BLOCK_N"], c.num_stages) for c in got] == [(32, 3), (32, 4)]
+
+
+@pytest.mark.parametrize("split_len", [0, -16, 8, 24, 100])
+def test_split_lengths_no_key_tile_divides_are_refused(split_len):
+    assert autotune.max_key_tile(split_len) == 0
+    assert autotune.split_candidates(SPLIT_CONFIGS, block_d=64, block_m=16, elt_bytes=2, split_len=split_len) == []
+    with pytest.raises(ValueError, match=f"split_len must be a positive multiple of a key tile .*got {split_len}"):
+        autotune.prune_split_configs(SPLIT_CONFIGS, {"Q": torch.zeros(1, dtype=torch.float16)}, BLOCK_D=64, BLOCK_M=16,
+                                     split_len=split_len)
+
+
+def test_split_tuner_tunes_split_lengths_with_different_tiles_apart():
+    """A choice made for 512-key splits (a 128-key tile) is not reused for 32-key splits of the
+    same lengths: the largest dividing tile is part of the key; the kernel never sees it."""
+    def split_stand_in(Q, split_len, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        pass
+
+    kernel = RecordingKernel(split_stand_in)
+    tuner = autotune.split_tuner(kernel, do_bench=lambda call, quantiles: (call(), [1.0] * len(quantiles))[1])
+    q = torch.zeros(1, dtype=torch.float16)
+    for split_len in (512, 32, 512):
+        tuner[(1,)](q, split_len, BLOCK_D=64, BLOCK_M=16, **autotune.split_tuning_keywords(1, 4096, split_len))
+        assert split_len % kernel.launches[-1]["BLOCK_N"] == 0
+    assert {dict(zip(tuner.keys, key))[autotune.KEY_TILE_ARG] for key in tuner.cache} == {128, 32}
+    assert not any(k in launch_kw for launch_kw in kernel.launches for k in autotune.TUNING_ONLY_ARGS)
 
 
 @pytest.mark.parametrize("head_dim, elt_bytes, expected", [
@@ -134,7 +245,8 @@ def test_split_pruner_keeps_at_most_three_configs_that_fit(dtype, head_dim):
 ])
 def test_split_candidates_match_the_split_report(head_dim, elt_bytes, expected):
     q = torch.zeros(1, dtype=torch.float16 if elt_bytes == 2 else torch.float32)
-    kept = autotune.prune_split_configs(SPLIT_CONFIGS, {"Q": q}, BLOCK_D=head_block(head_dim), BLOCK_M=16)
+    kept = autotune.prune_split_configs(SPLIT_CONFIGS, {"Q": q}, BLOCK_D=head_block(head_dim), BLOCK_M=16,
+                                        split_len=4096)
     assert [(c.kwargs["BLOCK_N"], c.num_stages) for c in kept] == expected
 
 
@@ -205,7 +317,7 @@ def test_tuning_keys_cover_every_flag_and_both_buckets():
     fused = set(constexpr_names(ta.FUSED_KERNEL)) - {"BLOCK_D", "BLOCK_M", "BLOCK_N"}
     assert set(ta.FUSED_TUNER.keys) == fused | set(autotune.LENGTH_BUCKET_ARGS)
     split = set(constexpr_names(td.SPLIT_KERNEL)) - {"BLOCK_N", "DOT_PRECISION"}
-    assert set(td.SPLIT_TUNER.keys) == split | set(autotune.LENGTH_BUCKET_ARGS)
+    assert set(td.SPLIT_TUNER.keys) == split | set(autotune.TUNING_ONLY_ARGS)
     assert len(ta.FUSED_TUNER.configs) == len(PREFILL_CONFIGS + DECODE_CONFIGS)
 
 

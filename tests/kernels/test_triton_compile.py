@@ -23,7 +23,7 @@ import pytest
 import triton
 from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import aot
-from circuit_stats.kernels.triton_common import SMEM_LIMIT_BYTES, head_block
+from circuit_stats.kernels.triton_common import SMEM_LIMIT_BYTES, head_block, smem_bytes
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
@@ -134,6 +134,24 @@ def test_kernel_compiles_without_spills(compiled, arch, variant):
         assert row["spill_store_bytes"] == 0 and row["spill_load_bytes"] == 0, (
             f"sm_{arch} {variant.name} {cfg}: spills {row['spill_store_bytes']} B stored, "
             f"{row['spill_load_bytes']} B loaded ({row['registers']} registers)")
+
+
+# fp32 keeps a second copy of the Q tile in shared memory: the H200 refused the fp32 D = 256 tile
+# 64x32 w8 s2 (262144 B > 232448) that the model had put at 196608 B.
+FP32_SMEM_VARIANTS = [aot.CompileVariant(256, "fp32", "full"), aot.CompileVariant(256, "fp32", "none", q_len=1),
+                      aot.CompileVariant(128, "fp32", "all")]
+
+
+def test_fp32_kept_tiles_fit_shared_memory(tmp_path):
+    """Every fp32 tile the autotuner keeps at D = 128 and 256 (prefill and decode, statistics or
+    not) compiles for sm_90 within its shared memory, and within the model's estimate."""
+    if not os.path.exists(os.path.join(BIN, "ptxas")):
+        pytest.skip(f"this triton build ships no NVIDIA ptxas ({BIN})")
+    assert all(len(aot.candidate_configs(v)) == 1 for v in FP32_SMEM_VARIANTS)  # so the compiled one is every kept one
+    for variant, row in zip(FP32_SMEM_VARIANTS, compile_in_child(90, FP32_SMEM_VARIANTS, str(tmp_path))):
+        assert "error" not in row, f"{variant.name}: {row.get('error')}"
+        model = smem_bytes(row["BLOCK_M"], row["BLOCK_N"], row["num_stages"], head_block(variant.head_dim), 4)
+        assert row["shared_bytes"] <= min(model, SMEM_LIMIT_BYTES), (variant.name, row["shared_bytes"], model)
 
 
 def test_compile_refuses_the_interpreted_kernel():

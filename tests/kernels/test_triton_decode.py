@@ -149,6 +149,31 @@ def test_plan_split_len():
     assert s >= triton_decode.MIN_SPLIT_KEYS and -(-1024 // s) >= 2
 
 
+@pytest.mark.parametrize("split_len, accepted", [(32, True), (16, True), (48, True), (24, False)])
+def test_split_len_on_the_gpu_path_needs_a_dividing_key_tile(monkeypatch, split_len, accepted):
+    """As on a GPU (no interpreter tile, the autotuner picks): a split length that some key tile
+    divides reaches the tuner (32 was refused there because the check assumed the 128-key tile),
+    with the largest dividing tile in its key; one that none divides is refused before any launch."""
+    seen = []
+    tuner = triton_decode.SPLIT_TUNER
+    monkeypatch.setattr(triton_decode, "interpreting", lambda: False)
+    monkeypatch.setattr(triton_decode, "SPLIT_TUNER", type("Recorder", (), dict(
+        arg_names=tuner.arg_names, run=lambda self, *a, grid, warmup, **kw: seen.append(kw)))())
+    monkeypatch.setattr(triton_decode, "_decode_combine", type("Combine", (), dict(
+        arg_names=triton_decode._decode_combine.arg_names, run=lambda self, *a, **k: None))())
+    q, k, v, _, _ = make_inputs(1, 4, 2, 1, 100, 64, torch.float16, None)
+    side = SideInputs.build(batch=1, k_len=100, device=q.device)
+    if not accepted:
+        with pytest.raises(ValueError, match="split_len must be a positive multiple of a key tile"):
+            attention_with_stats_decode(q, k, v, StatsRequest(scale=0.125), side, split_len=split_len)
+        assert seen == []
+        return
+    attention_with_stats_decode(q, k, v, StatsRequest(scale=0.125), side, split_len=split_len)
+    (kw,) = seen
+    assert kw["split_len"] == split_len and kw["MAX_KEY_TILE"] == max(t for t in (16, 32, 64, 128) if split_len % t == 0)
+    assert set(tuner.keys) <= set(kw)
+
+
 def test_bad_split_len_and_long_queries_are_refused():
     q, k, v, _, _ = make_inputs(1, 2, 2, 2, 40, 16, torch.float32, None)
     side = SideInputs.build(batch=1, k_len=40, device=q.device)
