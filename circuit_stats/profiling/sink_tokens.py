@@ -102,11 +102,16 @@ def summary_lines(table: Optional[pd.DataFrame], eps: float, min_queries: int, n
     few = table.loc[table["status"] == TOO_FEW, "token_id"].nunique()
     sinks = table[table["status"] == SINK]
     lines.append(f"- {table['token_id'].nunique()} token ids at positions >= 1"
-                 + (f" ({few} only where too few queries follow: no alpha_k, status `{TOO_FEW}`)" if few else "")
-                 + f"; {sinks['token_id'].nunique()} are secondary sinks in at least one of {n_heads} heads; "
-                 f"{sinks[['layer', 'head']].drop_duplicates().shape[0]} heads have one.")
+                 + (f" ({few} only where too few queries follow: status `{TOO_FEW}`, no alpha_k)" if few else "")
+                 + (f"; {sinks['token_id'].nunique()} of them are secondary sinks, in "
+                    f"{len(sinks[['layer', 'head']].drop_duplicates())} of {n_heads} heads." if len(sinks) else
+                    f"; none is a secondary sink of any of the {n_heads} heads (no eligible alpha_k > {eps:g})."))
     if sinks.empty:
-        return lines + [""]
+        top = table.nlargest(5, "alpha_max")
+        return lines + ["", "The largest alpha_k of an eligible key (closest to a sink):", "",
+                        "| token | id | head | alpha_max | alpha_mean | eligible keys |", "|---|---|---|---|---|---|"] + [
+            f"| {cell(r.token)} | {int(r.token_id)} | L{int(r.layer)}H{int(r.head)} | {r.alpha_max:.4f} | "
+            f"{r.alpha_mean:.4f} | {int(r.n_keys)} |" for r in top.itertuples()] + [""]
     lines += ["", "Tokens that are sinks in the most heads (alpha_mean: over all its eligible keys, in its top head):",
               "", "| token | id | heads | eligible keys | sink keys (all heads) | alpha_mean | top head |",
               "|---|---|---|---|---|---|---|"]

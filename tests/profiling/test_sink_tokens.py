@@ -187,6 +187,7 @@ def test_sharded_and_resumed_runs_write_the_one_run_table(seed, tmp_path, monkey
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "resumed" / TABLE), single)
     summaries = [(tmp_path / d / "summary.md").read_text().split("## Secondary sinks")[1] for d in ("one", "resumed")]
     assert summaries[0] == summaries[1] and "sink_tokens.parquet" in summaries[0]
+    assert "Tokens that are sinks in the most heads" in summaries[0]
 
 
 def test_documents_too_short_for_min_queries_say_so(seed, tmp_path):
