@@ -10,7 +10,7 @@ section of ``summary.md``. A key counts (is *eligible*) when it is at position >
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import pandas as pd
 import torch
@@ -55,16 +55,28 @@ def document_sums(key_attention: torch.Tensor, ids: Sequence[int], eps: float, m
     return out.astype({"n_keys": "int64", "n_sinks": "int64"})[PART_COLUMNS]
 
 
-def merge_sums(parts: Sequence[pd.DataFrame], tokenizer=None) -> pd.DataFrame:
+def pooled_sums(parts: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """``KEYS``, ``SUMS``, ``alpha_max`` and ``n_texts`` (parts holding the row) added up one part
+    at a time, in order: memory holds the pooled rows and one part, never every document's."""
+    pooled = None
+    for part in parts:
+        both = part.assign(n_texts=1) if pooled is None else pd.concat([pooled, part.assign(n_texts=1)], ignore_index=True)
+        groups = both.groupby(KEYS, sort=True)
+        pooled = groups[SUMS + ["n_texts"]].sum().join(groups["alpha_max"].max()).reset_index()
+    if pooled is None:
+        return pd.DataFrame({c: pd.Series(dtype="float64" if c.startswith("alpha") else "int64")
+                             for c in KEYS + SUMS + ["n_texts", "alpha_max"]})
+    return pooled
+
+
+def merge_sums(parts: Iterable[pd.DataFrame], tokenizer=None) -> pd.DataFrame:
     """``COLUMNS`` per (layer, head, token id), pooled over documents' ``document_sums``:
     ``n_texts`` (documents holding the token at a position >= 1), ``alpha_mean`` (over every
     eligible key, ``alpha_sum / n_keys``) and ``status``: ``"sink"`` (some eligible key has
     ``alpha_k > eps``: the rows the sink protocol's ``secondary_sinks`` lists, with its numbers),
     ``"not a sink"``, or ``"too few queries"`` (no eligible key: ``alpha_mean`` and ``alpha_max``
     are NaN, and only there). Rows in the sink protocol's order: per head, most sinks first."""
-    both = pd.concat(parts, ignore_index=True)
-    groups = both.groupby(KEYS, sort=True)
-    table = groups[SUMS].sum().join(groups["alpha_max"].max()).join(groups.size().rename("n_texts")).reset_index()
+    table = pooled_sums(parts)
     counted = table["n_keys"] > 0
     table["alpha_mean"] = (table["alpha_sum"] / table["n_keys"]).where(counted)
     table["status"] = NOT_SINK

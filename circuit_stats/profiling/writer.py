@@ -99,13 +99,14 @@ class ProfileDir:
             atomic_write_parquet(self.sink_part_path(doc_index), sinks)
         atomic_write_parquet(self.part_path(doc_index), df)
 
-    def sink_parts(self) -> list[pd.DataFrame]:
-        """The sink sums of every committed document, in document order."""
-        missing = [i for i in sorted(self.done()) if not self.sink_part_path(i).exists()]
+    def sink_parts(self) -> Iterator[pd.DataFrame]:
+        """The sink sums of every committed document, in document order, read one at a time."""
+        done = sorted(self.done())
+        missing = [i for i in done if not self.sink_part_path(i).exists()]
         if missing:
             raise RuntimeError(f"{self.root}: documents {missing[:10]} are committed without their sink sums "
                                f"({self.sink_part_path(missing[0])}); delete their parts to profile them again")
-        return [pd.read_parquet(self.sink_part_path(i)) for i in sorted(self.done())]
+        return (pd.read_parquet(self.sink_part_path(i)) for i in done)
 
     def write_table(self, name: str, df: pd.DataFrame) -> Path:
         """``DIR/name``, a merged table (atomically)."""
