@@ -211,15 +211,22 @@ def profile(
     if not store.complete(len(docs)):  # other processes still hold documents: the last one to finish merges
         return store.rows(mine)
     with store.lock("merge"):
-        result, failures = store.merge()
-        sinks = merge_sums(store.sink_parts(), tok) if keys else None
-        if keys:
-            store.write_table(TABLE, sinks)
-        from .report import write_plots, write_summary
+        return write_merged(store, settings, tok, plots=plots, sinks=keys)
 
-        if plots:
-            write_plots(result, store.root / "plots")
-        write_summary(result, store.root, settings, failures, store.elapsed(), sinks=sinks)
+
+def write_merged(store: ProfileDir, settings: dict, tokenizer, *, plots: bool, sinks: bool) -> pd.DataFrame:
+    """Merge a complete profile directory: ``profile.parquet``, ``failures.json``, with ``sinks``
+    ``sink_tokens.parquet``, the plots and ``summary.md``; returns the rows. Call under the
+    store's ``lock("merge")``."""
+    result, failures = store.merge()
+    table = merge_sums(store.sink_parts(), tokenizer) if sinks else None
+    if table is not None:
+        store.write_table(TABLE, table)
+    from .report import write_plots, write_summary
+
+    if plots:
+        write_plots(result, store.root / "plots")
+    write_summary(result, store.root, settings, failures, store.elapsed(), sinks=table)
     return result
 
 
