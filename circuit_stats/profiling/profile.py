@@ -196,7 +196,8 @@ def profile(
     run = DocumentRun(model, tok, edges=edges, statistics=statistics, local_window=local_window,
                       chunk_size=chunk_size, limit=limit, add_special_tokens=add_special_tokens, **sink_options)
     if out is None:
-        done = [run.profile(i, doc) for i, doc in enumerate(tqdm(docs, desc="profile", unit="doc", disable=not progress))]
+        bar = tqdm(docs, desc="profile", unit="doc", disable=not progress)
+        done = [run.profile(i, doc) for i, doc in enumerate(bar)]
         result = pd.concat([d.rows for d in done], ignore_index=True)
         if keys:
             result.attrs["sink_tokens"] = merge_sums([d.sinks for d in done], tok).to_dict("records")

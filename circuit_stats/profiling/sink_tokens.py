@@ -60,7 +60,8 @@ def pooled_sums(parts: Iterable[pd.DataFrame]) -> pd.DataFrame:
     at a time, in order: memory holds the pooled rows and one part, never every document's."""
     pooled = None
     for part in parts:
-        both = part.assign(n_texts=1) if pooled is None else pd.concat([pooled, part.assign(n_texts=1)], ignore_index=True)
+        part = part.assign(n_texts=1)
+        both = part if pooled is None else pd.concat([pooled, part], ignore_index=True)
         groups = both.groupby(KEYS, sort=True)
         pooled = groups[SUMS + ["n_texts"]].sum().join(groups["alpha_max"].max()).reset_index()
     if pooled is None:
@@ -121,7 +122,8 @@ def summary_lines(table: Optional[pd.DataFrame], eps: float, min_queries: int, n
     if sinks.empty:
         top = table.nlargest(5, "alpha_max")
         return lines + ["", "The largest alpha_k of an eligible key (closest to a sink):", "",
-                        "| token | id | head | alpha_max | alpha_mean | eligible keys |", "|---|---|---|---|---|---|"] + [
+                        "| token | id | head | alpha_max | alpha_mean | eligible keys |",
+                        "|---|---|---|---|---|---|"] + [
             f"| {cell(r.token)} | {int(r.token_id)} | L{int(r.layer)}H{int(r.head)} | {r.alpha_max:.4f} | "
             f"{r.alpha_mean:.4f} | {int(r.n_keys)} |" for r in top.itertuples()] + [""]
     lines += ["", "Tokens that are sinks in the most heads (alpha_mean: over all its eligible keys, in its top head):",

@@ -49,13 +49,15 @@ def direct_table(docs):
         for p in range(1, n):
             for layer in range(L):
                 for head in range(H):
-                    keys.setdefault((layer, head, ids[p]), []).append((d, p + MIN_QUERIES <= n, float(alpha[layer, head, p])))
+                    eligible = p + MIN_QUERIES <= n
+                    keys.setdefault((layer, head, ids[p]), []).append((d, eligible, float(alpha[layer, head, p])))
     rows = {}
     for key, occ in keys.items():
         vals = [a for _, ok, a in occ if ok]
         n_sinks = sum(a > EPS for a in vals)
         rows[key] = dict(n_texts=len({d for d, _, _ in occ}), n_occurrences=len(occ), n_keys=len(vals), n_sinks=n_sinks,
-                         alpha_mean=sum(vals) / len(vals) if vals else math.nan, alpha_max=max(vals) if vals else math.nan,
+                         alpha_mean=sum(vals) / len(vals) if vals else math.nan,
+                         alpha_max=max(vals) if vals else math.nan,
                          status="sink" if n_sinks else ("not a sink" if vals else "too few queries"))
     return rows
 
@@ -128,7 +130,8 @@ def test_sink_rows_equal_the_sink_protocol(demo_model, seed):
     exact = ["layer", "head", "token_id", "token", "n_keys", "n_sinks"]
     pd.testing.assert_frame_equal(got[exact], want[exact])
     # alpha_k of chunked forwards (the profile) vs right-padded batches of 3 (the protocol): float32 rounding
-    pd.testing.assert_frame_equal(got[["alpha_mean", "alpha_max"]], want[["alpha_mean", "alpha_max"]], rtol=0, atol=1e-6)
+    alphas = ["alpha_mean", "alpha_max"]
+    pd.testing.assert_frame_equal(got[alphas], want[alphas], rtol=0, atol=1e-6)
     # the tokens that are not sinks: every eligible occurrence at or under eps
     assert (table.loc[table["status"] == "not a sink", "alpha_max"] <= eps).all()
     # the same forwards (one per text, unpadded, unchunked): the same numbers, up to float64 summation order
