@@ -4,7 +4,9 @@ position (Gu et al.'s ``alpha_k``, pooled over the bin's keys), and its plot.
 A document's rows (one per layer, head and position bin) gain ``key_mass`` (the attention the
 bin's keys received, summed over the document's queries), ``key_pairs`` (the (query, key) pairs
 that could carry it: every query at or after each key) and ``key_attention`` (their ratio).
-Pooled over documents, ``key_attention`` is ``sum(key_mass) / sum(key_pairs)``.
+Pooled over documents, ``key_attention`` is ``sum(key_mass) / sum(key_pairs)``. The recording
+keeps every key position (the per-token sink table needs each key's ``alpha_k``,
+``sink_tokens``); the bins are summed here, on the CPU.
 """
 
 from __future__ import annotations
@@ -15,30 +17,46 @@ from typing import Sequence
 import pandas as pd
 import torch
 
+from ..models.key_mass import key_slots
 from ..names import PROFILE_KEY_STATISTICS
 from .panels import position_panels
 
 KEY_SUMS = ("key_mass", "key_pairs")
 
 
-def key_options(statistics: Sequence[str], edges: Sequence[float]) -> dict:
-    """``record()`` arguments of the key statistics in ``statistics`` (none: ``{}``): the key mass,
-    binned by the profile's own position bins."""
-    return {"key_mass": True, "key_bins": list(edges)} if set(statistics) & set(PROFILE_KEY_STATISTICS) else {}
+def key_options(statistics: Sequence[str]) -> dict:
+    """``record()`` arguments of the key statistics in ``statistics`` (none: ``{}``): the key mass
+    of every key position (binned by ``add_key_columns``)."""
+    return {"key_mass": True} if records_keys(statistics) else {}
+
+
+def records_keys(statistics: Sequence[str]) -> bool:
+    """Whether ``statistics`` asks for the attention received per key."""
+    return bool(set(statistics) & set(PROFILE_KEY_STATISTICS))
 
 
 def key_sums(statistics: Sequence[str]) -> tuple[str, ...]:
     """The extra columns a profile keeps to pool ``key_attention`` over documents."""
-    return KEY_SUMS if set(statistics) & set(PROFILE_KEY_STATISTICS) else ()
+    return KEY_SUMS if records_keys(statistics) else ()
+
+
+def by_bin(values: torch.Tensor, edges: Sequence[float]) -> torch.Tensor:
+    """``values [..., positions]`` float64 summed per bin of position ``[..., bins]``."""
+    n_bins = len(edges) - 1
+    slots = key_slots(torch.arange(values.shape[-1]), list(edges), n_bins)
+    out = torch.zeros(*values.shape[:-1], n_bins + 1, dtype=torch.float64)
+    return out.index_add_(-1, slots, values.double())[..., :n_bins]
 
 
 def add_key_columns(df: pd.DataFrame, rec) -> pd.DataFrame:
     """``df`` (``rec.summary()`` rows: layer, head, bin) with ``key_mass``, ``key_pairs`` and
-    ``key_attention`` of one document's recording, when it recorded the key mass."""
+    ``key_attention`` of one document's recording, when it recorded the key mass (per position:
+    summed here into the recording's position bins)."""
     if rec.options.key_mass is False:
         return df
-    mass = rec.tensors()["key_mass"].double()  # [L, H, bins]: one document, the mean is its sum
-    pairs = rec.key_queries()  # [L, bins]
+    edges = rec.options.position_bins
+    mass = by_bin(rec.tensors()["key_mass"], edges)  # [L, H, bins]: one document, the mean is its sum
+    pairs = by_bin(rec.key_queries(), edges)  # [L, bins]
     layer, head, b = (torch.as_tensor(df[c].to_numpy(copy=True)) for c in ("layer", "head", "bin"))
     out = df.copy()
     out["key_mass"] = mass[layer, head, b].numpy()

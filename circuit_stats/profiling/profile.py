@@ -7,6 +7,8 @@ committed atomically, so a re-run continues where a killed one stopped, and a do
 fails (also one whose statistics are NaN or infinite: ``NonFiniteError``) is recorded in
 ``failures.json`` and skipped, never pooled. Processes sharing ``out`` (``shard=``) lock each
 document while they profile it; the one that finds every document done writes the merged outputs.
+With ``key_attention``, each document also gives its per-token sink sums (``sink_tokens``), merged
+into ``sink_tokens.parquet``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -32,8 +35,9 @@ from ..models.wrapped import unwrap_model
 from ..sharding import Shard
 from ..tokenization import encode, resolve_tokenizer
 from .corpus import Document, as_documents
-from .keys import add_key_columns, key_options, key_sums
+from .keys import add_key_columns, key_options, key_sums, records_keys
 from .prefill import chunked_prefill
+from .sink_tokens import DEFAULT_EPS, DEFAULT_MIN_QUERIES, TABLE, document_sums, merge_sums
 from .writer import ProfileDir
 
 log = logging.getLogger(__name__)
@@ -63,17 +67,31 @@ def record_options(statistics: Sequence[str], local_window: int) -> dict:
     return opts  # the key statistics: keys.key_options
 
 
+@dataclass
+class DocumentProfile:
+    """One document's profile: its rows, and with the key statistics its per-token sink sums."""
+
+    rows: pd.DataFrame  # layer, head, bin, pos_lo, pos_hi, n_queries and the statistics
+    sinks: Optional[pd.DataFrame] = None  # sink_tokens.document_sums
+
+
 @torch.no_grad()
 def profile_document(model: torch.nn.Module, ids: Sequence[int], *, edges, statistics: Sequence[str],
-                     local_window: int, chunk_size: int) -> pd.DataFrame:
-    """One document's rows: ``layer, head, bin, pos_lo, pos_hi, n_queries`` and the statistics.
-    Raises ``NonFiniteError`` when a statistic is NaN or infinite (the document then fails)."""
+                     local_window: int, chunk_size: int, sink_eps: float = DEFAULT_EPS,
+                     sink_min_queries: int = DEFAULT_MIN_QUERIES) -> DocumentProfile:
+    """One document's rows (``layer, head, bin, pos_lo, pos_hi, n_queries`` and the statistics) and,
+    with ``key_attention``, its sink sums (``sink_tokens.document_sums`` at ``sink_eps`` and
+    ``sink_min_queries``). Raises ``NonFiniteError`` when a statistic is NaN or infinite (the
+    document then fails)."""
     device = next(model.parameters()).device
     input_ids = torch.as_tensor([list(ids)], dtype=torch.long, device=device)
-    opts = dict(record_options(statistics, local_window), **key_options(statistics, edges))
+    opts = dict(record_options(statistics, local_window), **key_options(statistics))
     with record(model, position_bins=list(edges), **opts) as rec:
         chunked_prefill(model, input_ids, chunk_size)
-    return statistics_frame(rec, statistics, "attention statistics of this document")
+    rows = statistics_frame(rec, statistics, "attention statistics of this document")
+    if not records_keys(statistics):
+        return DocumentProfile(rows)
+    return DocumentProfile(rows, document_sums(rec.tensors()["key_attention"], ids, sink_eps, sink_min_queries))
 
 
 def statistics_frame(rec, statistics: Sequence[str], what: str) -> pd.DataFrame:
@@ -112,6 +130,8 @@ def profile(
     model_name: Optional[str] = None,
     revision: Optional[str] = None,
     shard: Shard = Shard(),
+    sink_eps: float = DEFAULT_EPS,
+    sink_min_queries: int = DEFAULT_MIN_QUERIES,
 ) -> pd.DataFrame:
     """Attention statistics of every head against query position over a corpus.
 
@@ -122,7 +142,8 @@ def profile(
             ``corpus.read_corpus``), a ``datasets.Dataset``, or a list of strings or token-id lists.
         tokenizer: a tokenizer for string texts, or ``"bytes"`` (UTF-8 bytes as ids) explicitly.
         out: output directory (resumable): ``profile.parquet``, ``summary.md``, ``plots/``,
-            ``failures.json``. Without it nothing is written and failures raise.
+            ``failures.json`` (and ``sink_tokens.parquet`` with ``key_attention``). Without it
+            nothing is written and failures raise.
         position_bins: ``"log2"`` or explicit edges (see ``record``).
         statistics: any of ``STATISTICS``; ``local`` is the mass on the last ``local_window`` keys.
         chunk_size: tokens per forward (chunked prefill through the KV cache): bounds activation
@@ -134,12 +155,17 @@ def profile(
         shard: profile only documents ``I, I+N, ...`` of shard ``I/N`` (``circuit_stats.sharding``; needs
             ``out``). Processes sharing ``out`` lock each document while they profile it, and the
             process that finds every document done (or failed) writes the merged outputs.
+        sink_eps, sink_min_queries: with ``key_attention``, the per-token sink table's threshold
+            on ``alpha_k`` and the queries a key needs at or after it to count (the sink
+            protocol's ``eps`` and ``min_queries``, same defaults; see ``sink_tokens``).
 
     Returns:
         One row per (document, layer, head, position bin holding a query): ``doc_index``,
         ``doc_id``, ``n_tokens``, ``layer``, ``head``, ``bin``, ``pos_lo``, ``pos_hi`` (-1: open),
         ``n_queries`` and one column per statistic (means over the bin's queries). When documents
-        are left to other processes (other shards still running), only this shard's rows.
+        are left to other processes (other shards still running), only this shard's rows. With
+        ``key_attention`` and no ``out``, ``df.attrs["sink_tokens"]`` holds the sink table's
+        records (with ``out``: ``sink_tokens.parquet``).
     """
     model = unwrap_model(model)  # an nnsight LanguageModel: the transformers model it wraps
     if not uses_circuit_stats(model):
@@ -148,6 +174,7 @@ def profile(
     edges = bin_edges(position_bins)
     statistics = tuple(statistics)
     check_arguments(statistics, local_window, chunk_size, max_tokens, shard, out)
+    check_sink_arguments(sink_eps, sink_min_queries)
     limit = context_limit(model) if max_tokens is None else max_tokens
     if max_tokens is not None:  # past a learned position table: refused; past a rotary model's context: a warning
         check_context(model, max_tokens, f"max_tokens={max_tokens}")
@@ -163,11 +190,18 @@ def profile(
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
         corpus=corpus_fingerprint(docs), n_documents=len(docs),
     )
+    keys = records_keys(statistics)
+    sink_options = dict(sink_eps=float(sink_eps), sink_min_queries=sink_min_queries) if keys else {}
+    settings.update(sink_options)  # only with key_attention: older profiles without it still resume
     run = DocumentRun(model, tok, edges=edges, statistics=statistics, local_window=local_window,
-                      chunk_size=chunk_size, limit=limit, add_special_tokens=add_special_tokens)
+                      chunk_size=chunk_size, limit=limit, add_special_tokens=add_special_tokens, **sink_options)
     if out is None:
-        return pd.concat([run.rows(i, doc) for i, doc in enumerate(tqdm(docs, desc="profile", unit="doc",
-                                                                         disable=not progress))], ignore_index=True)
+        bar = tqdm(docs, desc="profile", unit="doc", disable=not progress)
+        done = [run.profile(i, doc) for i, doc in enumerate(bar)]
+        result = pd.concat([d.rows for d in done], ignore_index=True)
+        if keys:
+            result.attrs["sink_tokens"] = merge_sums([d.sinks for d in done], tok).to_dict("records")
+        return result
     store = ProfileDir(out, shard)
     done = store.start(settings)
     mine = shard.take(range(len(docs)))
@@ -178,12 +212,22 @@ def profile(
     if not store.complete(len(docs)):  # other processes still hold documents: the last one to finish merges
         return store.rows(mine)
     with store.lock("merge"):
-        result, failures = store.merge()
-        from .report import write_plots, write_summary
+        return write_merged(store, settings, tok, plots=plots, sinks=keys)
 
-        if plots:
-            write_plots(result, store.root / "plots")
-        write_summary(result, store.root, settings, failures, store.elapsed())
+
+def write_merged(store: ProfileDir, settings: dict, tokenizer, *, plots: bool, sinks: bool) -> pd.DataFrame:
+    """Merge a complete profile directory: ``profile.parquet``, ``failures.json``, with ``sinks``
+    ``sink_tokens.parquet``, the plots and ``summary.md``; returns the rows. Call under the
+    store's ``lock("merge")``."""
+    result, failures = store.merge()
+    table = merge_sums(store.sink_parts(), tokenizer) if sinks else None
+    if table is not None:
+        store.write_table(TABLE, table)
+    from .report import write_plots, write_summary
+
+    if plots:
+        write_plots(result, store.root / "plots")
+    write_summary(result, store.root, settings, failures, store.elapsed(), sinks=table)
     return result
 
 
@@ -203,16 +247,26 @@ def check_arguments(statistics: Sequence[str], local_window: int, chunk_size: in
         raise ValueError(f"shard {shard} needs out= (the directory the shards share)")
 
 
+def check_sink_arguments(sink_eps: float, sink_min_queries: int) -> None:
+    """``ValueError`` naming a bad setting of the per-token sink table."""
+    if isinstance(sink_eps, bool) or not isinstance(sink_eps, (int, float)) or not 0 < sink_eps < 1:
+        raise ValueError(f"sink_eps must be a number in (0, 1) (a threshold on alpha_k), got {sink_eps!r}")
+    if isinstance(sink_min_queries, bool) or not isinstance(sink_min_queries, int) or sink_min_queries < 1:
+        raise ValueError(f"sink_min_queries must be an int >= 1, got {sink_min_queries!r}")
+
+
 class DocumentRun:
     """One document's rows: its ids checked against the vocabulary, cut at ``limit``, profiled."""
 
-    def __init__(self, model, tokenizer, *, edges, statistics, local_window, chunk_size, limit, add_special_tokens):
+    def __init__(self, model, tokenizer, *, edges, statistics, local_window, chunk_size, limit, add_special_tokens,
+                 **sink_options):
         self.model, self.tokenizer, self.limit, self.add_special_tokens = model, tokenizer, limit, add_special_tokens
-        self.options = dict(edges=edges, statistics=statistics, local_window=local_window, chunk_size=chunk_size)
+        self.options = dict(edges=edges, statistics=statistics, local_window=local_window, chunk_size=chunk_size,
+                            **sink_options)
         self.vocab = int(text_config(model.config).vocab_size)
 
-    def rows(self, doc_index: int, doc: Document) -> pd.DataFrame:
-        """``profile()``'s rows of ``doc``; raises what made it fail."""
+    def profile(self, doc_index: int, doc: Document) -> DocumentProfile:
+        """``profile()``'s rows of ``doc`` (and its sink sums); raises what made it fail."""
         ids = encode(self.tokenizer, doc.text, self.add_special_tokens)
         if not ids:
             raise ValueError("empty document (no tokens)")
@@ -225,14 +279,15 @@ class DocumentRun:
         was_training = self.model.training
         self.model.eval()
         try:
-            df = profile_document(self.model, ids, **self.options)
+            result = profile_document(self.model, ids, **self.options)
         finally:
             self.model.train(was_training)
+        df = result.rows
         df.insert(0, "doc_index", doc_index)
         df.insert(1, "doc_id", doc.doc_id)
         df.insert(2, "n_tokens", len(ids))
         df.insert(3, "doc_tokens", n_doc)
-        return df
+        return result
 
 
 def profile_into(store: ProfileDir, run: DocumentRun, docs: Sequence[Document], todo: Sequence[int], *,
@@ -247,13 +302,13 @@ def profile_into(store: ProfileDir, run: DocumentRun, docs: Sequence[Document], 
                 log.info("document %d is profiled by another process or done", i)
                 continue
             try:
-                df = run.rows(i, docs[i])
+                result = run.profile(i, docs[i])
             except Exception as err:  # noqa: BLE001 -- a failing document is recorded and skipped
                 log.warning("document %d (%s) failed: %s", i, docs[i].doc_id, err)
                 failures[i] = {"doc_index": i, "doc_id": docs[i].doc_id, "error": f"{type(err).__name__}: {err}"}
                 store.write_failures(failures)
                 continue
-            store.write_part(i, df)
-            log.info("document %d (%s) profiled: %d tokens", i, docs[i].doc_id, int(df["n_tokens"].iloc[0]))
+            store.write_part(i, result.rows, result.sinks)
+            log.info("document %d (%s) profiled: %d tokens", i, docs[i].doc_id, int(result.rows["n_tokens"].iloc[0]))
         if failures.pop(i, None) is not None:
             store.write_failures(failures)

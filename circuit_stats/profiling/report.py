@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -12,6 +12,8 @@ import pandas as pd
 from ..names import PROFILE_STATISTICS as STATISTICS
 from .keys import write_key_plot
 from .panels import position_panels
+from .sink_tokens import TABLE as SINK_TABLE
+from .sink_tokens import summary_lines as sink_lines
 from .writer import atomic_write_text
 
 KEYS = ("layer", "head", "bin", "pos_lo", "pos_hi")
@@ -103,8 +105,10 @@ def write_plots(df: pd.DataFrame, out: Path) -> list[Path]:
     return written
 
 
-def write_summary(df: pd.DataFrame, root: Path, settings: dict, failures: dict, elapsed_s: float) -> Path:
-    """``summary.md``: the run, per-layer means at short and long range, the extreme heads."""
+def write_summary(df: pd.DataFrame, root: Path, settings: dict, failures: dict, elapsed_s: float,
+                  sinks: Optional[pd.DataFrame] = None) -> Path:
+    """``summary.md``: the run, per-layer means at short and long range, the extreme heads, and with
+    ``key_attention`` the secondary sinks (``sinks``: ``sink_tokens.merge_sums``)."""
     stats = statistic_columns(df)
     docs = df.drop_duplicates("doc_index")
     lines = [
@@ -139,8 +143,14 @@ def write_summary(df: pd.DataFrame, root: Path, settings: dict, failures: dict, 
                                                     for r in top.itertuples())
                      + (f" (NaN: {', '.join(f'L{int(r.layer)}H{int(r.head)}' for r in nan.itertuples())})"
                         if len(nan) else ""))
-    lines += ["", "Plots: `plots/position_<statistic>.png` (per layer, each head against query position) and "
-              "`plots/heads.png` (layer x head maps). Rows: `profile.parquet`.", ""]
+    lines += [""]
+    keys = "key_attention" in df.columns
+    if keys:
+        lines += sink_lines(sinks, settings["sink_eps"], settings["sink_min_queries"],
+                            len(df[["layer", "head"]].drop_duplicates()))
+    lines += ["Plots: `plots/position_<statistic>.png` (per layer, each head against query position) and "
+              "`plots/heads.png` (layer x head maps)" + (", `plots/key_position_attention.png`" if keys else "")
+              + ". Rows: `profile.parquet`" + (f"; sinks per token id: `{SINK_TABLE}`" if keys else "") + ".", ""]
     path = Path(root) / "summary.md"
     atomic_write_text(path, "\n".join(lines))
     return path

@@ -30,7 +30,8 @@ def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
 
 
 class ProfileDir:
-    """``DIR/profile.json`` (settings, elapsed seconds), ``DIR/parts/<doc>.parquet``,
+    """``DIR/profile.json`` (settings, elapsed seconds), ``DIR/parts/<doc>.parquet`` (and, with
+    the key statistics, the document's per-token sink sums in ``DIR/parts/sinks/<doc>.parquet``),
     ``DIR/failures.json`` (``failures.shard-I-of-N.json`` while shard I of N runs; merged into
     ``failures.json``), ``DIR/profile.parquet``, and ``DIR/.locks/`` (a document's lock while a
     process profiles it: processes sharing the directory never profile one document twice)."""
@@ -46,6 +47,9 @@ class ProfileDir:
 
     def part_path(self, doc_index: int) -> Path:
         return self.parts / f"{doc_index:07d}.parquet"
+
+    def sink_part_path(self, doc_index: int) -> Path:
+        return self.parts / "sinks" / f"{doc_index:07d}.parquet"
 
     def lock(self, name: str) -> FileLock:
         self.locks.mkdir(parents=True, exist_ok=True)
@@ -88,8 +92,26 @@ class ProfileDir:
             if self.part_path(doc_index).exists():
                 Path(lock.lock_file).unlink(missing_ok=True)
 
-    def write_part(self, doc_index: int, df: pd.DataFrame) -> None:
+    def write_part(self, doc_index: int, df: pd.DataFrame, sinks: Optional[pd.DataFrame] = None) -> None:
+        """Commit a document: its sink sums first (when given), then its rows (the commit point)."""
+        if sinks is not None:
+            self.sink_part_path(doc_index).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_parquet(self.sink_part_path(doc_index), sinks)
         atomic_write_parquet(self.part_path(doc_index), df)
+
+    def sink_parts(self) -> Iterator[pd.DataFrame]:
+        """The sink sums of every committed document, in document order, read one at a time."""
+        done = sorted(self.done())
+        missing = [i for i in done if not self.sink_part_path(i).exists()]
+        if missing:
+            raise RuntimeError(f"{self.root}: documents {missing[:10]} are committed without their sink sums "
+                               f"({self.sink_part_path(missing[0])}); delete their parts to profile them again")
+        return (pd.read_parquet(self.sink_part_path(i)) for i in done)
+
+    def write_table(self, name: str, df: pd.DataFrame) -> Path:
+        """``DIR/name``, a merged table (atomically)."""
+        atomic_write_parquet(self.root / name, df)
+        return self.root / name
 
     def failures(self) -> dict[int, dict]:
         """This process's failures file (its shard's, or ``failures.json``)."""

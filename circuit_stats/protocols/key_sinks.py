@@ -32,14 +32,17 @@ def counted_keys(key_attention: torch.Tensor, tokens: torch.Tensor, min_queries:
 
 
 def secondary_sinks(key_attention: torch.Tensor, tokens: torch.Tensor, eps: float, min_queries: int,
-                    tokenizer=None) -> pd.DataFrame:
+                    tokenizer=None, every_token: bool = False) -> pd.DataFrame:
     """Per (layer, head, token id): the keys other than position 0 holding that token
     (``n_keys``), how many of them have ``alpha_k > eps`` (``n_sinks``), and the mean and largest
     ``alpha_k`` over them; only the (layer, head, token id) with ``n_sinks >= 1``, most sinks first
     within a head. ``token``: the token's text (``tokenization.token_string``).
 
     ``key_attention [sequences, layers, heads, positions]`` (per sequence, ``record().per_sample()``),
-    ``tokens [sequences, positions]`` (``record().key_tokens()``)."""
+    ``tokens [sequences, positions]`` (``record().key_tokens()``).
+
+    ``every_token``: every (layer, head, token id) with a counted key, sinks or not, and a column
+    ``alpha_sum`` (``alpha_mean * n_keys`` without its rounding), to pool calls over texts."""
     keep = counted_keys(key_attention, tokens, min_queries)
     alpha = key_attention.permute(1, 2, 0, 3)[..., keep].double()  # [L, H, V] over the kept keys
     ids, group = torch.unique(tokens[keep], return_inverse=True)  # V keys -> T token ids
@@ -52,7 +55,7 @@ def secondary_sinks(key_attention: torch.Tensor, tokens: torch.Tensor, eps: floa
 
     n_keys = torch.bincount(group, minlength=T)
     n_sinks = by_token((alpha > eps).double(), "sum")
-    hit = torch.nonzero(n_sinks > 0)  # [rows, 3] layer, head, token index
+    hit = torch.nonzero(n_sinks >= (0 if every_token else 1))  # [rows, 3] layer, head, token index
     layer, head, t = hit.unbind(1)
     df = pd.DataFrame({
         "layer": layer.numpy(), "head": head.numpy(), "token_id": ids[t].numpy(),
@@ -61,6 +64,8 @@ def secondary_sinks(key_attention: torch.Tensor, tokens: torch.Tensor, eps: floa
         "alpha_mean": (by_token(alpha, "sum") / n_keys)[layer, head, t].numpy(),
         "alpha_max": by_token(alpha, "amax")[layer, head, t].numpy(),
     }, columns=list(SECONDARY_COLUMNS))
+    if every_token:
+        df["alpha_sum"] = by_token(alpha, "sum")[layer, head, t].numpy()
     return df.sort_values(["layer", "head", "n_sinks", "alpha_mean"], ascending=[True, True, False, False],
                           ignore_index=True)
 
