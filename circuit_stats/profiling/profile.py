@@ -37,7 +37,8 @@ from ..tokenization import encode, resolve_tokenizer
 from .corpus import Document, as_documents
 from .keys import add_key_columns, key_options, key_sums, records_keys
 from .prefill import chunked_prefill
-from .sink_tokens import DEFAULT_EPS, DEFAULT_MIN_QUERIES, TABLE, document_sums, merge_sums
+from ..key_sinks import DEFAULT_EPS, DEFAULT_MIN_QUERIES
+from .sink_tokens import TABLE, document_sums, merge_sums
 from .writer import ProfileDir
 
 log = logging.getLogger(__name__)

@@ -16,12 +16,9 @@ import pandas as pd
 import torch
 
 from ..finite import NonFiniteError
-from ..protocols.key_sinks import secondary_sinks
-from ..protocols.sink import DEFAULTS as SINK_DEFAULTS
+from ..key_sinks import secondary_sinks
 from ..tokenization import token_string
 
-DEFAULT_EPS = SINK_DEFAULTS["eps"]  # Gu et al.'s threshold, as the sink protocol uses it
-DEFAULT_MIN_QUERIES = SINK_DEFAULTS["min_queries"]
 TABLE = "sink_tokens.parquet"
 KEYS = ["layer", "head", "token_id"]
 SUMS = ["n_occurrences", "n_keys", "n_sinks", "alpha_sum"]

@@ -42,14 +42,14 @@ import torch
 from ..labels import FIRST_TOKEN, UNCLASSIFIED, flag_column
 from .engine import run_batches
 from .frames import flat, head_frame
-from .key_sinks import first_key_alphas, secondary_sinks, sinks_per_head
+from ..key_sinks import DEFAULT_EPS, DEFAULT_MIN_QUERIES, first_key_alphas, secondary_sinks, sinks_per_head
 from .spec import Protocol, require_choice, require_int, require_open_unit
 from .texts import check_no_double_bos, text_batches, tokenize_texts
 from .uncertainty import label_margins, mean_se, se_column
 
 CONVENTIONS = ("circuit_stats", "gu2025")
-DEFAULTS = dict(seq_len=64, n_sequences=None, eps=0.3, convention="circuit_stats", drop_short=False,
-                first_keys=1, secondary_sinks=False, min_queries=8)
+DEFAULTS = dict(seq_len=64, n_sequences=None, eps=DEFAULT_EPS, convention="circuit_stats", drop_short=False,
+                first_keys=1, secondary_sinks=False, min_queries=DEFAULT_MIN_QUERIES)
 FLAG = flag_column(FIRST_TOKEN)  # "is_first_token"
 
 

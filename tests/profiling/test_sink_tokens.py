@@ -17,7 +17,7 @@ from circuit_stats.finite import NonFiniteError
 from circuit_stats.models import tiny_model
 from circuit_stats.profiling import profile
 from circuit_stats.profiling.sink_tokens import COLUMNS, TABLE, document_sums, merge_sums
-from circuit_stats.protocols.key_sinks import SECONDARY_COLUMNS
+from circuit_stats.key_sinks import SECONDARY_COLUMNS
 from circuit_stats.protocols.texts import ByteTokenizer, default_texts
 from circuit_stats.sharding import Shard
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 import circuit_stats
 from circuit_stats.demo.series import demo_series_dir
 from circuit_stats.protocols import sink
-from circuit_stats.protocols.key_sinks import SECONDARY_COLUMNS
+from circuit_stats.key_sinks import SECONDARY_COLUMNS
 from circuit_stats.protocols.texts import ByteTokenizer, default_texts
 
 pytestmark = pytest.mark.hf
