@@ -11,11 +11,11 @@ import tempfile
 from pathlib import Path
 from typing import Callable, TypeVar, Union
 
-from .names import PROFILE_KEY_STATISTICS, PROFILE_STATISTICS, PROTOCOL_NAMES
+from .names import PROFILE_KEY_STATISTICS, PROFILE_STATISTICS, PROTOCOL_NAMES, SINK_EPS, SINK_MIN_QUERIES
 
 T = TypeVar("T")
 STATISTICS = PROFILE_STATISTICS
-__all__ = ["PROTOCOL_NAMES", "STATISTICS"]
+__all__ = ["PROTOCOL_NAMES", "SINK_EPS", "SINK_MIN_QUERIES", "STATISTICS"]
 
 
 def checked(parse: Callable[[str], T], accept: Callable[[T], bool], expected: str) -> Callable[[str], T]:

@@ -151,7 +151,7 @@ def cmd_profile(a) -> int:
     try:
         df = profile(model, docs, tokenizer=tokenizer, out=a.out, position_bins=a.bins, statistics=a.statistics,
                      local_window=a.local_window, chunk_size=a.chunk_size, max_tokens=a.max_tokens,
-                     plots=not a.no_plots, model_name=normalised_model(a.model), revision=a.revision, shard=a.shard)
+                     sink_eps=a.sink_eps, sink_min_queries=a.sink_min_queries, plots=not a.no_plots, model_name=normalised_model(a.model), revision=a.revision, shard=a.shard)
     except RuntimeError as err:  # no document could be profiled
         print(f"circuit-stats profile: error: {err}", file=sys.stderr)
         return 1
@@ -286,6 +286,10 @@ def add_profile(sub) -> None:
                    help=f"comma list of {', '.join(arg.STATISTICS)} (default: all of these), and key_attention "
                         "(attention received per bin of key position: key_position_attention.png)")
     f.add_argument("--local-window", type=arg.positive_int, default=16, help="W of the 'local' statistic (last W keys)")
+    f.add_argument("--sink-eps", type=arg.fraction, default=arg.SINK_EPS,
+                   help="with key_attention: alpha_k above which a key is a sink in sink_tokens.parquet (Gu et al.'s eps)")
+    f.add_argument("--sink-min-queries", type=arg.positive_int, default=arg.SINK_MIN_QUERIES,
+                   help="with key_attention: the fewest queries after a key for its alpha_k to count")
     f.add_argument("--chunk-size", type=arg.positive_int, default=1024, help="tokens per forward (chunked prefill)")
     f.add_argument("--max-tokens", type=arg.positive_int, default=None,
                    help="truncate documents (default: the model's context; more than a learned position table "

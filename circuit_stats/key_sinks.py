@@ -13,11 +13,6 @@ import torch
 
 from .tokenization import token_string
 
-# Gu et al.'s threshold on alpha_k, and the fewest queries after a key for its alpha_k to count
-# (the sink protocol's and profile's defaults)
-DEFAULT_EPS = 0.3
-DEFAULT_MIN_QUERIES = 8
-
 SECONDARY_COLUMNS = ("layer", "head", "token_id", "token", "n_keys", "n_sinks", "alpha_mean", "alpha_max")
 
 

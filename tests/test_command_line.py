@@ -44,6 +44,8 @@ BAD_SETTINGS = [
     (["profile", "m", "--texts", "t", "--out", "o", "--statistics", "foo"], "--statistics"),
     (["profile", "m", "--texts", "t", "--out", "o", "--chunk-size", "0"], "--chunk-size"),
     (["profile", "m", "--texts", "t", "--out", "o", "--local-window", "0"], "--local-window"),
+    (["profile", "m", "--texts", "t", "--out", "o", "--sink-eps", "1.5"], "--sink-eps"),
+    (["profile", "m", "--texts", "t", "--out", "o", "--sink-min-queries", "0"], "--sink-min-queries"),
     (["profile", "m", "--texts", "t", "--out", "o", "--max-tokens", "0"], "--max-tokens"),
     (["scan", "m", "--out", "o", "--batch-size", "0"], "--batch-size"),
     (["scan", "m", "--out", "o", "--option", "n_sequences"], "--option"),

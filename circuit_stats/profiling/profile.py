@@ -37,7 +37,7 @@ from ..tokenization import encode, resolve_tokenizer
 from .corpus import Document, as_documents
 from .keys import add_key_columns, key_options, key_sums, records_keys
 from .prefill import chunked_prefill
-from ..key_sinks import DEFAULT_EPS, DEFAULT_MIN_QUERIES
+from ..names import SINK_EPS, SINK_MIN_QUERIES
 from .sink_tokens import TABLE, document_sums, merge_sums
 from .writer import ProfileDir
 
@@ -78,8 +78,8 @@ class DocumentProfile:
 
 @torch.no_grad()
 def profile_document(model: torch.nn.Module, ids: Sequence[int], *, edges, statistics: Sequence[str],
-                     local_window: int, chunk_size: int, sink_eps: float = DEFAULT_EPS,
-                     sink_min_queries: int = DEFAULT_MIN_QUERIES) -> DocumentProfile:
+                     local_window: int, chunk_size: int, sink_eps: float = SINK_EPS,
+                     sink_min_queries: int = SINK_MIN_QUERIES) -> DocumentProfile:
     """One document's rows (``layer, head, bin, pos_lo, pos_hi, n_queries`` and the statistics) and,
     with ``key_attention``, its sink sums (``sink_tokens.document_sums`` at ``sink_eps`` and
     ``sink_min_queries``). Raises ``NonFiniteError`` when a statistic is NaN or infinite (the
@@ -131,8 +131,8 @@ def profile(
     model_name: Optional[str] = None,
     revision: Optional[str] = None,
     shard: Shard = Shard(),
-    sink_eps: float = DEFAULT_EPS,
-    sink_min_queries: int = DEFAULT_MIN_QUERIES,
+    sink_eps: float = SINK_EPS,
+    sink_min_queries: int = SINK_MIN_QUERIES,
 ) -> pd.DataFrame:
     """Attention statistics of every head against query position over a corpus.
 

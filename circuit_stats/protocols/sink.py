@@ -39,17 +39,18 @@ from typing import Optional
 import pandas as pd
 import torch
 
+from ..key_sinks import first_key_alphas, secondary_sinks, sinks_per_head
 from ..labels import FIRST_TOKEN, UNCLASSIFIED, flag_column
+from ..names import SINK_EPS, SINK_MIN_QUERIES
 from .engine import run_batches
 from .frames import flat, head_frame
-from ..key_sinks import DEFAULT_EPS, DEFAULT_MIN_QUERIES, first_key_alphas, secondary_sinks, sinks_per_head
 from .spec import Protocol, require_choice, require_int, require_open_unit
 from .texts import check_no_double_bos, text_batches, tokenize_texts
 from .uncertainty import label_margins, mean_se, se_column
 
 CONVENTIONS = ("circuit_stats", "gu2025")
-DEFAULTS = dict(seq_len=64, n_sequences=None, eps=DEFAULT_EPS, convention="circuit_stats", drop_short=False,
-                first_keys=1, secondary_sinks=False, min_queries=DEFAULT_MIN_QUERIES)
+DEFAULTS = dict(seq_len=64, n_sequences=None, eps=SINK_EPS, convention="circuit_stats", drop_short=False,
+                first_keys=1, secondary_sinks=False, min_queries=SINK_MIN_QUERIES)
 FLAG = flag_column(FIRST_TOKEN)  # "is_first_token"
 
 
