@@ -118,7 +118,7 @@ def write_summary(df: pd.DataFrame, root: Path, settings: dict, failures: dict, 
         f"- documents: {len(docs)} profiled, {len(failures)} failed"
         + (" (see failures.json)" if failures else "") + f"; tokens: {int(docs['n_tokens'].sum())} "
         f"(longest {int(docs['n_tokens'].max())}, truncated to {settings.get('max_tokens')})",
-        f"- statistics: {', '.join(stats)}; local window {settings.get('local_window')}; "
+        f"- statistics: {', '.join(settings.get('statistics') or stats)}; local window {settings.get('local_window')}; "
         f"tokenizer {settings.get('tokenizer')}; dtype {settings.get('dtype')}",
         f"- time: {elapsed_s:.1f} s of profiling",
         "",
