@@ -28,6 +28,7 @@ import os
 os.environ["TRITON_INTERPRET"] = "1"  # the Triton path on the CPU (before any kernel module loads)
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import cProfile  # noqa: E402
 import io  # noqa: E402
 import pstats  # noqa: E402
@@ -36,7 +37,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
+from typing import Callable, Iterator  # noqa: E402
 
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
@@ -65,16 +66,24 @@ class NoOpKernel:
         return lambda *args, **kwargs: self.run(*args, **kwargs)
 
 
-def replace_launches() -> list:
-    """Replace every Triton kernel of the package by a ``NoOpKernel``; returns the launch log."""
+@contextlib.contextmanager
+def no_op_launches() -> Iterator[list]:
+    """Replace every Triton kernel of the package by a ``NoOpKernel`` inside the block; yields the
+    launch log."""
     from circuit_stats.kernels import triton_attention, triton_decode, triton_key_mass, triton_token_match
 
     launches: list = []
-    for module, attr in ((triton_attention, "_attn_stats_fwd"), (triton_attention, "FUSED_DECODE_KERNEL"),
-                         (triton_decode, "_decode_split_fwd"), (triton_decode, "_decode_combine"),
-                         (triton_token_match, "_token_match_band"), (triton_key_mass, "_key_mass_fwd")):
-        setattr(module, attr, NoOpKernel(getattr(module, attr), launches))
-    return launches
+    sites = [(module, attr, getattr(module, attr)) for module, attr in (
+        (triton_attention, "_attn_stats_fwd"), (triton_attention, "FUSED_DECODE_KERNEL"),
+        (triton_decode, "_decode_split_fwd"), (triton_decode, "_decode_combine"),
+        (triton_token_match, "_token_match_band"), (triton_key_mass, "_key_mass_fwd"))]
+    for module, attr, kernel in sites:
+        setattr(module, attr, NoOpKernel(kernel, launches))
+    try:
+        yield launches
+    finally:
+        for module, attr, kernel in sites:
+            setattr(module, attr, kernel)
 
 
 class OpCounter(TorchDispatchMode):
@@ -142,7 +151,6 @@ def kernel_cases(rep: int, launches: list) -> list[tuple[dict, str]]:
 def model_cases(rep: int, launches: list) -> list[tuple[dict, str]]:
     from circuit_stats.models import record, set_backend, tiny_model
 
-    set_backend("triton")
     cfg = MODEL
     model = tiny_model("pythia", vocab_size=cfg["vocab_size"], hidden=cfg["hidden"], layers=cfg["layers"],
                        heads=cfg["heads"])
@@ -163,11 +171,15 @@ def model_cases(rep: int, launches: list) -> list[tuple[dict, str]]:
 
     timed_attention = AttentionTimer()
     out = []
-    for name, fn in (("model forward, outside record()", forward), ("model forward, record(all)", recorded)):
-        with timed_attention:
-            row, prof = measure(name + " (per layer)", fn, layers, launches, rep)
-        row["attention_fn_us_per_call"] = timed_attention.median_us()
-        out.append((row, prof))
+    set_backend("triton")
+    try:
+        for name, fn in (("model forward, outside record()", forward), ("model forward, record(all)", recorded)):
+            with timed_attention:
+                row, prof = measure(name + " (per layer)", fn, layers, launches, rep)
+            row["attention_fn_us_per_call"] = timed_attention.median_us()
+            out.append((row, prof))
+    finally:
+        set_backend("auto")
     return out
 
 
@@ -218,10 +230,14 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="host-overhead")
     p.add_argument("--label", default="", help="a note stored with the results (e.g. 'before')")
     a = p.parse_args(argv)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # host figures: one thread, as the launching thread on a GPU machine
-    launches = replace_launches()
-    rep = 5 if a.quick else 40
-    measured = kernel_cases(rep, launches) + model_cases(max(rep // 4, 2), launches)
+    rep = 2 if a.quick else 40
+    try:
+        with no_op_launches() as launches:
+            measured = kernel_cases(rep, launches) + model_cases(max(rep // 4, 2), launches)
+    finally:
+        torch.set_num_threads(threads)
     rows = [row for row, _ in measured]
     for row, prof in measured:
         print(f"== {row['case']}: {row['median_us_per_call']:.0f} us per call (CPU host), "

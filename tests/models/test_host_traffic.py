@@ -46,7 +46,7 @@ def per_forward_and_layer(traffic, run) -> tuple[Counter, Counter, Counter]:
     forward, events per layer, package operators per layer)."""
     got = {}
     for layers in LAYERS:
-        got[layers] = run(tiny_model("pythia", layers=layers, initializer_range=0.3))
+        got[layers] = run(tiny_model("pythia", layers=layers, initializer_range=0.3, seed=layers))
     (ev2, ops2), (ev4, ops4) = got[2], got[4]
     per_layer_events = (ev4 - ev2) + (ev2 - ev4)  # any difference either way
     package_ops = Counter({op: n // 2 for op, n in (ops4 - ops2).items() if not op.endswith("@ ?")})
@@ -64,7 +64,7 @@ def op_names(ops: Counter) -> Counter:
 @pytest.mark.hf
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
 @torch.no_grad()
-def test_outside_record_a_layer_reads_nothing_and_runs_only_the_kernel(traffic, padded):
+def test_outside_record_a_layer_reads_nothing_and_runs_only_the_kernel(traffic, padded, seed):
     """Outside ``record()`` a layer neither reads the device nor copies to it, and runs no device
     operation beside the kernel but its output buffers (output, ``lse``, ``sink``) and the
     ``[B, N, H, D]`` output layout transformers expects: no NaN-row marking of statistics nobody
@@ -84,7 +84,7 @@ ALL_STATISTICS = dict(offsets=(1, 2, 3), token_match=True, entropy=True)
 
 @pytest.mark.hf
 @torch.no_grad()
-def test_inside_record_the_reads_are_per_forward_and_the_sorts_too(traffic):
+def test_inside_record_the_reads_are_per_forward_and_the_sorts_too(traffic, seed):
     """Inside ``record()`` with token matching, offsets and entropy on a left-padded batch: one read
     of the device per forward (the value check of the token ids, when the forward's side inputs
     are built) besides transformers' own, none per layer; the token-match sorts run once per
