@@ -88,8 +88,8 @@ def test_inside_record_the_reads_are_per_forward_and_the_sorts_too(traffic, seed
     """Inside ``record()`` with token matching, offsets and entropy on a left-padded batch: one read
     of the device per forward (the value check of the token ids, when the forward's side inputs
     are built) besides transformers' own, none per layer; the token-match sorts run once per
-    forward (3 sorts: queries, keys, previous tokens), and every channel of a layer is reduced by
-    one weighted sum (one ``bmm``)."""
+    forward (3 sorts: queries, keys, previous tokens), every channel of a layer is reduced by one
+    weighted sum (one ``bmm``) and the statistics of NaN rows are marked by two operations."""
     ids, mask = batch(padded=True)
 
     def run(model):
@@ -104,4 +104,6 @@ def test_inside_record_the_reads_are_per_forward_and_the_sorts_too(traffic, seed
     names = op_names(ops)
     assert names["aten.sort.default"] == 0 and names["aten.searchsorted.Tensor"] == 0, ops
     assert names["aten.bmm.default"] == 1, ops
+    # NaN rows: the [B, H, N] statistics marked by one multi-tensor multiply, the offsets by one fill
+    assert names["aten._foreach_mul_.List"] == 1 and names["aten.masked_fill_.Scalar"] == 1, ops
     assert {"fused", "band"} == set(traffic.launched)
