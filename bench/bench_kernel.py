@@ -7,6 +7,8 @@ Variants (causal, self-attention, Nq = Nk = N):
   a  ours-plain         our kernel, no statistics
   b  ours-sink-offsets  sink + 3 offsets (1, 2, 3)
   c  ours-all           sink + 3 offsets + token-match induction/duplicate + entropy
+  c' ours-all-side      the same with the token ids' side inputs built once (``side_inputs=``, as
+                        record() does per forward): no per-call validation (a host read) or sorts
   d  sdpa-flash         torch SDPA, flash backend, no statistics
   e  flex-lse-gather    compiled FlexAttention returning the log-sum-exp, then a gather for
                         the sink/offset probabilities exp(q.k * scale - lse)
@@ -25,12 +27,12 @@ import sys
 
 import torch
 
-from circuit_stats.kernels import attention_with_stats, stats_from_probabilities
+from circuit_stats.kernels import SideInputs, attention_with_stats, stats_from_probabilities
 
 from bench.common import environment, is_oom, median_ms, peak_memory, write_results
 
 OFFSETS = (1, 2, 3)
-VARIANTS = ["ours-plain", "ours-sink-offsets", "ours-all", "sdpa-flash", "flex-lse-gather", "eager"]
+VARIANTS = ["ours-plain", "ours-sink-offsets", "ours-all", "ours-all-side", "sdpa-flash", "flex-lse-gather", "eager"]
 COLUMNS = ["variant", "dtype", "D", "N", "median_ms", "tflops", "peak_mem_mib", "sink_err", "status"]
 
 
@@ -46,6 +48,9 @@ def make_variant(name: str, q, k, v, tok, backend: str):
         return lambda: attention_with_stats(q, k, v, offsets=OFFSETS, backend=backend)
     if name == "ours-all":
         return lambda: attention_with_stats(q, k, v, offsets=OFFSETS, token_ids=tok, entropy=True, backend=backend)
+    if name == "ours-all-side":
+        side = SideInputs.build(batch=q.shape[0], k_len=k.shape[2], device=q.device, token_ids=tok)
+        return lambda: attention_with_stats(q, k, v, offsets=OFFSETS, entropy=True, side_inputs=side, backend=backend)
     if name == "sdpa-flash":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -162,7 +167,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.quick:
         defaults = dict(dtypes="float32", head_dims="16,32", lengths="64,96", B=1, H=2, rep=3,
-                        variants="ours-plain,ours-sink-offsets,ours-all,sdpa-flash,eager")
+                        variants="ours-plain,ours-sink-offsets,ours-all,ours-all-side,sdpa-flash,eager")
     else:
         if not a.device.startswith("cuda"):
             print("the full sweep needs a CUDA GPU; use --quick for a CPU harness check", file=sys.stderr)

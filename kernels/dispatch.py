@@ -185,6 +185,46 @@ def attention_with_stats(
     Every statistic is defined on the model's real probabilities (capped scores, window,
     sinks); see ``AttentionStats``.
     """
+    request, side_inputs, backend = _plan(
+        q, k, v, scale=scale, key_padding_mask=key_padding_mask, offsets=offsets, probe_keys=probe_keys,
+        token_ids=token_ids, entropy=entropy, backend=backend, side_inputs=side_inputs, distance=distance,
+        local_window=local_window, top1=top1, span=span, window=window, softcap=softcap, sinks=sinks,
+        key_mass=key_mass, key_mass_queries=key_mass_queries)
+    return _run(q, k, v, request, side_inputs, backend, mark_nan_rows=True)
+
+
+def attention_output(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: Optional[float] = None,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    side_inputs: Optional[SideInputs] = None,
+    window: Optional[int] = None,
+    softcap: Optional[float] = None,
+    sinks: Optional[torch.Tensor] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The attention output ``[B, Hq, Nq, D]`` alone, for callers that use no statistic (a model
+    outside ``record()``): ``attention_with_stats`` with no statistics requested, less the pass
+    that marks the statistics of NaN rows (the output itself is the same). Arguments as there;
+    ``side_inputs`` may carry only the padding."""
+    request, side_inputs, backend = _plan(q, k, v, scale=scale, key_padding_mask=key_padding_mask,
+                                          side_inputs=side_inputs, window=window, softcap=softcap, sinks=sinks,
+                                          backend=backend)
+    extra = [name for name in ("token_ids", "probe_keys", "span", "query_weight")
+             if getattr(side_inputs, name) is not None]
+    if extra:
+        raise ValueError(f"attention_output computes no statistic: its side_inputs must carry the padding only, "
+                         f"got {extra}")
+    return _run(q, k, v, request, side_inputs, backend, mark_nan_rows=False)[0]
+
+
+def _plan(q, k, v, *, scale, key_padding_mask=None, offsets=(), probe_keys=None, token_ids=None, entropy=False,
+          backend="auto", side_inputs=None, distance=False, local_window=None, top1=False, span=None, window=None,
+          softcap=None, sinks=None, key_mass=False, key_mass_queries=None) -> tuple[StatsRequest, SideInputs, str]:
+    """Validate ``attention_with_stats``'s arguments: ``(request, side inputs, backend)``."""
     _check_qkv(q, k, v)
     offsets = check_offsets(offsets)
     for name, flag in (("entropy", entropy), ("distance", distance), ("top1", top1), ("key_mass", key_mass)):
@@ -218,7 +258,13 @@ def attention_with_stats(
                            softcap=None if softcap is None else float(softcap), sinks=sinks, key_mass=key_mass)
     used = dict(request.uses(side_inputs), **{"head_dim>256": D > TRITON_MAX_HEAD_DIM})
     backend = resolve_backend(backend, q.device, [f for f in OPTIONAL_FEATURES if used[f]])
+    return request, side_inputs, backend
 
+
+def _run(q, k, v, request: StatsRequest, side_inputs: SideInputs, backend: str,
+         mark_nan_rows: bool) -> tuple[torch.Tensor, AttentionStats]:
+    """Run a planned call on ``backend``; ``mark_nan_rows``: mark the statistics of the Triton
+    kernels' NaN rows (the torch backend always does)."""
     if backend == "triton":
         # Decode (Nq <= 16) over long keys: the split-key kernel; otherwise the fused one.
         split_len = triton_decode.decode_split_len(q, k)
@@ -228,10 +274,12 @@ def attention_with_stats(
             out, stats = triton_decode.attention_with_stats_decode(q, k, v, request, side_inputs, split_len=split_len)
         if request.key_mass:  # a second pass over the keys, from the lse just written
             triton_key_mass.add_key_mass(q, k, request, side_inputs, stats)
+        if not mark_nan_rows:
+            return out, stats
         # The kernels write a NaN lse exactly on the rows whose output holds a NaN: mark the
         # other statistics from it ([B, Hq, Nq], no pass over the output, no synchronisation).
         return out, stats.mark_nan_rows(stats.lse.isnan(), side_inputs.query_weight)
-    if request.is_plain(side_inputs) and not used["head_dim>256"]:  # output, lse and sink only: SDPA on the CPU
+    if request.is_plain(side_inputs) and q.shape[-1] <= TRITON_MAX_HEAD_DIM:  # output, lse, sink: SDPA on the CPU
         fast = attention_lse_sink_sdpa(q, k, v, scale=request.scale, side=side_inputs)
         if fast is not None:
             return fast

@@ -9,8 +9,8 @@ one forward) build it once per forward and device with :meth:`SideInputs.build` 
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Optional, Sequence
 
 import torch
 
@@ -56,6 +56,13 @@ class SideInputs:
             with ``key_mass=True``.
         query_log2_weight: ``log2(query_weight)`` (-inf where 0), for the Triton key-mass pass;
             None without ``query_weight``.
+        padding_int8: ``key_padding_mask`` as the ``[B, Nk]`` int8 the kernels read (made once
+            by ``build``; see ``kernel_padding_mask``), or None.
+        derived: what launches derive from these inputs and reuse (the token-match kernel's
+            sorted orders, ``derived_once``): every layer of a forward shares them.
+
+    The tensors are read-only once built: nothing checks them again, and ``derived`` is not
+    recomputed.
     """
 
     batch: int
@@ -68,6 +75,8 @@ class SideInputs:
     span: Optional[torch.Tensor] = None
     query_weight: Optional[torch.Tensor] = None
     query_log2_weight: Optional[torch.Tensor] = None
+    padding_int8: Optional[torch.Tensor] = None
+    derived: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(
@@ -134,7 +143,23 @@ class SideInputs:
             span=span,
             query_weight=query_weight,
             query_log2_weight=query_weight.log2() if query_weight is not None else None,
+            padding_int8=key_padding_mask.to(torch.int8) if key_padding_mask is not None else None,
         )
+
+    def kernel_padding_mask(self) -> Any:
+        """The ``[B, Nk]`` int8 padding mask (1 = attend) the kernels read, or None when nothing is
+        padded: the one ``build`` made, else converted here (side inputs made field by field,
+        e.g. ``kernels.aot``'s shape-only ones)."""
+        if self.key_padding_mask is None:
+            return None
+        return self.padding_int8 if self.padding_int8 is not None else self.key_padding_mask.to(torch.int8)
+
+    def derived_once(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """``make()``, computed at the first call with ``key`` and reused by the later ones (the
+        other layers of a forward)."""
+        if key not in self.derived:
+            self.derived[key] = make()
+        return self.derived[key]
 
     def check_matches(self, q: torch.Tensor, k: torch.Tensor) -> None:
         """Raise unless these side inputs were built for ``q``'s batch, ``k``'s keys and device."""

@@ -69,12 +69,22 @@ class AttentionStats:
     def mark_nan_rows(self, row_nan: torch.Tensor, query_weight: Optional[torch.Tensor] = None) -> "AttentionStats":
         """In place: NaN in every float statistic and -1 in ``top1_index`` where ``row_nan``
         (``[B, Hq, Nq]`` bool) is set; NaN in all of ``key_mass[b, h]`` where a NaN row of that
-        head counts (``query_weight [B, Nq]`` != 0; None: every row counts). Returns ``self``."""
+        head counts (``query_weight [B, Nq]`` != 0; None: every row counts). Returns ``self``.
+
+        The float ``[B, Hq, Nq]`` statistics are marked together, by one multi-tensor multiply
+        with 1 or NaN per row (``x * 1`` is ``x`` exactly, infinities and signed zeros included):
+        one kernel on a GPU instead of one per statistic."""
+        rows = []
         for name, t in self.as_dict().items():
             if name == "key_mass":
                 counted = row_nan if query_weight is None else row_nan & (query_weight[:, None, :] != 0)
                 t.masked_fill_(counted.any(-1, keepdim=True), math.nan)
-                continue
-            mask = row_nan if t.dim() == row_nan.dim() else row_nan[..., None]
-            t.masked_fill_(mask, -1 if name == "top1_index" else math.nan)
+            elif t.dim() == row_nan.dim() and t.dtype == torch.float32:
+                rows.append(t)
+            else:
+                mask = row_nan if t.dim() == row_nan.dim() else row_nan[..., None]
+                t.masked_fill_(mask, -1 if name == "top1_index" else math.nan)
+        if rows:
+            factor = torch.where(row_nan, math.nan, 1.0).to(torch.float32)  # [B, Hq, Nq]
+            torch._foreach_mul_(rows, [factor] * len(rows))
         return self

@@ -405,7 +405,7 @@ def launch_arguments(q: Any, k: Any, v: Any, request: StatsRequest, side: SideIn
     tensors = tensors or TorchTensors(q.device)
     out = tensors.empty((B, Hq, Nq, D), q.dtype)
     st = request.allocate((B, Hq, Nq), side, tensors.empty)
-    kpm = side.key_padding_mask.to(torch.int8) if side.key_padding_mask is not None else None
+    kpm = side.kernel_padding_mask()
     qk_scale, cap_in = score_scales(request.scale, request.softcap)
     args = dict(
         Q=q, K=k, V=v, Out=out, LSE=st.lse, SINK=st.sink, OFFS=st.offsets, PRB=st.probes, IND=st.induction,

@@ -424,7 +424,11 @@ def top1_in_tiles(q, top_tile, pending, q_pos, Kb, KPMb, Nk, window, cap_in, str
 def constexpr_names(kernel: Any) -> tuple[str, ...]:
     """The ``tl.constexpr`` parameters of a ``@triton.jit`` kernel (compiled or interpreted), in
     order."""
-    fn = getattr(kernel, "fn", kernel)
+    return _constexpr_names(getattr(kernel, "fn", kernel))
+
+
+@functools.cache
+def _constexpr_names(fn: Any) -> tuple[str, ...]:  # a signature per launch costs tens of microseconds
     return tuple(name for name, p in inspect.signature(fn).parameters.items()
                  if "constexpr" in str(p.annotation))
 

@@ -228,7 +228,7 @@ def key_mass_arguments(q: Any, k: Any, request: StatsRequest, side: SideInputs, 
     Hkv, Nk = k.shape[1], k.shape[2]
     flags = kernel_flags(_key_mass_fwd, request.flags(side))
     if flags["HAS_PAD"]:
-        kpm = side.key_padding_mask.to(torch.int8)
+        kpm = side.kernel_padding_mask()
         kpm_strides = tuple(kpm.stride())
     else:
         kpm, kpm_strides = side.first_key, (0, 0)  # never read

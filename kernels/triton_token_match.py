@@ -8,7 +8,7 @@ in the fused loop costs an integer compare and a select-add per score for each. 
 
 * per sequence, the queries are sorted by ``(token, position)`` and the keys by ``(token,
   position)`` (duplicates) and by ``(previous token, position)`` (induction), in torch on the
-  device (:func:`token_bands`). Padded keys get the token -1, which matches no query; so do keys
+  device (:func:`token_bands`), once per ``SideInputs`` (every layer of a forward shares them). Padded keys get the token -1, which matches no query; so do keys
   whose predecessor is padded or absent (``SideInputs.prev_token_ids``). Matches then form a
   block diagonal: a block of ``BLOCK_M`` sorted queries with tokens in ``[t_lo, t_hi]`` can only
   match the contiguous run of sorted keys with ``(token, position)`` between ``(t_lo, first key
@@ -247,7 +247,10 @@ def token_match_band(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, reques
     tile (tests)."""
     B, Hq, Nq, _ = q.shape
     block_m, block_n = block or (INTERPRET_BAND_BLOCK if interpreting() else BAND_BLOCK)
-    bands = token_bands(side, Nq, block_m, request.window)
+    # The sorts depend on the tokens, the query count, the tile and the window only: every layer of
+    # a forward (one SideInputs) with the same window reuses them.
+    bands = side.derived_once(("token_bands", Nq, block_m, request.window),
+                              lambda: token_bands(side, Nq, block_m, request.window))
     induction = torch.empty((B, Hq, Nq), dtype=torch.float32, device=q.device)
     duplicate = torch.empty((B, Hq, Nq), dtype=torch.float32, device=q.device)
     args, constexprs = band_launch_arguments(q, k, lse, induction, duplicate, bands, request)

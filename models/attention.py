@@ -19,6 +19,7 @@ Score modifiers that transformers passes to the attention function map onto kern
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Optional
 
@@ -30,8 +31,8 @@ from transformers.masking_utils import (
     flash_attention_mask,
 )
 
-from ..kernels import attention_with_stats
-from ..kernels.dispatch import BACKENDS
+from ..kernels import SideInputs, attention_with_stats
+from ..kernels.dispatch import BACKENDS, attention_output
 from . import recording
 from .recording import IMPLEMENTATION
 
@@ -49,6 +50,9 @@ def set_backend(backend: str) -> None:
 
 # The attribute under which the mask function tags a sliding-window key padding mask with its window.
 WINDOW_ATTRIBUTE = "circuit_stats_window"
+# The attribute under which the mask function gives the (fresh) mask of one forward a cache of the
+# padding side inputs its layers share outside record(): {(key offset, keys, device): SideInputs}.
+SIDE_INPUTS_ATTRIBUTE = "circuit_stats_side_inputs"
 # Query rows on which a non-causal mask function is checked against the sliding-window pattern.
 _CHECKED_QUERY_ROWS = 16
 
@@ -139,7 +143,7 @@ def circuit_stats_mask(
             f"{q_offset} + {q_length} queries != key offset {kv_offset} + {kv_length} keys): static and "
             "offloaded-static caches are not supported; use the default dynamic cache.")
     if window is None:
-        return flash_attention_mask(batch_size, **call)
+        return _with_side_inputs_cache(flash_attention_mask(batch_size, **call))
     seen = kv_offset + kv_length
     if attention_mask is None:
         kpm = torch.ones(batch_size, seen, dtype=torch.bool, device=device)
@@ -150,7 +154,45 @@ def circuit_stats_mask(
                 f"seen so far ({seen}) for sliding-window layers, got shape {tuple(attention_mask.shape)}")
         kpm = attention_mask[:, attention_mask.shape[1] - seen:].to(torch.bool)
     setattr(kpm, WINDOW_ATTRIBUTE, window)
-    return kpm
+    return _with_side_inputs_cache(kpm)
+
+
+def _with_side_inputs_cache(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``mask`` as a new bool tensor object (a view where it is bool already: no copy) that
+    carries an empty side-inputs cache (``SIDE_INPUTS_ATTRIBUTE``): the mask function runs once
+    per forward, so the cache lives for one forward and never outlives a change of the caller's
+    mask."""
+    if mask is None:
+        return None
+    fresh = mask[:] if mask.dtype == torch.bool else mask.to(torch.bool)
+    for name in (WINDOW_ATTRIBUTE,):
+        if hasattr(mask, name):
+            setattr(fresh, name, getattr(mask, name))
+    setattr(fresh, SIDE_INPUTS_ATTRIBUTE, {})
+    return fresh
+
+
+@functools.lru_cache(maxsize=64)
+def _unpadded_side_inputs(batch: int, k_len: int, device: torch.device) -> SideInputs:
+    """The side inputs of ``batch`` unpadded rows of ``k_len`` keys (read-only, shared)."""
+    return SideInputs.build(batch=batch, k_len=k_len, device=device)
+
+
+def _padding_side_inputs(attention_mask: Optional[torch.Tensor], kpm: Optional[torch.Tensor], key_offset: int,
+                         key: torch.Tensor) -> SideInputs:
+    """The padding side inputs of a layer outside ``record()``: built once per forward and device
+    (cached on the forward's mask, see ``_with_side_inputs_cache``), or per call for a mask that
+    our mask function did not make."""
+    B, Nk = key.shape[0], key.shape[2]
+    if kpm is None:
+        return _unpadded_side_inputs(B, Nk, key.device)
+    cache = getattr(attention_mask, SIDE_INPUTS_ATTRIBUTE, None)
+    if cache is None:
+        return SideInputs.build(batch=B, k_len=Nk, device=key.device, key_padding_mask=kpm)
+    slot = (key_offset, Nk, key.device)
+    if slot not in cache:
+        cache[slot] = SideInputs.build(batch=B, k_len=Nk, device=key.device, key_padding_mask=kpm)
+    return cache[slot]
 
 
 def _key_padding_mask(attention_mask: Optional[torch.Tensor], key: torch.Tensor) -> tuple[Optional[torch.Tensor], int]:
@@ -285,13 +327,13 @@ def circuit_stats_attention(
                 _, stats = attention_with_stats(query, key, value, scale=scaling, backend=_BACKEND,
                                                 **request.kernel_kwargs, **modifiers)
             request.deliver(stats)
-    else:
-        # Inside record() the request carries the padding mask in its side inputs.
-        kernel_kwargs = request.kernel_kwargs if request is not None else {"key_padding_mask": kpm}
-        out, stats = attention_with_stats(query, key, value, scale=scaling, backend=_BACKEND, **kernel_kwargs,
+    elif request is not None:  # the request carries the padding mask in its side inputs
+        out, stats = attention_with_stats(query, key, value, scale=scaling, backend=_BACKEND, **request.kernel_kwargs,
                                           **modifiers)
-        if request is not None:
-            request.deliver(stats)
+        request.deliver(stats)
+    else:  # no statistic is used: the output alone, no pass over statistics
+        side = _padding_side_inputs(attention_mask, kpm, key_offset, key)
+        out = attention_output(query, key, value, scale=scaling, backend=_BACKEND, side_inputs=side, **modifiers)
     return out.transpose(1, 2).contiguous(), None
 
 

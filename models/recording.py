@@ -288,17 +288,23 @@ class Recording:
         top1 = getattr(stats, "top1_index", None)
         if top1 is not None:
             self._last_top1[layer] = top1[:, :, -1]
-        for name, t in self._channels(stats):
-            w = weights[name]  # [B, Nq, K] float64
-            per_seq = torch.einsum("bhqc,bqk->bhkc", t.to(torch.float64), w)  # [B, H, K, C]
-            n = w.sum(1)  # [B, K]
-            tot, cnt = self._sums[layer], self._counts[layer]
-            tot[name] = tot[name] + per_seq.sum(0) if name in tot else per_seq.sum(0)
-            cnt[name] = cnt[name] + n.sum(0) if name in cnt else n.sum(0)
-            if self.per_sample_enabled:
-                bs, bc = block.sums[layer], block.counts[layer]
-                bs[name] = bs[name] + per_seq if name in bs else per_seq
-                bc[name] = bc[name] + n if name in bc else n
+        tot, cnt = self._sums[layer], self._counts[layer]
+        bs, bc = block.sums[layer], block.counts[layer]
+        for w, channels in _by_weight(self._channels(stats), weights):
+            # One reduction for every channel that shares a query weight [B, Nq, K] (float64).
+            joined = torch.cat([t for _, t in channels], -1) if len(channels) > 1 else channels[0][1]
+            per_seq = torch.einsum("bhqc,bqk->bhkc", joined.to(torch.float64), w)  # [B, H, K, sum of C]
+            pooled, n = per_seq.sum(0), w.sum(1)  # [H, K, sum of C], [B, K]
+            n_pooled = n.sum(0)
+            start = 0
+            for name, t in channels:
+                cols = slice(start, start + t.shape[-1])
+                start = cols.stop
+                tot[name] = tot[name] + pooled[..., cols] if name in tot else pooled[..., cols]
+                cnt[name] = cnt[name] + n_pooled if name in cnt else n_pooled
+                if self.per_sample_enabled:
+                    bs[name] = bs[name] + per_seq[..., cols] if name in bs else per_seq[..., cols]
+                    bc[name] = bc[name] + n if name in bc else n
 
     # ---------------------------------------------------------------- results
     def _columns(self, name: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -478,6 +484,16 @@ class Recording:
     def close(self) -> None:
         self._hook.remove()
         self._done_hook.remove()
+
+
+def _by_weight(channels: Iterator[tuple[str, torch.Tensor]], weights: dict) -> list[tuple[torch.Tensor, list]]:
+    """``[(weight, [(name, [B, H, Nq, C] tensor), ...]), ...]``: the channels grouped by their query
+    weight tensor (``weights[name]``; channels with one mask share one), in channel order."""
+    groups: dict[int, tuple[torch.Tensor, list]] = {}
+    for name, t in channels:
+        w = weights[name]
+        groups.setdefault(id(w), (w, []))[1].append((name, t))
+    return list(groups.values())
 
 
 def _copy2(d: dict) -> dict:

@@ -13,7 +13,8 @@ def test_kernel_harness_quick(tmp_path):
     for key in ("device", "torch", "triton", "transformers", "date"):
         assert data["environment"][key]
     rows = {r["variant"]: r for r in data["results"]}
-    assert set(rows) == {"ours-plain", "ours-sink-offsets", "ours-all", "sdpa-flash", "eager"}
+    assert set(rows) == {"ours-plain", "ours-sink-offsets", "ours-all", "ours-all-side", "sdpa-flash", "eager"}
+    assert rows["ours-all-side"]["sink_err"] == 0  # the same call, its side inputs built once
     assert all(r["status"] == "ok" and r["median_ms"] > 0 and r["tflops"] > 0 for r in rows.values())
     assert rows["eager"]["sink_err"] < 1e-5 and rows["ours-sink-offsets"]["sink_err"] < 1e-6
     assert path.with_suffix(".md").read_text().count("|") > 20

@@ -2,7 +2,6 @@
 synchronises the host when nothing is padded, its kernels do not recompile as the keys grow, and
 grids beyond CUDA's limits fail clearly before any launch."""
 
-import contextlib
 import json
 import os
 import subprocess
@@ -12,73 +11,12 @@ import pytest
 import torch
 from circuit_stats.kernels import SideInputs, attention_with_stats, triton_attention, triton_decode
 from circuit_stats.kernels.request import StatsRequest
-
-
-class HostTraffic:
-    """Counts, while ``counting()``, what copies host data to a device or waits for a device on a
-    GPU: tensors made from Python data (``torch.tensor``/``as_tensor``), moves to another device
-    and reads of tensor values (``item``, ``tolist``, ``cpu``, ``numpy``, ``bool``/``int``/
-    ``float``/``index`` of a tensor). Kernel launches run uncounted (``launching``): the
-    interpreter reads its arguments on the host, a GPU launch does not."""
-
-    READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
-
-    def __init__(self, monkeypatch):
-        self.events: list[str] = []
-        self.active = False
-        for name in self.READS:
-            monkeypatch.setattr(torch.Tensor, name, self._counted(name, getattr(torch.Tensor, name)))
-        for name in ("tensor", "as_tensor"):
-            monkeypatch.setattr(torch, name, self._counted(f"torch.{name}", getattr(torch, name)))
-        real_to = torch.Tensor.to
-
-        def to(t, *args, **kwargs):
-            target = next((a for a in (*args, kwargs.get("device")) if isinstance(a, (torch.device, str))), None)
-            if self.active and target is not None and torch.device(target) != t.device:
-                self.events.append(f"to({target})")
-            return real_to(t, *args, **kwargs)
-        monkeypatch.setattr(torch.Tensor, "to", to)
-
-    def _counted(self, name, real):
-        def counted(*args, **kwargs):
-            if self.active:
-                self.events.append(name)
-            return real(*args, **kwargs)
-        return counted
-
-    @contextlib.contextmanager
-    def counting(self):
-        self.active = True
-        try:
-            yield self
-        finally:
-            self.active = False
-
-    def launching(self, name, kernel, launched: list):
-        traffic = self
-
-        class Uncounted:  # what triton.heuristics wraps: the kernel, run with the counter paused
-            arg_names = kernel.arg_names
-
-            def run(self, *args, **kwargs):
-                launched.append(name)
-                active, traffic.active = traffic.active, False
-                try:
-                    return kernel.run(*args, **kwargs)
-                finally:
-                    traffic.active = active
-        return Uncounted()
+from host_traffic import count_launches_apart
 
 
 @pytest.fixture
 def traffic(monkeypatch):
-    t = HostTraffic(monkeypatch)
-    t.launched = []
-    for module, attr, name in ((triton_attention, "_attn_stats_fwd", "fused"),
-                               (triton_attention, "FUSED_DECODE_KERNEL", "fused"),
-                               (triton_decode, "_decode_split_fwd", "split"), (triton_decode, "_decode_combine", "combine")):
-        monkeypatch.setattr(module, attr, t.launching(name, getattr(module, attr), t.launched))
-    return t
+    return count_launches_apart(monkeypatch)
 
 
 def test_host_traffic_counts_copies_and_synchronisations(traffic):

@@ -80,15 +80,37 @@ def test_training_gradients_with_score_modifiers(family):
 
 
 def test_outside_a_recording_no_statistics_are_requested(monkeypatch):
+    """Outside ``record()`` every layer asks for the output alone (``attention_output``) with the
+    padding side inputs of its forward, built once for all layers; never for statistics."""
     import circuit_stats.models.attention as att
 
     seen = []
-    real = att.attention_with_stats
-    monkeypatch.setattr(att, "attention_with_stats", lambda *a, **k: seen.append(k) or real(*a, **k))
-    ours = tiny_model("pythia")
+    real = att.attention_output
+    monkeypatch.setattr(att, "attention_output", lambda *a, **k: seen.append(k) or real(*a, **k))
+    monkeypatch.setattr(att, "attention_with_stats", lambda *a, **k: pytest.fail("statistics requested"))
+    ours = tiny_model("pythia", layers=3)
+    ids, mask = random_batch(padding="left")
     with torch.no_grad():
-        ours(random_batch()[0])
-    assert seen and all(set(k) == {"scale", "key_padding_mask", "backend"} for k in seen)
+        ours(ids, attention_mask=mask)
+    assert len(seen) == 3 and all(set(k) == {"scale", "side_inputs", "backend"} for k in seen)
+    side = seen[0]["side_inputs"]
+    assert all(k["side_inputs"] is side for k in seen)  # one per forward (kept alive by `seen`)
+    assert side.token_ids is None and torch.equal(side.key_padding_mask, mask.bool())
+
+
+def test_each_forward_gets_the_padding_of_its_own_mask(backend):
+    """The padding side inputs cached for a forward never serve another one: the same mask tensor
+    changed in place, another padding, then none, each match eager attention."""
+    ours, eager = model_pair("pythia")
+    ids, mask = random_batch(padding="left")
+    mask = mask.clone()
+    with torch.no_grad():
+        for change in (None, lambda m: m.copy_(random_batch(padding="right")[1]), lambda m: m.fill_(1)):
+            if change is not None:
+                change(mask)  # in place: the same tensor object as the previous forward's
+            got, want = ours(ids, attention_mask=mask).logits, eager(ids, attention_mask=mask).logits
+            real = mask.bool()
+            torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=1e-4)
 
 
 def test_from_pretrained_local_dir_and_set_attn_implementation(tmp_path):
@@ -130,8 +152,8 @@ def test_score_modifiers_reach_the_kernel(monkeypatch):
     import circuit_stats.models.attention as att
 
     seen = []
-    real = att.attention_with_stats
-    monkeypatch.setattr(att, "attention_with_stats", lambda *a, **k: seen.append(k) or real(*a, **k))
+    real = att.attention_output  # outside record(): the output alone
+    monkeypatch.setattr(att, "attention_output", lambda *a, **k: seen.append(k) or real(*a, **k))
     module = tiny_model("llama-gqa").model.layers[0].self_attn
     q, kv = torch.randn(2, 4, 9, 16), torch.randn(2, 2, 9, 16)
     sinks = torch.randn(4)
@@ -177,7 +199,7 @@ def test_mask_function_reads_no_cache_position_when_the_mask_gives_it(monkeypatc
     mask = torch.ones(2, 8, dtype=torch.bool)
     mask[0, :2] = False
     got = att.circuit_stats_mask(2, cache_position=positions, kv_length=8, kv_offset=0, attention_mask=mask)
-    assert got is mask
+    assert torch.equal(got, mask) and got.data_ptr() == mask.data_ptr()  # the mask (a view of it: no copy)
     with pytest.raises(NotImplementedError, match="static"):  # a static cache's keys: its whole length
         att.circuit_stats_mask(2, cache_position=positions, kv_length=16, kv_offset=0, attention_mask=mask)
     assert att.circuit_stats_mask(2, cache_position=torch.arange(5, 8), kv_length=8, kv_offset=0,
