@@ -48,6 +48,27 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"random inputs: CIRCUIT_STATS_SEED={BASE_SEED} (set it to replay this run)")
 
 
+# CI's second Triton (the oldest supported) reruns only what runs Triton: with
+# CIRCUIT_STATS_TRITON_ONLY=1, tests marked torch_only and cases parametrized backend="torch" are
+# deselected (they ran under the newest Triton already and do not depend on its version).
+TRITON_ONLY = os.environ.get("CIRCUIT_STATS_TRITON_ONLY") == "1"
+
+
+def runs_no_triton(item) -> bool:
+    params = getattr(item, "callspec", None)
+    return item.get_closest_marker("torch_only") is not None or (
+        params is not None and params.params.get("backend") == "torch")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not TRITON_ONLY:
+        return
+    dropped = [item for item in items if runs_no_triton(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not runs_no_triton(item)]
+
+
 @pytest.fixture
 def seed(request):
     """Per-test seed: the run's base seed mixed with the test id."""

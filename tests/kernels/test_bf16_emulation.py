@@ -20,6 +20,8 @@ from circuit_stats.kernels import attention_with_stats, attention_with_stats_nai
 from conftest import DEVICE
 from kernel_cases import CASES, OUT_TOL, assert_stats_close, make_inputs, reference_probabilities
 
+pytestmark = pytest.mark.torch_only  # the torch backend alone
+
 BF16 = torch.bfloat16
 LOG2E = 1.4426950408889634
 UNPADDED = [name for name, case in CASES.items() if case[-1] is None]

@@ -6,6 +6,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.torch_only  # the torch backend alone
+
 PROBE = textwrap.dedent(
     """
     import resource, sys, torch

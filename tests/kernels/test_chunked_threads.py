@@ -9,7 +9,8 @@ from circuit_stats.kernels import SideInputs, attention_with_stats, attention_wi
 from conftest import DEVICE
 from kernel_cases import CASES, OUT_TOL, assert_stats_close, make_inputs, random_span
 
-pytestmark = pytest.mark.skipif(DEVICE != "cpu", reason="the head-parallel path is CPU only")
+pytestmark = [pytest.mark.torch_only,  # the torch backend alone
+              pytest.mark.skipif(DEVICE != "cpu", reason="the head-parallel path is CPU only")]
 
 MODIFIERS = {"none": {}, "window": dict(window=6), "softcap": dict(softcap=2.5), "sinks": dict(sinks=True)}
 
