@@ -49,9 +49,9 @@ def pytest_terminal_summary(terminalreporter):
 
 
 # CI's second Triton (the oldest supported) reruns only what runs Triton: with
-# CIRCUIT_STATS_TRITON_ONLY=1, tests marked torch_only and cases parametrized backend="torch" are
+# CIRCUIT_STATS_TESTS_TRITON_ONLY=1, tests marked torch_only and cases parametrized backend="torch" are
 # deselected (they ran under the newest Triton already and do not depend on its version).
-TRITON_ONLY = os.environ.get("CIRCUIT_STATS_TRITON_ONLY") == "1"
+TRITON_ONLY = os.environ.get("CIRCUIT_STATS_TESTS_TRITON_ONLY") == "1"
 
 
 def runs_no_triton(item) -> bool:
