@@ -131,6 +131,9 @@ def _token_match_band(
                 mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
     stat = bh * Nq + qi  # flat index into the contiguous [B, Hq, Nq] statistics
     lse2 = tl.load(LSE + stat, mask=row_ok, other=0.0) * LOG2E_K
+    # A row with no attendable key (lse -inf: every score -inf) gets mass 0, as in the main kernel:
+    # +inf here makes 2^(s2 - lse2) = 0 for its -inf scores, where -inf - -inf would give NaN.
+    lse2 = tl.where(lse2 == float("-inf"), float("inf"), lse2)
 
     rng = RANGES + (b * n_blocks + blk) * 4
     dup = _band_mass(q, q_tok, q_pos, lse2, Kb, DUP_ORDER + b * Nk, DUP_TOK + b * Nk, tl.load(rng), tl.load(rng + 1),

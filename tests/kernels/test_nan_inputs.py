@@ -110,3 +110,22 @@ def test_triton_statistics_are_nan_exactly_where_the_output_is(where, mods, padd
         nan = t.isnan() if t.dim() == 3 else t.isnan().all(-1)
         assert torch.equal(nan, rows), f"triton {where} {mods}: {name} NaN rows {nan.nonzero().tolist()} " \
                                        f"!= output NaN rows {rows.nonzero().tolist()}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_a_row_of_minus_inf_scores_gets_zero_token_masses(dtype, seed):
+    """An inf in a query whose products with every key are negative makes all its scores -inf:
+    the row has no attendable key (output 0, lse -inf), and the token-match band kernel must give
+    it induction and duplicate mass 0, not -inf - -inf = NaN (seen in CI at one seed in 32)."""
+    B, H, N, D, row = 1, 1, 9, 16, 5
+    q, k, v = (torch.randn(B, H, N, D, device=DEVICE, dtype=dtype) for _ in range(3))
+    k[..., 0] = -(k[..., 0].abs() + 0.5)  # every key negative on dimension 0
+    q[0, 0, row] = 0.5
+    q[0, 0, row, 0] = float("inf")  # scores of the row: inf * negative + finite = -inf
+    tok = torch.full((B, N), 7, device=DEVICE)  # one token: every earlier key matches
+    out, st = attention_with_stats(q, k, v, backend="triton", token_ids=tok, entropy=True)
+    assert not out.isnan().any() and (out[0, 0, row] == 0).all()
+    for name in ("induction", "duplicate"):
+        got = getattr(st, name)[0, 0]
+        assert not got.isnan().any(), f"{name}: NaN {got.tolist()}"
+        assert got[row] == 0 and (got[row + 1:] > 0).all(), f"{name}: {got.tolist()}"
