@@ -550,7 +550,7 @@ def split_kernel_args(q: Any, k: Any, v: Any, part_o: Any, part_s: Any, side: Si
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     qk_scale, cap_in = score_scales(request.scale, request.softcap)
-    kpm = side.key_padding_mask.to(torch.int8) if side.key_padding_mask is not None else None
+    kpm = side.kernel_padding_mask()
     args = dict(
         Q=q, K=k, V=v, PART_O=part_o, PART_S=part_s, TOK=side.token_ids, TOKP=side.prev_token_ids, KPM=kpm,
         FIRST=side.first_key, OFFSET_VALUES=tensors.values(request.offsets) if request.offsets else None,

@@ -165,9 +165,8 @@ def _with_side_inputs_cache(mask: Optional[torch.Tensor]) -> Optional[torch.Tens
     if mask is None:
         return None
     fresh = mask[:] if mask.dtype == torch.bool else mask.to(torch.bool)
-    for name in (WINDOW_ATTRIBUTE,):
-        if hasattr(mask, name):
-            setattr(fresh, name, getattr(mask, name))
+    if hasattr(mask, WINDOW_ATTRIBUTE):
+        setattr(fresh, WINDOW_ATTRIBUTE, getattr(mask, WINDOW_ATTRIBUTE))
     setattr(fresh, SIDE_INPUTS_ATTRIBUTE, {})
     return fresh
 

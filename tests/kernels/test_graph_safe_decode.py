@@ -11,6 +11,7 @@ import pytest
 import torch
 from circuit_stats.kernels import SideInputs, attention_with_stats, triton_attention, triton_decode
 from circuit_stats.kernels.request import StatsRequest
+from circuit_stats.kernels.triton_common import TorchTensors
 from host_traffic import count_launches_apart
 
 
@@ -192,3 +193,20 @@ def test_heuristic_flags_reach_the_autotune_keys(monkeypatch):
     assert seen["FUSED_TUNER"]["N_OFFSETS"] == 2 and seen["FUSED_TUNER"]["HAS_TOK"]
     assert seen["FUSED_TUNER"]["HAS_TOP1"] and not seen["FUSED_TUNER"]["HAS_DIST"]
     assert set(autotune.LENGTH_BUCKET_ARGS) <= set(seen["SPLIT_TUNER"])
+
+
+def test_padded_launches_read_the_padding_mask_built_once():
+    """The fused and split-decode launches pass the int8 padding mask ``SideInputs.build`` made:
+    no conversion per launch (every layer of a forward shares one side-inputs object)."""
+    B, Hq, Hkv, Nk, D = 2, 4, 2, 48, 16
+    mask = torch.ones(B, Nk, dtype=torch.bool)
+    mask[1, :5] = False
+    side = SideInputs.build(batch=B, k_len=Nk, device=torch.device("cpu"), key_padding_mask=mask)
+    q, k, v = torch.randn(B, Hq, 1, D), torch.randn(B, Hkv, Nk, D), torch.randn(B, Hkv, Nk, D)
+    request = StatsRequest(scale=D ** -0.5, entropy=True)
+    fused = triton_attention.launch_arguments(q, k, v, request, side).args["KPM"]
+    split, _ = triton_decode.split_kernel_args(q, k, v, torch.empty(0), torch.empty(0), side, request=request,
+                                               flags=request.flags(side), split_len=16,
+                                               tensors=TorchTensors(q.device))
+    assert side.padding_int8 is not None
+    assert fused is side.padding_int8 and split["KPM"] is side.padding_int8
