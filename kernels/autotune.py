@@ -45,7 +45,7 @@ from typing import Any, Callable, Mapping, Optional
 import triton
 from triton.runtime import KernelInterface
 
-from .triton_common import SMEM_LIMIT_BYTES, constexpr_names, head_block, smem_bytes, smem_fits
+from .triton_common import SMEM_LIMIT_BYTES, constexpr_names, device_smem_limit, head_block, smem_bytes, smem_fits
 
 # ----------------------------------------------------------------------------------------------
 # The fused kernel's tiles.
@@ -185,24 +185,32 @@ def tuner_bucket(q_len: int) -> str:
 
 
 def candidate_configs(bucket: str, *, head_dim: int, elt_bytes: int, loop_level: str,
-                      triton_version: tuple[int, int] = TRITON_VERSION) -> list[triton.Config]:
+                      triton_version: tuple[int, int] = TRITON_VERSION,
+                      smem_limit: int = SMEM_LIMIT_BYTES) -> list[triton.Config]:
     """The configs the autotuner tries for one launch: the first kept ones of the bucket's list,
-    at most ``MAX_DECODE_CONFIGS`` / ``MAX_PREFILL_CONFIGS``; never empty. When no 16-row decode
-    tile is kept (fp32 at head dims over 128: none fits shared memory) the prefill candidates
-    (their 64-row tiles mask the rows beyond ``Nq``); when no prefill tile is kept, the smallest
-    that fits shared memory."""
+    at most ``MAX_DECODE_CONFIGS`` / ``MAX_PREFILL_CONFIGS``, within ``smem_limit`` bytes of shared
+    memory (the device's, ``device_smem_limit``). When no 16-row decode tile is kept (fp32 at head
+    dims over 128 on sm_90: none fits shared memory) the prefill candidates (their 64-row tiles
+    mask the rows beyond ``Nq``); when no prefill tile is kept, the smallest that fits; a
+    ``ValueError`` when none fits (fp32 at head dim 256 on an A100)."""
     decode = bucket == "decode"
     configs = DECODE_CONFIGS if decode else PREFILL_CONFIGS
     bd = head_block(head_dim)
     kept = [c for c in configs if keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=loop_level,
-                                              triton_version=triton_version)]
+                                              smem_limit=smem_limit, triton_version=triton_version)]
     if kept:
         return kept[:MAX_DECODE_CONFIGS if decode else MAX_PREFILL_CONFIGS]
     if decode:
         return candidate_configs("prefill", head_dim=head_dim, elt_bytes=elt_bytes, loop_level=loop_level,
-                                 triton_version=triton_version)
-    fits = [c for c in configs if smem_fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, bd, elt_bytes)]
-    return (sorted(fits, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]) or configs)[:1]
+                                 triton_version=triton_version, smem_limit=smem_limit)
+    fits = [c for c in configs
+            if smem_fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, bd, elt_bytes, smem_limit)]
+    if not fits:
+        smallest = min(smem_bytes(*tile_of(c)[:2], c.num_stages, bd, elt_bytes) for c in configs)
+        raise ValueError(f"no tile of the fused kernel fits this GPU's {smem_limit} B of shared memory per block "
+                         f"with {elt_bytes}-byte inputs at head_dim {head_dim} (the smallest needs {smallest} B): "
+                         "use bf16/fp16 inputs or backend='torch'")
+    return sorted(fits, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])[:1]
 
 
 def prune_fused_configs(configs: list[triton.Config], named_args: dict, **kwargs: Any) -> list[triton.Config]:
@@ -210,7 +218,7 @@ def prune_fused_configs(configs: list[triton.Config], named_args: dict, **kwargs
     follows from the launch's query length)."""
     a = {**named_args, **kwargs}
     return candidate_configs(tuner_bucket(a["Nq"]), head_dim=a["HEAD_DIM"], elt_bytes=a["Q"].element_size(),
-                             loop_level=loop_level(a))
+                             loop_level=loop_level(a), smem_limit=device_smem_limit(a["Q"].device))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,8 +232,8 @@ SPLIT_CONFIGS = [
 ] + [triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=s) for s in (2, 3, 4)]
 
 
-def split_kept_configs(configs: list[triton.Config], *, block_d: int, block_m: int,
-                       elt_bytes: int) -> list[triton.Config]:
+def split_kept_configs(configs: list[triton.Config], *, block_d: int, block_m: int, elt_bytes: int,
+                       smem_limit: int = SMEM_LIMIT_BYTES) -> list[triton.Config]:
     """The split-kernel configs that fit shared memory and registers (unbounded, in order).
 
     16-bit inputs: key tiles of 32 to 128 (BLOCK_M x BLOCK_N <= 64 x 64 at BLOCK_D = 256), 3 or 4
@@ -233,7 +241,7 @@ def split_kept_configs(configs: list[triton.Config], *, block_d: int, block_m: i
     the key loop at D = 64, 128 and 256; 3 and 4 stages did not).
     fp32 inputs (exact fp32 dots on the CUDA cores): BLOCK_N x BLOCK_D <= 2048, or 16 keys, i.e.
     32 keys at D <= 64 and 16 above (sm_90 compiles of larger fp32 tiles spill)."""
-    kept = [c for c in configs if smem_fits(block_m, c.kwargs["BLOCK_N"], c.num_stages, block_d, elt_bytes)]
+    kept = [c for c in configs if smem_fits(block_m, c.kwargs["BLOCK_N"], c.num_stages, block_d, elt_bytes, smem_limit)]
     if elt_bytes >= 4:
         return [c for c in kept if c.kwargs["BLOCK_N"] * block_d <= 2048 or c.kwargs["BLOCK_N"] == 16]
     kept = [c for c in kept if c.kwargs["BLOCK_N"] >= 32 and c.num_stages >= 3]
@@ -259,13 +267,13 @@ def split_len_error(split_len: int, tiles: tuple[int, ...] = SPLIT_KEY_TILES) ->
 
 
 def split_candidates(configs: list[triton.Config], *, block_d: int, block_m: int, elt_bytes: int,
-                     split_len: int) -> list[triton.Config]:
+                     split_len: int, smem_limit: int = SMEM_LIMIT_BYTES) -> list[triton.Config]:
     """The split-kernel configs a launch with splits of ``split_len`` keys tries: the first
     ``MAX_DECODE_CONFIGS`` kept ones (``split_kept_configs``) whose key tile divides ``split_len``,
     else the smallest dividing config (e.g. 16 keys for 16-bit inputs and ``split_len = 48``);
     empty when no key tile divides ``split_len``."""
     dividing = [c for c in configs if split_len > 0 and split_len % c.kwargs["BLOCK_N"] == 0]
-    kept = split_kept_configs(dividing, block_d=block_d, block_m=block_m, elt_bytes=elt_bytes)
+    kept = split_kept_configs(dividing, block_d=block_d, block_m=block_m, elt_bytes=elt_bytes, smem_limit=smem_limit)
     if kept:
         return kept[:MAX_DECODE_CONFIGS]
     return [min(dividing, key=lambda c: (c.kwargs["BLOCK_N"], c.num_stages))] if dividing else []
@@ -277,7 +285,7 @@ def prune_split_configs(configs: list[triton.Config], named_args: dict, **kwargs
     a = {**named_args, **kwargs}  # launches pass their arguments by name
     elt = a["Q"].element_size() if hasattr(a.get("Q"), "element_size") else 2
     got = split_candidates(configs, block_d=a["BLOCK_D"], block_m=a["BLOCK_M"], elt_bytes=elt,
-                           split_len=a["split_len"])
+                           split_len=a["split_len"], smem_limit=device_smem_limit(getattr(a.get("Q"), "device", None)))
     if not got:
         raise ValueError(split_len_error(a["split_len"]))
     return got

@@ -139,42 +139,47 @@ def check_pins(env: Optional[Mapping[str, str]] = None) -> None:
         pinned(kernel, env)
 
 
-def fused_pin(*, head_dim: int, elt_bytes: int, constexprs: Mapping[str, Any]) -> Optional[triton.Config]:
+def fused_pin(*, head_dim: int, elt_bytes: int, constexprs: Mapping[str, Any],
+              smem_limit: int = SMEM_LIMIT_BYTES) -> Optional[triton.Config]:
     """The fused kernel's pinned config for this launch, or None; ``ValueError`` (naming the pin's
     source) when the launch does not keep it: over shared memory, or not measured spill-free for
-    its head dim, statistics (``loop_level``) and dtype."""
+    its head dim, statistics (``loop_level``) and dtype. ``smem_limit``: the device's
+    (``triton_common.device_smem_limit``)."""
     pin = pinned("fused")
     if pin is None:
         return None
     level = loop_level(constexprs)
-    if keep_config(pin.config, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level):
+    if keep_config(pin.config, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level, smem_limit=smem_limit):
         return pin.config
-    check_smem(pin, *tile_of(pin.config)[:2], pin.config.num_stages, head_dim, elt_bytes)
+    check_smem(pin, *tile_of(pin.config)[:2], pin.config.num_stages, head_dim, elt_bytes, smem_limit)
     kept = [config_text(c) for c in kernel_configs("fused")
-            if keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level)]
+            if keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level, smem_limit=smem_limit)]
     raise ValueError(f"{pin.source}: this tile is not measured spill-free on sm_90 for head_dim {head_dim}, "
                      f"{elt_bytes}-byte inputs and loop level {level!r} under Triton {triton.__version__}; "
                      f"kept for this launch: {' | '.join(kept) or 'none'}")
 
 
-def split_pin(*, head_dim: int, block_m: int, elt_bytes: int) -> Optional[triton.Config]:
+def split_pin(*, head_dim: int, block_m: int, elt_bytes: int,
+              smem_limit: int = SMEM_LIMIT_BYTES) -> Optional[triton.Config]:
     """The split kernel's pinned config for this launch, or None; ``ValueError`` when the launch
     does not keep it (``split_kept_configs``)."""
     pin = pinned("split")
     if pin is None:
         return None
-    kept = split_kept_configs(SPLIT_CONFIGS, block_d=head_block(head_dim), block_m=block_m, elt_bytes=elt_bytes)
+    kept = split_kept_configs(SPLIT_CONFIGS, block_d=head_block(head_dim), block_m=block_m, elt_bytes=elt_bytes,
+                              smem_limit=smem_limit)
     if any(c is pin.config for c in kept):
         return pin.config
-    check_smem(pin, block_m, pin.config.kwargs["BLOCK_N"], pin.config.num_stages, head_dim, elt_bytes)
+    check_smem(pin, block_m, pin.config.kwargs["BLOCK_N"], pin.config.num_stages, head_dim, elt_bytes, smem_limit)
     raise ValueError(f"{pin.source}: this key tile is not kept at head_dim {head_dim} with {elt_bytes}-byte inputs "
                      "(spill-free sm_90 compiles: 16-bit inputs take 32 to 128 keys and 3 or 4 stages, fp32 inputs "
                      f"BLOCK_N x BLOCK_D <= 2048 or 16 keys); kept for this launch: "
                      f"{' | '.join(map(config_text, kept)) or 'none'}")
 
 
-def check_smem(pin: Pin, block_m: int, block_n: int, num_stages: int, head_dim: int, elt_bytes: int) -> None:
+def check_smem(pin: Pin, block_m: int, block_n: int, num_stages: int, head_dim: int, elt_bytes: int,
+               limit: int = SMEM_LIMIT_BYTES) -> None:
     need = smem_bytes(block_m, block_n, num_stages, head_block(head_dim), elt_bytes)
-    if need > SMEM_LIMIT_BYTES:
+    if need > limit:
         raise ValueError(f"{pin.source}: this tile needs {need // 1024} KB of shared memory at head_dim {head_dim} "
-                         f"with {elt_bytes}-byte inputs, over the {SMEM_LIMIT_BYTES // 1024} KB limit")
+                         f"with {elt_bytes}-byte inputs, over this GPU's {limit // 1024} KB per block")

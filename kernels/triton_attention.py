@@ -56,10 +56,11 @@ from .pinning import fused_pin
 from .request import StatsRequest
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-from .triton_common import (LN2, LOG2E_K, MAX_HEAD_DIM, TorchTensors, check_grid, derived_flags, device_guard, extent,
-                            given, head_block, initial_loop_state, interpreting, join_learned_sink, point_prob,
-                            program_heads, range_stat_segments, row_entropy2, score_scales, side_input_rows, store_lse,
-                            store_point_probs, stride_args, tanh_softcap, top1_in_tiles)
+from .triton_common import (LN2, LOG2E_K, MAX_HEAD_DIM, TorchTensors, check_grid, derived_flags, device_guard,
+                            device_smem_limit, extent, given, head_block, initial_loop_state, interpreting,
+                            join_learned_sink, point_prob, program_heads, range_stat_segments, row_entropy2,
+                            score_scales, side_input_rows, store_lse, store_point_probs, stride_args, tanh_softcap,
+                            top1_in_tiles)
 
 
 @triton.jit
@@ -444,7 +445,8 @@ def attention_with_stats_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     # instructions): at most 65535 of them.
     check_grid((triton.cdiv(Nq, 16), B * Hq), "fused", ("query blocks", "batch x query heads"))
     launch = launch_arguments(q, k, v, request, side)
-    pinned = None if block else fused_pin(head_dim=q.shape[-1], elt_bytes=q.element_size(), constexprs=launch.flags())
+    pinned = None if block else fused_pin(head_dim=q.shape[-1], elt_bytes=q.element_size(), constexprs=launch.flags(),
+                                          smem_limit=device_smem_limit(q.device))
     if pinned is not None or block or interpreting():
         kernel = fused_kernel(launch.bucket)
         tile = pinned.all_kwargs() if pinned else dict(zip(("BLOCK_M", "BLOCK_N"), block or (INTERPRET_BLOCK,) * 2))

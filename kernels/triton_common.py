@@ -31,12 +31,26 @@ MAX_HEAD_DIM = 256  # the kernels pad head dims on chip up to this size; dispatc
 
 # Shared memory per program, one model for both kernels: the Q tile plus ``num_stages`` buffers
 # each of K and V, as triton allocates them (the compile report's measured figures match it, e.g.
-# 160 KB for 128x128 w8 s2 at D = 128). The limit is the per-block opt-in maximum of sm_90
-# (H100/H200: 227 KB = 232448 B, CUDA's ``sharedMemPerBlockOptin``, which Triton checks a compile
-# against). sm_80 (A100) allows 163 KB: a config between the two fails to compile there with
-# OutOfResources, which Triton's autotuner skips (timed as infinite); no kept prefill tile is above
-# 160 KB. The split-decode pruner's former 200 KB margin kept exactly the same configs.
+# 160 KB for 128x128 w8 s2 at D = 128). The limit is the launch device's per-block opt-in maximum
+# (CUDA's ``sharedMemPerBlockOptin``, which Triton checks a compile against: ``device_smem_limit``);
+# ``SMEM_LIMIT_BYTES``, sm_90's (H100/H200: 227 KB = 232448 B), where there is no CUDA device (the
+# interpreter, ahead-of-time compiles for sm_90). sm_80 (A100) allows 163 KB = 166912 B.
 SMEM_LIMIT_BYTES = 227 * 1024
+
+
+def device_smem_limit(device: Optional[torch.device]) -> int:
+    """Shared memory one program may use on ``device``: its per-block opt-in maximum for a CUDA
+    device (from Triton's driver, as Triton's own compile check), else ``SMEM_LIMIT_BYTES``."""
+    if device is None or device.type != "cuda" or interpreting():
+        return SMEM_LIMIT_BYTES
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return cuda_smem_limit(index)
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_smem_limit(index: int) -> int:
+    """``max_shared_mem`` of CUDA device ``index`` (bytes per block, opt-in)."""
+    return int(triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"])
 
 
 def interpreting() -> bool:
@@ -66,9 +80,10 @@ def smem_bytes(block_m: int, block_n: int, num_stages: int, block_d: int, elt_by
     return elt_bytes * (q_tiles * block_m * block_d + 2 * block_n * block_d * num_stages)
 
 
-def smem_fits(block_m: int, block_n: int, num_stages: int, block_d: int, elt_bytes: int) -> bool:
-    """Whether a tile fits ``SMEM_LIMIT_BYTES``."""
-    return smem_bytes(block_m, block_n, num_stages, block_d, elt_bytes) <= SMEM_LIMIT_BYTES
+def smem_fits(block_m: int, block_n: int, num_stages: int, block_d: int, elt_bytes: int,
+              limit: int = SMEM_LIMIT_BYTES) -> bool:
+    """Whether a tile fits ``limit`` bytes of shared memory (``device_smem_limit``)."""
+    return smem_bytes(block_m, block_n, num_stages, block_d, elt_bytes) <= limit
 
 
 def score_scales(scale: float, softcap: Optional[float]) -> tuple[float, float]:

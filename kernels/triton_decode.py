@@ -85,9 +85,9 @@ from .pinning import split_pin
 from .request import StatsRequest, torch_allocator
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-from .triton_common import (LN2, LOG2E_K, NEG_BIG, TorchTensors, check_grid, device_guard, extent, given, head_block,
-                            initial_loop_state, interpreting, join_learned_sink, kernel_flags, point_prob,
-                            range_stat_segments, row_entropy2, score_scales, side_input_rows, store_lse,
+from .triton_common import (LN2, LOG2E_K, NEG_BIG, TorchTensors, check_grid, device_guard, device_smem_limit, extent,
+                            given, head_block, initial_loop_state, interpreting, join_learned_sink, kernel_flags,
+                            point_prob, range_stat_segments, row_entropy2, score_scales, side_input_rows, store_lse,
                             store_point_probs, stride_args, tanh_softcap, top1_in_tiles)
 
 # Calls with more queries than this go to the fused kernel (its 16-row decode tiles and up).
@@ -617,7 +617,8 @@ def attention_with_stats_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         raise ValueError(f"q length must be <= {DECODE_MAX_QUERIES} for the decode kernel, got {Nq}")
     if request.top1 and Nk > 1 << 24:  # the partials carry the top-1 key as a float32
         raise ValueError(f"top1 in the decode kernel needs k_len <= 2**24, got {Nk}")
-    pinned = None if block_n else split_pin(head_dim=D, block_m=ROWS_BLOCK, elt_bytes=q.element_size())
+    pinned = None if block_n else split_pin(head_dim=D, block_m=ROWS_BLOCK, elt_bytes=q.element_size(),
+                                          smem_limit=device_smem_limit(q.device))
     if block_n is None and pinned is None and interpreting():
         block_n = INTERPRET_BLOCK_N
     if split_len is None:

@@ -30,8 +30,9 @@ import triton.language as tl
 from .request import StatsRequest
 from .side_inputs import SideInputs
 from .stats import AttentionStats
-from .triton_common import (INTERPRETED, LOG2E_K, NEG_BIG, constexpr_names, device_guard, head_block, interpreting,
-                            kernel_flags, program_heads, score_scales, stride_args, tanh_softcap)
+from .triton_common import (INTERPRETED, LOG2E_K, NEG_BIG, SMEM_LIMIT_BYTES, constexpr_names, device_guard,
+                            device_smem_limit, head_block, interpreting, kernel_flags, program_heads, score_scales,
+                            stride_args, tanh_softcap)
 
 
 @triton.jit
@@ -168,7 +169,6 @@ SPILLING_TILES: dict[tuple[int, int], frozenset] = {
     (256, 4): _ALL_TILES,
 }
 INTERPRET_BLOCK = (16, 16)  # (BLOCK_M, BLOCK_N) under TRITON_INTERPRET=1
-SMEM_LIMIT_BYTES = 227 * 1024
 
 
 def smem_bytes(block_n: int, block_m: int, num_stages: int, block_d: int, elt_bytes: int) -> int:
@@ -178,25 +178,27 @@ def smem_bytes(block_n: int, block_m: int, num_stages: int, block_d: int, elt_by
     return plain * 7 // 4 if elt_bytes == 4 else plain
 
 
-def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int) -> bool:
-    """Whether the autotuner may try ``cfg``: it fits shared memory and is not measured to spill."""
+def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int, smem_limit: int = SMEM_LIMIT_BYTES) -> bool:
+    """Whether the autotuner may try ``cfg``: it fits ``smem_limit`` bytes of shared memory
+    (``device_smem_limit``) and is not measured to spill."""
     bn, bm, w, st = cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_M"], cfg.num_warps, cfg.num_stages
     bd = head_block(head_dim)
     spilling = SPILLING_TILES.get((max(64, bd), elt_bytes), frozenset())
-    return smem_bytes(bn, bm, st, bd, elt_bytes) <= SMEM_LIMIT_BYTES and (bn, bm, w, st) not in spilling
+    return smem_bytes(bn, bm, st, bd, elt_bytes) <= smem_limit and (bn, bm, w, st) not in spilling
 
 
-def candidate_configs(bucket: str, *, head_dim: int, elt_bytes: int) -> list:
+def candidate_configs(bucket: str, *, head_dim: int, elt_bytes: int, smem_limit: int = SMEM_LIMIT_BYTES) -> list:
     """The configs the autotuner tries for one launch (never empty: the smallest tile otherwise)."""
     configs = DECODE_CONFIGS if bucket == "decode" else PREFILL_CONFIGS
-    kept = [c for c in configs if keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes)]
+    kept = [c for c in configs if keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes, smem_limit=smem_limit)]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_M"])]
 
 
 def _prune_for(bucket: str):
     def prune(configs, named_args, **kwargs):
         a = {**named_args, **kwargs}
-        return candidate_configs(bucket, head_dim=a["HEAD_DIM"], elt_bytes=a["Q"].element_size())
+        return candidate_configs(bucket, head_dim=a["HEAD_DIM"], elt_bytes=a["Q"].element_size(),
+                                 smem_limit=device_smem_limit(a["Q"].device))
     return prune
 
 

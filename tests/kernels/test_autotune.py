@@ -8,7 +8,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from circuit_stats.kernels import autotune
+from circuit_stats.kernels import autotune, triton_common
 from circuit_stats.kernels.autotune import (DECODE_CONFIGS, LOOP_LEVELS, MAX_DECODE_CONFIGS, MAX_PREFILL_CONFIGS,
                                             PREFILL_CONFIGS, SPLIT_CONFIGS, candidate_configs, length_bucket,
                                             length_buckets, tile_of)
@@ -119,21 +119,63 @@ def test_no_fp32_candidate_is_a_tile_the_gpu_refused(head_dim, level, version):
 SM80_SMEM_LIMIT = 163 * 1024  # 166912 B per block on an A100 (sm_90: SMEM_LIMIT_BYTES = 227 KB = 232448 B)
 
 
-def test_sm80_fits_every_16_bit_candidate_and_not_fp32_at_256():
-    """The candidates are chosen against sm_90's limit. By the model, every 16-bit candidate also
-    fits an A100's; fp32 does not at D = 256 (64x16: 196608 B, the model's figure exactly) nor,
-    by the model only, the D = 128 decode tile 16x64 s3 (212992 B; compiled for sm_90: 155648 B):
-    the known gaps on sm_80."""
-    over = set()
+class CudaStandIn:
+    """What the pruners read of a launch's Q: its device and element size (no GPU needed)."""
+
+    def __init__(self, elt_bytes: int):
+        self.device, self.elt_bytes = torch.device("cuda", 0), elt_bytes
+
+    def element_size(self) -> int:
+        return self.elt_bytes
+
+
+# Constexprs that give each loop level (``autotune.loop_level``).
+LEVEL_FLAGS = {"none": {}, "window": {"HAS_WINDOW": True}, "entropy": {"HAS_ENT": True}, "stats": {"HAS_TOK": True},
+               "heavy": {"HAS_DIST": True}}
+
+
+@pytest.fixture
+def a100(monkeypatch):
+    """A CUDA device 0 with an A100's shared memory, as Triton's driver would report it."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(triton_common, "cuda_smem_limit", lambda index: SM80_SMEM_LIMIT)
+
+
+def test_the_limit_is_the_launch_devices(a100):
+    assert triton_common.device_smem_limit(torch.device("cuda", 0)) == SM80_SMEM_LIMIT
+    assert triton_common.device_smem_limit(torch.device("cpu")) == SMEM_LIMIT_BYTES == 232448
+
+
+def test_every_candidate_fits_an_a100_or_the_launch_is_refused_clearly(a100):
+    """Pruned against an A100's limit, every candidate fits it; sm_90's limit alone would keep
+    fp32 tiles over it (D = 128 decode 16x64 s3: 212992 B by the model; D = 256 64x16: 196608 B).
+    fp32 at D = 256 fits no fused tile on an A100: a ValueError that says what to do."""
+    over_sm80_by_sm90 = set()
     for elt_bytes in (2, 4):
         for head_dim in HEAD_DIMS:
             for level in LOOP_LEVELS:
+                assert autotune.loop_level(LEVEL_FLAGS[level]) == level
                 for bucket in ("prefill", "decode"):
+                    nq = 1 if bucket == "decode" else 4096
+                    args = dict(Q=CudaStandIn(elt_bytes), Nq=nq, HEAD_DIM=head_dim, **LEVEL_FLAGS[level])
                     for c in candidate_configs(bucket, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level):
-                        bm, bn, _, st = tile_of(c)
-                        if smem_bytes(bm, bn, st, head_block(head_dim), elt_bytes) > SM80_SMEM_LIMIT:
-                            over.add((elt_bytes, head_block(head_dim)))
-    assert SMEM_LIMIT_BYTES == 232448 and over == {(4, 128), (4, 256)}
+                        if smem_bytes(*tile_of(c)[:2], c.num_stages, head_block(head_dim), elt_bytes) > SM80_SMEM_LIMIT:
+                            over_sm80_by_sm90.add((elt_bytes, head_block(head_dim)))
+                    if (elt_bytes, head_block(head_dim)) == (4, 256):
+                        with pytest.raises(ValueError, match="166912 B of shared memory .* 4-byte inputs at head_dim"):
+                            autotune.prune_fused_configs(PREFILL_CONFIGS, args)
+                        continue
+                    for c in autotune.prune_fused_configs(PREFILL_CONFIGS, args):
+                        assert smem_bytes(*tile_of(c)[:2], c.num_stages, head_block(head_dim), elt_bytes) <= SM80_SMEM_LIMIT
+    assert over_sm80_by_sm90 == {(4, 128), (4, 256)}
+
+
+def test_split_candidates_fit_an_a100(a100):
+    for elt, head_dim in ((2, 256), (4, 128), (4, 256)):
+        q = CudaStandIn(elt)
+        for c in autotune.prune_split_configs(SPLIT_CONFIGS, {"Q": q}, BLOCK_D=head_block(head_dim), BLOCK_M=16,
+                                              split_len=512):
+            assert smem_bytes(16, c.kwargs["BLOCK_N"], c.num_stages, head_block(head_dim), elt) <= SM80_SMEM_LIMIT
 
 
 @pytest.mark.parametrize("case", list(EXPECTED), ids=str)
