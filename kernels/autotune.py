@@ -213,6 +213,13 @@ def candidate_configs(bucket: str, *, head_dim: int, elt_bytes: int, loop_level:
     return sorted(fits, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])[:1]
 
 
+def fused_fits(*, head_dim: int, elt_bytes: int, smem_limit: int) -> bool:
+    """Whether any prefill tile of the fused kernel fits ``smem_limit`` bytes of shared memory at
+    this head dim and element size (not so for fp32 at head dim 256 on an A100)."""
+    bd = head_block(head_dim)
+    return any(smem_fits(*tile_of(c)[:2], c.num_stages, bd, elt_bytes, smem_limit) for c in PREFILL_CONFIGS)
+
+
 def prune_fused_configs(configs: list[triton.Config], named_args: dict, **kwargs: Any) -> list[triton.Config]:
     """``early_config_prune`` of the fused kernel's autotuner (``configs`` is ignored: the list
     follows from the launch's query length)."""

@@ -11,11 +11,12 @@ from typing import Optional, Sequence
 import torch
 
 from . import triton_decode, triton_key_mass
+from .autotune import fused_fits
 from .chunked import attention_lse_sink_sdpa, attention_with_stats_chunked
 from .request import StatsRequest
 from .side_inputs import SideInputs, check_offsets
 from .stats import AttentionStats
-from .triton_common import MAX_HEAD_DIM
+from .triton_common import MAX_HEAD_DIM, device_smem_limit
 from .triton_token_match import attention_with_stats_fused
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -27,8 +28,10 @@ BACKENDS = ("auto", "torch", "triton")
 # Extend this set as the kernel learns a feature.
 TRITON_SUPPORTED_FEATURES: frozenset[str] = frozenset(
     {"window", "softcap", "sinks", "distance", "local_window", "top1", "span", "key_mass"})
+# "fp32 over shared memory": no fused tile fits the GPU's shared memory at this head dim with fp32
+# inputs (head dim 256 on an A100: 163 KB per block).
 OPTIONAL_FEATURES = ("window", "softcap", "sinks", "distance", "local_window", "top1", "span", "key_mass",
-                     "head_dim>256")
+                     "head_dim>256", "fp32 over shared memory")
 TRITON_MAX_HEAD_DIM = MAX_HEAD_DIM  # the kernels pad head dims on chip up to this size
 _warned_features: set[str] = set()
 
@@ -90,6 +93,14 @@ def check_bool(name: str, value) -> None:
     """Refuse anything but a real bool (``"false"`` or ``1`` would pass a truth test)."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def fits_shared_memory(q: torch.Tensor) -> bool:
+    """Whether some fused-kernel tile fits ``q``'s GPU's shared memory at its head dim and dtype
+    (always, off CUDA: the interpreter has no such limit)."""
+    if q.device.type != "cuda" or q.shape[-1] > TRITON_MAX_HEAD_DIM:
+        return True
+    return fused_fits(head_dim=q.shape[-1], elt_bytes=q.element_size(), smem_limit=device_smem_limit(q.device))
 
 
 def resolve_backend(backend: str, device: torch.device, features: Sequence[str] = ()) -> str:
@@ -256,7 +267,8 @@ def _plan(q, k, v, *, scale, key_padding_mask=None, offsets=(), probe_keys=None,
     request = StatsRequest(scale=float(scale), offsets=tuple(offsets), entropy=entropy, distance=distance,
                            local_window=local_window, top1=top1, window=window,
                            softcap=None if softcap is None else float(softcap), sinks=sinks, key_mass=key_mass)
-    used = dict(request.uses(side_inputs), **{"head_dim>256": D > TRITON_MAX_HEAD_DIM})
+    used = dict(request.uses(side_inputs), **{"head_dim>256": D > TRITON_MAX_HEAD_DIM,
+                                              "fp32 over shared memory": not fits_shared_memory(q)})
     backend = resolve_backend(backend, q.device, [f for f in OPTIONAL_FEATURES if used[f]])
     return request, side_inputs, backend
 

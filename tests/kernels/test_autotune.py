@@ -8,7 +8,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from circuit_stats.kernels import autotune, triton_common
+from circuit_stats.kernels import autotune, dispatch, triton_common
 from circuit_stats.kernels.autotune import (DECODE_CONFIGS, LOOP_LEVELS, MAX_DECODE_CONFIGS, MAX_PREFILL_CONFIGS,
                                             PREFILL_CONFIGS, SPLIT_CONFIGS, candidate_configs, length_bucket,
                                             length_buckets, tile_of)
@@ -168,6 +168,20 @@ def test_every_candidate_fits_an_a100_or_the_launch_is_refused_clearly(a100):
                     for c in autotune.prune_fused_configs(PREFILL_CONFIGS, args):
                         assert smem_bytes(*tile_of(c)[:2], c.num_stages, head_block(head_dim), elt_bytes) <= SM80_SMEM_LIMIT
     assert over_sm80_by_sm90 == {(4, 128), (4, 256)}
+
+
+def test_fp32_at_head_dim_256_on_an_a100_runs_on_the_torch_backend(a100):
+    """No fused tile fits: backend="auto" routes such calls to torch (with a warning), "triton"
+    refuses them, before any launch."""
+    assert not autotune.fused_fits(head_dim=256, elt_bytes=4, smem_limit=SM80_SMEM_LIMIT)
+    assert autotune.fused_fits(head_dim=256, elt_bytes=4, smem_limit=SMEM_LIMIT_BYTES)
+    assert autotune.fused_fits(head_dim=256, elt_bytes=2, smem_limit=SM80_SMEM_LIMIT)
+    assert autotune.fused_fits(head_dim=128, elt_bytes=4, smem_limit=SM80_SMEM_LIMIT)
+    feature = ["fp32 over shared memory"]
+    with pytest.warns(UserWarning, match="fp32 over shared memory"):
+        assert dispatch.resolve_backend("auto", torch.device("cuda", 0), feature) == "torch"
+    with pytest.raises(NotImplementedError, match="fp32 over shared memory"):
+        dispatch.resolve_backend("triton", torch.device("cuda", 0), feature)
 
 
 def test_split_candidates_fit_an_a100(a100):
