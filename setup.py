@@ -50,7 +50,8 @@ setup(
     extras_require={
         # the tests exercise every optional feature: wu2024's ROUGE-1, the lm-eval evaluations and
         # nnsight's LanguageModel (CPU-only, quick to install)
-        "test": ["pytest", "pytest-benchmark", "accelerate", "rouge-score>=0.1.2,<0.2", "lm-eval>=0.4.13,<0.5",
+        # (pytest-xdist: the README's test command runs two workers, as CI's two cores)
+        "test": ["pytest", "pytest-benchmark", "pytest-xdist>=3.5,<4", "accelerate", "rouge-score>=0.1.2,<0.2", "lm-eval>=0.4.13,<0.5",
                  "nnsight>=0.8,<0.9"],
         "datasets": ["datasets>=2.14,<5"],
         # retrieval's convention="wu2024": ROUGE-1 success test, as Wu et al.

@@ -37,6 +37,9 @@ def poison_outputs(monkeypatch):
 
 # Fresh random inputs every run; set CIRCUIT_STATS_SEED to replay a failing run.
 BASE_SEED = int(os.environ.get("CIRCUIT_STATS_SEED", random.randrange(2**31)))
+# pytest-xdist workers start after this module is imported in the controller and inherit its
+# environment: they draw no seed of their own, so the printed seed replays every worker's tests.
+os.environ["CIRCUIT_STATS_SEED"] = str(BASE_SEED)
 
 
 def pytest_report_header(config):

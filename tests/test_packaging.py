@@ -42,4 +42,4 @@ def test_ci_tests_the_oldest_supported_triton():
     ci = (ROOT / ".ci" / "run").read_text()
     oldest = re.search(r"^OLDEST_TRITON=([\d.]+)$", ci, re.M).group(1)
     assert oldest.split(".")[: len(low.split("."))] == low.split("."), (oldest, low)
-    assert 'pytest tests/kernels -q -m "not hf"' in ci
+    assert 'pytest tests/kernels -q -n 2 -m "not hf"' in ci
