@@ -53,6 +53,7 @@ BAND_BLOCK = (64, 64)
 BAND_WARPS = 4
 BAND_STAGES = 2
 INTERPRET_BAND_BLOCK = (16, 16)  # under TRITON_INTERPRET=1 programs run serially on the CPU
+ORDER_PAD = 128  # filler keys after each sorted key list: BLOCK_N <= ORDER_PAD
 
 
 def band_config(block_n: int = BAND_BLOCK[1]) -> triton.Config:
@@ -61,62 +62,74 @@ def band_config(block_n: int = BAND_BLOCK[1]) -> triton.Config:
 
 
 @triton.jit
-def _band_mass(q, q_tok, q_pos, lse2, Kb, ORDER, TOKS, lo, hi, stride_kn, stride_kd, qk_scale, cap_in, window,
-               INCLUSIVE: tl.constexpr, FP32_INPUT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-               OFFSETS_32: tl.constexpr):
-    """Per row, ``sum p_ij`` over the sorted keys ``[lo, hi)`` whose token (``TOKS``) equals the
-    row's token ``q_tok`` and whose position ``j = ORDER[.]`` the row attends: ``j <= i``
-    (``INCLUSIVE``, induction) or ``j < i`` (duplicates), inside the sliding window. ``q``:
-    ``[BLOCK_M, BLOCK_D]`` gathered queries; ``lse2``: their log-sum-exp in log2 units."""
-    offs_j = tl.arange(0, BLOCK_N)
+def _band_tile(q, lo, width, lse2, Kb, ORDER, start, stride_kn, stride_kd, qk_scale, cap_in,
+               MASKED: tl.constexpr, FP32_INPUT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+               BLOCK_N: tl.constexpr, HAS_SOFTCAP: tl.constexpr, OFFSETS_32: tl.constexpr):
+    """Per row, ``sum p_ij`` over the ``BLOCK_N`` keys ``j = ORDER[s]``, ``s = start ..``, that lie
+    in the row's interval ``[lo, lo + width)`` (``MASKED``; else the whole tile lies in every
+    row's interval)."""
+    offs = start + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
+    key = tl.load(ORDER + offs)  # past the list's end: fillers (key 0), in no row's interval
+    # Gathered key rows [BLOCK_N, BLOCK_D] (each row contiguous in memory: vector loads).
+    if OFFSETS_32:  # every key row of this (batch, kv head) within 2^31 elements of Kb
+        k_ptrs = Kb + (key[:, None] * stride_kn + offs_d[None, :] * stride_kd)
+    else:
+        k_ptrs = Kb + key[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd
+    if BLOCK_D != HEAD_DIM:  # padded head dims: zeros on chip, no HBM traffic
+        k = tl.load(k_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+    if FP32_INPUT:
+        s = tl.dot(q, tl.trans(k), input_precision="tf32x3")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    if HAS_SOFTCAP:
+        s = tanh_softcap(s, cap_in)
+    s2 = s * qk_scale - lse2[:, None]
+    if MASKED:  # lo <= s < lo + width as one unsigned compare
+        s2 = tl.where((offs[None, :] - lo[:, None]).to(tl.uint32) < width[:, None], s2, float("-inf"))
+    return tl.sum(tl.math.exp2(s2), 1)
+
+
+@triton.jit
+def _band_mass(q, lo, hi, lse2, Kb, ORDER, run_lo, run_hi, stride_kn, stride_kd, qk_scale, cap_in,
+               FP32_INPUT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr, HAS_SOFTCAP: tl.constexpr, OFFSETS_32: tl.constexpr):
+    """Per row, ``sum p_ij`` over the keys ``j = ORDER[s]`` at the places ``s`` in the row's own
+    interval ``[lo, hi)`` of the key list, walking the block's run ``[run_lo, run_hi)`` in tiles
+    of ``BLOCK_N`` gathered keys. The interval holds exactly the row's matches (token, causality,
+    window and padding are in it), so no key token or position is read here. The tiles inside
+    every row's interval (``[max lo, min hi)``: a frequent token's block) skip the mask. ``q``:
+    ``[BLOCK_M, BLOCK_D]`` gathered queries; ``lse2``: their log-sum-exp in log2 units."""
+    width = (hi - lo).to(tl.uint32)
+    n_tiles = tl.cdiv(run_hi - run_lo, BLOCK_N)
+    first_full = tl.cdiv(tl.maximum(tl.max(lo, 0) - run_lo, 0), BLOCK_N)
+    n_full = tl.maximum(tl.maximum(tl.min(hi, 0) - run_lo, 0) // BLOCK_N - first_full, 0)
     mass = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for start in range(lo, hi, BLOCK_N):
-        offs = start + offs_j
-        in_range = offs < hi
-        key = tl.load(ORDER + offs, mask=in_range, other=0)
-        k_tok = tl.load(TOKS + offs, mask=in_range, other=-1)
-        # Gathered key rows [BLOCK_N, BLOCK_D] (each row contiguous in memory: vector loads).
-        if OFFSETS_32:  # every key row of this (batch, kv head) within 2^31 elements of Kb
-            k_ptrs = Kb + (key[:, None] * stride_kn + offs_d[None, :] * stride_kd)
-        else:
-            k_ptrs = Kb + key[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd
-        if BLOCK_D != HEAD_DIM:  # padded head dims: zeros on chip, no HBM traffic
-            k = tl.load(k_ptrs, mask=in_range[:, None] & d_ok[None, :], other=0.0)
-        else:
-            k = tl.load(k_ptrs, mask=in_range[:, None], other=0.0)
-        if FP32_INPUT:
-            s = tl.dot(q, tl.trans(k), input_precision="tf32x3")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        if HAS_SOFTCAP:
-            s = tanh_softcap(s, cap_in)
-        keep = k_tok[None, :] == q_tok[:, None]  # out-of-range keys hold -1, rows off the end -2
-        if INCLUSIVE:
-            keep = keep & (key[None, :] <= q_pos[:, None])
-        else:
-            keep = keep & (key[None, :] < q_pos[:, None])
-        if HAS_WINDOW:  # transformers' sliding window: i - window < j <= i
-            keep = keep & (key[None, :] > q_pos[:, None] - window)
-        p = tl.math.exp2(tl.where(keep, s * qk_scale - lse2[:, None], float("-inf")))
-        mass += tl.sum(p, 1)
+    for t in range(first_full, first_full + n_full):
+        mass += _band_tile(q, lo, width, lse2, Kb, ORDER, run_lo + t * BLOCK_N, stride_kn, stride_kd, qk_scale,
+                           cap_in, False, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_N, HAS_SOFTCAP, OFFSETS_32)
+    for t in range(0, n_tiles - n_full):  # the other tiles, before and after the full ones
+        start = run_lo + tl.where(t < first_full, t, t + n_full) * BLOCK_N
+        mass += _band_tile(q, lo, width, lse2, Kb, ORDER, start, stride_kn, stride_kd, qk_scale,
+                           cap_in, True, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_N, HAS_SOFTCAP, OFFSETS_32)
     return mass
 
 
 @triton.jit
 def _token_match_band(
-    Q, K, LSE, IND, DUP, Q_ORDER, Q_TOK, DUP_ORDER, DUP_TOK, IND_ORDER, IND_TOK, RANGES,
+    Q, K, LSE, IND, DUP, Q_ORDER, INTERVALS, DUP_ORDER, IND_ORDER, RANGES,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
-    Hq, GROUP, Nq, Nk, n_blocks, qk_scale, cap_in, window,
+    Hq, GROUP, Nq, order_len, n_blocks, qk_scale, cap_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, FP32_INPUT: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, OFFSETS_32: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, OFFSETS_32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """One program: ``BLOCK_M`` token-sorted queries of one (batch, query head). ``RANGES[b, blk]``
-    holds the sorted-key runs ``[dup_lo, dup_hi, ind_lo, ind_hi)`` of the block."""
+    """One program: ``BLOCK_M`` token-sorted queries of one (batch, query head). ``INTERVALS[b,
+    r]`` holds sorted row ``r``'s key intervals ``[dup_lo, dup_hi, ind_lo, ind_hi)``,
+    ``RANGES[b, blk]`` the block's runs (their union) in the same form."""
     blk = tl.program_id(0)
     bh, b, h, kvh = program_heads(Hq, GROUP)
     Kb = K + b * stride_kb + kvh * stride_kh
@@ -124,8 +137,7 @@ def _token_match_band(
     rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < Nq
     qi = tl.load(Q_ORDER + b * Nq + rows, mask=row_ok, other=0)  # the rows' original query indices
-    q_tok = tl.load(Q_TOK + b * Nq + rows, mask=row_ok, other=-2)
-    q_pos = (Nk - Nq) + qi  # bottom-right causal alignment
+    iv = INTERVALS + (b * Nq + rows) * 4
     offs_d = tl.arange(0, BLOCK_D)
     q = tl.load(Q + b * stride_qb + h * stride_qh + qi[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd,
                 mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
@@ -136,13 +148,13 @@ def _token_match_band(
     lse2 = tl.where(lse2 == float("-inf"), float("inf"), lse2)
 
     rng = RANGES + (b * n_blocks + blk) * 4
-    dup = _band_mass(q, q_tok, q_pos, lse2, Kb, DUP_ORDER + b * Nk, DUP_TOK + b * Nk, tl.load(rng), tl.load(rng + 1),
-                     stride_kn, stride_kd, qk_scale, cap_in, window,
-                     False, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_SOFTCAP, OFFSETS_32)
+    dup = _band_mass(q, tl.load(iv, mask=row_ok, other=0), tl.load(iv + 1, mask=row_ok, other=0), lse2, Kb,
+                     DUP_ORDER + b * order_len, tl.load(rng), tl.load(rng + 1), stride_kn, stride_kd, qk_scale, cap_in,
+                     FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_SOFTCAP, OFFSETS_32)
     tl.store(DUP + stat, dup, mask=row_ok)
-    ind = _band_mass(q, q_tok, q_pos, lse2, Kb, IND_ORDER + b * Nk, IND_TOK + b * Nk, tl.load(rng + 2),
-                     tl.load(rng + 3), stride_kn, stride_kd, qk_scale, cap_in, window,
-                     True, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_SOFTCAP, OFFSETS_32)
+    ind = _band_mass(q, tl.load(iv + 2, mask=row_ok, other=0), tl.load(iv + 3, mask=row_ok, other=0), lse2, Kb,
+                     IND_ORDER + b * order_len, tl.load(rng + 2), tl.load(rng + 3), stride_kn, stride_kd, qk_scale, cap_in,
+                     FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_SOFTCAP, OFFSETS_32)
     tl.store(IND + stat, ind, mask=row_ok)
 
 
@@ -157,19 +169,20 @@ BAND_KERNEL = _token_match_band
 class TokenBands:
     """The token-sorted layout of one batch of sequences for query blocks of ``block_m`` rows.
 
-    ``q_order``/``q_tok [B, Nq]`` int32: query indices sorted by (token, position) and their
-    tokens; ``dup_order``/``dup_tok [B, Nk]``: keys sorted by (token, position), tokens (-1 on
-    padded keys); ``ind_order``/``ind_tok [B, Nk]``: keys sorted by (previous token, position);
-    ``ranges [B, n_blocks, 4]`` int32: per query block the sorted-key runs ``[dup_lo, dup_hi)``
-    and ``[ind_lo, ind_hi)`` that hold every match of its rows."""
+    ``q_order [B, Nq]`` int32: query indices, the rows with a possible match first, each part
+    sorted by (token, position); ``intervals [B, Nq, 4]`` int32: per sorted row its matches as
+    intervals ``[dup_lo, dup_hi)`` of ``dup_order`` and ``[ind_lo, ind_hi)`` of ``ind_order``;
+    ``dup_order``/``ind_order [B, Nk + ORDER_PAD]`` int32: the keys some row matches, sorted by
+    (token, position) resp. (previous token, position), then fillers (key 0, in no interval: a
+    key tile past the end loads them unmasked);
+    ``ranges [B, n_blocks, 4]`` int32: per query block the union of its rows' intervals, as
+    ``[dup_lo, dup_hi, ind_lo, ind_hi)`` (empty: ``lo == hi``)."""
 
     block_m: int
     q_order: torch.Tensor
-    q_tok: torch.Tensor
+    intervals: torch.Tensor
     dup_order: torch.Tensor
-    dup_tok: torch.Tensor
     ind_order: torch.Tensor
-    ind_tok: torch.Tensor
     ranges: torch.Tensor
 
     @property
@@ -177,12 +190,11 @@ class TokenBands:
         return self.ranges.shape[1]
 
 
-def sort_by_token(tok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sort_by_token(tok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sort each row of ``tok [B, N]`` (ids >= -1) by (token, position): ``(sorted composite
-    keys token * N + position [B, N] int64, order [B, N] int32, sorted tokens [B, N] int32)``."""
+    keys token * N + position, order)``, both ``[B, N]`` int64."""
     n = tok.shape[1]
-    composite, order = (tok.long() * n + torch.arange(n, device=tok.device)).sort(-1)
-    return composite, order.to(torch.int32), tok.gather(-1, order).to(torch.int32)
+    return (tok.long() * n + torch.arange(n, device=tok.device)).sort(-1)
 
 
 def block_extremes(x: torch.Tensor, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,9 +207,37 @@ def block_extremes(x: torch.Tensor, block_m: int) -> tuple[torch.Tensor, torch.T
     return blocks.amin(-1), blocks.amax(-1)
 
 
+def compact_keys(order: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+    """Drop from the sorted keys ``order [B, Nk]`` those in no interval ``[lo, hi)`` (``[B, Nq]``,
+    ``lo <= hi``): ``(kept keys then fillers 0 [B, Nk + ORDER_PAD] int32, lo, hi in the kept
+    list)``."""
+    B, Nk = order.shape
+    diff = torch.zeros(B, Nk + 1, dtype=torch.int32, device=order.device)
+    ones = torch.ones_like(lo, dtype=torch.int32)
+    diff.scatter_add_(1, lo, ones).scatter_add_(1, hi, -ones)
+    covered = diff.cumsum(1)[:, :Nk] > 0
+    before = torch.zeros(B, Nk + 1, dtype=torch.long, device=order.device)  # kept keys before each place
+    before[:, 1:] = covered.cumsum(1)
+    dest = torch.where(covered, before[:, :Nk], Nk + ORDER_PAD)  # dropped keys: a column cut off below
+    kept = torch.zeros(B, Nk + ORDER_PAD + 1, dtype=order.dtype, device=order.device).scatter_(1, dest, order)
+    kept = kept[:, :Nk + ORDER_PAD]
+    return kept.to(torch.int32), before.gather(1, lo), before.gather(1, hi)
+
+
+def block_runs(lo: torch.Tensor, hi: torch.Tensor, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per block of ``block_m`` rows, the union ``[min lo, max hi)`` of the rows' non-empty
+    intervals (``[B, Nq]`` each), ``lo == hi == 0`` where all are empty."""
+    empty = hi <= lo
+    run_lo, _ = block_extremes(torch.where(empty, torch.iinfo(lo.dtype).max, lo), block_m)
+    _, run_hi = block_extremes(torch.where(empty, 0, hi), block_m)
+    none = run_hi == 0
+    return torch.where(none, 0, run_lo), run_hi
+
+
 def token_bands(side: SideInputs, q_len: int, block_m: int, window: Optional[int] = None) -> TokenBands:
-    """Sort ``side``'s queries (the last ``q_len`` keys) and keys by token and find each query
-    block's key runs (``TokenBands``). ``window``: the sliding window, which trims the runs."""
+    """Sort ``side``'s queries (the last ``q_len`` keys) and keys by token, find each query's
+    matching keys as intervals of the sorted keys and each query block's runs (``TokenBands``).
+    ``window``: the sliding window, which trims the intervals."""
     tok, prev = side.token_ids, side.prev_token_ids
     if tok is None:
         raise ValueError("token_bands needs side inputs built with token_ids")
@@ -207,23 +247,23 @@ def token_bands(side: SideInputs, q_len: int, block_m: int, window: Optional[int
         prev = torch.where(side.key_padding_mask, prev, -1)
     else:
         tok_keys = tok
-    _, q_order, q_tok = sort_by_token(tok[:, Nk - q_len:])
-    dup_keys, dup_order, dup_tok = sort_by_token(tok_keys)
-    ind_keys, ind_order, ind_tok = sort_by_token(prev)
-
-    t_lo, t_hi = block_extremes(q_tok, block_m)  # sorted: first and last of each block
-    pos_lo, pos_hi = block_extremes(q_order.long() + (Nk - q_len), block_m)
-    first = pos_lo - window + 1 if window is not None else torch.zeros_like(pos_lo)
-    lo_key = t_lo.long() * Nk + first.clamp(min=0)  # the first key any row of the block may attend
-
-    def run(keys: torch.Tensor, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lo = torch.searchsorted(keys, lo_key)
-        hi = torch.searchsorted(keys, t_hi.long() * Nk + last, right=True)
-        return lo, torch.maximum(hi, lo)
-
-    ranges = torch.stack([*run(dup_keys, pos_hi - 1), *run(ind_keys, pos_hi)], -1)  # dup: j < i; induction: j <= i
-    return TokenBands(block_m=block_m, q_order=q_order, q_tok=q_tok, dup_order=dup_order, dup_tok=dup_tok,
-                      ind_order=ind_order, ind_tok=ind_tok, ranges=ranges.to(torch.int32).contiguous())
+    q_tok = tok[:, Nk - q_len:].long()
+    q_pos = torch.arange(Nk - q_len, Nk, device=tok.device).expand_as(q_tok)
+    first = (q_pos - window + 1).clamp(min=0) if window is not None else torch.zeros_like(q_pos)
+    intervals = []
+    for keys, inclusive in ((tok_keys, False), (prev, True)):  # duplicates: j < i; induction: j <= i
+        composite, order = sort_by_token(keys)
+        lo = torch.searchsorted(composite, q_tok * Nk + first)
+        hi = torch.maximum(torch.searchsorted(composite, q_tok * Nk + q_pos, right=inclusive), lo)
+        intervals.append(compact_keys(order, lo, hi))
+    (dup_order, dup_lo, dup_hi), (ind_order, ind_lo, ind_hi) = intervals
+    idle = ((dup_hi == dup_lo) & (ind_hi == ind_lo)).long()  # rows with no possible match go last
+    _, q_order = ((idle * (q_tok.amax() + 1) + q_tok) * q_len + q_pos - (Nk - q_len)).sort(-1)
+    rows = torch.stack([dup_lo, dup_hi, ind_lo, ind_hi], -1).gather(1, q_order[..., None].expand(-1, -1, 4))
+    ranges = torch.stack([*block_runs(rows[..., 0], rows[..., 1], block_m),
+                          *block_runs(rows[..., 2], rows[..., 3], block_m)], -1)
+    return TokenBands(block_m=block_m, q_order=q_order.to(torch.int32), intervals=rows.to(torch.int32).contiguous(),
+                      dup_order=dup_order, ind_order=ind_order, ranges=ranges.to(torch.int32).contiguous())
 
 
 def band_launch_arguments(q, k, lse, induction, duplicate, bands: TokenBands,
@@ -233,11 +273,10 @@ def band_launch_arguments(q, k, lse, induction, duplicate, bands: TokenBands,
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     qk_scale, cap_in = score_scales(request.scale, request.softcap)
-    args = (q, k, lse, induction, duplicate, bands.q_order, bands.q_tok, bands.dup_order, bands.dup_tok,
-            bands.ind_order, bands.ind_tok, bands.ranges, *q.stride(), *k.stride(),
-            Hq, Hq // Hkv, Nq, Nk, bands.n_blocks, qk_scale, cap_in, request.window or 0)
+    args = (q, k, lse, induction, duplicate, bands.q_order, bands.intervals, bands.dup_order, bands.ind_order,
+            bands.ranges, *q.stride(), *k.stride(), Hq, Hq // Hkv, Nq, bands.dup_order.shape[1], bands.n_blocks, qk_scale, cap_in)
     constexprs = dict(HEAD_DIM=D, BLOCK_D=head_block(D), FP32_INPUT=q.dtype == torch.float32,
-                      HAS_WINDOW=request.window is not None, HAS_SOFTCAP=request.softcap is not None,
+                      HAS_SOFTCAP=request.softcap is not None,
                       OFFSETS_32=(Nk - 1) * k.stride()[2] + (D - 1) * k.stride()[3] < 2 ** 31, BLOCK_M=bands.block_m)
     return args, constexprs
 
