@@ -47,11 +47,13 @@ TOKEN_MATCH_MODES = ("band", "loop")
 # after the main pass) or "loop" (inside the main kernel's key loop, as before).
 TOKEN_MATCH = "band"
 
-# Tiles of the band kernel: (BLOCK_M sorted queries, BLOCK_N gathered keys), warps, stages. Smaller
-# query blocks give narrower bands (fewer tokens per block); 64 is the smallest wgmma M.
+# Tiles of the band kernel: (BLOCK_M sorted queries, BLOCK_N gathered keys), warps, stages. Chosen
+# by bench.band_report's static end-to-end estimate (sm_90, Triton 3.9 and 3.6): 16- and 32-row
+# blocks (mma.sync) compute fewer band scores but cost more per score; 64 is the smallest wgmma M.
+# One stage: the pipeliner's per-element predicates cost more than the prefetch saves here.
 BAND_BLOCK = (64, 64)
 BAND_WARPS = 4
-BAND_STAGES = 2
+BAND_STAGES = 1
 INTERPRET_BAND_BLOCK = (16, 16)  # under TRITON_INTERPRET=1 programs run serially on the CPU
 ORDER_PAD = 128  # filler keys after each sorted key list: BLOCK_N <= ORDER_PAD
 
