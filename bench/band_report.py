@@ -88,22 +88,24 @@ def few_tokens(n: int, gen: torch.Generator) -> torch.Tensor:
 STREAMS = {"prose": prose, "code": code, "repeated-random": repeated_random, "4-tokens": few_tokens}
 
 
-def tile_split(bands: "tm.TokenBands", block_n: int, col: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per query block of batch row 0, the band kernel's key tiles of one pass (``col`` 0:
-    duplicates, 2: induction) as ``(all tiles, tiles inside every row's interval)``, each
-    ``[n_blocks]``: the kernel's own split (``_band_mass``), on the host."""
+def tile_split(bands: "tm.TokenBands", block_n: int, block_n_full: int, col: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query block of batch row 0, the band kernel's key places of one pass (``col`` 0:
+    duplicates, 2: induction) as ``(in masked tiles of block_n, in unmasked tiles of
+    block_n_full)``, each ``[n_blocks]``: the kernel's own split (``_band_mass``), on the host."""
     iv = bands.intervals[0].long()
     pad = bands.n_blocks * bands.block_m - iv.shape[0]  # rows past the end: empty intervals [0, 0)
     iv = torch.cat([iv, iv.new_zeros(pad, 4)]).view(bands.n_blocks, bands.block_m, 4)
     lo, hi = iv[..., col], iv[..., col + 1]
     run_lo, run_hi = bands.ranges[0, :, col].long(), bands.ranges[0, :, col + 1].long()
-    tiles = (run_hi - run_lo + block_n - 1) // block_n
-    first_full = ((lo.amax(1) - run_lo).clamp(min=0) + block_n - 1) // block_n
-    full = ((hi.amin(1) - run_lo).clamp(min=0) // block_n - first_full).clamp(min=0)
-    return tiles, full
+    first_full = ((lo.amax(1) - run_lo).clamp(min=0) + block_n_full - 1) // block_n_full
+    n_full = ((hi.amin(1) - run_lo).clamp(min=0) // block_n_full - first_full).clamp(min=0)
+    f0 = torch.where(n_full > 0, run_lo + first_full * block_n_full, run_lo)
+    f1 = f0 + n_full * block_n_full
+    n_masked = (f0 - run_lo) // block_n + ((run_hi - f1).clamp(min=0) + block_n - 1) // block_n
+    return n_masked * block_n, n_full * block_n_full
 
 
-def band_work(tok: torch.Tensor, block_m: int, block_n: int, window=None) -> dict:
+def band_work(tok: torch.Tensor, block_m: int, block_n: int, block_n_full: int, window=None) -> dict:
     """Scores the band kernel computes for one sequence ``tok [N]`` (queries = keys = N), both
     passes, over the causal scores ``N (N + 1) / 2``: in all (``band_fraction``), in tiles inside
     every row's interval (``full_fraction``, the unmasked loop), in the duplicate pass
@@ -111,14 +113,15 @@ def band_work(tok: torch.Tensor, block_m: int, block_n: int, window=None) -> dic
     n = tok.numel()
     side = SideInputs.build(batch=1, k_len=n, device=tok.device, token_ids=tok[None])
     bands = tm.token_bands(side, n, block_m, window)
-    (dup, dup_full), (ind, ind_full) = (tile_split(bands, block_n, col) for col in (0, 2))
+    (dup, dup_full), (ind, ind_full) = (tile_split(bands, block_n, block_n_full, col) for col in (0, 2))
     iv = bands.intervals[0].long()
-    scale = block_m * block_n / (n * (n + 1) / 2)
-    return dict(band_fraction=round(float(dup.sum() + ind.sum()) * scale, 5),
-                full_fraction=round(float(dup_full.sum() + ind_full.sum()) * scale, 5),
-                dup_fraction=round(float(dup.sum()) * scale, 5),
+    scale = block_m / (n * (n + 1) / 2)
+    full = float(dup_full.sum() + ind_full.sum())
+    return dict(band_fraction=round((float(dup.sum() + ind.sum()) + full) * scale, 5),
+                full_fraction=round(full * scale, 5),
+                dup_fraction=round(float(dup.sum() + dup_full.sum()) * scale, 5),
                 exact_fraction=round(float((iv[:, 1] - iv[:, 0]).sum() + (iv[:, 3] - iv[:, 2]).sum()) * scale
-                                     / (block_m * block_n), 5))
+                                     / block_m, 5))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,10 +155,11 @@ def band_row(variant: aot.CompileVariant, arch: int) -> dict:
     fn, kwargs = aot.band_launch(variant)
     config = tm.band_config()
     compiled, log = aot.compile_kernel(fn, kwargs, config, arch)
-    bm, bn, warps = kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps
+    bm, bn, bnf, warps = kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], kwargs["BLOCK_N_FULL"], config.num_warps
     loops = mma_loops(compiled.asm["sass"])  # per pass: the unmasked loop, then the masked one
-    per = [1000 * lp["total"] * warps / (bm * bn) for lp in loops]
-    return dict(kernel="band", head_dim=variant.head_dim, stats=variant.stats, tile=f"{bm}x{bn} w{warps} s{config.num_stages}",
+    per = [1000 * lp["total"] * warps / (bm * (bn if i % 2 else bnf)) for i, lp in enumerate(loops)]
+    return dict(kernel="band", head_dim=variant.head_dim, stats=variant.stats,
+                tile=f"{bm}x{bn} (unmasked {bm}x{bnf}) w{warps} s{config.num_stages}",
                 **aot.resource_usage(compiled, log), full_per_1k=round((per[0] + per[2]) / 2, 1),
                 masked_per_1k=round((per[1] + per[3]) / 2, 1),
                 loops=[{k: v for k, v in lp.items() if k not in ("start", "end")} for lp in loops])
@@ -290,7 +294,7 @@ def main(argv=None) -> int:
             ap.error(f"no such report JSON: {path}")
     fused_from = json.loads(Path(a.fused_from).read_text())["compile"] if a.fused_from else None
     before = json.loads(Path(a.before).read_text()) if a.before else {}
-    block = (tm.BAND_BLOCK[0], tm.BAND_BLOCK[1])
+    block = tm.BAND_BLOCK
     work = []
     for name, make in STREAMS.items():
         for n in (int(x) for x in a.lengths.split(",")):

@@ -51,16 +51,24 @@ TOKEN_MATCH = "band"
 # by bench.band_report's static end-to-end estimate (sm_90, Triton 3.9 and 3.6): 16- and 32-row
 # blocks (mma.sync) compute fewer band scores but cost more per score; 64 is the smallest wgmma M.
 # One stage: the pipeliner's per-element predicates cost more than the prefetch saves here.
-BAND_BLOCK = (64, 64)
+BAND_BLOCK = (64, 32, 128)  # (BLOCK_M, BLOCK_N masked tiles, BLOCK_N_FULL unmasked tiles)
 BAND_WARPS = 4
 BAND_STAGES = 1
-INTERPRET_BAND_BLOCK = (16, 16)  # under TRITON_INTERPRET=1 programs run serially on the CPU
-ORDER_PAD = 128  # filler keys after each sorted key list: BLOCK_N <= ORDER_PAD
+INTERPRET_BAND_BLOCK = (16, 16, 32)  # under TRITON_INTERPRET=1 programs run serially on the CPU
+ORDER_PAD = 128  # filler keys after each sorted key list: BLOCK_N, BLOCK_N_FULL <= ORDER_PAD
 
 
-def band_config(block_n: int = BAND_BLOCK[1]) -> triton.Config:
-    """The band kernel's launch config (``BLOCK_M`` is fixed by the ``TokenBands`` layout)."""
-    return triton.Config({"BLOCK_N": block_n}, num_warps=BAND_WARPS, num_stages=BAND_STAGES)
+def band_config(block_n: Optional[int] = None) -> triton.Config:
+    """The band kernel's launch config: ``BLOCK_N`` keys per masked tile (``BLOCK_M`` is fixed by
+    the ``TokenBands`` layout, ``BLOCK_N_FULL`` by ``band_launch_arguments``)."""
+    return triton.Config({"BLOCK_N": block_n or BAND_BLOCK[1]}, num_warps=BAND_WARPS, num_stages=BAND_STAGES)
+
+
+def check_band_tile(block_n: int, block_n_full: int) -> None:
+    """``BLOCK_N_FULL`` must be a multiple of ``BLOCK_N``, both at most ``ORDER_PAD``."""
+    if block_n_full % block_n or max(block_n, block_n_full) > ORDER_PAD:
+        raise ValueError(f"band tile: BLOCK_N_FULL={block_n_full} must be a multiple of BLOCK_N={block_n}, "
+                         f"both <= ORDER_PAD={ORDER_PAD}")
 
 
 @triton.jit
@@ -97,25 +105,32 @@ def _band_tile(q, lo, width, lse2, Kb, ORDER, start, stride_kn, stride_kd, qk_sc
 @triton.jit
 def _band_mass(q, lo, hi, lse2, Kb, ORDER, run_lo, run_hi, stride_kn, stride_kd, qk_scale, cap_in,
                FP32_INPUT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-               BLOCK_N: tl.constexpr, HAS_SOFTCAP: tl.constexpr, OFFSETS_32: tl.constexpr):
+               BLOCK_N: tl.constexpr, BLOCK_N_FULL: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+               OFFSETS_32: tl.constexpr):
     """Per row, ``sum p_ij`` over the keys ``j = ORDER[s]`` at the places ``s`` in the row's own
     interval ``[lo, hi)`` of the key list, walking the block's run ``[run_lo, run_hi)`` in tiles
-    of ``BLOCK_N`` gathered keys. The interval holds exactly the row's matches (token, causality,
-    window and padding are in it), so no key token or position is read here. The tiles inside
-    every row's interval (``[max lo, min hi)``: a frequent token's block) skip the mask. ``q``:
+    of gathered keys. The interval holds exactly the row's matches (token, causality, window and
+    padding are in it), so no key token or position is read here. The tiles of ``BLOCK_N_FULL``
+    keys inside every row's interval (``[max lo, min hi)``: a frequent token's block) skip the
+    mask; the others are masked tiles of ``BLOCK_N`` keys (fewer predicates live at once). ``q``:
     ``[BLOCK_M, BLOCK_D]`` gathered queries; ``lse2``: their log-sum-exp in log2 units."""
     width = (hi - lo).to(tl.uint32)
-    n_tiles = tl.cdiv(run_hi - run_lo, BLOCK_N)
-    first_full = tl.cdiv(tl.maximum(tl.max(lo, 0) - run_lo, 0), BLOCK_N)
-    n_full = tl.maximum(tl.maximum(tl.min(hi, 0) - run_lo, 0) // BLOCK_N - first_full, 0)
+    # Full tiles of BLOCK_N_FULL keys inside [max lo, min hi), from run_lo: places [f0, f1)
+    first_full = tl.cdiv(tl.maximum(tl.max(lo, 0) - run_lo, 0), BLOCK_N_FULL)
+    n_full = tl.maximum(tl.maximum(tl.min(hi, 0) - run_lo, 0) // BLOCK_N_FULL - first_full, 0)
+    f0 = tl.where(n_full > 0, run_lo + first_full * BLOCK_N_FULL, run_lo)  # none: all masked, from run_lo
+    f1 = f0 + n_full * BLOCK_N_FULL
     mass = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for t in range(first_full, first_full + n_full):
-        mass += _band_tile(q, lo, width, lse2, Kb, ORDER, run_lo + t * BLOCK_N, stride_kn, stride_kd, qk_scale,
-                           cap_in, False, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_N, HAS_SOFTCAP, OFFSETS_32)
-    for t in range(0, n_tiles - n_full):  # the other tiles, before and after the full ones
-        start = run_lo + tl.where(t < first_full, t, t + n_full) * BLOCK_N
-        mass += _band_tile(q, lo, width, lse2, Kb, ORDER, start, stride_kn, stride_kd, qk_scale,
-                           cap_in, True, FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_N, HAS_SOFTCAP, OFFSETS_32)
+    for start in range(f0, f1, BLOCK_N_FULL):
+        mass += _band_tile(q, lo, width, lse2, Kb, ORDER, start, stride_kn, stride_kd, qk_scale, cap_in, False,
+                           FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_N_FULL, HAS_SOFTCAP, OFFSETS_32)
+    # The rest in masked tiles of BLOCK_N (which divides BLOCK_N_FULL): [run_lo, f0), [f1, run_hi)
+    n_before = (f0 - run_lo) // BLOCK_N
+    n_masked = n_before + tl.cdiv(tl.maximum(run_hi - f1, 0), BLOCK_N)
+    for t in range(0, n_masked):
+        start = tl.where(t < n_before, run_lo + t * BLOCK_N, f1 + (t - n_before) * BLOCK_N)
+        mass += _band_tile(q, lo, width, lse2, Kb, ORDER, start, stride_kn, stride_kd, qk_scale, cap_in, True,
+                           FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_N, HAS_SOFTCAP, OFFSETS_32)
     return mass
 
 
@@ -127,7 +142,7 @@ def _token_match_band(
     Hq, GROUP, Nq, order_len, n_blocks, qk_scale, cap_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, FP32_INPUT: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, OFFSETS_32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N_FULL: tl.constexpr,
 ):
     """One program: ``BLOCK_M`` token-sorted queries of one (batch, query head). ``INTERVALS[b,
     r]`` holds sorted row ``r``'s key intervals ``[dup_lo, dup_hi, ind_lo, ind_hi)``,
@@ -152,11 +167,11 @@ def _token_match_band(
     rng = RANGES + (b * n_blocks + blk) * 4
     dup = _band_mass(q, tl.load(iv, mask=row_ok, other=0), tl.load(iv + 1, mask=row_ok, other=0), lse2, Kb,
                      DUP_ORDER + b * order_len, tl.load(rng), tl.load(rng + 1), stride_kn, stride_kd, qk_scale, cap_in,
-                     FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_SOFTCAP, OFFSETS_32)
+                     FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, BLOCK_N_FULL, HAS_SOFTCAP, OFFSETS_32)
     tl.store(DUP + stat, dup, mask=row_ok)
     ind = _band_mass(q, tl.load(iv + 2, mask=row_ok, other=0), tl.load(iv + 3, mask=row_ok, other=0), lse2, Kb,
                      IND_ORDER + b * order_len, tl.load(rng + 2), tl.load(rng + 3), stride_kn, stride_kd, qk_scale, cap_in,
-                     FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_SOFTCAP, OFFSETS_32)
+                     FP32_INPUT, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, BLOCK_N_FULL, HAS_SOFTCAP, OFFSETS_32)
     tl.store(IND + stat, ind, mask=row_ok)
 
 
@@ -268,10 +283,11 @@ def token_bands(side: SideInputs, q_len: int, block_m: int, window: Optional[int
                       dup_order=dup_order, ind_order=ind_order, ranges=ranges.to(torch.int32).contiguous())
 
 
-def band_launch_arguments(q, k, lse, induction, duplicate, bands: TokenBands,
-                          request: StatsRequest) -> tuple[tuple, dict]:
+def band_launch_arguments(q, k, lse, induction, duplicate, bands: TokenBands, request: StatsRequest,
+                          block_n_full: Optional[int] = None) -> tuple[tuple, dict]:
     """``(args, constexprs)`` of one launch of the band kernel; the grid is
-    ``(bands.n_blocks, B * Hq)`` and the tile ``BLOCK_M = bands.block_m``."""
+    ``(bands.n_blocks, B * Hq)`` and the tile ``BLOCK_M = bands.block_m``, ``BLOCK_N_FULL =
+    block_n_full`` (default ``BAND_BLOCK[2]``; ``BLOCK_N``: ``band_config``)."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     qk_scale, cap_in = score_scales(request.scale, request.softcap)
@@ -279,25 +295,27 @@ def band_launch_arguments(q, k, lse, induction, duplicate, bands: TokenBands,
             bands.ranges, *q.stride(), *k.stride(), Hq, Hq // Hkv, Nq, bands.dup_order.shape[1], bands.n_blocks, qk_scale, cap_in)
     constexprs = dict(HEAD_DIM=D, BLOCK_D=head_block(D), FP32_INPUT=q.dtype == torch.float32,
                       HAS_SOFTCAP=request.softcap is not None,
-                      OFFSETS_32=(Nk - 1) * k.stride()[2] + (D - 1) * k.stride()[3] < 2 ** 31, BLOCK_M=bands.block_m)
+                      OFFSETS_32=(Nk - 1) * k.stride()[2] + (D - 1) * k.stride()[3] < 2 ** 31, BLOCK_M=bands.block_m,
+                      BLOCK_N_FULL=block_n_full or BAND_BLOCK[2])
     return args, constexprs
 
 
 def token_match_band(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, request: StatsRequest, side: SideInputs,
-                     block: Optional[tuple[int, int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     block: Optional[tuple[int, int, int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Induction and duplicate mass ``([B, Hq, Nq], [B, Hq, Nq])`` float32 from the main pass's
     ``lse [B, Hq, Nq]`` (contiguous, nats, learned sinks included). ``q [B, Hq, Nq, D]``,
-    ``k [B, Hkv, Nk, D]``; ``side`` carries the token ids. ``block=(BLOCK_M, BLOCK_N)`` forces a
-    tile (tests)."""
+    ``k [B, Hkv, Nk, D]``; ``side`` carries the token ids. ``block=(BLOCK_M, BLOCK_N,
+    BLOCK_N_FULL)`` forces a tile (tests)."""
     B, Hq, Nq, _ = q.shape
-    block_m, block_n = block or (INTERPRET_BAND_BLOCK if interpreting() else BAND_BLOCK)
+    block_m, block_n, block_n_full = block or (INTERPRET_BAND_BLOCK if interpreting() else BAND_BLOCK)
+    check_band_tile(block_n, block_n_full)  # before the sorts
     # The sorts depend on the tokens, the query count, the tile and the window only: every layer of
     # a forward (one SideInputs) with the same window reuses them.
     bands = side.derived_once(("token_bands", Nq, block_m, request.window),
                               lambda: token_bands(side, Nq, block_m, request.window))
     induction = torch.empty((B, Hq, Nq), dtype=torch.float32, device=q.device)
     duplicate = torch.empty((B, Hq, Nq), dtype=torch.float32, device=q.device)
-    args, constexprs = band_launch_arguments(q, k, lse, induction, duplicate, bands, request)
+    args, constexprs = band_launch_arguments(q, k, lse, induction, duplicate, bands, request, block_n_full)
     with device_guard(q.device):
         _token_match_band[(bands.n_blocks, B * Hq)](*args, **constexprs, **band_config(block_n).all_kwargs())
     return induction, duplicate

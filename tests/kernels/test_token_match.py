@@ -87,22 +87,35 @@ def test_band_with_score_modifiers(modifier, case, dtype, seed, poison_outputs):
     check_band(case, "binary", dtype, modifier_kwargs(modifier, Hq))
 
 
-@pytest.mark.parametrize("block", [(16, 32), (32, 16), (64, 64), (64, 32), (32, 64)])
-def test_band_tiles_do_not_change_results(block, seed):
-    """Other query blocks and key tiles: other bands, other ragged ends, the same masses."""
+@pytest.mark.parametrize("tokens, window, padding", [("zipf", 30, "left"), ("constant", None, None)])
+@pytest.mark.parametrize("block", [(16, 32, 32), (32, 16, 32), (16, 16, 16), (32, 16, 64), (64, 64, 64), (64, 32, 128)])
+def test_band_tiles_do_not_change_results(block, tokens, window, padding, seed):
+    """Other query blocks and key tiles (masked, unmasked): other bands, other ragged ends, other
+    splits into unmasked and masked tiles, the same masses. One token and no window: blocks whose
+    rows' intervals share whole tiles (the unmasked loop runs)."""
     B, Hq, Hkv, Nq, Nk = 2, 2, 1, 70, 83
-    q, k, _, _, mask = make_inputs(B, Hq, Hkv, Nq, Nk, 32, torch.float32, "left")
+    q, k, _, _, mask = make_inputs(B, Hq, Hkv, Nq, Nk, 32, torch.float32, padding)
     side = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=mask,
-                            token_ids=token_ids("zipf", B, Nk))
-    request = StatsRequest(scale=32 ** -0.5, window=30)
+                            token_ids=token_ids(tokens, B, Nk))
+    request = StatsRequest(scale=32 ** -0.5, window=window)
     _, ref = attention_with_stats_naive(q.double(), k.double(), k.double(), key_padding_mask=mask,
-                                        token_ids=side.token_ids, window=30)
+                                        token_ids=side.token_ids, window=window)
     lse = ref.lse.float().contiguous()
-    want = token_match_band(q, k, lse, request, side, block=(16, 16))
+    if tokens == "constant":  # some block's rows all hold the same 16 keys (a tile of 16 inside every interval)
+        iv = token_bands(side, Nq, 16, window).intervals[:, :64].reshape(B, 4, 16, 4)
+        assert (iv[..., 1].amin(-1) - iv[..., 0].amax(-1) >= 16).any()
+    want = token_match_band(q, k, lse, request, side, block=(16, 16, 16))
     got = token_match_band(q, k, lse, request, side, block=block)
     for name, w, g in zip(("induction", "duplicate"), want, got):
         torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-5, msg=f"{name} with block {block}")
         assert (w - getattr(ref, name)).abs().max().item() <= STAT_TOL[torch.float32], name
+
+
+def test_band_tile_is_checked():
+    q = torch.randn(1, 1, 4, 16, device=DEVICE)
+    side = SideInputs.build(batch=1, k_len=4, device=DEVICE, token_ids=torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="BLOCK_N_FULL=48 must be a multiple of BLOCK_N=32"):
+        token_match_band(q, q, torch.zeros(1, 1, 4, device=DEVICE), StatsRequest(scale=0.25), side, block=(16, 32, 48))
 
 
 def brute_force_pairs(side: SideInputs, q_len: int, window):
