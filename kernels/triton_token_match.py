@@ -6,19 +6,24 @@ Definitions (``AttentionStats``): the duplicate mass of query ``i`` is ``sum p_i
 attendable predecessor holds the query token (``prev_tok[j] == tok[i]``). Testing every ``(i, j)``
 in the fused loop costs an integer compare and a select-add per score for each. Instead:
 
-* per sequence, the queries are sorted by ``(token, position)`` and the keys by ``(token,
-  position)`` (duplicates) and by ``(previous token, position)`` (induction), in torch on the
-  device (:func:`token_bands`), once per ``SideInputs`` (every layer of a forward shares them). Padded keys get the token -1, which matches no query; so do keys
-  whose predecessor is padded or absent (``SideInputs.prev_token_ids``). Matches then form a
-  block diagonal: a block of ``BLOCK_M`` sorted queries with tokens in ``[t_lo, t_hi]`` can only
-  match the contiguous run of sorted keys with ``(token, position)`` between ``(t_lo, first key
-  any row of the block may attend)`` and ``(t_hi, last such key)`` (``torch.searchsorted``);
+* per sequence, the keys are sorted by ``(token, position)`` (duplicates) and by ``(previous
+  token, position)`` (induction), in torch on the device (:func:`token_bands`), once per
+  ``SideInputs`` (every layer of a forward shares them). Padded keys get the token -1, which
+  matches no query; so do keys whose predecessor is padded or absent
+  (``SideInputs.prev_token_ids``). Each query's matches are then one interval of each sorted
+  list (``torch.searchsorted``: its token, from the first key its window reaches to ``j < i``
+  resp. ``j <= i``); the keys in no query's interval (e.g. each token's last occurrence) are
+  dropped from the lists and the intervals renumbered (:func:`compact_keys`). The queries are
+  sorted by ``(token, position)``, those with no match (first occurrences) last, so that a block
+  of ``BLOCK_M`` of them matches one short run of each list (the union of its rows' intervals);
 * :func:`_token_match_band`, one program per (sorted query block, batch * query head), walks
-  that run in tiles of ``BLOCK_N`` gathered keys, recomputes the scores as the main kernels do
-  (scale, softcap, sliding window, causality), turns them into probabilities with the row's
-  log-sum-exp from the main pass (``p = 2^(s2 - lse2)``: no online softmax; a learned sink is
-  already inside ``lse``), keeps the exact matches and scatters the row sums back to the
-  original query order.
+  that run in tiles of gathered keys, recomputes the scores as the main kernels do (scale,
+  softcap), turns them into probabilities with the row's log-sum-exp from the main pass (``p =
+  2^(s2 - lse2)``: no online softmax; a learned sink is already inside ``lse``), keeps the places
+  inside each row's interval (one unsigned compare per score: token, causality, window and
+  padding are all in the interval) and scatters the row sums back to the original query order.
+  The tiles inside every row's interval (a frequent token's block, below its diagonal) run in a
+  second loop without the mask, in wider tiles (``BLOCK_N_FULL``).
 
 :func:`attention_with_stats_fused` is the fused (prefill) path: the main kernel without token
 matching, then the band kernel. ``TOKEN_MATCH`` chooses the in-loop matching instead (tests,
