@@ -229,7 +229,8 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {r['head_dim']} | {r['stats']} | {r['tile']} | {r['registers']} | {r['spill_store_bytes']} | "
                          f"{r['shared_bytes'] / 1024:.0f} | {tc} | {r['full_per_1k']} | {r['masked_per_1k']} | "
                          f"{old['tile'] + ', ' + str(old['loop_per_1k']) if old else '-'} |")
-    lines += ["", f"## Band work / causal scores (BLOCK_M = {doc['block'][0]}, key tiles of {doc['block'][1]}; "
+    lines += ["", f"## Band work / causal scores (BLOCK_M = {doc['block'][0]}, masked key tiles of {doc['block'][1]}, "
+              f"unmasked of {doc['block'][2]}; "
               f"mean of {doc['seeds']} streams, [max])", "",
               "Both passes (duplicates + induction), whole key tiles; `unmasked` the part in tiles inside every "
               "row's interval; `dup` the duplicate pass alone; `exact` the matching pairs themselves; `before` "
