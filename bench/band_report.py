@@ -1,9 +1,13 @@
 """Static cost of token matching out of the fused loop (issue 23): the fused kernel's unmasked key
-loop with and without in-loop token matching, the band kernel's loop, and the band's work
-(scores it computes / causal scores) measured on simulated token streams.
+loop with and without in-loop token matching, the band kernel's two loops (tiles inside every
+row's match interval, unmasked; the others, masked), and the band's work (scores it computes /
+causal scores, per loop) measured on simulated token streams.
 
 Compiled on a CPU with no GPU, like ``bench.compile_report``; the band work is measured by
-running the launcher's own layout (``triton_token_match.token_bands``) on each stream. Writes
+running the launcher's own layout (``triton_token_match.token_bands``) on each stream and the
+kernel's tile split (:func:`tile_split`). ``--before JSON`` puts an earlier report's band figures
+beside the new ones; ``--fused-from JSON`` takes the fused kernel's rows from a report of the same
+Triton instead of recompiling them (the band kernel is always compiled). Writes
 ``bench/results/band-sm<arch>-<date>-triton<version>.{json,md}``. Static figures, not timings.
 
     python -m bench.band_report [--arch 90] [--d 64,128] [--lengths 1024,4096,16384,32768]
@@ -19,6 +23,7 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 if "TRITON_CACHE_DIR" not in os.environ:  # a fresh cache: a cache hit skips ptxas (no register figures)
@@ -83,19 +88,40 @@ def few_tokens(n: int, gen: torch.Generator) -> torch.Tensor:
 STREAMS = {"prose": prose, "code": code, "repeated-random": repeated_random, "4-tokens": few_tokens}
 
 
-def band_work(tok: torch.Tensor, block_m: int, block_n: int, window=None) -> dict:
-    """Scores the band kernel computes for one sequence ``tok [N]`` (queries = keys = N): per query
-    block, ``block_m`` rows times each key run rounded up to whole ``block_n`` tiles, duplicates
-    and induction, over the causal scores ``N (N + 1) / 2``."""
+def tile_split(bands: "tm.TokenBands", block_n: int, block_n_full: int, col: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query block of batch row 0, the band kernel's key places of one pass (``col`` 0:
+    duplicates, 2: induction) as ``(in masked tiles of block_n, in unmasked tiles of
+    block_n_full)``, each ``[n_blocks]``: the kernel's own split (``_band_mass``), on the host."""
+    iv = bands.intervals[0].long()
+    pad = bands.n_blocks * bands.block_m - iv.shape[0]  # rows past the end: empty intervals [0, 0)
+    iv = torch.cat([iv, iv.new_zeros(pad, 4)]).view(bands.n_blocks, bands.block_m, 4)
+    lo, hi = iv[..., col], iv[..., col + 1]
+    run_lo, run_hi = bands.ranges[0, :, col].long(), bands.ranges[0, :, col + 1].long()
+    first_full = ((lo.amax(1) - run_lo).clamp(min=0) + block_n_full - 1) // block_n_full
+    n_full = ((hi.amin(1) - run_lo).clamp(min=0) // block_n_full - first_full).clamp(min=0)
+    f0 = torch.where(n_full > 0, run_lo + first_full * block_n_full, run_lo)
+    f1 = f0 + n_full * block_n_full
+    n_masked = (f0 - run_lo) // block_n + ((run_hi - f1).clamp(min=0) + block_n - 1) // block_n
+    return n_masked * block_n, n_full * block_n_full
+
+
+def band_work(tok: torch.Tensor, block_m: int, block_n: int, block_n_full: int, window=None) -> dict:
+    """Scores the band kernel computes for one sequence ``tok [N]`` (queries = keys = N), both
+    passes, over the causal scores ``N (N + 1) / 2``: in all (``band_fraction``), in tiles inside
+    every row's interval (``full_fraction``, the unmasked loop), in the duplicate pass
+    (``dup_fraction``), and the matches themselves (``exact_fraction``)."""
     n = tok.numel()
     side = SideInputs.build(batch=1, k_len=n, device=tok.device, token_ids=tok[None])
     bands = tm.token_bands(side, n, block_m, window)
-    runs = (bands.ranges[0, :, 1::2] - bands.ranges[0, :, 0::2]).long()  # [n_blocks, 2]: dup, induction
-    tiles = (runs + block_n - 1) // block_n
-    causal = n * (n + 1) / 2
-    return dict(band_fraction=round(float(tiles.sum()) * block_m * block_n / causal, 5),
-                dup_fraction=round(float(tiles[:, 0].sum()) * block_m * block_n / causal, 5),
-                exact_run_fraction=round(float(runs.sum()) * block_m / causal, 5))
+    (dup, dup_full), (ind, ind_full) = (tile_split(bands, block_n, block_n_full, col) for col in (0, 2))
+    iv = bands.intervals[0].long()
+    scale = block_m / (n * (n + 1) / 2)
+    full = float(dup_full.sum() + ind_full.sum())
+    return dict(band_fraction=round((float(dup.sum() + ind.sum()) + full) * scale, 5),
+                full_fraction=round(full * scale, 5),
+                dup_fraction=round(float(dup.sum() + dup_full.sum()) * scale, 5),
+                exact_fraction=round(float((iv[:, 1] - iv[:, 0]).sum() + (iv[:, 3] - iv[:, 2]).sum()) * scale
+                                     / block_m, 5))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,11 +137,11 @@ def hot_loop_per_1k(compiled, rows: int, cols: int, warps: int) -> tuple[float, 
 
 def fused_row(variant: aot.CompileVariant, config: triton.Config, arch: int, tokens: bool) -> dict:
     """Compile the fused kernel for ``variant`` with (``tokens``) or without in-loop token matching."""
-    request, side = aot.variant_request(variant)
+    request, side = aot.variant_request(dataclasses.replace(variant, kernel="band") if tokens else variant)
     if not tokens:
         side = dataclasses.replace(side, token_ids=None, prev_token_ids=None)
     launch = ta.launch_arguments(*aot.variant_inputs(variant), request, side, tensors=aot.SpecTensors())
-    compiled, log = aot.compile_kernel(aot.kernel_function(), launch.args, launch.constexprs, config, arch)
+    compiled, log = aot.compile_kernel(aot.kernel_function(launch.bucket), {**launch.args, **launch.flags()}, config, arch)
     bm, bn = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
     per, hot = hot_loop_per_1k(compiled, bm, bn, config.num_warps)
     return dict(kernel="fused", head_dim=variant.head_dim, stats=variant.stats, token_match="loop" if tokens else "band",
@@ -124,27 +150,38 @@ def fused_row(variant: aot.CompileVariant, config: triton.Config, arch: int, tok
 
 
 def band_row(variant: aot.CompileVariant, arch: int) -> dict:
-    fn, args, constexprs = aot.band_launch(variant)
+    """The band kernel's compile: per 1000 band scores, the unmasked loop (``full_per_1k``) and
+    the masked one (``masked_per_1k``), each the mean of the two passes' loops."""
+    fn, kwargs = aot.band_launch(variant)
     config = tm.band_config()
-    compiled, log = aot.compile_kernel(fn, args, constexprs, config, arch)
-    per, hot = hot_loop_per_1k(compiled, constexprs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps)
+    compiled, log = aot.compile_kernel(fn, kwargs, config, arch)
+    bm, bn, bnf, warps = kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], kwargs["BLOCK_N_FULL"], config.num_warps
+    loops = mma_loops(compiled.asm["sass"])  # per pass: the unmasked loop, then the masked one
+    per = [1000 * lp["total"] * warps / (bm * (bn if i % 2 else bnf)) for i, lp in enumerate(loops)]
     return dict(kernel="band", head_dim=variant.head_dim, stats=variant.stats,
-                tile=f"{constexprs['BLOCK_M']}x{config.kwargs['BLOCK_N']} w{config.num_warps} s{config.num_stages}",
-                **aot.resource_usage(compiled, log), loop_per_1k=per, hot_loop=hot)
+                tile=f"{bm}x{bn} (unmasked {bm}x{bnf}) w{warps} s{config.num_stages}",
+                **aot.resource_usage(compiled, log), full_per_1k=round((per[0] + per[2]) / 2, 1),
+                masked_per_1k=round((per[1] + per[3]) / 2, 1),
+                loops=[{k: v for k, v in lp.items() if k not in ("start", "end")} for lp in loops])
 
 
-def compile_rows(dims, arch: int) -> list[dict]:
+def compile_rows(dims, arch: int, fused_from: Optional[list] = None) -> list[dict]:
+    """The fused kernel's rows (compiled, or ``fused_from``'s) and the band kernel's, per D."""
     rows = []
     for d in dims:
         for stats in ("none", "all", "modifiers", "full"):
             variant = aot.CompileVariant(d, "bf16", stats)
             for tokens in ((False,) if stats == "none" else (True, False)):
-                request, side = aot.variant_request(variant)
+                if fused_from is not None:
+                    rows += [r for r in fused_from if r["kernel"] == "fused" and r["head_dim"] == d
+                             and r["stats"] == stats and (r["token_match"] == "loop") == tokens]
+                    continue
+                request, side = aot.variant_request(dataclasses.replace(variant, kernel="band") if tokens else variant)
                 if not tokens:
                     side = dataclasses.replace(side, token_ids=None, prev_token_ids=None)
                 launch = ta.launch_arguments(*aot.variant_inputs(variant), request, side, tensors=aot.SpecTensors())
                 kept = autotune.candidate_configs(launch.bucket, head_dim=d, elt_bytes=2,
-                                                  loop_level=autotune.loop_level(launch.constexprs))
+                                                  loop_level=autotune.loop_level(launch.flags()))
                 for config in kept:
                     rows.append(fused_row(variant, config, arch, tokens))
                     print(json.dumps({k: v for k, v in rows[-1].items() if k != "hot_loop"}), file=sys.stderr, flush=True)
@@ -161,7 +198,9 @@ def markdown(doc: dict) -> str:
     lines = [f"# Token matching out of the fused loop: static figures, sm_{doc['arch']} ({doc['date']})", "",
              f"triton {doc['triton']}, torch {doc['torch']}; compiled on a CPU with no GPU (`{doc['command']}`). "
              "**Static compile figures and measured band areas, not timings.** `loop/1k` = warp-instructions "
-             "per 1000 scores in the cheapest key loop (fused: the unmasked loop; band: one of its two loops).", "",
+             "per 1000 scores in the cheapest key loop (fused: the unmasked loop; band: per loop, mean of the "
+             "two passes). " + (f"Fused rows taken from `{doc['fused_from']}`. " if doc.get("fused_from") else "")
+             + (f"`before`: `{doc['before_from']}` (band kernel of that report)." if doc.get("before_from") else ""), "",
              "## Fused kernel, unmasked key loop: in-loop token matching vs none (bf16, Nq = Nk = 4096)", "",
              "| D | statistics | tile | regs (loop / band) | spill B (loop / band) | loop/1k in-loop | loop/1k without | "
              "x none in-loop | x none without |", "|---:|---|---|---|---|---:|---:|---:|---:|"]
@@ -180,29 +219,39 @@ def markdown(doc: dict) -> str:
     lines += ["", "Tiles the autotuner keeps for each launch; a tile kept only without token matching has no in-loop row. "
               "`x none`: the same tile with no statistics.", "",
               "## Band kernel (bf16, per score of the band)", "",
-              "| D | statistics | tile | regs | spill B | smem KB | tensor cores | loop/1k |", "|---:|---|---|---:|---:|---:|---|---:|"]
+              "| D | statistics | tile | regs | spill B | smem KB | tensor cores | unmasked loop/1k | masked loop/1k "
+              "| before: tile, loop/1k |", "|---:|---|---|---:|---:|---:|---|---:|---:|---|"]
     for r in doc["compile"]:
         if r["kernel"] == "band":
             tc = "wgmma" if r["hgmma"] else ("mma.sync" if r["hmma"] else "none")
+            old = next((o for o in doc.get("before_band", []) if o["head_dim"] == r["head_dim"]
+                        and o["stats"] == r["stats"]), None)
             lines.append(f"| {r['head_dim']} | {r['stats']} | {r['tile']} | {r['registers']} | {r['spill_store_bytes']} | "
-                         f"{r['shared_bytes'] / 1024:.0f} | {tc} | {r['loop_per_1k']} |")
-    lines += ["", f"## Band work / causal scores (BLOCK_M = {doc['block'][0]}, key tiles of {doc['block'][1]}; "
+                         f"{r['shared_bytes'] / 1024:.0f} | {tc} | {r['full_per_1k']} | {r['masked_per_1k']} | "
+                         f"{old['tile'] + ', ' + str(old['loop_per_1k']) if old else '-'} |")
+    lines += ["", f"## Band work / causal scores (BLOCK_M = {doc['block'][0]}, masked key tiles of {doc['block'][1]}, "
+              f"unmasked of {doc['block'][2]}; "
               f"mean of {doc['seeds']} streams, [max])", "",
-              "Both passes (duplicates + induction), whole key tiles; `dup` the duplicate pass alone; `exact` the "
-              "runs without rounding to tiles. Streams: " + "; ".join(f"{k}: {v}" for k, v in doc["streams"].items()), "",
-              "| stream | N | band / causal | dup | exact |", "|---|---:|---:|---:|---:|"]
+              "Both passes (duplicates + induction), whole key tiles; `unmasked` the part in tiles inside every "
+              "row's interval; `dup` the duplicate pass alone; `exact` the matching pairs themselves; `before` "
+              "the earlier report's band / causal. Streams: " + "; ".join(f"{k}: {v}" for k, v in doc["streams"].items()), "",
+              "| stream | N | band / causal | unmasked | dup | exact | before |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in doc["work"]:
+        old = next((o["band_fraction"] for o in doc.get("before_work", []) if (o["stream"], o["n"]) == (r["stream"], r["n"])), None)
         lines.append(f"| {r['stream']} | {r['n']} | {r['band_fraction']:.4f} [{r['band_fraction_max']:.4f}] | "
-                     f"{r['dup_fraction']:.4f} | {r['exact_run_fraction']:.4f} |")
-    lines += ["", "## All statistics end to end, static (main loop without token matching + band loop x band / causal)",
-              "", "`(without + band loop/1k x band fraction) / none`, per D, on the kept tile with the cheapest loop "
-              "without token matching, `none` on the same tile: an estimate combined from the measured figures "
-              "above, not a timing.", "",
-              "| D | tile | stream | N | in-loop x none | band x none |", "|---:|---|---|---:|---:|---:|"]
+                     f"{r['full_fraction']:.4f} | {r['dup_fraction']:.4f} | {r['exact_fraction']:.4f} | "
+                     f"{f'{old:.4f}' if old is not None else '-'} |")
+    lines += ["", "## All statistics end to end, static (main loop without token matching + band loops x band / causal)",
+              "", "`(without + unmasked loop/1k x unmasked fraction + masked loop/1k x masked fraction) / none`, per D, "
+              "on the kept tile with the cheapest loop without token matching, `none` on the same tile: an estimate "
+              "combined from the measured figures above, not a timing. Target (issue 23): <= 1.30.", "",
+              "| D | tile | stream | N | in-loop x none | band x none | before |", "|---:|---|---|---:|---:|---:|---:|"]
     fmt = lambda x: f"{x:.2f}" if x is not None else "-"  # noqa: E731
     for r in doc["combined"]:
+        old = next((o["band_x_none"] for o in doc.get("before_combined", []) if (o["head_dim"], o["stream"], o["n"])
+                    == (r["head_dim"], r["stream"], r["n"])), None)
         lines.append(f"| {r['head_dim']} | {r['tile']} | {r['stream']} | {r['n']} | {fmt(r['in_loop_x_none'])} | "
-                     f"{fmt(r['band_x_none'])} |")
+                     f"{fmt(r['band_x_none'])} | {fmt(old)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -220,12 +269,12 @@ def combined(compile_rows_: list[dict], work: list[dict]) -> list[dict]:
                    key=lambda r: r["loop_per_1k"])
         tile = best["tile"]
         none, in_loop = loop("none", "band", tile), loop("all", "loop", tile)
-        band = next(r["loop_per_1k"] for r in compile_rows_ if r["kernel"] == "band" and r["head_dim"] == d
-                    and r["stats"] == "all")
+        band = next(r for r in compile_rows_ if r["kernel"] == "band" and r["head_dim"] == d and r["stats"] == "all")
         for w in work:
+            cost = band["full_per_1k"] * w["full_fraction"] + band["masked_per_1k"] * (w["band_fraction"] - w["full_fraction"])
             out.append(dict(head_dim=d, tile=tile, stream=w["stream"], n=w["n"],
                             in_loop_x_none=in_loop / none if in_loop and none else None,
-                            band_x_none=(best["loop_per_1k"] + band * w["band_fraction"]) / none if none else None))
+                            band_x_none=(best["loop_per_1k"] + cost) / none if none else None))
     return out
 
 
@@ -235,11 +284,18 @@ def main(argv=None) -> int:
     ap.add_argument("--d", default="64,128")
     ap.add_argument("--lengths", default="1024,4096,16384,32768")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--before", default=None, help="an earlier report's JSON: its band figures beside the new ones")
+    ap.add_argument("--fused-from", default=None, help="a report's JSON (same Triton): its fused rows, not recompiled")
     ap.add_argument("--out", default=None, help="output path stem (default bench/results/band-sm<arch>-<date>-triton<v>)")
     a = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         ap.error("unset TRITON_INTERPRET: the interpreter replaces the kernels by Python functions")
-    block = (tm.BAND_BLOCK[0], tm.BAND_BLOCK[1])
+    for path in (a.before, a.fused_from):
+        if path and not os.path.isfile(path):
+            ap.error(f"no such report JSON: {path}")
+    fused_from = json.loads(Path(a.fused_from).read_text())["compile"] if a.fused_from else None
+    before = json.loads(Path(a.before).read_text()) if a.before else {}
+    block = tm.BAND_BLOCK
     work = []
     for name, make in STREAMS.items():
         for n in (int(x) for x in a.lengths.split(",")):
@@ -247,13 +303,16 @@ def main(argv=None) -> int:
             row = {k: round(sum(r[k] for r in runs) / len(runs), 5) for k in runs[0]}
             work.append(dict(stream=name, n=n, **row, band_fraction_max=max(r["band_fraction"] for r in runs)))
             print(json.dumps(work[-1]), file=sys.stderr, flush=True)
-    rows = compile_rows([int(x) for x in a.d.split(",")], a.arch)
+    rows = compile_rows([int(x) for x in a.d.split(",")], a.arch, fused_from)
     date = datetime.date.today().isoformat()
     doc = dict(kind="static compile figures and measured band areas (not timings)", arch=a.arch, date=date,
                triton=triton.__version__, torch=torch.__version__, python=platform.python_version(),
                command="python -m bench.band_report " + " ".join(argv if argv is not None else sys.argv[1:]),
                block=block, seeds=a.seeds, streams={k: f.__doc__.split("\n")[0] for k, f in STREAMS.items()},
-               work=work, compile=rows, combined=combined(rows, [w for w in work if w["stream"] != "4-tokens"]))
+               work=work, compile=rows, combined=combined(rows, [w for w in work if w["stream"] != "4-tokens"]),
+               fused_from=a.fused_from and os.path.basename(a.fused_from), before_from=a.before and os.path.basename(a.before),
+               before_band=[r for r in before.get("compile", []) if r["kernel"] == "band"],
+               before_work=before.get("work", []), before_combined=before.get("combined", []))
     stem = a.out or os.path.join(RESULTS, f"band-sm{a.arch}-{date}-triton{triton.__version__.rsplit('.', 1)[0]}")
     for path, text in ((stem + ".json", json.dumps(doc, indent=1)), (stem + ".md", markdown(doc))):
         atomic_write(Path(path), lambda tmp, text=text: Path(tmp).write_text(text))  # never a partial file

@@ -207,10 +207,9 @@ def band_launch(variant: CompileVariant) -> tuple[JITFunction, dict]:
     q, k, _ = variant_inputs(variant)
     B, Hq, Nq, _ = q.shape
     i32, Nk, block_m = torch.int32, variant.k_len, tm.BAND_BLOCK[0]
-    per_query, per_key = TensorSpec(i32, (B, Nq)), TensorSpec(i32, (B, Nk))
-    bands = tm.TokenBands(block_m=block_m, q_order=per_query, q_tok=per_query, dup_order=per_key, dup_tok=per_key,
-                          ind_order=per_key, ind_tok=per_key,
-                          ranges=TensorSpec(i32, (B, triton.cdiv(Nq, block_m), 4)))
+    per_query, per_order = TensorSpec(i32, (B, Nq)), TensorSpec(i32, (B, Nk + tm.ORDER_PAD))
+    bands = tm.TokenBands(block_m=block_m, q_order=per_query, intervals=TensorSpec(i32, (B, Nq, 4)),
+                          dup_order=per_order, ind_order=per_order, ranges=TensorSpec(i32, (B, triton.cdiv(Nq, block_m), 4)))
     row = TensorSpec(torch.float32, (B, Hq, Nq))
     args, constexprs = tm.band_launch_arguments(q, k, row, row, row, bands, request)
     return tm.BAND_KERNEL, {**dict(zip(tm.BAND_KERNEL.arg_names, args)), **constexprs}

@@ -87,22 +87,35 @@ def test_band_with_score_modifiers(modifier, case, dtype, seed, poison_outputs):
     check_band(case, "binary", dtype, modifier_kwargs(modifier, Hq))
 
 
-@pytest.mark.parametrize("block", [(16, 32), (32, 16), (64, 64)])
-def test_band_tiles_do_not_change_results(block, seed):
-    """Other query blocks and key tiles: other bands, other ragged ends, the same masses."""
+@pytest.mark.parametrize("tokens, window, padding", [("zipf", 30, "left"), ("constant", None, None)])
+@pytest.mark.parametrize("block", [(16, 32, 32), (32, 16, 32), (16, 16, 16), (32, 16, 64), (64, 64, 64), (64, 32, 128)])
+def test_band_tiles_do_not_change_results(block, tokens, window, padding, seed):
+    """Other query blocks and key tiles (masked, unmasked): other bands, other ragged ends, other
+    splits into unmasked and masked tiles, the same masses. One token and no window: blocks whose
+    rows' intervals share whole tiles (the unmasked loop runs)."""
     B, Hq, Hkv, Nq, Nk = 2, 2, 1, 70, 83
-    q, k, _, _, mask = make_inputs(B, Hq, Hkv, Nq, Nk, 32, torch.float32, "left")
+    q, k, _, _, mask = make_inputs(B, Hq, Hkv, Nq, Nk, 32, torch.float32, padding)
     side = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=mask,
-                            token_ids=token_ids("zipf", B, Nk))
-    request = StatsRequest(scale=32 ** -0.5, window=30)
+                            token_ids=token_ids(tokens, B, Nk))
+    request = StatsRequest(scale=32 ** -0.5, window=window)
     _, ref = attention_with_stats_naive(q.double(), k.double(), k.double(), key_padding_mask=mask,
-                                        token_ids=side.token_ids, window=30)
+                                        token_ids=side.token_ids, window=window)
     lse = ref.lse.float().contiguous()
-    want = token_match_band(q, k, lse, request, side, block=(16, 16))
+    if tokens == "constant":  # some block's rows all hold the same 16 keys (a tile of 16 inside every interval)
+        iv = token_bands(side, Nq, 16, window).intervals[:, :64].reshape(B, 4, 16, 4)
+        assert (iv[..., 1].amin(-1) - iv[..., 0].amax(-1) >= 16).any()
+    want = token_match_band(q, k, lse, request, side, block=(16, 16, 16))
     got = token_match_band(q, k, lse, request, side, block=block)
     for name, w, g in zip(("induction", "duplicate"), want, got):
         torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-5, msg=f"{name} with block {block}")
         assert (w - getattr(ref, name)).abs().max().item() <= STAT_TOL[torch.float32], name
+
+
+def test_band_tile_is_checked():
+    q = torch.randn(1, 1, 4, 16, device=DEVICE)
+    side = SideInputs.build(batch=1, k_len=4, device=DEVICE, token_ids=torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="BLOCK_N_FULL=48 must be a multiple of BLOCK_N=32"):
+        token_match_band(q, q, torch.zeros(1, 1, 4, device=DEVICE), StatsRequest(scale=0.25), side, block=(16, 32, 48))
 
 
 def brute_force_pairs(side: SideInputs, q_len: int, window):
@@ -125,8 +138,9 @@ def brute_force_pairs(side: SideInputs, q_len: int, window):
 
 @pytest.mark.parametrize("window", [None, 1, 6])
 @pytest.mark.parametrize("padding", [None, "left", "right"])
-def test_token_bands_hold_every_match(window, padding, seed):
-    """Each query block's key runs contain every matching key of each of its rows."""
+def test_token_bands_hold_exactly_the_matches(window, padding, seed):
+    """Each sorted row's intervals hold exactly its matching keys, each query block's runs hold
+    its rows' intervals, and the rows with no match come last."""
     B, Nq, Nk, block_m = 3, 29, 40, 8
     mask = None
     if padding:  # row 0 padded on the given side, row 1 fully padded, row 2 not at all
@@ -137,33 +151,43 @@ def test_token_bands_hold_every_match(window, padding, seed):
     tok = torch.randint(0, 3, (B, Nk), device=DEVICE)
     tok[:, 20:24] = tok[:, 14:18]  # an exact repeat in every row's unpadded part: matches exist,
     tok[:, 26] = tok[:, 25]  # and a repeated neighbour (induction on the query's own key, window 1)
+    tok[:, Nk - Nq] = 3  # a token seen once: a row with no match
     side = SideInputs.build(batch=B, k_len=Nk, device=DEVICE, key_padding_mask=mask, token_ids=tok)
     bands = token_bands(side, Nq, block_m, window)
     assert sorted(bands.q_order[0].tolist()) == list(range(Nq))
     want_dup, want_ind = brute_force_pairs(side, Nq, window)
     assert want_ind and (want_dup or window == 1)
     for pairs, order, col in ((want_dup, bands.dup_order, 0), (want_ind, bands.ind_order, 2)):
-        rank = order.long().argsort(-1)  # key -> its place in the sorted order
-        for b, row, key in pairs:
-            blk = bands.q_order[b].tolist().index(row) // block_m
-            lo, hi = bands.ranges[b, blk, col].item(), bands.ranges[b, blk, col + 1].item()
-            assert lo <= rank[b, key].item() < hi, (b, row, key, lo, hi)
+        for b in range(B):
+            idle_seen = False
+            for r, row in enumerate(bands.q_order[b].tolist()):
+                lo, hi = bands.intervals[b, r, col].item(), bands.intervals[b, r, col + 1].item()
+                got = sorted(order[b, lo:hi].tolist())
+                assert got == sorted(key for bb, rr, key in pairs if (bb, rr) == (b, row)), (b, row, col)
+                run_lo, run_hi = bands.ranges[b, r // block_m, col:col + 2].tolist()
+                assert hi == lo or run_lo <= lo <= hi <= run_hi, (b, r, col)
+                busy = (bands.intervals[b, r, 1] > bands.intervals[b, r, 0]) | (bands.intervals[b, r, 3] > bands.intervals[b, r, 2])
+                assert not (idle_seen and busy), "a row with matches after one without"
+                idle_seen = idle_seen or not busy
+    if padding is None:
+        assert not bool(bands.intervals[:, -1].diff()[..., ::2].any())  # the last row (token 3) has none
 
 
 @pytest.mark.parametrize("window", [None, 5])
 def test_one_token_bands_are_the_causal_triangle(window):
-    """With one token everywhere, block ``m`` (queries ``16m .. 16m + 15``) runs over exactly the
-    keys some of its rows attend: ``j < i`` (duplicates), ``j <= i`` (induction, less key 0,
-    which has no predecessor), inside the window."""
+    """With one token everywhere, query ``i``'s intervals are the keys it attends: ``j < i``
+    (duplicates), ``j <= i`` (induction, less key 0, which has no predecessor), inside the window;
+    query 0 has none and is sorted last; the kept keys are the union (every key but the last)."""
     N, block_m = 70, 16
     side = SideInputs.build(batch=1, k_len=N, device=DEVICE, token_ids=torch.zeros(1, N, dtype=torch.long))
     bands = token_bands(side, N, block_m, window)
-    for m in range(bands.n_blocks):
-        first, last = m * block_m, min(N, (m + 1) * block_m) - 1
-        lo_pos = 0 if window is None else max(first - window + 1, 0)
-        dup_lo, dup_hi, ind_lo, ind_hi = bands.ranges[0, m].tolist()
-        assert dup_hi - dup_lo == last - lo_pos  # keys lo_pos .. last - 1
-        assert ind_hi - ind_lo == last + 1 - max(lo_pos, 1)  # keys max(lo_pos, 1) .. last
+    assert bands.q_order[0].tolist() == list(range(1, N)) + [0]
+    for r, i in enumerate(bands.q_order[0].tolist()):
+        lo_pos = 0 if window is None else max(i - window + 1, 0)
+        dup_lo, dup_hi, ind_lo, ind_hi = bands.intervals[0, r].tolist()
+        assert bands.dup_order[0, dup_lo:dup_hi].tolist() == list(range(lo_pos, i))
+        assert bands.ind_order[0, ind_lo:ind_hi].tolist() == list(range(max(lo_pos, 1), i + 1))
+    assert bands.dup_order[0, :N - 1].tolist() == list(range(N - 1))
 
 
 def test_token_match_mode_is_checked():
