@@ -11,11 +11,6 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-HAS_CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if HAS_CUDA else "cpu"
-# bf16 tl.dot is wrong under the interpreter (triton issue 11584): bf16 is tested on GPU only.
-KERNEL_DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if HAS_CUDA else [])
-
 
 @pytest.fixture
 def poison_outputs(monkeypatch):

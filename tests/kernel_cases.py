@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
-from conftest import DEVICE
+from devices import DEVICE
 
 STAT_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-3}
 OUT_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}

@@ -1,5 +1,4 @@
-"""Fixtures of the evaluation tests, imported by them (a conftest.py here would be imported as the
-module ``conftest`` and shadow tests/conftest.py): the bundled demo checkpoint and the worked
+"""Fixtures of the evaluation tests, imported by them: the bundled demo checkpoint and the worked
 example's lm-eval tasks (a multiple-choice copy task and a generation needle task)."""
 
 from pathlib import Path

@@ -3,8 +3,7 @@ install hint without lm-eval, and a run on the bundled model writing its tables.
 
 import pandas as pd
 import pytest
-from eval_fixtures import byte_checkpoint, task_dir  # noqa: F401 (fixtures; not a conftest.py, whose
-# module name 'conftest' would shadow tests/conftest.py for the kernel tests' `from conftest import`)
+from eval_fixtures import byte_checkpoint, task_dir  # noqa: F401 (fixtures)
 
 from circuit_stats.cli import main
 

@@ -5,8 +5,7 @@ import json
 
 import pandas as pd
 import pytest
-from eval_fixtures import byte_checkpoint, task_dir  # noqa: F401 (fixtures; not a conftest.py, whose
-# module name 'conftest' would shadow tests/conftest.py for the kernel tests' `from conftest import`)
+from eval_fixtures import byte_checkpoint, task_dir  # noqa: F401 (fixtures)
 import torch
 
 pytest.importorskip("lm_eval")

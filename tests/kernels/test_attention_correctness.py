@@ -4,7 +4,7 @@ import pytest
 import torch
 from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import attention_with_stats, attention_with_stats_naive
-from conftest import DEVICE, KERNEL_DTYPES
+from devices import DEVICE, KERNEL_DTYPES
 from kernel_cases import CASES, OUT_TOL, assert_stats_close, make_inputs, random_span, reference_probabilities
 
 @pytest.mark.parametrize("case", list(CASES))

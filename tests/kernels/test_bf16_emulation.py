@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 from circuit_stats.kernels import attention_with_stats, attention_with_stats_naive
-from conftest import DEVICE
+from devices import DEVICE
 from kernel_cases import CASES, OUT_TOL, assert_stats_close, make_inputs, reference_probabilities
 
 pytestmark = pytest.mark.torch_only  # the torch backend alone

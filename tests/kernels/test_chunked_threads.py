@@ -6,7 +6,7 @@ import pytest
 import torch
 from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive, chunked
-from conftest import DEVICE
+from devices import DEVICE
 from kernel_cases import CASES, OUT_TOL, assert_stats_close, make_inputs, random_span
 
 pytestmark = [pytest.mark.torch_only,  # the torch backend alone

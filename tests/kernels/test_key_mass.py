@@ -10,7 +10,7 @@ from circuit_stats.kernels import chunked, triton_decode
 from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels.triton_attention import attention_with_stats_triton
 from circuit_stats.kernels.triton_key_mass import add_key_mass
-from conftest import DEVICE, KERNEL_DTYPES
+from devices import DEVICE, KERNEL_DTYPES
 from kernel_cases import CASES, STAT_TOL, make_inputs, reference_probabilities
 
 BACKENDS = ["torch", "triton"]

@@ -9,7 +9,7 @@ from circuit_stats.kernels import SideInputs, attention_with_stats, attention_wi
 from circuit_stats.kernels.chunked import attention_lse_sink_sdpa
 from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels.triton_decode import attention_with_stats_decode
-from conftest import DEVICE, KERNEL_DTYPES
+from devices import DEVICE, KERNEL_DTYPES
 from kernel_cases import OUT_TOL, STAT_TOL, assert_stats_close
 
 

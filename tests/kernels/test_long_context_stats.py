@@ -6,7 +6,7 @@ import torch
 from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive
 from circuit_stats.kernels.chunked import attention_with_stats_chunked
-from conftest import DEVICE
+from devices import DEVICE
 from kernel_cases import (CASES, OUT_TOL, assert_stats_close, first_top_key, integer_scores_case, make_inputs,
                           random_span, reference_probabilities)
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 from circuit_stats.kernels import attention_with_stats, attention_with_stats_naive, stats_from_probabilities
-from conftest import DEVICE
+from devices import DEVICE
 from kernel_cases import assert_stats_close, make_inputs
 
 ALL_STATS = dict(offsets=(0, 1), entropy=True, distance=True, local_window=3, top1=True)

@@ -8,7 +8,7 @@ from circuit_stats.kernels import triton_attention, triton_decode
 from circuit_stats.kernels.autotune import SPLIT_CONFIGS, tile_of
 from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels.side_inputs import SideInputs
-from conftest import DEVICE
+from devices import DEVICE
 from kernel_cases import OUT_TOL, STAT_TOL, make_inputs
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive
 from circuit_stats.kernels.chunked import attention_lse_sink_sdpa
-from conftest import DEVICE
+from devices import DEVICE
 from kernel_cases import CASES, OUT_TOL, assert_stats_close, make_inputs
 
 

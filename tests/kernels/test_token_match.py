@@ -8,7 +8,7 @@ from circuit_stats.kernels import SideInputs, attention_with_stats_naive
 from circuit_stats.kernels.naive import allowed_keys
 from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels.triton_token_match import attention_with_stats_fused, token_bands, token_match_band
-from conftest import DEVICE
+from devices import DEVICE
 from kernel_cases import OUT_TOL, STAT_TOL, assert_stats_close, make_inputs
 from test_score_modifiers import MODIFIERS, modifier_kwargs  # window, window-1, softcap, sinks, all
 

@@ -6,7 +6,7 @@ from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive
 from circuit_stats.kernels import triton_decode
 from circuit_stats.kernels.triton_decode import attention_with_stats_decode, plan_split_len
-from conftest import DEVICE, KERNEL_DTYPES
+from devices import DEVICE, KERNEL_DTYPES
 
 STAT_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-3}
 OUT_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}

@@ -5,7 +5,7 @@ import pytest
 import torch
 from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import attention_with_stats, attention_with_stats_naive
-from conftest import DEVICE, KERNEL_DTYPES
+from devices import DEVICE, KERNEL_DTYPES
 
 STAT_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-3}
 OUT_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}
