@@ -7,6 +7,7 @@ Imports go one way: ``dispatch -> {chunked, triton_attention, triton_decode} -> 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import inspect
 import os
@@ -137,6 +138,31 @@ def given(name: str) -> HeuristicRule:
 def extent(name: str, dim: int) -> HeuristicRule:
     """Rule: size ``dim`` of the optional tensor ``name``, 0 when it is absent."""
     return lambda args: 0 if args[name] is None else int(args[name].shape[dim])
+
+
+def tma_ready(*names: str) -> HeuristicRule:
+    """Rule: whether TMA (tensor descriptors over each ``[.., N, D]`` tensor ``names``' rows) can
+    read them: unit stride along D, and a 16-byte aligned start and other strides (TMA's
+    requirements; the row stride also nonzero). Other layouts load through pointers."""
+    def ready(t: Any) -> bool:
+        elt, strides = t.element_size(), t.stride()
+        return (strides[-1] == 1 and strides[-2] > 0 and t.data_ptr() % 16 == 0
+                and all(s * elt % 16 == 0 for s in strides[:-1]))
+    return lambda args: all(ready(args[name]) for name in names)
+
+
+def run_with_scratch(launch: Callable[[], Any], device: torch.device) -> Any:
+    """Run ``launch()`` with a Triton allocator that hands out ``device`` memory: kernels that build
+    tensor descriptors on the device (``tl.make_tensor_descriptor``) need global scratch. The
+    allocator is set in a copy of the current context, so the caller's own (``triton.set_allocator``)
+    is left as it was."""
+    def allocate(size: int, alignment: int, stream: Optional[int]) -> torch.Tensor:
+        return torch.empty(size, dtype=torch.int8, device=device)
+
+    def run() -> Any:
+        triton.set_allocator(allocate)
+        return launch()
+    return contextvars.copy_context().run(run)
 
 
 def derived_flags(rules: dict[str, HeuristicRule], args: dict) -> dict:
