@@ -117,6 +117,18 @@ NO_SPILL_TILES = {
     # (28-76 B), and only outside the key loops (prologue and epilogue; see the compile test).
     (256, "heavy", False): _tiles((64, 32, 8, 2)),
 }
+# Launches that read K and V through TMA (``TMA_KV``: the K/V layout allows tensor descriptors,
+# as contiguous tensors do) hold no K/V address registers (64 per thread at D = 128 128x128 with
+# pointer loads): at D = 128 these tiles are spill-free under Triton 3.9 and 3.6 (bf16,
+# compile-sm90-2026-12-04-registers-triton3.{9,6}), 128x128 among them but with the heavy loop level
+# (long statistics spill 52-684 B there). Other keys, and pointer loads, keep ``NO_SPILL_TILES``.
+_D128_TMA = _tiles((128, 128, 8, 2), (128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2))
+NO_SPILL_TILES_TMA = {
+    (128, "none", False): _D128_TMA,
+    (128, "window", False): _D128_TMA,
+    (128, "entropy", False): _D128_TMA | {(64, 64, 8, 2), (64, 32, 8, 2)},
+    (128, "heavy", False): _D128_TMA - {(128, 128, 8, 2)} | {(64, 64, 8, 2), (64, 32, 8, 2)},
+}
 # Triton 3.6 (the GPU machines' release) allocates registers differently: these tiles, spill-free
 # under 3.9, spill there (sm_90 bf16: D=128 all statistics 128x64 w8 s3, 32 B), so the autotuner
 # does not try them under Triton < 3.7.
@@ -134,23 +146,26 @@ LOOP_LEVELS = ("none", "window", "entropy", "stats", "heavy")
 
 
 def no_spill_tiles(*, head_dim: int, elt_bytes: int, loop_level: str,
-                   triton_version: tuple[int, int] = TRITON_VERSION) -> frozenset:
-    """The prefill tiles measured spill-free for a launch (before the shared-memory check)."""
+                   triton_version: tuple[int, int] = TRITON_VERSION, tma: bool = False) -> frozenset:
+    """The prefill tiles measured spill-free for a launch (before the shared-memory check);
+    ``tma``: the launch reads K and V through TMA (``NO_SPILL_TILES_TMA``)."""
     tile_class = max(64, head_block(head_dim))
     if elt_bytes == 4:
         return NO_SPILL_TILES_FP32[tile_class]
     padded = head_block(head_dim) != head_dim and head_dim > 64
     key = (tile_class, loop_level, padded and tile_class == 128)
     spilling = SPILLING_BEFORE_TRITON_3_7.get(key, frozenset()) if triton_version < (3, 7) else frozenset()
-    return NO_SPILL_TILES[key] - spilling
+    table = NO_SPILL_TILES_TMA if tma and key in NO_SPILL_TILES_TMA else NO_SPILL_TILES
+    return table[key] - spilling
 
 
 def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int, loop_level: str,
-                smem_limit: int = SMEM_LIMIT_BYTES, triton_version: tuple[int, int] = TRITON_VERSION) -> bool:
+                smem_limit: int = SMEM_LIMIT_BYTES, triton_version: tuple[int, int] = TRITON_VERSION,
+                tma: bool = False) -> bool:
     """Whether the autotuner may try ``cfg``: it fits shared memory and is a tile measured to
-    compile without register spills (``no_spill_tiles``: ``NO_SPILL_TILES``, less
-    ``SPILLING_BEFORE_TRITON_3_7`` on Triton 3.6). Decode tiles (16 rows) are small enough for
-    every head dim."""
+    compile without register spills (``no_spill_tiles``: ``NO_SPILL_TILES``, or
+    ``NO_SPILL_TILES_TMA`` with ``tma``, less ``SPILLING_BEFORE_TRITON_3_7`` on Triton 3.6). Decode
+    tiles (16 rows) are small enough for every head dim."""
     bm, bn, _, st = tile_of(cfg)
     bd = head_block(head_dim)
     if smem_bytes(bm, bn, st, bd, elt_bytes) > smem_limit:
@@ -158,7 +173,7 @@ def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int, loop_level
     if bm == 16:
         return bd < 256 or (bn, st) == (64, 2)
     return tile_of(cfg) in no_spill_tiles(head_dim=head_dim, elt_bytes=elt_bytes, loop_level=loop_level,
-                                          triton_version=triton_version)
+                                          triton_version=triton_version, tma=tma)
 
 
 # Constexpr flags by the per-score work they add to the key loop (point statistics and learned
@@ -185,22 +200,22 @@ def tuner_bucket(q_len: int) -> str:
 
 
 def candidate_configs(bucket: str, *, head_dim: int, elt_bytes: int, loop_level: str,
-                      triton_version: tuple[int, int] = TRITON_VERSION) -> list[triton.Config]:
+                      triton_version: tuple[int, int] = TRITON_VERSION, tma: bool = False) -> list[triton.Config]:
     """The configs the autotuner tries for one launch: the first kept ones of the bucket's list,
     at most ``MAX_DECODE_CONFIGS`` / ``MAX_PREFILL_CONFIGS``; never empty. When no 16-row decode
     tile is kept (fp32 at head dims over 128: none fits shared memory) the prefill candidates
     (their 64-row tiles mask the rows beyond ``Nq``); when no prefill tile is kept, the smallest
-    that fits shared memory."""
+    that fits shared memory. ``tma``: the launch reads K and V through TMA (``keep_config``)."""
     decode = bucket == "decode"
     configs = DECODE_CONFIGS if decode else PREFILL_CONFIGS
     bd = head_block(head_dim)
     kept = [c for c in configs if keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=loop_level,
-                                              triton_version=triton_version)]
+                                              triton_version=triton_version, tma=tma)]
     if kept:
         return kept[:MAX_DECODE_CONFIGS if decode else MAX_PREFILL_CONFIGS]
     if decode:
         return candidate_configs("prefill", head_dim=head_dim, elt_bytes=elt_bytes, loop_level=loop_level,
-                                 triton_version=triton_version)
+                                 triton_version=triton_version, tma=tma)
     fits = [c for c in configs if smem_fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, bd, elt_bytes)]
     return (sorted(fits, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]) or configs)[:1]
 
@@ -210,7 +225,7 @@ def prune_fused_configs(configs: list[triton.Config], named_args: dict, **kwargs
     follows from the launch's query length)."""
     a = {**named_args, **kwargs}
     return candidate_configs(tuner_bucket(a["Nq"]), head_dim=a["HEAD_DIM"], elt_bytes=a["Q"].element_size(),
-                             loop_level=loop_level(a))
+                             loop_level=loop_level(a), tma=a.get("TMA_KV", False))
 
 
 # ----------------------------------------------------------------------------------------------
