@@ -12,7 +12,9 @@ For the fused kernel (``triton_attention``) and the split-decode kernel (``trito
   (306), then the 8-warp 64-row tiles (kept only where nothing else is spill-free) and 64x32 (414;
   541 vs 356 for 128x64 at D = 128), so the bound drops the 3-stage and the 64x32 tiles where more
   than 4 are kept and keeps every tile where fewer are (64x16, last, is for fp32 at D = 256 only:
-  nothing larger fits shared memory there). Fused decode
+  nothing larger fits shared memory there). With K and V through TMA at D = 128
+  (``NO_SPILL_TILES_TMA``, ``compile-sm90-2026-12-04-registers-triton3.{9,6}.md``, 3.9): 128x128 w8
+  s2 (246), 64x64 w4 s2 (335), 128x64 w8 s2 and s3 (338). Fused decode
   (``compile-sm90-2026-11-25.md``, D = 64): 16x128 (524), 16x64 s2 (715), 16x64 s3 (770). Split
   decode (``compile-sm90-2026-12-04-split-triton3.{9,6}.md``, D = 64 all statistics, 3.9): 128
   keys (1252), 64 (1543), 32 (2180); 4 stages cost the instructions of 3, 3 come first.
