@@ -57,14 +57,20 @@ def head_block(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
+# The fused kernel's TMA loads (``TMA_KV``) add their mbarriers: 24 to 1024 B in sm_90 compiles
+# (Triton 3.9 and 3.6, with the alignment of the tiles after them).
+TMA_BARRIER_BYTES = 1024
+
+
 def smem_bytes(block_m: int, block_n: int, num_stages: int, block_d: int, elt_bytes: int) -> int:
     """Shared memory of one program: the Q tile (two copies for fp32 inputs) + ``num_stages`` K
-    and V tiles. fp32's second Q tile is measured: sm_90 compiles of the 64-row fp32 (3xTF32)
-    tiles take exactly ``4 * (2 BLOCK_M + 2 BLOCK_N num_stages) * BLOCK_D`` bytes under Triton 3.9
-    and 3.6 (an H200 refused 64x32 s2 at D = 256: 262144 B > 232448); 16-bit tiles take at most
-    the one-copy figure."""
+    and V tiles + ``TMA_BARRIER_BYTES``. fp32's second Q tile is measured: sm_90 compiles of the
+    64-row fp32 (3xTF32) tiles take exactly ``4 * (2 BLOCK_M + 2 BLOCK_N num_stages) * BLOCK_D``
+    bytes with pointer loads, and up to 1 KB more with TMA loads, under Triton 3.9 and 3.6 (an H200
+    refused 64x32 s2 at D = 256: 262144 B > 232448); 16-bit tiles take at most the one-copy figure
+    (plus the barriers)."""
     q_tiles = 2 if elt_bytes >= 4 else 1
-    return elt_bytes * (q_tiles * block_m * block_d + 2 * block_n * block_d * num_stages)
+    return elt_bytes * (q_tiles * block_m * block_d + 2 * block_n * block_d * num_stages) + TMA_BARRIER_BYTES
 
 
 def smem_fits(block_m: int, block_n: int, num_stages: int, block_d: int, elt_bytes: int) -> bool:
