@@ -86,18 +86,19 @@ EXPECTED = {
 
 # With K and V read through TMA (contiguous tensors), from compile-sm90-2026-12-04-registers-triton3.{9,6}:
 # D = 128 keeps 128x128 w8 s2 without statistics, with entropy and with a window (not with the heavy
-# level: long statistics spill there), and more tiles with the heavy level, padded head dims (80, 96)
+# level: long statistics spill there), and the 64-row tiles with the heavy level (128x64 w8 spills with
+# a key padding mask under 3.6), padded head dims (80, 96)
 # too; other head dims keep the pointer loads' lists.
 EXPECTED_TMA = {
     ("prefill", 128, 2, "none", (3, 9)): [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3)],
     ("prefill", 128, 2, "none", (3, 6)): [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3)],
     ("prefill", 128, 2, "window", (3, 6)): [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3)],
     ("prefill", 128, 2, "entropy", (3, 9)): [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3)],
-    ("prefill", 128, 2, "heavy", (3, 9)): [(128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (64, 64, 4, 3)],
-    ("prefill", 128, 2, "heavy", (3, 6)): [(128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (64, 64, 4, 3)],
+    ("prefill", 128, 2, "heavy", (3, 9)): [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 32, 4, 2)],
+    ("prefill", 128, 2, "heavy", (3, 6)): [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 32, 4, 2)],
     ("prefill", 128, 2, "stats", (3, 6)): [(64, 32, 4, 2)],
     ("prefill", 96, 2, "window", (3, 9)): [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3)],
-    ("prefill", 80, 2, "heavy", (3, 6)): [(128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (64, 64, 4, 3)],
+    ("prefill", 80, 2, "heavy", (3, 6)): [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 32, 4, 2)],
     ("prefill", 64, 2, "entropy", (3, 6)): [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3)],
     ("prefill", 128, 4, "none", (3, 9)): [(64, 32, 4, 2)],
 }
@@ -113,12 +114,13 @@ def test_tma_candidates_match_the_compile_reports(case):
 
 def test_the_tma_lists_only_add_tiles_at_d128():
     """TMA loads keep every tile the pointer loads keep (they hold fewer registers), and differ only at
-    D = 128 (padded or not); 128x128 with the heavy level is kept by neither."""
+    D = 128 (padded or not); no 128-row tile is kept with the heavy level."""
     for key, pointer_tiles in autotune.NO_SPILL_TILES.items():
         tma_tiles = autotune.NO_SPILL_TILES_TMA.get(key, pointer_tiles)
         assert pointer_tiles <= tma_tiles, key
     assert {key[0] for key in autotune.NO_SPILL_TILES_TMA} == {128}
-    assert not any((128, 128, 8, 2) in autotune.NO_SPILL_TILES_TMA[(128, "heavy", padded)] for padded in (False, True))
+    for padded in (False, True):  # 128-row tiles spill with the heavy level (long statistics; key padding)
+        assert all(bm == 64 for bm, *_ in autotune.NO_SPILL_TILES_TMA[(128, "heavy", padded)])
 
 
 # Shared memory of sm_90 compiles (``CompiledKernel.metadata.shared``, the figure the driver
