@@ -34,9 +34,10 @@ What each statistic costs in the hot loop (the unmasked key tiles):
 Any head dim from 1 to 256 runs: the tile is padded on chip to ``BLOCK_D`` (the next power of
 two, at least 16) with masked loads, so padding costs no HBM traffic. K and V tiles come through
 TMA tensor descriptors where their layout allows (``TMA_KV``, ``triton_common.tma_ready``; built on
-the device, so the launch sets a scratch allocator), which holds no address registers (at D = 128
-that is what lets a 128x128 tile compile without spills); other layouts load through pointers. fp32 inputs run on the
-tensor cores as 3xTF32 (``input_precision="tf32x3"``), which keeps fp32-level accuracy.
+the device, so the launch sets a scratch allocator), which hold no address registers (at D = 128
+that is what lets a 128x128 tile compile without spills); other layouts load through pointers.
+fp32 inputs run on the tensor cores as 3xTF32 (``input_precision="tf32x3"``), which keeps
+fp32-level accuracy.
 
 Statistics that were not requested are compiled out (``tl.constexpr`` flags): their outputs are
 passed as None and ``triton.heuristics`` turns that into the flags (``FUSED_HEURISTICS``).
