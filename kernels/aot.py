@@ -231,9 +231,10 @@ def candidate_configs(variant: CompileVariant) -> list[triton.Config]:
         return autotune.prune_split_configs(autotune.SPLIT_CONFIGS, {"Q": torch.empty(0, dtype=DTYPES[variant.dtype])},
                                             BLOCK_D=c["BLOCK_D"], BLOCK_M=c["BLOCK_M"], split_len=c["split_len"])
     launch = variant_launch(variant)
+    flags = launch.flags()
     return autotune.candidate_configs(launch.bucket, head_dim=variant.head_dim,
                                       elt_bytes=DTYPES[variant.dtype].itemsize,
-                                      loop_level=autotune.loop_level(launch.flags()))
+                                      loop_level=autotune.loop_level(flags), tma=flags["TMA_KV"])
 
 
 def variant_kernel(variant: CompileVariant) -> tuple[JITFunction, dict]:

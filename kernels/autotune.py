@@ -12,7 +12,9 @@ For the fused kernel (``triton_attention``) and the split-decode kernel (``trito
   (306), then the 8-warp 64-row tiles (kept only where nothing else is spill-free) and 64x32 (414;
   541 vs 356 for 128x64 at D = 128), so the bound drops the 3-stage and the 64x32 tiles where more
   than 4 are kept and keeps every tile where fewer are (64x16, last, is for fp32 at D = 256 only:
-  nothing larger fits shared memory there). Fused decode
+  nothing larger fits shared memory there). With K and V through TMA at D = 128
+  (``NO_SPILL_TILES_TMA``, ``compile-sm90-2026-12-04-registers-triton3.{9,6}.md``, 3.9): 128x128 w8
+  s2 (246), 64x64 w4 s2 (335), 128x64 w8 s2 and s3 (338). Fused decode
   (``compile-sm90-2026-11-25.md``, D = 64): 16x128 (524), 16x64 s2 (715), 16x64 s3 (770). Split
   decode (``compile-sm90-2026-12-04-split-triton3.{9,6}.md``, D = 64 all statistics, 3.9): 128
   keys (1252), 64 (1543), 32 (2180); 4 stages cost the instructions of 3, 3 come first.
@@ -117,6 +119,22 @@ NO_SPILL_TILES = {
     # (28-76 B), and only outside the key loops (prologue and epilogue; see the compile test).
     (256, "heavy", False): _tiles((64, 32, 8, 2)),
 }
+# Launches that read K and V through TMA (``TMA_KV``: the K/V layout allows tensor descriptors,
+# as contiguous tensors do) hold no K/V address registers (64 per thread at D = 128 128x128 with
+# pointer loads): at D = 128 these tiles are spill-free under Triton 3.9 and 3.6 (bf16,
+# compile-sm90-2026-12-04-registers-triton3.{9,6}), 128x128 among them but with the heavy loop level
+# (long statistics spill 52-684 B there), nor 128x64 w8 (with a key padding mask, Triton 3.6 spills
+# 8-20 B outside the loops: long, full); the same at head dims padded to 128 (80 and 96 measured,
+# compile-sm90-2026-12-04-registers-padded-triton3.{9,6}). Other keys, and pointer loads, keep
+# ``NO_SPILL_TILES``.
+_EIGHT_WARP_64 = _tiles((64, 64, 8, 2), (64, 32, 8, 2))
+_HEAVY_SPILLING_TMA = _tiles((128, 128, 8, 2), (128, 64, 8, 2), (128, 64, 8, 3))
+_D128_TMA = _tiles((128, 128, 8, 2), (128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2))
+NO_SPILL_TILES_TMA = {
+    (128, level, padded): tiles for padded in (False, True) for level, tiles in (
+        ("none", _D128_TMA), ("window", _D128_TMA | _EIGHT_WARP_64), ("entropy", _D128_TMA | _EIGHT_WARP_64),
+        ("heavy", _D128_TMA - _HEAVY_SPILLING_TMA | _EIGHT_WARP_64))
+}
 # Triton 3.6 (the GPU machines' release) allocates registers differently: these tiles, spill-free
 # under 3.9, spill there (sm_90 bf16: D=128 all statistics 128x64 w8 s3, 32 B), so the autotuner
 # does not try them under Triton < 3.7.
@@ -134,23 +152,26 @@ LOOP_LEVELS = ("none", "window", "entropy", "stats", "heavy")
 
 
 def no_spill_tiles(*, head_dim: int, elt_bytes: int, loop_level: str,
-                   triton_version: tuple[int, int] = TRITON_VERSION) -> frozenset:
-    """The prefill tiles measured spill-free for a launch (before the shared-memory check)."""
+                   triton_version: tuple[int, int] = TRITON_VERSION, tma: bool = False) -> frozenset:
+    """The prefill tiles measured spill-free for a launch (before the shared-memory check);
+    ``tma``: the launch reads K and V through TMA (``NO_SPILL_TILES_TMA``)."""
     tile_class = max(64, head_block(head_dim))
     if elt_bytes == 4:
         return NO_SPILL_TILES_FP32[tile_class]
     padded = head_block(head_dim) != head_dim and head_dim > 64
     key = (tile_class, loop_level, padded and tile_class == 128)
     spilling = SPILLING_BEFORE_TRITON_3_7.get(key, frozenset()) if triton_version < (3, 7) else frozenset()
-    return NO_SPILL_TILES[key] - spilling
+    table = NO_SPILL_TILES_TMA if tma and key in NO_SPILL_TILES_TMA else NO_SPILL_TILES
+    return table[key] - spilling
 
 
 def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int, loop_level: str,
-                smem_limit: int = SMEM_LIMIT_BYTES, triton_version: tuple[int, int] = TRITON_VERSION) -> bool:
+                smem_limit: int = SMEM_LIMIT_BYTES, triton_version: tuple[int, int] = TRITON_VERSION,
+                tma: bool = False) -> bool:
     """Whether the autotuner may try ``cfg``: it fits shared memory and is a tile measured to
-    compile without register spills (``no_spill_tiles``: ``NO_SPILL_TILES``, less
-    ``SPILLING_BEFORE_TRITON_3_7`` on Triton 3.6). Decode tiles (16 rows) are small enough for
-    every head dim."""
+    compile without register spills (``no_spill_tiles``: ``NO_SPILL_TILES``, or
+    ``NO_SPILL_TILES_TMA`` with ``tma``, less ``SPILLING_BEFORE_TRITON_3_7`` on Triton 3.6). Decode
+    tiles (16 rows) are small enough for every head dim."""
     bm, bn, _, st = tile_of(cfg)
     bd = head_block(head_dim)
     if smem_bytes(bm, bn, st, bd, elt_bytes) > smem_limit:
@@ -158,7 +179,7 @@ def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int, loop_level
     if bm == 16:
         return bd < 256 or (bn, st) == (64, 2)
     return tile_of(cfg) in no_spill_tiles(head_dim=head_dim, elt_bytes=elt_bytes, loop_level=loop_level,
-                                          triton_version=triton_version)
+                                          triton_version=triton_version, tma=tma)
 
 
 # Constexpr flags by the per-score work they add to the key loop (point statistics and learned
@@ -185,24 +206,25 @@ def tuner_bucket(q_len: int) -> str:
 
 
 def candidate_configs(bucket: str, *, head_dim: int, elt_bytes: int, loop_level: str,
-                      triton_version: tuple[int, int] = TRITON_VERSION,
+                      triton_version: tuple[int, int] = TRITON_VERSION, tma: bool = False,
                       smem_limit: int = SMEM_LIMIT_BYTES) -> list[triton.Config]:
     """The configs the autotuner tries for one launch: the first kept ones of the bucket's list,
     at most ``MAX_DECODE_CONFIGS`` / ``MAX_PREFILL_CONFIGS``, within ``smem_limit`` bytes of shared
     memory (the device's, ``device_smem_limit``). When no 16-row decode tile is kept (fp32 at head
     dims over 128 on sm_90: none fits shared memory) the prefill candidates (their 64-row tiles
     mask the rows beyond ``Nq``); when no prefill tile is kept, the smallest that fits; a
-    ``ValueError`` when none fits (fp32 at head dim 256 on an A100)."""
+    ``ValueError`` when none fits (fp32 at head dim 256 on an A100). ``tma``: the launch reads K and
+    V through TMA (``keep_config``)."""
     decode = bucket == "decode"
     configs = DECODE_CONFIGS if decode else PREFILL_CONFIGS
     bd = head_block(head_dim)
     kept = [c for c in configs if keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=loop_level,
-                                              smem_limit=smem_limit, triton_version=triton_version)]
+                                              smem_limit=smem_limit, triton_version=triton_version, tma=tma)]
     if kept:
         return kept[:MAX_DECODE_CONFIGS if decode else MAX_PREFILL_CONFIGS]
     if decode:
         return candidate_configs("prefill", head_dim=head_dim, elt_bytes=elt_bytes, loop_level=loop_level,
-                                 triton_version=triton_version, smem_limit=smem_limit)
+                                 triton_version=triton_version, smem_limit=smem_limit, tma=tma)
     fits = [c for c in configs
             if smem_fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, bd, elt_bytes, smem_limit)]
     if not fits:
@@ -225,7 +247,8 @@ def prune_fused_configs(configs: list[triton.Config], named_args: dict, **kwargs
     follows from the launch's query length)."""
     a = {**named_args, **kwargs}
     return candidate_configs(tuner_bucket(a["Nq"]), head_dim=a["HEAD_DIM"], elt_bytes=a["Q"].element_size(),
-                             loop_level=loop_level(a), smem_limit=device_smem_limit(a["Q"].device))
+                             loop_level=loop_level(a), tma=a.get("TMA_KV", False),
+                             smem_limit=device_smem_limit(a["Q"].device))
 
 
 # ----------------------------------------------------------------------------------------------

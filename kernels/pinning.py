@@ -148,14 +148,16 @@ def fused_pin(*, head_dim: int, elt_bytes: int, constexprs: Mapping[str, Any],
     pin = pinned("fused")
     if pin is None:
         return None
-    level = loop_level(constexprs)
-    if keep_config(pin.config, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level, smem_limit=smem_limit):
+    level, tma = loop_level(constexprs), constexprs.get("TMA_KV", False)
+    if keep_config(pin.config, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level, tma=tma,
+                   smem_limit=smem_limit):
         return pin.config
     check_smem(pin, *tile_of(pin.config)[:2], pin.config.num_stages, head_dim, elt_bytes, smem_limit)
     kept = [config_text(c) for c in kernel_configs("fused")
-            if keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level, smem_limit=smem_limit)]
+            if keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level, tma=tma, smem_limit=smem_limit)]
     raise ValueError(f"{pin.source}: this tile is not measured spill-free on sm_90 for head_dim {head_dim}, "
-                     f"{elt_bytes}-byte inputs and loop level {level!r} under Triton {triton.__version__}; "
+                     f"{elt_bytes}-byte inputs and loop level {level!r} (K and V loaded through "
+                     f"{'TMA' if tma else 'pointers'}) under Triton {triton.__version__}; "
                      f"kept for this launch: {' | '.join(kept) or 'none'}")
 
 

@@ -32,8 +32,12 @@ What each statistic costs in the hot loop (the unmasked key tiles):
 * learned sinks: epilogue only (one more outcome in the log-sum-exp).
 
 Any head dim from 1 to 256 runs: the tile is padded on chip to ``BLOCK_D`` (the next power of
-two, at least 16) with masked loads, so padding costs no HBM traffic. fp32 inputs run on the
-tensor cores as 3xTF32 (``input_precision="tf32x3"``), which keeps fp32-level accuracy.
+two, at least 16) with masked loads, so padding costs no HBM traffic. K and V tiles come through
+TMA tensor descriptors where their layout allows (``TMA_KV``, ``triton_common.tma_ready``; built on
+the device, so the launch sets a scratch allocator), which hold no address registers (at D = 128
+that is what lets a 128x128 tile compile without spills); other layouts load through pointers.
+fp32 inputs run on the tensor cores as 3xTF32 (``input_precision="tf32x3"``), which keeps
+fp32-level accuracy.
 
 Statistics that were not requested are compiled out (``tl.constexpr`` flags): their outputs are
 passed as None and ``triton.heuristics`` turns that into the flags (``FUSED_HEURISTICS``).
@@ -59,15 +63,79 @@ from .stats import AttentionStats
 from .triton_common import (LN2, LOG2E_K, MAX_HEAD_DIM, TorchTensors, check_grid, derived_flags, device_guard,
                             device_smem_limit, extent, given, head_block, initial_loop_state, interpreting,
                             join_learned_sink, point_prob, program_heads, range_stat_segments, row_entropy2,
-                            score_scales, side_input_rows, store_lse, store_point_probs, stride_args, tanh_softcap,
-                            top1_in_tiles)
+                            run_with_scratch, score_scales, side_input_rows, store_lse, store_point_probs, stride_args,
+                            tanh_softcap, tma_ready, top1_in_tiles)
+
+
+@triton.jit
+def kv_sources(Kb, Vb, Nk, stride_kn, stride_vn, TMA_KV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """What the key loops read K and V tiles from: with TMA_KV tensor descriptors of the
+    (batch, head)'s ``[Nk, HEAD_DIM]`` rows (TMA on sm_90: no address registers, zeros beyond
+    ``Nk`` and ``HEAD_DIM``), else the base pointers ``Kb``, ``Vb``."""
+    if TMA_KV:
+        k_src = tl.make_tensor_descriptor(Kb, [Nk, HEAD_DIM], [stride_kn, 1], [BLOCK_N, BLOCK_D])
+        v_src = tl.make_tensor_descriptor(Vb, [Nk, HEAD_DIM], [stride_vn, 1], [BLOCK_N, BLOCK_D])
+    else:
+        k_src = Kb
+        v_src = Vb
+    return k_src, v_src
+
+
+@triton.jit
+def kv_tile_offsets(stride_kn, stride_kd, stride_vn, stride_vd, TMA_KV: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+    """In-tile int32 offsets of the K^T ``[BLOCK_D, BLOCK_N]`` and V ``[BLOCK_N, BLOCK_D]`` tiles,
+    computed once (only the tile's 64-bit base moves); 0 with TMA_KV (descriptors need none)."""
+    k_off = 0
+    v_off = 0
+    if not TMA_KV:
+        offs_j = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        k_off = offs_j[None, :] * stride_kn + offs_d[:, None] * stride_kd
+        v_off = offs_j[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    return k_off, v_off
+
+
+@triton.jit
+def kv_tile(src, off, start_n, stride_n, in_range, MASKED: tl.constexpr, TMA_KV: tl.constexpr, KEY: tl.constexpr,
+            HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The tile of keys ``start_n ..`` from ``kv_sources``'s ``src``: K^T ``[BLOCK_D, BLOCK_N]``
+    (KEY) or V ``[BLOCK_N, BLOCK_D]``, zeros at padded head dims (BLOCK_D > HEAD_DIM: masked, no
+    HBM traffic) and, in the MASKED stage (the ragged end of the keys lives there only), at keys
+    outside ``in_range``."""
+    if TMA_KV:
+        tile = src.load([start_n, 0])
+        if KEY:
+            tile = tile.T
+    else:
+        offs_d = tl.arange(0, BLOCK_D)
+        d_ok = offs_d < HEAD_DIM
+        ptrs = src + start_n.to(tl.int64) * stride_n + off
+        if KEY:
+            d_ok = d_ok[:, None]
+            n_ok = in_range[None, :]
+        else:
+            d_ok = d_ok[None, :]
+            n_ok = in_range[:, None]
+        if MASKED:
+            if BLOCK_D != HEAD_DIM:
+                tile = tl.load(ptrs, mask=d_ok & n_ok, other=0.0)
+            else:
+                tile = tl.load(ptrs, mask=n_ok, other=0.0)
+        else:
+            if BLOCK_D != HEAD_DIM:
+                tile = tl.load(ptrs, mask=d_ok, other=0.0)
+            else:
+                tile = tl.load(ptrs)
+    return tile
 
 
 @triton.jit
 def _attn_fwd_inner(
     state, rows, keys, limits, lo, hi,
     MASKED: tl.constexpr, RANGE_STATS: tl.constexpr, HAS_PAD: tl.constexpr, HAS_TOK: tl.constexpr,
-    HAS_ENT: tl.constexpr, FP32_INPUT: tl.constexpr, HEAD_DIM: tl.constexpr,
+    HAS_ENT: tl.constexpr, FP32_INPUT: tl.constexpr, TMA_KV: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_DIST: tl.constexpr,
     HAS_LOCAL: tl.constexpr, HAS_TOP1: tl.constexpr, HAS_SPAN: tl.constexpr,
@@ -76,7 +144,8 @@ def _attn_fwd_inner(
 
     ``state``: the running sums (``_attn_stats_fwd``'s ``state``, returned updated); ``rows``:
     ``(q, q_pos, q_tok, q0)``, ``q0`` the block's first query position; ``keys``: the (batch,
-    head)'s K, V, token, previous-token and padding-mask pointers and their strides; ``limits``:
+    head)'s K and V (tensor descriptors with TMA_KV, else pointers), token, previous-token and
+    padding-mask pointers and the strides; ``limits``:
     ``(Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi)``.
 
     With MASKED=False every key of every tile is strictly before every query of the block,
@@ -88,29 +157,13 @@ def _attn_fwd_inner(
     K, V, TOK, TOKP, KPM, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn = keys
     Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi = limits
     offs_j = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
     jj = offs_j.to(tl.float32)  # key offsets within a tile, for the distance
-    # In-tile offsets in int32, computed once; only the tile's base pointer moves (64-bit).
-    k_off = offs_j[None, :] * stride_kn + offs_d[:, None] * stride_kd  # [BLOCK_D, BLOCK_N]
-    v_off = offs_j[:, None] * stride_vn + offs_d[None, :] * stride_vd  # [BLOCK_N, BLOCK_D]
+    k_off, v_off = kv_tile_offsets(stride_kn, stride_kd, stride_vn, stride_vd, TMA_KV, BLOCK_N, BLOCK_D)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + offs_j
         in_range = offs_n < Nk
-        k_ptrs = K + start_n.to(tl.int64) * stride_kn + k_off
-        v_ptrs = V + start_n.to(tl.int64) * stride_vn + v_off
-        # Padded head dims (BLOCK_D > HEAD_DIM) are masked: zeros on chip, no HBM traffic.
-        if MASKED:  # the ragged end of the keys lives in this stage only
-            if BLOCK_D != HEAD_DIM:
-                k = tl.load(k_ptrs, mask=d_ok[:, None] & in_range[None, :], other=0.0)
-            else:
-                k = tl.load(k_ptrs, mask=in_range[None, :], other=0.0)
-        else:
-            if BLOCK_D != HEAD_DIM:
-                k = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
-            else:
-                k = tl.load(k_ptrs)
+        k = kv_tile(K, k_off, start_n, stride_kn, in_range, MASKED, TMA_KV, True, HEAD_DIM, BLOCK_D)
         if FP32_INPUT:
             qk = tl.dot(q, k, input_precision="tf32x3")
         else:
@@ -178,16 +231,7 @@ def _attn_fwd_inner(
                     span_acc += tl.sum(tl.where(in_span[None, :], p, 0.0), 1)
 
         l_i = l_i * alpha + tl.sum(p, 1)  # the same sum as the distance's (one reduction)
-        if MASKED:
-            if BLOCK_D != HEAD_DIM:
-                v = tl.load(v_ptrs, mask=in_range[:, None] & d_ok[None, :], other=0.0)
-            else:
-                v = tl.load(v_ptrs, mask=in_range[:, None], other=0.0)
-        else:
-            if BLOCK_D != HEAD_DIM:
-                v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
-            else:
-                v = tl.load(v_ptrs)
+        v = kv_tile(V, v_off, start_n, stride_vn, in_range, MASKED, TMA_KV, False, HEAD_DIM, BLOCK_D)
         acc = acc * alpha[:, None]
         if FP32_INPUT:
             acc = tl.dot(p, v, acc, input_precision="tf32x3")
@@ -208,7 +252,7 @@ def _attn_stats_fwd(
     stride_mb, stride_mn,
     Hq, GROUP, Nq, Nk, qk_scale, cap_in, window, local_window,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, N_OFFSETS: tl.constexpr, N_PROBES: tl.constexpr,
-    HAS_PAD: tl.constexpr, HAS_TOK: tl.constexpr, HAS_ENT: tl.constexpr, FP32_INPUT: tl.constexpr,
+    HAS_PAD: tl.constexpr, HAS_TOK: tl.constexpr, HAS_ENT: tl.constexpr, FP32_INPUT: tl.constexpr, TMA_KV: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
     HAS_DIST: tl.constexpr, HAS_LOCAL: tl.constexpr, HAS_TOP1: tl.constexpr, HAS_SPAN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -226,8 +270,10 @@ def _attn_stats_fwd(
     row_ok = offs_m < Nq
     # Bottom-right causal alignment: query row i sits at absolute key position Nk - Nq + i.
     q_pos = (Nk - Nq) + offs_m
-    q_ptrs = Qb + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd
-    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    offs_r = tl.arange(0, BLOCK_M)
+    Qm = Qb + (start_m * BLOCK_M).to(tl.int64) * stride_qm
+    q = tl.load(Qm + offs_r[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=row_ok[:, None] & d_ok[None, :],
+                other=0.0)
 
     TOKb, TOKPb, KPMb, q_tok, span_lo, span_hi = side_input_rows(TOK, TOKP, KPM, SPAN, FIRST, b, Nk, stride_mb, q_pos,
                                                                  row_ok, BLOCK_M, HAS_TOK, HAS_PAD, HAS_SPAN)
@@ -260,13 +306,14 @@ def _attn_stats_fwd(
 
     state = initial_loop_state(BLOCK_M, BLOCK_D)  # the running sums; top1: the tile of the running max
     rows = (q, q_pos, q_tok, q0)
-    keys = (Kb, Vb, TOKb, TOKPb, KPMb, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn)
+    k_src, v_src = kv_sources(Kb, Vb, Nk, stride_kn, stride_vn, TMA_KV, HEAD_DIM, BLOCK_N, BLOCK_D)
+    keys = (k_src, v_src, TOKb, TOKPb, KPMb, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn)
     limits = (Nk, qk_scale, cap_in, window, local_window, span_lo, span_hi)
     for stage in tl.static_range(6):
         if (HAS_WINDOW or stage != 0) and (SEGMENTED or stage == 0 or stage == 1 or stage == 5):
             state = _attn_fwd_inner(
                 state, rows, keys, limits, bounds[stage], bounds[stage + 1], stage == 0 or stage == 5,
-                stage == 0 or stage == 2 or stage == 4 or stage == 5, HAS_PAD, HAS_TOK, HAS_ENT, FP32_INPUT,
+                stage == 0 or stage == 2 or stage == 4 or stage == 5, HAS_PAD, HAS_TOK, HAS_ENT, FP32_INPUT, TMA_KV,
                 HEAD_DIM, BLOCK_D, BLOCK_N, HAS_WINDOW, HAS_SOFTCAP, HAS_DIST, HAS_LOCAL, HAS_TOP1, HAS_SPAN)
     acc, l_i, m_i, ind_acc, dup_acc, ent_acc, dist_acc, loc_acc, span_acc, top_tile = state
 
@@ -292,7 +339,9 @@ def _attn_stats_fwd(
 
     # Point probabilities: reload Q (in fp32) rather than keep it live through the loop. A key
     # left of a row's sliding window has probability 0.
-    q32 = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+    q_rows = Qb + offs_m.to(tl.int64) * stride_qm  # not q_ptrs: those would stay live through the loops
+    q32 = tl.load(q_rows[:, None] + offs_d[None, :] * stride_qd, mask=row_ok[:, None] & d_ok[None, :],
+                  other=0.0).to(tl.float32)
     first_vec = tl.zeros([BLOCK_M], dtype=tl.int32) + first
     sink_ok = has_key & (first_vec <= q_pos)
     if HAS_WINDOW:
@@ -346,7 +395,7 @@ INTERPRET_BLOCK = 16
 FUSED_HEURISTICS = dict(
     N_OFFSETS=extent("OFFSET_VALUES", 0), N_PROBES=extent("PROBE_KEYS", 1), HAS_PAD=given("KPM"),
     HAS_TOK=given("TOK"), HAS_ENT=given("ENT"), HAS_DIST=given("DIST"), HAS_LOCAL=given("LOC"),
-    HAS_TOP1=given("TOP_I"), HAS_SPAN=given("SPAN"), HAS_SINKS=given("SINK_LOGITS"),
+    HAS_TOP1=given("TOP_I"), HAS_SPAN=given("SPAN"), HAS_SINKS=given("SINK_LOGITS"), TMA_KV=tma_ready("K", "V"),
 )
 # Decode steps grow Nk by one key: the decode bucket runs a copy of the kernel that does not
 # specialise Nk (Triton specialises integers on divisibility by 16), so that generation never stalls
@@ -454,5 +503,7 @@ def attention_with_stats_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         kernel = FUSED_DECODE_TUNER if launch.bucket == "decode" else FUSED_TUNER
         tile = length_buckets(Nq, k.shape[2])
     with device_guard(q.device):  # Triton launches on the current device: make it q's
-        with_flags(kernel)[lambda meta: launch.grid(meta["BLOCK_M"])](**launch.args, **launch.constexprs, **tile)
+        # K and V tensor descriptors (TMA_KV) take global scratch
+        run_with_scratch(lambda: with_flags(kernel)[lambda meta: launch.grid(meta["BLOCK_M"])](
+            **launch.args, **launch.constexprs, **tile), q.device)
     return launch.out, launch.stats

@@ -7,6 +7,7 @@ Imports go one way: ``dispatch -> {chunked, triton_attention, triton_decode} -> 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import inspect
 import os
@@ -70,14 +71,20 @@ def head_block(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
+# The fused kernel's TMA loads (``TMA_KV``) add their mbarriers: 24 to 1024 B in sm_90 compiles
+# (Triton 3.9 and 3.6, with the alignment of the tiles after them).
+TMA_BARRIER_BYTES = 1024
+
+
 def smem_bytes(block_m: int, block_n: int, num_stages: int, block_d: int, elt_bytes: int) -> int:
     """Shared memory of one program: the Q tile (two copies for fp32 inputs) + ``num_stages`` K
-    and V tiles. fp32's second Q tile is measured: sm_90 compiles of the 64-row fp32 (3xTF32)
-    tiles take exactly ``4 * (2 BLOCK_M + 2 BLOCK_N num_stages) * BLOCK_D`` bytes under Triton 3.9
-    and 3.6 (an H200 refused 64x32 s2 at D = 256: 262144 B > 232448); 16-bit tiles take at most
-    the one-copy figure."""
+    and V tiles + ``TMA_BARRIER_BYTES``. fp32's second Q tile is measured: sm_90 compiles of the
+    64-row fp32 (3xTF32) tiles take exactly ``4 * (2 BLOCK_M + 2 BLOCK_N num_stages) * BLOCK_D``
+    bytes with pointer loads, and up to 1 KB more with TMA loads, under Triton 3.9 and 3.6 (an H200
+    refused 64x32 s2 at D = 256: 262144 B > 232448); 16-bit tiles take at most the one-copy figure
+    (plus the barriers)."""
     q_tiles = 2 if elt_bytes >= 4 else 1
-    return elt_bytes * (q_tiles * block_m * block_d + 2 * block_n * block_d * num_stages)
+    return elt_bytes * (q_tiles * block_m * block_d + 2 * block_n * block_d * num_stages) + TMA_BARRIER_BYTES
 
 
 def smem_fits(block_m: int, block_n: int, num_stages: int, block_d: int, elt_bytes: int,
@@ -152,6 +159,31 @@ def given(name: str) -> HeuristicRule:
 def extent(name: str, dim: int) -> HeuristicRule:
     """Rule: size ``dim`` of the optional tensor ``name``, 0 when it is absent."""
     return lambda args: 0 if args[name] is None else int(args[name].shape[dim])
+
+
+def tma_ready(*names: str) -> HeuristicRule:
+    """Rule: whether TMA (tensor descriptors over each ``[.., N, D]`` tensor ``names``' rows) can
+    read them: unit stride along D, and a 16-byte aligned start and other strides (TMA's
+    requirements; the row stride also nonzero). Other layouts load through pointers."""
+    def ready(t: Any) -> bool:
+        elt, strides = t.element_size(), t.stride()
+        return (strides[-1] == 1 and strides[-2] > 0 and t.data_ptr() % 16 == 0
+                and all(s * elt % 16 == 0 for s in strides[:-1]))
+    return lambda args: all(ready(args[name]) for name in names)
+
+
+def run_with_scratch(launch: Callable[[], Any], device: torch.device) -> Any:
+    """Run ``launch()`` with a Triton allocator that hands out ``device`` memory: kernels that build
+    tensor descriptors on the device (``tl.make_tensor_descriptor``) need global scratch. The
+    allocator is set in a copy of the current context, so the caller's own (``triton.set_allocator``)
+    is left as it was."""
+    def allocate(size: int, alignment: int, stream: Optional[int]) -> torch.Tensor:
+        return torch.empty(size, dtype=torch.int8, device=device)
+
+    def run() -> Any:
+        triton.set_allocator(allocate)
+        return launch()
+    return contextvars.copy_context().run(run)
 
 
 def derived_flags(rules: dict[str, HeuristicRule], args: dict) -> dict:

@@ -25,22 +25,24 @@ def tiles(configs) -> list[tuple]:
 # ----------------------------------------------------------------------------------------------
 # Bounded candidate lists.
 
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
 @pytest.mark.parametrize("version", VERSIONS, ids=str)
 @pytest.mark.parametrize("elt_bytes", [2, 4])
 @pytest.mark.parametrize("level", LOOP_LEVELS)
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 @pytest.mark.parametrize("bucket", ["decode", "prefill"])
-def test_candidates_are_bounded_kept_and_in_preference_order(bucket, head_dim, level, elt_bytes, version):
+def test_candidates_are_bounded_kept_and_in_preference_order(bucket, head_dim, level, elt_bytes, version, tma):
     """1 to the bound configs, each fitting shared memory, in the list's order, and (where any
     tile is kept) exactly the first kept ones: none skipped ahead of a tried one."""
-    got = candidate_configs(bucket, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level, triton_version=version)
+    got = candidate_configs(bucket, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level, triton_version=version,
+                            tma=tma)
     bound = MAX_DECODE_CONFIGS if bucket == "decode" else MAX_PREFILL_CONFIGS
     configs = DECODE_CONFIGS if bucket == "decode" else PREFILL_CONFIGS
     assert 1 <= len(got) <= bound
     if not any(c is k for k in configs for c in got):  # no 16-row tile fits: the prefill candidates
         assert bucket == "decode" and elt_bytes == 4 and head_block(head_dim) == 256
         configs = PREFILL_CONFIGS
-        assert got == candidate_configs("prefill", head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level)
+        assert got == candidate_configs("prefill", head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level, tma=tma)
     assert all(any(c is k for k in configs) for c in got)
     positions = [next(i for i, k in enumerate(configs) if k is c) for c in got]
     assert positions == sorted(positions)
@@ -48,8 +50,8 @@ def test_candidates_are_bounded_kept_and_in_preference_order(bucket, head_dim, l
     for c in got:
         bm, bn, _, st = tile_of(c)
         assert smem_bytes(bm, bn, st, bd, elt_bytes) <= SMEM_LIMIT_BYTES
-    kept = [c for c in configs
-            if autotune.keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level, triton_version=version)]
+    kept = [c for c in configs if autotune.keep_config(c, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level,
+                                                       triton_version=version, tma=tma)]
     if kept:
         assert got == kept[:bound]
 
@@ -80,6 +82,45 @@ EXPECTED = {
     ("prefill", 256, 4, "heavy", (3, 6)): [(64, 16, 8, 2)],
     ("prefill", 200, 4, "entropy", (3, 9)): [(64, 16, 8, 2)],
 }
+
+
+# With K and V read through TMA (contiguous tensors), from compile-sm90-2026-12-04-registers-triton3.{9,6}:
+# D = 128 keeps 128x128 w8 s2 without statistics, with entropy and with a window (not with the heavy
+# level: long statistics spill there), and the 64-row tiles with the heavy level (128x64 w8 spills with
+# a key padding mask under 3.6), padded head dims (80, 96)
+# too; other head dims keep the pointer loads' lists.
+EXPECTED_TMA = {
+    ("prefill", 128, 2, "none", (3, 9)): [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3)],
+    ("prefill", 128, 2, "none", (3, 6)): [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3)],
+    ("prefill", 128, 2, "window", (3, 6)): [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3)],
+    ("prefill", 128, 2, "entropy", (3, 9)): [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3)],
+    ("prefill", 128, 2, "heavy", (3, 9)): [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 32, 4, 2)],
+    ("prefill", 128, 2, "heavy", (3, 6)): [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 32, 4, 2)],
+    ("prefill", 128, 2, "stats", (3, 6)): [(64, 32, 4, 2)],
+    ("prefill", 96, 2, "window", (3, 9)): [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3)],
+    ("prefill", 80, 2, "heavy", (3, 6)): [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 32, 4, 2)],
+    ("prefill", 64, 2, "entropy", (3, 6)): [(128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3)],
+    ("prefill", 128, 4, "none", (3, 9)): [(64, 32, 4, 2)],
+}
+
+
+@pytest.mark.parametrize("case", list(EXPECTED_TMA), ids=str)
+def test_tma_candidates_match_the_compile_reports(case):
+    bucket, head_dim, elt_bytes, level, version = case
+    got = candidate_configs(bucket, head_dim=head_dim, elt_bytes=elt_bytes, loop_level=level, triton_version=version,
+                            tma=True)
+    assert tiles(got) == EXPECTED_TMA[case]
+
+
+def test_the_tma_lists_only_add_tiles_at_d128():
+    """TMA loads keep every tile the pointer loads keep (they hold fewer registers), and differ only at
+    D = 128 (padded or not); no 128-row tile is kept with the heavy level."""
+    for key, pointer_tiles in autotune.NO_SPILL_TILES.items():
+        tma_tiles = autotune.NO_SPILL_TILES_TMA.get(key, pointer_tiles)
+        assert pointer_tiles <= tma_tiles, key
+    assert {key[0] for key in autotune.NO_SPILL_TILES_TMA} == {128}
+    for padded in (False, True):  # 128-row tiles spill with the heavy level (long statistics; key padding)
+        assert all(bm == 64 for bm, *_ in autotune.NO_SPILL_TILES_TMA[(128, "heavy", padded)])
 
 
 # Shared memory of sm_90 compiles (``CompiledKernel.metadata.shared``, the figure the driver

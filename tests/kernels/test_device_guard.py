@@ -2,11 +2,14 @@
 Triton launches on the current CUDA device, so a layer on cuda:1 must make cuda:1 current."""
 
 import contextlib
+import contextvars
 
 import pytest
 import torch
+import triton
 from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import SideInputs, triton_attention, triton_decode
+from circuit_stats.kernels.triton_common import run_with_scratch
 
 
 class GuardRecorder:
@@ -112,3 +115,21 @@ def test_interpreter_check_names_the_numpy_fix(monkeypatch):
     finally:
         triton_common.check_interpreter.cache_clear()
     assert np.ones(1).shape == (1,)
+
+
+def test_launches_get_a_scratch_allocator_and_the_callers_is_kept():
+    """The fused kernel builds its K/V tensor descriptors (TMA_KV) on the device, which takes
+    global scratch: a launch runs with an allocator of torch memory on its device, and the
+    caller's own Triton allocator is the current one again afterwards."""
+    from triton.runtime import _allocation  # where Triton keeps the current allocator
+
+    def callers(size, alignment, stream):
+        raise AssertionError("the launch used the caller's allocator")
+
+    def check():
+        triton.set_allocator(callers)
+        scratch = run_with_scratch(lambda: _allocation._allocator.get()(96, 128, None), torch.device("cpu"))
+        assert isinstance(scratch, torch.Tensor) and scratch.numel() == 96 and scratch.device.type == "cpu"
+        assert _allocation._allocator.get() is callers
+
+    contextvars.copy_context().run(check)  # the test's own allocator stays out of the other tests

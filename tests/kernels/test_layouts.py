@@ -8,6 +8,7 @@ import torch
 from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive
 from circuit_stats.kernels.chunked import attention_lse_sink_sdpa
 from circuit_stats.kernels.request import StatsRequest
+from circuit_stats.kernels.triton_attention import FUSED_HEURISTICS
 from circuit_stats.kernels.triton_decode import attention_with_stats_decode
 from devices import DEVICE, KERNEL_DTYPES
 from kernel_cases import OUT_TOL, STAT_TOL, assert_stats_close
@@ -99,17 +100,35 @@ def test_layouts_match_contiguous_and_float64(layout, backend, dtype, seed, pois
     check(got, ref, want, dtype, f"{backend} {layout} {dtype} seed={seed}", Nk)
 
 
+def tma_loads(k, v) -> bool:  # whether the fused kernel reads K and V through TMA descriptors
+    return FUSED_HEURISTICS["TMA_KV"](dict(K=k, V=v))
+
+
+def test_layouts_cover_both_kv_load_paths():
+    """Contiguous K and V are read through TMA tensor descriptors, and the layouts above include
+    layouts read through pointers: so the fused kernel's layout checks compare the two load paths."""
+    k = torch.randn(2, 3, 13, 16, dtype=torch.float16)
+    assert tma_loads(k, k)
+    assert {name: tma_loads(f(k), k) for name, f in LAYOUTS.items()} == {
+        "head_dim_stride_2": False, "transposed": True, "head_dim_transposed": False, "sliced_heads": True,
+        "sliced_head_dim": False}
+    odd_rows = torch.randn(2, 3, 13, 20, dtype=torch.float16)  # 40-byte rows: not 16-byte aligned
+    assert not tma_loads(odd_rows, odd_rows) and not tma_loads(k, odd_rows)
+
+
+@pytest.mark.parametrize("tma", [False, True], ids=["pointer-loads", "tma-loads"])
 @pytest.mark.parametrize("backend", list(BACKENDS))
-def test_expanded_kv_heads_match_grouped_call(backend, seed, poison_outputs):
-    """kv heads expanded with stride 0 to the query heads give the grouped (GQA) call's numbers."""
+def test_expanded_kv_heads_match_grouped_call(backend, tma, seed, poison_outputs):
+    """kv heads expanded with stride 0 to the query heads give the grouped (GQA) call's numbers
+    (the fused kernel reads them through TMA when the head dim is contiguous)."""
     kind, Nq, Nk, stats = BACKENDS[backend]
     B, Hq, D, dtype = 2, 4, 16, torch.float32
     q, k, v = make_qkv(B, Hq, 1, Nq, Nk, D, dtype)
     tok = torch.randint(0, 4, (B, Nk), device=DEVICE) if stats else None
     side = SideInputs.build(batch=B, k_len=Nk, device=q.device, token_ids=tok)
     ref = run(kind, q, k, v, side, stats)
-    k_wide, v_wide = (head_dim_stride_2(t).expand(B, Hq, Nk, D) for t in (k, v))
-    assert k_wide.stride(1) == 0
+    k_wide, v_wide = ((t if tma else head_dim_stride_2(t)).expand(B, Hq, Nk, D) for t in (k, v))
+    assert k_wide.stride(1) == 0 and tma_loads(k_wide, v_wide) == tma
     got = run(kind, q, k_wide, v_wide, side, stats)
     kw = dict(offsets=(1, 2), token_ids=tok, entropy=True) if stats else {}
     want = attention_with_stats_naive(q.double(), k.double(), v.double(), **kw)
