@@ -161,15 +161,21 @@ def extent(name: str, dim: int) -> HeuristicRule:
     return lambda args: 0 if args[name] is None else int(args[name].shape[dim])
 
 
+# Set to "0" to load K and V through pointers in every launch (a switch for comparing the two load
+# paths on a GPU, or for a GPU or driver whose TMA misbehaves); read at each launch.
+TMA_SWITCH = "CIRCUIT_STATS_TMA"
+
+
 def tma_ready(*names: str) -> HeuristicRule:
     """Rule: whether TMA (tensor descriptors over each ``[.., N, D]`` tensor ``names``' rows) can
     read them: unit stride along D, and a 16-byte aligned start and other strides (TMA's
-    requirements; the row stride also nonzero). Other layouts load through pointers."""
+    requirements; the row stride also nonzero), unless ``TMA_SWITCH`` is "0". Other layouts load
+    through pointers."""
     def ready(t: Any) -> bool:
         elt, strides = t.element_size(), t.stride()
         return (strides[-1] == 1 and strides[-2] > 0 and t.data_ptr() % 16 == 0
                 and all(s * elt % 16 == 0 for s in strides[:-1]))
-    return lambda args: all(ready(args[name]) for name in names)
+    return lambda args: os.environ.get(TMA_SWITCH, "1") != "0" and all(ready(args[name]) for name in names)
 
 
 def run_with_scratch(launch: Callable[[], Any], device: torch.device) -> Any:

@@ -9,6 +9,7 @@ from circuit_stats.kernels import SideInputs, attention_with_stats, attention_wi
 from circuit_stats.kernels.chunked import attention_lse_sink_sdpa
 from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels.triton_attention import FUSED_HEURISTICS
+from circuit_stats.kernels.triton_common import TMA_SWITCH
 from circuit_stats.kernels.triton_decode import attention_with_stats_decode
 from devices import DEVICE, KERNEL_DTYPES
 from kernel_cases import OUT_TOL, STAT_TOL, assert_stats_close
@@ -114,6 +115,20 @@ def test_layouts_cover_both_kv_load_paths():
         "sliced_head_dim": False}
     odd_rows = torch.randn(2, 3, 13, 20, dtype=torch.float16)  # 40-byte rows: not 16-byte aligned
     assert not tma_loads(odd_rows, odd_rows) and not tma_loads(k, odd_rows)
+
+
+def test_the_tma_switch_turns_every_launch_to_pointer_loads(monkeypatch, seed, poison_outputs):
+    """With CIRCUIT_STATS_TMA=0 a contiguous launch reads K and V through pointers, and gives the
+    numbers of the TMA launch."""
+    q, k, v = make_qkv(2, 4, 2, 21, 21, 16, torch.float32)
+    tma = attention_with_stats(q, k, v, backend="triton", entropy=True)
+    monkeypatch.setenv(TMA_SWITCH, "0")
+    assert not tma_loads(k, v)
+    pointers = attention_with_stats(q, k, v, backend="triton", entropy=True)
+    monkeypatch.setenv(TMA_SWITCH, "1")
+    assert tma_loads(k, v)
+    torch.testing.assert_close(pointers[0], tma[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pointers[1].entropy, tma[1].entropy, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("tma", [False, True], ids=["pointer-loads", "tma-loads"])
