@@ -14,6 +14,9 @@ Variants (causal, self-attention, Nq = Nk = N):
                         the sink/offset probabilities exp(q.k * scale - lse)
   f  eager              materialised softmax and the statistics from it (the path of
                         TransformerLens, nnsight and the study) until it runs out of memory
+On request (``--variants``):
+  a' ours-plain-pointers  ours-plain with K and V loaded through pointers (``CIRCUIT_STATS_TMA=0``),
+                        beside ours-plain's TMA loads (the same on the torch backend)
 
 Each row: median ms, TFLOP/s with FLOPs = 2 * 2 * B * H * N * N * D / 2, peak extra memory, and
 for b, c, e, f the max |sink - sink_ours| as a correctness cross-check.
@@ -22,17 +25,21 @@ for b, c, e, f the max |sink - sink_ours| as a correctness cross-check.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import sys
 
 import torch
 
 from circuit_stats.kernels import SideInputs, attention_with_stats, stats_from_probabilities
+from circuit_stats.kernels.triton_common import TMA_SWITCH
 
 from bench.common import environment, is_oom, median_ms, peak_memory, write_results
 
 OFFSETS = (1, 2, 3)
 VARIANTS = ["ours-plain", "ours-sink-offsets", "ours-all", "ours-all-side", "sdpa-flash", "flex-lse-gather", "eager"]
+EXTRA_VARIANTS = ["ours-plain-pointers"]
 COLUMNS = ["variant", "dtype", "D", "N", "median_ms", "tflops", "peak_mem_mib", "sink_err", "status"]
 
 
@@ -44,6 +51,11 @@ def make_variant(name: str, q, k, v, tok, backend: str):
     scale = q.shape[-1] ** -0.5
     if name == "ours-plain":
         return lambda: attention_with_stats(q, k, v, backend=backend)
+    if name == "ours-plain-pointers":
+        def run():
+            with pointer_loads():
+                return attention_with_stats(q, k, v, backend=backend)
+        return run
     if name == "ours-sink-offsets":
         return lambda: attention_with_stats(q, k, v, offsets=OFFSETS, backend=backend)
     if name == "ours-all":
@@ -74,6 +86,20 @@ def make_variant(name: str, q, k, v, tok, backend: str):
 
         return run
     raise ValueError(name)
+
+
+@contextlib.contextmanager
+def pointer_loads():
+    """Our fused kernel loads K and V through pointers inside the block (``TMA_SWITCH``)."""
+    before = os.environ.get(TMA_SWITCH)
+    os.environ[TMA_SWITCH] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[TMA_SWITCH]
+        else:
+            os.environ[TMA_SWITCH] = before
 
 
 def _flex(q, k, v, scale):
@@ -176,6 +202,10 @@ def main(argv=None) -> int:
                         lengths="1024,2048,4096,8192,16384,32768", B=4, H=16, rep=20, variants=",".join(VARIANTS))
     # ours-all first: it is the reference for the sink cross-check
     variants = (a.variants or defaults["variants"]).split(",")
+    unknown = [v for v in variants if v not in VARIANTS + EXTRA_VARIANTS]
+    if unknown:
+        print(f"--variants: unknown {unknown}; expected some of {VARIANTS + EXTRA_VARIANTS}", file=sys.stderr)
+        return 2
     variants = sorted(variants, key=lambda v: v != "ours-all")
     dtypes = [getattr(torch, d) for d in (a.dtypes or defaults["dtypes"]).split(",")]
     backend = "triton" if a.device.startswith("cuda") else "torch"

@@ -2,6 +2,7 @@
 (Timings here mean nothing; the real runs need a GPU.)"""
 
 import json
+import os
 
 from bench import bench_kernel, bench_model, plot_results
 
@@ -19,6 +20,22 @@ def test_kernel_harness_quick(tmp_path):
     assert rows["eager"]["sink_err"] < 1e-5 and rows["ours-sink-offsets"]["sink_err"] < 1e-6
     assert path.with_suffix(".md").read_text().count("|") > 20
     assert plot_results.plot(path).stat().st_size > 0
+
+
+def test_the_pointer_load_variant_runs_on_request_and_leaves_the_switch_alone(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(bench_kernel.TMA_SWITCH, raising=False)
+    seen = []
+    real = bench_kernel.attention_with_stats
+    monkeypatch.setattr(bench_kernel, "attention_with_stats",
+                        lambda *a, **kw: seen.append(os.environ.get(bench_kernel.TMA_SWITCH)) or real(*a, **kw))
+    argv = ["--quick", "--lengths", "48", "--head-dims", "16", "--out-dir", str(tmp_path)]
+    assert bench_kernel.main(argv + ["--variants", "ours-plain,ours-plain-pointers"]) == 0
+    (path,) = tmp_path.glob("kernel-quick-*.json")
+    rows = {r["variant"]: r for r in json.loads(path.read_text())["results"]}
+    assert set(rows) == {"ours-plain", "ours-plain-pointers"} and all(r["status"] == "ok" for r in rows.values())
+    assert set(seen) == {None, "0"} and bench_kernel.TMA_SWITCH not in os.environ
+    assert bench_kernel.main(argv + ["--variants", "ours-plain,ours-fast"]) == 2
+    assert "--variants: unknown ['ours-fast']" in capsys.readouterr().err
 
 
 def test_full_sweep_refuses_to_run_without_a_gpu(capsys):
