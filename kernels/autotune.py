@@ -225,8 +225,7 @@ def candidate_configs(bucket: str, *, head_dim: int, elt_bytes: int, loop_level:
     if decode:
         return candidate_configs("prefill", head_dim=head_dim, elt_bytes=elt_bytes, loop_level=loop_level,
                                  triton_version=triton_version, smem_limit=smem_limit, tma=tma)
-    fits = [c for c in configs
-            if smem_fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, bd, elt_bytes, smem_limit)]
+    fits = fitting_configs(configs, block_d=bd, elt_bytes=elt_bytes, smem_limit=smem_limit)
     if not fits:
         smallest = min(smem_bytes(*tile_of(c)[:2], c.num_stages, bd, elt_bytes) for c in configs)
         raise ValueError(f"no tile of the fused kernel fits this GPU's {smem_limit} B of shared memory per block "
@@ -235,11 +234,17 @@ def candidate_configs(bucket: str, *, head_dim: int, elt_bytes: int, loop_level:
     return sorted(fits, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])[:1]
 
 
+def fitting_configs(configs: list[triton.Config], *, block_d: int, elt_bytes: int,
+                    smem_limit: int) -> list[triton.Config]:
+    """The fused-kernel ``configs`` whose tiles fit ``smem_limit`` bytes of shared memory."""
+    return [c for c in configs if smem_fits(*tile_of(c)[:2], c.num_stages, block_d, elt_bytes, smem_limit)]
+
+
 def fused_fits(*, head_dim: int, elt_bytes: int, smem_limit: int) -> bool:
     """Whether any prefill tile of the fused kernel fits ``smem_limit`` bytes of shared memory at
     this head dim and element size (not so for fp32 at head dim 256 on an A100)."""
-    bd = head_block(head_dim)
-    return any(smem_fits(*tile_of(c)[:2], c.num_stages, bd, elt_bytes, smem_limit) for c in PREFILL_CONFIGS)
+    return bool(fitting_configs(PREFILL_CONFIGS, block_d=head_block(head_dim), elt_bytes=elt_bytes,
+                                smem_limit=smem_limit))
 
 
 def prune_fused_configs(configs: list[triton.Config], named_args: dict, **kwargs: Any) -> list[triton.Config]:
