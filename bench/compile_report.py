@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
 import platform
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 # A fresh Triton cache: a cached kernel skips ptxas, whose log is where registers and spills come
@@ -97,16 +97,19 @@ def rescore_chunks(sass: str, loop: dict, block_n: int) -> int:
     return max(1, block_n // TOP1_CHUNK.value) if nested else 1
 
 
-def report_row(variant: aot.CompileVariant, config: triton.Config, arch: int, kept: bool = True) -> dict:
-    """Compile one (variant, config) and return its figures (or its error)."""
+def report_row(variant: aot.CompileVariant, config: triton.Config, arch: int, kept: bool = True,
+               baseline: bool = False) -> dict:
+    """Compile one (variant, config) and return its figures (or its error). ``baseline``: a
+    no-statistics row compiled only as the same-tile reference of a statistics set's kept tile."""
     # The split-decode kernel's row tile is fixed (ROWS_BLOCK packed rows), not autotuned.
     tile = dict(BLOCK_M=config.kwargs.get("BLOCK_M", ROWS_BLOCK), BLOCK_N=config.kwargs["BLOCK_N"],
-                num_warps=config.num_warps, num_stages=config.num_stages, kept=kept)
+                num_warps=config.num_warps, num_stages=config.num_stages, kept=kept, **({"baseline": True} if baseline
+                                                                                         else {}))
     try:
         row, compiled = aot.compile_variant(variant, config, arch)
-        row.update(kept=kept, BLOCK_M=tile["BLOCK_M"])
+        row.update(kept=kept, BLOCK_M=tile["BLOCK_M"], **({"baseline": True} if baseline else {}))
     except Exception as e:  # a compile error is a result: record it, the exit status shows it
-        return dict(asdict(variant), arch=arch, **tile, error=f"{type(e).__name__}: {e}"[-1000:])
+        return dict(dataclasses.asdict(variant), arch=arch, **tile, error=f"{type(e).__name__}: {e}"[-1000:])
     sass = compiled.asm["sass"]
     loops = mma_loops(sass)
     # With top1 the last loop holding tensor-core instructions is the epilogue's re-scoring of the
@@ -124,6 +127,10 @@ def report_row(variant: aot.CompileVariant, config: triton.Config, arch: int, ke
                                       head_block(variant.head_dim), aot.DTYPES[variant.dtype].itemsize)
     row["hot_loop"] = {k: v for k, v in hot.items() if k not in ("start", "end")}
     row["hot_loop_per_1k_scores"] = round(1000 * hot.get("total", 0) * tile["num_warps"] / scores, 1) if hot else None
+    # special-function results (MUFU: exp2, tanh, reciprocal) per score: the SFU pipe delivers 16
+    # per clock per SM on sm_80 / sm_90, an eighth of the FP32 lanes' rate
+    mufu = hot.get("mufu_ex2", 0) + hot.get("mufu_other", 0)
+    row["hot_loop_mufu_per_score"] = round(mufu * 32 * tile["num_warps"] / scores, 2) if hot else None
     return row
 
 
@@ -139,10 +146,11 @@ def markdown(doc: dict) -> str:
         "",
         f"triton {doc['triton']}, torch {doc['torch']}; compiled on a CPU with no GPU "
         "(`python -m bench.compile_report`). **Static compile figures, not timings.**",
-        "`loop/1k` = warp-instructions per 1000 attention scores in the unmasked key/value loop.",
+        "`loop/1k` = warp-instructions per 1000 attention scores in the unmasked key/value loop; `MUFU/score` =",
+        "special-function results (exp2, tanh, reciprocal) per score in that loop.",
         "",
-        "| variant | tile | regs | spill B | smem KB | tensor cores | loop/1k | x tutorial | x none | x fused none |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| variant | tile | regs | spill B | smem KB | tensor cores | loop/1k | MUFU/score | x tutorial | x none | x fused none |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     none_best, fused_none = {}, {}
     for r in doc["rows"]:
@@ -155,9 +163,9 @@ def markdown(doc: dict) -> str:
         tile = f"{r['BLOCK_M']}x{r['BLOCK_N']} w{r['num_warps']} s{r['num_stages']}"
         kernel = r.get("kernel", "fused")
         name = (f"D{r['head_dim']} {r['dtype']} {r['stats']} Nq={r['q_len']}" + ("" if kernel == "fused" else f" {kernel}")
-                + ("" if r.get("kept", True) else " (pruned)"))
+                + (" (same-tile reference)" if r.get("baseline") else "" if r.get("kept", True) else " (pruned)"))
         if "error" in r:
-            lines.append(f"| {name} | {tile} | FAILED: {r['error'][:120]} | | | | | | | |")
+            lines.append(f"| {name} | {tile} | FAILED: {r['error'][:120]} | | | | | | | | |")
             continue
         tc = "wgmma" if r["hgmma"] else ("mma.sync" if r["hmma"] else "none")
         per = r["hot_loop_per_1k_scores"]
@@ -168,17 +176,34 @@ def markdown(doc: dict) -> str:
         fused = fused_none.get(key[1:4]) if kernel == "key_mass" else None
         lines.append(
             f"| {name} | {tile} | {r['registers']} | {r['spill_store_bytes']} | {r['shared_bytes'] / 1024:.0f} | {tc} | "
-            f"{per if per is not None else '-'} | {f'{per / tut:.2f}' if per and tut else '-'} | "
+            f"{per if per is not None else '-'} | {r.get('hot_loop_mufu_per_score', '-')} | "
+            f"{f'{per / tut:.2f}' if per and tut else '-'} | "
             f"{f'{per / base:.2f}' if per and base else '-'} | {f'{per / fused:.2f}' if per and fused else '-'} |")
     lines += ["", "Triton tutorial forward (bf16, causal, sm_90, Nq = Nk = 4096), compiled the same way:", "",
               "| D | tile | regs | spills | loop/1k |", "|---:|---|---:|---:|---:|"]
     for t in doc["tutorial"]:
         lines.append(f"| {t['head_dim']} | {t['tile']} | {t['registers'] or '-'} | {t['spills']} | {t['loop_per_1k'] or '-'} |")
     lines += ["", "`x tutorial` compares with the tutorial's best tile at the same D (64: 298.8, 128: 253.4);",
-              "`x none` with the same kernel and tile and no statistics; `x fused none` (key_mass rows) with the fused",
+              "`x none` with the same kernel and tile and no statistics (compiled for the comparison where the",
+              "no-statistics launch keeps other tiles: \"same-tile reference\" rows); `x fused none` (key_mass rows) with the fused",
               "kernel's best kept tile with no statistics at the same D, dtype and length. The key-mass tile is",
               "BLOCK_M queries x BLOCK_N keys as well; its BLOCK_N keys stay on chip while the queries stream."]
     return "\n".join(lines) + "\n"
+
+
+def same_tile_references(jobs: list) -> list:
+    """No-statistics jobs on the kept fused tiles of every statistics set whose tile the
+    no-statistics launch does not keep: every kept tile gets its ``x none``."""
+    def tile(c: triton.Config) -> tuple:
+        return c.kwargs.get("BLOCK_M"), c.kwargs.get("BLOCK_N"), c.num_warps, c.num_stages
+
+    have = {(v, tile(c)) for v, c, _, _ in jobs if v.stats == "none"}
+    extra = {}
+    for v, c, arch, kept in jobs:
+        base = dataclasses.replace(v, stats="none")
+        if kept and v.kernel == "fused" and v.stats != "none" and (base, tile(c)) not in have:
+            extra.setdefault((base, tile(c)), (base, c, arch, False, True))
+    return list(extra.values())
 
 
 def _job(args):
@@ -222,6 +247,7 @@ def main(argv=None) -> int:
                  else tuned.PREFILL_CONFIGS)
         cfgs = kept[:1] if a.quick else (every if a.all_configs else kept)
         jobs += [(v, c, a.arch, any(c is k for k in kept)) for c in cfgs]
+    jobs += same_tile_references(jobs)
     print(f"compiling {len(jobs)} (variant, config) pairs for sm_{a.arch}", file=sys.stderr)
     rows = []
     with ProcessPoolExecutor(a.jobs) if a.jobs > 1 else contextlib.nullcontext() as pool:

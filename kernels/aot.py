@@ -320,6 +320,7 @@ def resource_usage(compiled: Any, ptxas_log: str) -> dict:
         shared_bytes=compiled.metadata.shared,
         hgmma=len(re.findall(r"\bHGMMA\.", sass)),  # Hopper warpgroup MMA (wgmma)
         hmma=len(re.findall(r"\bHMMA\.", sass)),    # mma.sync (Ampere-style)
+        mufu_tanh=len(re.findall(r"\bMUFU\.TANH\b", sass)),  # the softcap's tanh.approx (16-bit inputs)
         loop_spill_instructions=sum(loop.get("local_spill", 0) for loop in mma_loops(sass)),
     )
 

@@ -26,7 +26,8 @@ What each statistic costs in the hot loop (the unmasked key tiles):
 * local and span: a masked sum, only in the unmasked segments of tiles that reach some row's last
   ``local_window`` keys or overlap the span (``range_stat_segments``); the other tiles run a loop
   compiled without that code (a rescale of the two sums per row only).
-* softcap: one ``exp2`` and one approximate reciprocal per score, before masking.
+* softcap: before masking; one ``tanh.approx.f32`` per score with 16-bit inputs (as FlashAttention;
+  relative error <= 2^-11), ``exp2`` and an approximate reciprocal with fp32 (``tanh_softcap``).
 * sliding window: no per-score work in the unmasked tiles; tiles that cross the left edge of some
   row's window run a masked stage of their own, tiles left of every row's window are skipped.
 * learned sinks: epilogue only (one more outcome in the log-sum-exp).
@@ -169,7 +170,7 @@ def _attn_fwd_inner(
         else:
             qk = tl.dot(q, k)
         if HAS_SOFTCAP:  # capped before masking: tanh(-inf) would un-mask a key
-            qk = tanh_softcap(qk, cap_in)
+            qk = tanh_softcap(qk, cap_in, FP32_INPUT)
 
         if MASKED:
             keep = (offs_n[None, :] <= q_pos[:, None]) & in_range[None, :]

@@ -158,7 +158,7 @@ def _sweep(
             k = tl.load(k_ptrs)
         qk = tl.dot(q, k, input_precision=DOT_PRECISION)
         if HAS_SOFTCAP:  # capped before masking
-            qk = tanh_softcap(qk, cap_in)
+            qk = tanh_softcap(qk, cap_in, q.dtype == tl.float32)
         s2 = qk * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
 
         if MASKED:

@@ -67,7 +67,7 @@ def _key_mass_sweep(
         else:
             s = tl.dot(q, k_t)
         if HAS_SOFTCAP:
-            s = tanh_softcap(s, cap_in)
+            s = tanh_softcap(s, cap_in, FP32_INPUT)
         # Rows that do not count get ref2 = +inf: 2^-inf = 0. The max turns a NaN exponent into
         # -1e30 (max.f32 returns the number): a NaN a non-counting row holds adds 0; a counting
         # row with NaN has a NaN output, from which the caller marks the head.

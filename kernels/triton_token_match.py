@@ -100,7 +100,7 @@ def _band_tile(q, lo, width, lse2, Kb, ORDER, start, stride_kn, stride_kd, qk_sc
     else:
         s = tl.dot(q, tl.trans(k))
     if HAS_SOFTCAP:
-        s = tanh_softcap(s, cap_in)
+        s = tanh_softcap(s, cap_in, FP32_INPUT)
     s2 = s * qk_scale - lse2[:, None]
     if MASKED:  # lo <= s < lo + width as one unsigned compare
         s2 = tl.where((offs[None, :] - lo[:, None]).to(tl.uint32) < width[:, None], s2, float("-inf"))

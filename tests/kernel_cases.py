@@ -6,10 +6,27 @@ from __future__ import annotations
 import math
 
 import torch
-from devices import DEVICE
+from devices import DEVICE, HAS_CUDA
 
 STAT_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-3}
 OUT_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+
+def capped_score_error(dtype, softcap) -> float:
+    """Bound on the Triton kernels' error in a capped score (nats): with 16-bit inputs on a GPU
+    they cap with PTX ``tanh.approx.f32`` (relative error <= 2^-11, ``|tanh| <= 1``), as
+    FlashAttention does; 0 where the cap is exact (no softcap, fp32 inputs, the CPU)."""
+    if softcap is None or dtype == torch.float32 or not HAS_CUDA:
+        return 0.0
+    return softcap * 2.0 ** -11
+
+
+def out_tol(dtype, v: torch.Tensor, softcap=None) -> float:
+    """``OUT_TOL`` plus what capped scores off by ``eps`` move an output: each probability by a
+    factor within ``e^(+-2 eps)``, so the output by at most ``(e^(2 eps) - 1) max |v|``."""
+    return OUT_TOL[dtype] + math.expm1(2 * capped_score_error(dtype, softcap)) * v.abs().max().item()
+
 
 # (B, Hq, Hkv, Nq, Nk, padding)
 CASES = {
@@ -71,13 +88,20 @@ def random_span(B: int, Nk: int) -> torch.Tensor:
     return span
 
 
-def assert_stats_close(got, want, dtype, what: str, n_keys: int, p_ref=None) -> None:
+def assert_stats_close(got, want, dtype, what: str, n_keys: int, p_ref=None, softcap=None) -> None:
     """Every statistic of the float64 ``want`` is present in ``got`` and matches it.
 
     ``lse``: same -inf/NaN pattern, finite part close. ``distance`` is in tokens, so its
     tolerance scales with the number of keys. ``top1_index`` must match wherever the
-    reference's best key beats the runner-up by more than the tolerance."""
-    tol = {"distance": max(1, n_keys) * 4 * STAT_TOL[dtype]}
+    reference's best key beats the runner-up by more than the tolerance. ``softcap``: the
+    tolerances widen by what ``capped_score_error`` moves each statistic (a probability or a
+    sum of them by ``e^(2 eps) - 1``, the lse by ``eps``, the entropy by ``(2 + 2 softcap) eps``
+    nats: ``|s| <= softcap``)."""
+    eps = capped_score_error(dtype, softcap)
+    moved = math.expm1(2 * eps)
+    base = STAT_TOL[dtype] + moved
+    tol = {"distance": max(1, n_keys) * (4 * STAT_TOL[dtype] + moved), "lse": STAT_TOL[dtype] + eps,
+           "entropy": STAT_TOL[dtype] + (2 + 2 * (softcap or 0)) * eps / math.log(2)}
     for name, ref in want.as_dict().items():
         val = getattr(got, name)
         assert val is not None, f"{what}: {name} missing"
@@ -90,7 +114,7 @@ def assert_stats_close(got, want, dtype, what: str, n_keys: int, p_ref=None) -> 
             if want.top1_prob is not None and p_ref is not None:
                 top2 = p_ref.topk(min(2, p_ref.shape[-1]), -1).values
                 gap = top2[..., 0] - top2[..., -1] if top2.shape[-1] > 1 else torch.ones_like(top2[..., 0])
-                clear &= gap > 4 * STAT_TOL[dtype]
+                clear &= gap > 4 * base
             assert torch.equal(val[clear], ref[clear]), f"{what}: top1_index differs"
             continue
         assert val.dtype == torch.float32, f"{what}: {name} is {val.dtype}"
@@ -102,7 +126,7 @@ def assert_stats_close(got, want, dtype, what: str, n_keys: int, p_ref=None) -> 
         # in fp32 reach 1e-5 absolute), so its tolerance is relative above 1
         scale = ref.abs().clamp(min=1) if name == "lse" else torch.ones_like(ref)
         err = ((val.double() - ref).abs() / scale).max().item() if ref.numel() else 0.0
-        limit = tol.get(name, STAT_TOL[dtype])
+        limit = tol.get(name, base)
         assert err <= limit, f"{what}: {name} off by {err:.3g}{' (relative above 1)' if name == 'lse' else ''} (tol {limit:.3g})"
 
 

@@ -9,7 +9,7 @@ from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import SideInputs, attention_with_stats, attention_with_stats_naive, stats_from_probabilities
 from circuit_stats.kernels.chunked import attention_with_stats_chunked
 from devices import DEVICE
-from kernel_cases import CASES, OUT_TOL, STAT_TOL, assert_stats_close, make_inputs, random_span
+from kernel_cases import CASES, OUT_TOL, STAT_TOL, assert_stats_close, make_inputs, out_tol, random_span
 
 MODIFIERS = {
     "window": dict(window=7),
@@ -71,8 +71,9 @@ def test_modifiers_match_float64(backend, modifier, case, dtype, seed, poison_ou
     what = f"{backend} {modifier} {case} {dtype} W={W} seed={seed}"
     assert ref.learned_sink is not None if "sinks" in mods else ref.learned_sink is None
     out, stats = attention_with_stats(q, k, v, backend=backend, **kw)
-    assert (out.double() - ref_out).abs().max().item() <= OUT_TOL[dtype], what
-    assert_stats_close(stats, ref, dtype, what, Nk, p_ref)
+    cap = mods.get("softcap")
+    assert (out.double() - ref_out).abs().max().item() <= out_tol(dtype, v, cap), what
+    assert_stats_close(stats, ref, dtype, what, Nk, p_ref, cap)
     if backend == "torch":  # several query chunks, each with its own key range
         side = SideInputs.build(batch=B, k_len=Nk, device=q.device, key_padding_mask=mask, token_ids=tok,
                                 probe_keys=probes, span=span)
@@ -80,7 +81,7 @@ def test_modifiers_match_float64(backend, modifier, case, dtype, seed, poison_ou
                                top1=True, **mods)
         out2, stats2 = attention_with_stats_chunked(q, k, v, request, side, chunk_size=3)
         assert (out2.double() - ref_out).abs().max().item() <= OUT_TOL[dtype], what + " chunk=3"
-        assert_stats_close(stats2, ref, dtype, what + " chunk=3", Nk, p_ref)
+        assert_stats_close(stats2, ref, dtype, what + " chunk=3", Nk, p_ref)  # the torch backend caps exactly
     if padding:  # the fully padded row
         empty = ~(mask.any(-1))[:, None, None].expand_as(ref.sink)
         assert (out.float().abs().amax(-1)[empty] == 0).all()

@@ -47,6 +47,7 @@ VARIANTS = [
     (90, aot.CompileVariant(64, "fp16", "all", padded=True, kernel="band")),
     (90, aot.CompileVariant(256, "bf16", "modifiers", kernel="band")),
     (90, aot.CompileVariant(64, "fp32", "all", heads=32, kv_heads=8, kernel="band")),
+    (90, aot.CompileVariant(64, "fp32", "modifiers", kernel="band")),
     (90, aot.CompileVariant(64, "bf16", "none")),
     (90, aot.CompileVariant(256, "bf16", "point")),
     (90, aot.CompileVariant(80, "fp16", "all", padded=True)),
@@ -128,6 +129,9 @@ def test_kernel_compiles_without_spills(compiled, arch, variant):
         assert row["hgmma"] + row["hmma"] > 0, f"sm_{arch} {variant.name} {cfg}: no tensor-core instructions"
     if arch == 90:  # whatever the variant, no spill instruction inside the key loops
         assert row["loop_spill_instructions"] == 0, f"sm_{arch} {variant.name} {cfg}: spills inside the key loops"
+    if variant.stats in ("modifiers", "full") and variant.kernel != "combine":
+        # softcap: tanh.approx.f32 with 16-bit inputs (one MUFU.TANH), the exact formula with fp32
+        assert (row["mufu_tanh"] > 0) == (variant.dtype != "fp32"), f"sm_{arch} {variant.name}: {row['mufu_tanh']} MUFU.TANH"
     heavy_256 = variant.kernel == "fused" and variant.head_dim > 128 and variant.stats in HEAVY_AT_256
     if arch == 90 and variant.kernel in ("fused", "key_mass", "band") and not heavy_256:
         # the no-spill targets (and the autotuner's measured tile lists) are for sm_90
