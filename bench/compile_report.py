@@ -65,9 +65,10 @@ TUTORIAL_BEST = {64: 298.8, 128: 253.4}
 LENGTHS = {"long": (4096, 4096), "short": (200, 200), "decode": (1, 4096)}
 
 
-def grid_variants(dims, dtypes, stats_sets, buckets, kernel: str = "fused") -> list[aot.CompileVariant]:
-    return [aot.CompileVariant(d, dt, st, q_len=LENGTHS[b][0], k_len=LENGTHS[b][1], kernel=kernel)
-            for d in dims for dt in dtypes for st in stats_sets for b in buckets]
+def grid_variants(dims, dtypes, stats_sets, buckets, kernel: str = "fused",
+                  key_padding=(False,)) -> list[aot.CompileVariant]:
+    return [aot.CompileVariant(d, dt, st, q_len=LENGTHS[b][0], k_len=LENGTHS[b][1], padded=pad, kernel=kernel)
+            for d in dims for dt in dtypes for st in stats_sets for b in buckets for pad in key_padding]
 
 
 def key_mass_variants(dims, dtypes, stats_sets, buckets) -> list[aot.CompileVariant]:
@@ -135,9 +136,16 @@ def report_row(variant: aot.CompileVariant, config: triton.Config, arch: int, ke
 
 
 def variant_tile(r: dict) -> tuple:
-    """A row's kernel, head dim, dtype, query length and tile: rows that differ only in statistics."""
-    return (r.get("kernel", "fused"), r["head_dim"], r["dtype"], r["q_len"],
+    """A row's kernel, head dim, dtype, query length, key padding and tile: rows that differ only in
+    statistics."""
+    return (r.get("kernel", "fused"), r["head_dim"], r["dtype"], r["q_len"], r.get("padded", False),
             (r["BLOCK_M"], r["BLOCK_N"], r["num_warps"], r["num_stages"]))
+
+
+def spill_cell(r: dict) -> str:
+    """Spill-store bytes, with the spill instructions inside the key loops where there are any bytes."""
+    spill = r["spill_store_bytes"]
+    return f"{spill} ({r.get('loop_spill_instructions', 0)} instr. in loops)" if spill else "0"
 
 
 def markdown(doc: dict) -> str:
@@ -162,7 +170,8 @@ def markdown(doc: dict) -> str:
     for r in doc["rows"]:
         tile = f"{r['BLOCK_M']}x{r['BLOCK_N']} w{r['num_warps']} s{r['num_stages']}"
         kernel = r.get("kernel", "fused")
-        name = (f"D{r['head_dim']} {r['dtype']} {r['stats']} Nq={r['q_len']}" + ("" if kernel == "fused" else f" {kernel}")
+        name = (f"D{r['head_dim']} {r['dtype']} {r['stats']}{' pad' if r.get('padded') else ''} Nq={r['q_len']}"
+                + ("" if kernel == "fused" else f" {kernel}")
                 + (" (same-tile reference)" if r.get("baseline") else "" if r.get("kept", True) else " (pruned)"))
         if "error" in r:
             lines.append(f"| {name} | {tile} | FAILED: {r['error'][:120]} | | | | | | | | |")
@@ -175,7 +184,7 @@ def markdown(doc: dict) -> str:
         base = none_best.get(key)
         fused = fused_none.get(key[1:4]) if kernel == "key_mass" else None
         lines.append(
-            f"| {name} | {tile} | {r['registers']} | {r['spill_store_bytes']} | {r['shared_bytes'] / 1024:.0f} | {tc} | "
+            f"| {name} | {tile} | {r['registers']} | {spill_cell(r)} | {r['shared_bytes'] / 1024:.0f} | {tc} | "
             f"{per if per is not None else '-'} | {r.get('hot_loop_mufu_per_score', '-')} | "
             f"{f'{per / tut:.2f}' if per and tut else '-'} | "
             f"{f'{per / base:.2f}' if per and base else '-'} | {f'{per / fused:.2f}' if per and fused else '-'} |")
@@ -221,6 +230,8 @@ def main(argv=None) -> int:
     ap.add_argument("--kernel", default="fused", choices=("fused", "split", "key_mass"),
                     help="with --d: the fused kernel, the split-decode kernel (use --bucket decode) or the key-mass "
                          "pass (stats none/modifiers, beside the fused kernel's none)")
+    ap.add_argument("--key-padding", action="store_true", help="with --d: each variant also with a key padding "
+                    "mask (its loads in the key loop)")
     ap.add_argument("--quick", action="store_true", help="D=64,128 bf16 long prefill, one config per variant")
     ap.add_argument("--all-configs", action="store_true", help="also compile the configs the pruner drops")
     ap.add_argument("--jobs", type=int, default=1)
@@ -238,7 +249,7 @@ def main(argv=None) -> int:
         variants = default_variants()
     else:
         variants = grid_variants([int(x) for x in a.d.split(",")], a.dtype.split(","), a.stats.split(","),
-                                 a.bucket.split(","), a.kernel)
+                                 a.bucket.split(","), a.kernel, (False, True) if a.key_padding else (False,))
     jobs = []
     for v in variants:
         kept = aot.candidate_configs(v)

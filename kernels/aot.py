@@ -49,8 +49,10 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # probes: epilogue-only work), "all" (+ token-match induction/duplicate and entropy), "long"
 # (point + distance, local, top1 and span: long-context profiling), "modifiers" (all + a sliding
 # window, logit softcap and learned sinks: Gemma 2 / gpt-oss layers), "full" (everything at once),
-# "window" (none + a sliding window and learned sinks: such a layer outside record()).
-STATS_SETS = ("none", "point", "all", "long", "modifiers", "full", "window")
+# "window" (none + a sliding window and learned sinks: such a layer outside record()), "capped"
+# ("window" + logit softcap: a Gemma 2 local layer outside record()), "all-capped" (all + softcap
+# and learned sinks, no window: a Gemma 2 global layer inside record()).
+STATS_SETS = ("none", "point", "all", "long", "modifiers", "full", "window", "capped", "all-capped")
 ARCHS = (90, 80)
 KERNELS = ("fused", "split", "combine", "key_mass", "band")
 
@@ -123,11 +125,12 @@ def variant_request(variant: CompileVariant) -> tuple[StatsRequest, SideInputs]:
     B, Nk = variant.batch, variant.k_len
     key_mass = variant.kernel == "key_mass"
     i32 = torch.int32
-    stats_all = variant.stats in ("all", "modifiers", "full")
-    stats_point = variant.stats != "none" and (variant.kernel == "fused" or variant.stats != "window")
+    stats_all = variant.stats in ("all", "modifiers", "full", "all-capped")
+    stats_point = variant.stats != "none" and (variant.kernel == "fused" or variant.stats not in ("window", "capped"))
     stats_long = variant.stats in ("long", "full")
     modifiers = variant.stats in ("modifiers", "full")
-    windowed = modifiers or variant.stats == "window"
+    capped = modifiers or variant.stats in ("capped", "all-capped")
+    windowed = modifiers or variant.stats in ("window", "capped")
     # Token matching runs in the fused kernel's loop only with TOKEN_MATCH = "loop"; by default the
     # band kernel does it after the main pass (compiled as its own variant, kernel="band").
     token_match = stats_all and (variant.kernel != "fused" or tm.TOKEN_MATCH == "loop")
@@ -144,8 +147,9 @@ def variant_request(variant: CompileVariant) -> tuple[StatsRequest, SideInputs]:
     )
     request = StatsRequest(scale=variant.head_dim ** -0.5, offsets=(1, 2, 3) if stats_point else (),
                            entropy=stats_all, distance=stats_long, local_window=64 if stats_long else None,
-                           top1=stats_long, window=4096 if windowed else None, softcap=50.0 if modifiers else None,
-                           sinks=TensorSpec(torch.float32, (variant.heads,)) if windowed else None, key_mass=key_mass)
+                           top1=stats_long, window=4096 if windowed else None, softcap=50.0 if capped else None,
+                           sinks=TensorSpec(torch.float32, (variant.heads,)) if windowed or capped else None,
+                           key_mass=key_mass)
     return request, side
 
 

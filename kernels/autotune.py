@@ -79,11 +79,14 @@ def _tiles(*specs: tuple[int, int, int, int]) -> frozenset:
 # Tiles that compile without register spills on sm_90 (triton 3.9), per the compile report
 # (bench/results/compile-sm90-*.json; `python -m bench.compile_report --all-configs` shows the
 # spilling ones): keyed by (head-dim tile, loop level, head dim padded) where the loop level is
-# "none" (no per-score work beyond attention), "window" (a sliding window and nothing else in the
-# loop: a windowed layer outside record()), "entropy" (entropy without in-loop token matching: the
-# default, the band kernel matches tokens after the main pass), "stats" (in-loop token matching,
-# ``TOKEN_MATCH = "loop"``, and the split-decode kernel) or "heavy" (any of
-# distance, local, top1, span or softcap, or a window together with statistics: ``loop_level``). Spilling is
+# "none" (no per-score work beyond attention), "modifiers" (a sliding window and/or a logit softcap
+# and nothing else in the loop: such a layer outside record()), "entropy" (entropy without in-loop
+# token matching, with or without a softcap: the default, the band kernel matches tokens after the
+# main pass), "stats" (in-loop token matching, ``TOKEN_MATCH = "loop"``, and the split-decode
+# kernel) or "heavy" (any of distance, local, top1 or span, a window together with statistics, or a
+# softcap with in-loop token matching: ``loop_level``). A softcap (one ``tanh.approx.f32`` per
+# score) leaves every tile of its level spill-free (D = 64, 80, 128 and 256, key padding mask or
+# not, TMA and pointer loads, Triton 3.9 and 3.6: compile-sm90-2026-12-05-capped-*). Spilling is
 # not monotone in the tile (at D = 128 with all statistics 128x64 w8 spills with 2 stages and not
 # with 3), so this is a measured list rather than a register formula.
 # 64x16 w8 s2 is for fp32 at D = 256 only (``NO_SPILL_TILES_FP32``): the one 64-row tile whose two
@@ -93,12 +96,12 @@ _ALL_PREFILL = _tiles(*[tile_of(c) for c in PREFILL_CONFIGS]) - FP32_ONLY_TILES
 NO_SPILL_TILES = {
     (64, "none", False): _ALL_PREFILL - {(64, 32, 8, 2), (64, 64, 8, 2)},
     (64, "stats", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)),
-    (64, "window", False): _ALL_PREFILL - {(64, 32, 8, 2), (64, 64, 8, 2)},
+    (64, "modifiers", False): _ALL_PREFILL - {(64, 32, 8, 2), (64, 64, 8, 2)},
     (64, "heavy", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)),
     (128, "none", False): _tiles((128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
     (128, "none", True): _tiles((128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
-    (128, "window", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
-    (128, "window", True): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
+    (128, "modifiers", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)),
+    (128, "modifiers", True): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
     (128, "stats", False): _tiles((128, 64, 8, 3), (64, 32, 4, 2)),
     (128, "stats", True): _tiles((64, 32, 4, 2)),
     # Entropy without in-loop token matching (the default: the band kernel matches tokens after
@@ -113,7 +116,7 @@ NO_SPILL_TILES = {
     (128, "heavy", False): _tiles((64, 32, 8, 2)),
     (128, "heavy", True): _tiles((64, 32, 8, 2)),
     (256, "none", False): _tiles((64, 64, 8, 2), (64, 32, 8, 2)),
-    (256, "window", False): _tiles((64, 32, 8, 2)),
+    (256, "modifiers", False): _tiles((64, 32, 8, 2)),
     (256, "stats", False): _tiles((64, 32, 8, 2)),
     # No tile is spill-free at D = 256 with softcap or every statistic: this one spills least
     # (28-76 B), and only outside the key loops (prologue and epilogue; see the compile test).
@@ -132,9 +135,17 @@ _HEAVY_SPILLING_TMA = _tiles((128, 128, 8, 2), (128, 64, 8, 2), (128, 64, 8, 3))
 _D128_TMA = _tiles((128, 128, 8, 2), (128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2))
 NO_SPILL_TILES_TMA = {
     (128, level, padded): tiles for padded in (False, True) for level, tiles in (
-        ("none", _D128_TMA), ("window", _D128_TMA | _EIGHT_WARP_64), ("entropy", _D128_TMA | _EIGHT_WARP_64),
+        ("none", _D128_TMA), ("modifiers", _D128_TMA | _EIGHT_WARP_64), ("entropy", _D128_TMA | _EIGHT_WARP_64),
         ("heavy", _D128_TMA - _HEAVY_SPILLING_TMA | _EIGHT_WARP_64))
 }
+# At D = 256 no 128-row tile compiles without spills, but with TMA loads 128x64 w8 s2 spills only
+# outside the key loops (prologue and epilogue, 188-392 B per program; bf16, Triton 3.9 and 3.6,
+# key padding mask or not: compile-sm90-2026-12-05-d256-triton3.{9,6}), which the D = 256 target
+# allows, and executes about half the loop instructions per score of the 64-row tiles (422.9 vs
+# 818.4 without statistics, Triton 3.6): with 8 warps on 64 rows both warpgroups compute the whole
+# score tile (2.1 MUFU results per score, against 1.06). Not with the heavy level: long statistics
+# spill inside the masked and re-scoring loops there.
+LOOP_SPILL_FREE_TILES_TMA = {(256, level, False): _tiles((128, 64, 8, 2)) for level in ("none", "modifiers", "entropy")}
 # Triton 3.6 (the GPU machines' release) allocates registers differently: these tiles, spill-free
 # under 3.9, spill there (sm_90 bf16: D=128 all statistics 128x64 w8 s3, 32 B), so the autotuner
 # does not try them under Triton < 3.7.
@@ -148,13 +159,15 @@ TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2])
 # (196608 B) spills least of those that fit (sm_90 compiles, Triton 3.9: 2272 B with no
 # statistics, 6112 B with all; 64x32 s1 and 64x16 w4 or s3 spill more).
 NO_SPILL_TILES_FP32 = {64: _tiles((64, 32, 4, 2)), 128: _tiles((64, 32, 4, 2)), 256: _tiles((64, 16, 8, 2))}
-LOOP_LEVELS = ("none", "window", "entropy", "stats", "heavy")
+LOOP_LEVELS = ("none", "modifiers", "entropy", "stats", "heavy")
 
 
-def no_spill_tiles(*, head_dim: int, elt_bytes: int, loop_level: str,
-                   triton_version: tuple[int, int] = TRITON_VERSION, tma: bool = False) -> frozenset:
-    """The prefill tiles measured spill-free for a launch (before the shared-memory check);
-    ``tma``: the launch reads K and V through TMA (``NO_SPILL_TILES_TMA``)."""
+def kept_tiles(*, head_dim: int, elt_bytes: int, loop_level: str,
+               triton_version: tuple[int, int] = TRITON_VERSION, tma: bool = False) -> frozenset:
+    """The prefill tiles a launch may use (before the shared-memory check): those measured
+    spill-free, and at D = 256 with TMA loads those free of spills inside the key loops
+    (``LOOP_SPILL_FREE_TILES_TMA``); ``tma``: the launch reads K and V through TMA
+    (``NO_SPILL_TILES_TMA``)."""
     tile_class = max(64, head_block(head_dim))
     if elt_bytes == 4:
         return NO_SPILL_TILES_FP32[tile_class]
@@ -162,41 +175,43 @@ def no_spill_tiles(*, head_dim: int, elt_bytes: int, loop_level: str,
     key = (tile_class, loop_level, padded and tile_class == 128)
     spilling = SPILLING_BEFORE_TRITON_3_7.get(key, frozenset()) if triton_version < (3, 7) else frozenset()
     table = NO_SPILL_TILES_TMA if tma and key in NO_SPILL_TILES_TMA else NO_SPILL_TILES
-    return table[key] - spilling
+    loop_spill_free = LOOP_SPILL_FREE_TILES_TMA.get(key, frozenset()) if tma else frozenset()
+    return (table[key] | loop_spill_free) - spilling
 
 
 def keep_config(cfg: triton.Config, *, head_dim: int, elt_bytes: int, loop_level: str,
                 smem_limit: int = SMEM_LIMIT_BYTES, triton_version: tuple[int, int] = TRITON_VERSION,
                 tma: bool = False) -> bool:
     """Whether the autotuner may try ``cfg``: it fits shared memory and is a tile measured to
-    compile without register spills (``no_spill_tiles``: ``NO_SPILL_TILES``, or
-    ``NO_SPILL_TILES_TMA`` with ``tma``, less ``SPILLING_BEFORE_TRITON_3_7`` on Triton 3.6). Decode
-    tiles (16 rows) are small enough for every head dim."""
+    compile without register spills, or at D = 256 without spills inside the key loops
+    (``kept_tiles``). Decode tiles (16 rows) are small enough for every head dim."""
     bm, bn, _, st = tile_of(cfg)
     bd = head_block(head_dim)
     if smem_bytes(bm, bn, st, bd, elt_bytes) > smem_limit:
         return False
     if bm == 16:
         return bd < 256 or (bn, st) == (64, 2)
-    return tile_of(cfg) in no_spill_tiles(head_dim=head_dim, elt_bytes=elt_bytes, loop_level=loop_level,
-                                          triton_version=triton_version, tma=tma)
+    return tile_of(cfg) in kept_tiles(head_dim=head_dim, elt_bytes=elt_bytes, loop_level=loop_level,
+                                      triton_version=triton_version, tma=tma)
 
 
 # Constexpr flags by the per-score work they add to the key loop (point statistics and learned
 # sinks are epilogue-only).
 STATS_FLAGS = ("HAS_TOK", "HAS_ENT")
-HEAVY_FLAGS = ("HAS_DIST", "HAS_LOCAL", "HAS_TOP1", "HAS_SPAN", "HAS_SOFTCAP")
+HEAVY_FLAGS = ("HAS_DIST", "HAS_LOCAL", "HAS_TOP1", "HAS_SPAN")
 
 
 def loop_level(constexprs: Mapping[str, Any]) -> str:
     """A launch's loop level (``LOOP_LEVELS``) from its constexprs: which tile list it may use."""
-    stats = any(constexprs.get(f, False) for f in STATS_FLAGS)
-    window = constexprs.get("HAS_WINDOW", False)
-    if any(constexprs.get(f, False) for f in HEAVY_FLAGS) or (window and stats):
+    def on(flag: str) -> bool:
+        return bool(constexprs.get(flag, False))
+
+    stats = any(on(f) for f in STATS_FLAGS)
+    if any(on(f) for f in HEAVY_FLAGS) or (on("HAS_WINDOW") and stats) or (on("HAS_SOFTCAP") and on("HAS_TOK")):
         return "heavy"
-    if window:
-        return "window"
-    return "stats" if constexprs.get("HAS_TOK", False) else ("entropy" if stats else "none")
+    if stats:
+        return "stats" if on("HAS_TOK") else "entropy"
+    return "modifiers" if on("HAS_WINDOW") or on("HAS_SOFTCAP") else "none"
 
 
 def tuner_bucket(q_len: int) -> str:

@@ -78,8 +78,8 @@ def test_the_pinned_steps_pin_configs_every_launch_keeps(monkeypatch, step, head
     for name, value in found.env.items():
         monkeypatch.setenv(name, value)
     pinning.check_pins()
-    flags = {"none": {}, "window": {"HAS_WINDOW": True}, "entropy": {"HAS_ENT": True}, "stats": {"HAS_TOK": True},
-             "heavy": {"HAS_SOFTCAP": True}}
+    flags = {"none": {}, "modifiers": {"HAS_SOFTCAP": True}, "entropy": {"HAS_ENT": True}, "stats": {"HAS_TOK": True},
+             "heavy": {"HAS_TOP1": True}}
     assert set(flags) == set(autotune.LOOP_LEVELS)
     for elt_bytes in dtypes:
         for level, constexprs in flags.items():

@@ -1,7 +1,8 @@
 """The fused kernel (and the key-mass pass) compiles for real GPUs (sm_90 Hopper, sm_80 Ampere), on tensor cores, with no
 register spills on sm_90 (the targets of issue 11 are for sm_90; sm_80 is checked for compile
-errors, shared memory and tensor-core use). The one exception, D = 256 with softcap or every
-statistic at once, where no tile is spill-free: there the spills must stay outside the key loops.
+errors, shared memory and tensor-core use). The one exception, D = 256, where the 128-row tile (and
+with softcap or every statistic at once, every tile) spills: there the spills must stay outside the
+key loops. A softcap runs as one MUFU.TANH per score with 16-bit inputs and exactly with fp32.
 The token-match band kernel (``triton_token_match``) compiles without spills at every head dim.
 
 Compiled ahead of time on the CPU (no GPU, no driver) from the launcher's own argument builder
@@ -50,6 +51,10 @@ VARIANTS = [
     (90, aot.CompileVariant(64, "fp32", "modifiers", kernel="band")),
     (90, aot.CompileVariant(64, "bf16", "none")),
     (90, aot.CompileVariant(256, "bf16", "point")),
+    (90, aot.CompileVariant(256, "bf16", "all", padded=True)),
+    # A softcap keeps its level's tiles (128x128 at D = 128 with TMA loads)
+    (90, aot.CompileVariant(128, "bf16", "capped")),
+    (90, aot.CompileVariant(64, "fp16", "all-capped", padded=True)),
     (90, aot.CompileVariant(80, "fp16", "all", padded=True)),
     (90, aot.CompileVariant(32, "fp32", "point", q_len=200, k_len=200)),
     (90, aot.CompileVariant(16, "fp16", "all", q_len=1, k_len=4096)),
@@ -67,11 +72,11 @@ VARIANTS = [
 ]
 
 
-# At D = 256 no tile compiles without spills once softcap or every statistic is on: the kept tile
-# spills a few dozen bytes in the prologue and epilogue only (checked above: none in the loops).
+# At D = 256 the fused kernel may spill outside the key loops (checked above: none in the loops):
+# every tile spills a few dozen bytes in the prologue and epilogue once softcap or every statistic
+# is on, and the 128x64 tile kept with TMA loads spills 188-392 B there (``LOOP_SPILL_FREE_TILES_TMA``).
 # The split decode kernel may spill a few bytes outside its key loop too (16-row tiles, where
 # ptxas keeps fewer registers); never inside it.
-HEAVY_AT_256 = ("modifiers", "full")
 
 
 def heaviest_config(variant: aot.CompileVariant) -> triton.Config:
@@ -132,8 +137,8 @@ def test_kernel_compiles_without_spills(compiled, arch, variant):
     if variant.stats in ("modifiers", "full") and variant.kernel != "combine":
         # softcap: tanh.approx.f32 with 16-bit inputs (one MUFU.TANH), the exact formula with fp32
         assert (row["mufu_tanh"] > 0) == (variant.dtype != "fp32"), f"sm_{arch} {variant.name}: {row['mufu_tanh']} MUFU.TANH"
-    heavy_256 = variant.kernel == "fused" and variant.head_dim > 128 and variant.stats in HEAVY_AT_256
-    if arch == 90 and variant.kernel in ("fused", "key_mass", "band") and not heavy_256:
+    fused_256 = variant.kernel == "fused" and variant.head_dim > 128
+    if arch == 90 and variant.kernel in ("fused", "key_mass", "band") and not fused_256:
         # the no-spill targets (and the autotuner's measured tile lists) are for sm_90
         assert row["spill_store_bytes"] == 0 and row["spill_load_bytes"] == 0, (
             f"sm_{arch} {variant.name} {cfg}: spills {row['spill_store_bytes']} B stored, "
