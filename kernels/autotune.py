@@ -139,7 +139,7 @@ NO_SPILL_TILES_TMA = {
         ("heavy", _D128_TMA - _HEAVY_SPILLING_TMA | _EIGHT_WARP_64))
 }
 # At D = 256 no 128-row tile compiles without spills, but with TMA loads 128x64 w8 s2 spills only
-# outside the key loops (prologue and epilogue, 188-392 B per program; bf16, Triton 3.9 and 3.6,
+# outside the key loops (prologue and epilogue, 36-392 B per program; bf16, Triton 3.9 and 3.6,
 # key padding mask or not: compile-sm90-2026-12-05-d256-triton3.{9,6}), which the D = 256 target
 # allows, and executes about half the loop instructions per score of the 64-row tiles (422.9 vs
 # 818.4 without statistics, Triton 3.6): with 8 warps on 64 rows both warpgroups compute the whole

@@ -74,7 +74,7 @@ VARIANTS = [
 
 # At D = 256 the fused kernel may spill outside the key loops (checked above: none in the loops):
 # every tile spills a few dozen bytes in the prologue and epilogue once softcap or every statistic
-# is on, and the 128x64 tile kept with TMA loads spills 188-392 B there (``LOOP_SPILL_FREE_TILES_TMA``).
+# is on, and the 128x64 tile kept with TMA loads spills 36-392 B there (``LOOP_SPILL_FREE_TILES_TMA``).
 # The split decode kernel may spill a few bytes outside its key loop too (16-row tiles, where
 # ptxas keeps fewer registers); never inside it.
 
