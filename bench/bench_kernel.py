@@ -17,6 +17,8 @@ Variants (causal, self-attention, Nq = Nk = N):
 On request (``--variants``):
   a' ours-plain-pointers  ours-plain with K and V loaded through pointers (``CIRCUIT_STATS_TMA=0``),
                         beside ours-plain's TMA loads (the same on the torch backend)
+  a" ours-softcap       ours-plain with Gemma 2's logit softcap (50): one ``tanh.approx`` per score
+  c" ours-all-softcap   ours-all with the same softcap (a Gemma 2 global layer inside record())
 
 Each row: median ms, TFLOP/s with FLOPs = 2 * 2 * B * H * N * N * D / 2, peak extra memory, and
 for b, c, e, f the max |sink - sink_ours| as a correctness cross-check.
@@ -39,7 +41,8 @@ from bench.common import environment, is_oom, median_ms, peak_memory, write_resu
 
 OFFSETS = (1, 2, 3)
 VARIANTS = ["ours-plain", "ours-sink-offsets", "ours-all", "ours-all-side", "sdpa-flash", "flex-lse-gather", "eager"]
-EXTRA_VARIANTS = ["ours-plain-pointers"]
+EXTRA_VARIANTS = ["ours-plain-pointers", "ours-softcap", "ours-all-softcap"]
+SOFTCAP = 50.0  # Gemma 2's attn_logit_softcapping
 COLUMNS = ["variant", "dtype", "D", "N", "median_ms", "tflops", "peak_mem_mib", "sink_err", "status"]
 
 
@@ -56,6 +59,11 @@ def make_variant(name: str, q, k, v, tok, backend: str):
             with pointer_loads():
                 return attention_with_stats(q, k, v, backend=backend)
         return run
+    if name == "ours-softcap":
+        return lambda: attention_with_stats(q, k, v, softcap=SOFTCAP, backend=backend)
+    if name == "ours-all-softcap":
+        return lambda: attention_with_stats(q, k, v, offsets=OFFSETS, token_ids=tok, entropy=True, softcap=SOFTCAP,
+                                            backend=backend)
     if name == "ours-sink-offsets":
         return lambda: attention_with_stats(q, k, v, offsets=OFFSETS, backend=backend)
     if name == "ours-all":

@@ -22,7 +22,7 @@ def test_kernel_harness_quick(tmp_path):
     assert plot_results.plot(path).stat().st_size > 0
 
 
-def test_the_pointer_load_variant_runs_on_request_and_leaves_the_switch_alone(tmp_path, monkeypatch, capsys):
+def test_the_extra_variants_run_on_request_and_pointer_loads_leave_the_switch_alone(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(bench_kernel.TMA_SWITCH, raising=False)
     seen = []
     real = bench_kernel.attention_with_stats
@@ -34,6 +34,10 @@ def test_the_pointer_load_variant_runs_on_request_and_leaves_the_switch_alone(tm
     rows = {r["variant"]: r for r in json.loads(path.read_text())["results"]}
     assert set(rows) == {"ours-plain", "ours-plain-pointers"} and all(r["status"] == "ok" for r in rows.values())
     assert set(seen) == {None, "0"} and bench_kernel.TMA_SWITCH not in os.environ
+    assert bench_kernel.main(argv + ["--variants", "ours-softcap,ours-all-softcap"]) == 0
+    rows = {r["variant"]: r for r in json.loads(max(tmp_path.glob("kernel-quick-*.json"), key=os.path.getmtime)
+                                                .read_text())["results"]}
+    assert set(rows) == {"ours-softcap", "ours-all-softcap"} and all(r["status"] == "ok" for r in rows.values())
     assert bench_kernel.main(argv + ["--variants", "ours-plain,ours-fast"]) == 2
     assert "--variants: unknown ['ours-fast']" in capsys.readouterr().err
 
