@@ -1,8 +1,7 @@
 """The fused kernel (and the key-mass pass) compiles for real GPUs (sm_90 Hopper, sm_80 Ampere), on tensor cores, with no
 register spills on sm_90 (the targets of issue 11 are for sm_90; sm_80 is checked for compile
-errors, shared memory and tensor-core use). The one exception, D = 256, where the 128-row tile (and
-with softcap or every statistic at once, every tile) spills: there the spills must stay outside the
-key loops. A softcap runs as one MUFU.TANH per score with 16-bit inputs and exactly with fp32.
+errors, shared memory and tensor-core use). The one exception, D = 256, where the kept 128-row tile
+spills: there the spills must stay outside the key loops. A softcap runs as one MUFU.TANH per score with 16-bit inputs and exactly with fp32.
 The token-match band kernel (``triton_token_match``) compiles without spills at every head dim.
 
 Compiled ahead of time on the CPU (no GPU, no driver) from the launcher's own argument builder
@@ -73,8 +72,7 @@ VARIANTS = [
 
 
 # At D = 256 the fused kernel may spill outside the key loops (checked above: none in the loops):
-# every tile spills a few dozen bytes in the prologue and epilogue once softcap or every statistic
-# is on, and the 128x64 tile kept with TMA loads spills 36-392 B there (``LOOP_SPILL_FREE_TILES_TMA``).
+# the 128x64 tile kept with TMA loads spills 36-392 B there (``LOOP_SPILL_FREE_TILES_TMA``).
 # The split decode kernel may spill a few bytes outside its key loop too (16-row tiles, where
 # ptxas keeps fewer registers); never inside it.
 
