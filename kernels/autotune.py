@@ -14,7 +14,10 @@ For the fused kernel (``triton_attention``) and the split-decode kernel (``trito
   than 4 are kept and keeps every tile where fewer are (64x16, last, is for fp32 at D = 256 only:
   nothing larger fits shared memory there). With K and V through TMA at D = 128
   (``NO_SPILL_TILES_TMA``, ``compile-sm90-2026-12-04-registers-triton3.{9,6}.md``, 3.9): 128x128 w8
-  s2 (246), 64x64 w4 s2 (335), 128x64 w8 s2 and s3 (338). Fused decode
+  s2 (246), 64x64 w4 s2 (335), 128x64 w8 s2 and s3 (338). At D = 256 with TMA
+  (``LOOP_SPILL_FREE_TILES_TMA``, ``compile-sm90-2026-12-05-d256-triton3.{9,6}.md``, 3.9): 128x64 w8
+  s2 (440), then the 8-warp 64-row tiles (977, 1633: both warpgroups compute every score), and with
+  the heavy level 128x32 w8 s2 (840 with long statistics, against 1883 for 64x32 w8). Fused decode
   (``compile-sm90-2026-11-25.md``, D = 64): 16x128 (524), 16x64 s2 (715), 16x64 s3 (770). Split
   decode (``compile-sm90-2026-12-04-split-triton3.{9,6}.md``, D = 64 all statistics, 3.9): 128
   keys (1252), 64 (1543), 32 (2180); 4 stages cost the instructions of 3, 3 come first.
@@ -56,7 +59,7 @@ from .triton_common import SMEM_LIMIT_BYTES, constexpr_names, device_smem_limit,
 PREFILL_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bm, bn, w, s in ((128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (64, 64, 4, 3),
-                         (64, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2), (64, 16, 8, 2))
+                         (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2), (64, 16, 8, 2))
 ]
 # Decode: a handful of query rows per sequence, so a 16-row tile (the smallest tl.dot takes).
 DECODE_CONFIGS = [
@@ -92,7 +95,9 @@ def _tiles(*specs: tuple[int, int, int, int]) -> frozenset:
 # 64x16 w8 s2 is for fp32 at D = 256 only (``NO_SPILL_TILES_FP32``): the one 64-row tile whose two
 # Q copies and K/V stages fit 227 KB there (196608 B, sm_90, Triton 3.9 and 3.6).
 FP32_ONLY_TILES = _tiles((64, 16, 8, 2))
-_ALL_PREFILL = _tiles(*[tile_of(c) for c in PREFILL_CONFIGS]) - FP32_ONLY_TILES
+# 128x32 w8 s2 is for D = 256 with the heavy level only (``LOOP_SPILL_FREE_TILES_TMA``).
+D256_HEAVY_ONLY_TILES = _tiles((128, 32, 8, 2))
+_ALL_PREFILL = _tiles(*[tile_of(c) for c in PREFILL_CONFIGS]) - FP32_ONLY_TILES - D256_HEAVY_ONLY_TILES
 NO_SPILL_TILES = {
     (64, "none", False): _ALL_PREFILL - {(64, 32, 8, 2), (64, 64, 8, 2)},
     (64, "stats", False): _tiles((128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)),
@@ -144,14 +149,22 @@ NO_SPILL_TILES_TMA = {
 # key padding mask or not: compile-sm90-2026-12-05-d256-triton3.{9,6}), which the D = 256 target
 # allows, and executes about half the loop instructions per score of the 64-row tiles (422.9 vs
 # 818.4 without statistics, Triton 3.6): with 8 warps on 64 rows both warpgroups compute the whole
-# score tile (2.1 MUFU results per score, against 1.06). Not with the heavy level: long statistics
-# spill inside the masked and re-scoring loops there.
-LOOP_SPILL_FREE_TILES_TMA = {(256, level, False): _tiles((128, 64, 8, 2)) for level in ("none", "modifiers", "entropy")}
+# score tile (2.1 MUFU results per score, against 1.06). With the heavy level 128x64 spills inside
+# the local/span segment loops; 128x32 w8 s2 does not under Triton 3.9 (long statistics and
+# everything at once, key padding mask or not: compile-sm90-2026-12-05-d256-heavy-triton3.{9,6}) and
+# executes 0.45x the loop instructions of 64x32 w8 s2 there; Triton 3.6 puts a few spill
+# instructions in those loops with a key padding mask (``SPILLING_BEFORE_TRITON_3_7``).
+LOOP_SPILL_FREE_TILES_TMA = {
+    **{(256, level, False): _tiles((128, 64, 8, 2)) for level in ("none", "modifiers", "entropy")},
+    (256, "heavy", False): D256_HEAVY_ONLY_TILES,
+}
 # Triton 3.6 (the GPU machines' release) allocates registers differently: these tiles, spill-free
-# under 3.9, spill there (sm_90 bf16: D=128 all statistics 128x64 w8 s3, 32 B), so the autotuner
-# does not try them under Triton < 3.7.
+# under 3.9, spill there (sm_90 bf16: D=128 all statistics 128x64 w8 s3, 32 B; D=256 long statistics
+# with a key padding mask 128x32 w8 s2, inside the key loops), so the autotuner does not try them
+# under Triton < 3.7.
 SPILLING_BEFORE_TRITON_3_7 = {
     (128, "stats", False): _tiles((128, 64, 8, 3)),
+    (256, "heavy", False): D256_HEAVY_ONLY_TILES,
 }
 TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2])
 # fp32 inputs (3xTF32 holds two halves of every operand): the smallest tiles only. Spill-free at
