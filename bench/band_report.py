@@ -41,51 +41,9 @@ from circuit_stats.kernels import triton_token_match as tm  # noqa: E402
 from circuit_stats.kernels.side_inputs import SideInputs  # noqa: E402
 from circuit_stats.kernels.sass_loops import mma_loops  # noqa: E402
 
+from bench.token_streams import STREAMS  # noqa: E402
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-VOCAB = 50_000
-
-
-# ----------------------------------------------------------------------------------------------
-# Simulated token streams (one sequence of n tokens each).
-
-def zipf_ids(n: int, vocab: int, exponent: float, gen: torch.Generator) -> torch.Tensor:
-    weights = torch.arange(1, vocab + 1, dtype=torch.float64) ** -exponent
-    return torch.multinomial(weights, n, replacement=True, generator=gen)
-
-
-def prose(n: int, gen: torch.Generator) -> torch.Tensor:
-    """Natural-language-like: i.i.d. Zipf (exponent 1.0) over a 50k vocabulary."""
-    return zipf_ids(n, VOCAB, 1.0, gen)
-
-
-def code(n: int, gen: torch.Generator) -> torch.Tensor:
-    """Code-like: lines of 4-16 Zipf (exponent 1.2) tokens over a 20k vocabulary, each line ending
-    in a newline token, 30% of the lines copies of an earlier line."""
-    lines: list[torch.Tensor] = []
-    total = 0
-    while total < n:
-        if lines and torch.rand((), generator=gen).item() < 0.3:
-            line = lines[int(torch.randint(len(lines), (), generator=gen))]
-        else:
-            length = int(torch.randint(4, 17, (), generator=gen))
-            line = torch.cat([zipf_ids(length, 20_000, 1.2, gen) + 1, torch.zeros(1, dtype=torch.long)])
-        lines.append(line)
-        total += len(line)
-    return torch.cat(lines)[:n]
-
-
-def repeated_random(n: int, gen: torch.Generator) -> torch.Tensor:
-    """The induction benchmark: 512 uniformly random tokens, repeated to length n."""
-    segment = torch.randint(VOCAB, (512,), generator=gen)
-    return segment.repeat(-(-n // 512))[:n]
-
-
-def few_tokens(n: int, gen: torch.Generator) -> torch.Tensor:
-    """The worst case: 4 distinct tokens, uniformly (every band spans most keys)."""
-    return torch.randint(4, (n,), generator=gen)
-
-
-STREAMS = {"prose": prose, "code": code, "repeated-random": repeated_random, "4-tokens": few_tokens}
 
 
 def tile_split(bands: "tm.TokenBands", block_n: int, block_n_full: int, col: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,9 +19,19 @@ On request (``--variants``):
                         beside ours-plain's TMA loads (the same on the torch backend)
   a" ours-softcap       ours-plain with Gemma 2's logit softcap (50): one ``tanh.approx`` per score
   c" ours-all-softcap   ours-all with the same softcap (a Gemma 2 global layer inside record())
+  c* ours-all-loop      ours-all with token matching inside the fused key loop
+                        (``triton_token_match.TOKEN_MATCH = "loop"``: the kernel before issue 23's band)
+  g  ours-long          sink + 3 offsets + the long-context statistics: distance, local (64 keys),
+                        top1, span (the first eighth of the keys)
+  h  ours-capped        no statistics, with a sliding window (4096), the softcap and learned sinks (a
+                        Gemma 2 local / gpt-oss layer outside record())
+  i  ours-full          everything at once: ours-all + ours-long + ours-capped's window, softcap, sinks
+``--tokens`` draws the token ids (token matching's work depends on how repetitive text is):
+uniform (default), prose, code, repeated-random or 4-tokens (``bench.token_streams``).
 
-Each row: median ms, TFLOP/s with FLOPs = 2 * 2 * B * H * N * N * D / 2, peak extra memory, and
-for b, c, e, f the max |sink - sink_ours| as a correctness cross-check.
+Each row: median ms, TFLOP/s with FLOPs = 2 * 2 * B * H * N * N * D / 2 (the causal scores, whatever
+the window), peak extra memory, and for the variants with ours-all's probabilities (b, c', c*, e, f,
+g) the max |sink - sink_ours-all| as a correctness cross-check.
 """
 
 from __future__ import annotations
@@ -34,16 +44,22 @@ import sys
 
 import torch
 
-from circuit_stats.kernels import SideInputs, attention_with_stats, stats_from_probabilities
+from circuit_stats.kernels import SideInputs, attention_with_stats, stats_from_probabilities, triton_token_match
 from circuit_stats.kernels.triton_common import TMA_SWITCH
 
 from bench.common import environment, is_oom, median_ms, peak_memory, write_results
+from bench.token_streams import STREAMS_AND_UNIFORM, token_batch
 
 OFFSETS = (1, 2, 3)
 VARIANTS = ["ours-plain", "ours-sink-offsets", "ours-all", "ours-all-side", "sdpa-flash", "flex-lse-gather", "eager"]
-EXTRA_VARIANTS = ["ours-plain-pointers", "ours-softcap", "ours-all-softcap"]
+EXTRA_VARIANTS = ["ours-plain-pointers", "ours-softcap", "ours-all-softcap", "ours-all-loop", "ours-long",
+                  "ours-capped", "ours-full"]
 SOFTCAP = 50.0  # Gemma 2's attn_logit_softcapping
-COLUMNS = ["variant", "dtype", "D", "N", "median_ms", "tflops", "peak_mem_mib", "sink_err", "status"]
+WINDOW = 4096  # Gemma 2's sliding window
+LOCAL_WINDOW = 64  # the local statistic's keys (as the compile reports' "long" set)
+# variants whose probabilities differ from ours-all's (softcap, window, sinks): no sink cross-check
+MODIFIED_SCORES = ("ours-softcap", "ours-all-softcap", "ours-capped", "ours-full")
+COLUMNS = ["variant", "dtype", "D", "N", "tokens", "median_ms", "tflops", "peak_mem_mib", "sink_err", "status"]
 
 
 def causal_flops(B, H, N, D) -> float:
@@ -64,6 +80,16 @@ def make_variant(name: str, q, k, v, tok, backend: str):
     if name == "ours-all-softcap":
         return lambda: attention_with_stats(q, k, v, offsets=OFFSETS, token_ids=tok, entropy=True, softcap=SOFTCAP,
                                             backend=backend)
+    if name == "ours-all-loop":
+        def run():
+            with in_loop_token_matching():
+                return attention_with_stats(q, k, v, offsets=OFFSETS, token_ids=tok, entropy=True, backend=backend)
+        return run
+    if name in ("ours-long", "ours-capped", "ours-full"):
+        kwargs = {**(long_kwargs(q) if name != "ours-capped" else {}),
+                  **(modifier_kwargs(q) if name != "ours-long" else {}),
+                  **(dict(token_ids=tok, entropy=True) if name == "ours-full" else {})}
+        return lambda: attention_with_stats(q, k, v, backend=backend, **kwargs)
     if name == "ours-sink-offsets":
         return lambda: attention_with_stats(q, k, v, offsets=OFFSETS, backend=backend)
     if name == "ours-all":
@@ -94,6 +120,31 @@ def make_variant(name: str, q, k, v, tok, backend: str):
 
         return run
     raise ValueError(name)
+
+
+def long_kwargs(q) -> dict:
+    """ours-long's statistics: sink + offsets, distance, local, top1 and a span ``[B, 2]`` over
+    the first eighth of the keys."""
+    B, N = q.shape[0], q.shape[2]
+    span = torch.tensor([[0, max(1, N // 8)]] * B, device=q.device)
+    return dict(offsets=OFFSETS, distance=True, local_window=LOCAL_WINDOW, top1=True, span=span)
+
+
+def modifier_kwargs(q) -> dict:
+    """ours-capped's score modifiers: a sliding window, the softcap and learned sinks ``[Hq]``."""
+    sinks = torch.linspace(-1.0, 1.0, q.shape[1], device=q.device)
+    return dict(window=WINDOW, softcap=SOFTCAP, sinks=sinks)
+
+
+@contextlib.contextmanager
+def in_loop_token_matching():
+    """Token matching inside the fused kernel's key loop, as before the band kernel."""
+    before = triton_token_match.TOKEN_MATCH
+    triton_token_match.TOKEN_MATCH = "loop"
+    try:
+        yield
+    finally:
+        triton_token_match.TOKEN_MATCH = before
 
 
 @contextlib.contextmanager
@@ -146,7 +197,10 @@ def sink_of(result) -> torch.Tensor:
     return extra[..., 0].float()  # flex: column 0 is the sink probability
 
 
-def run_sweep(device, dtypes, head_dims, lengths, B, H, variants, backend, rep, log=print) -> list[dict]:
+def run_sweep(device, dtypes, head_dims, lengths, B, H, variants, backend, rep, log=print,
+              tokens: str = "uniform") -> list[dict]:
+    """Time each variant at each (dtype, D, N) on the same random q, k, v ``[B, H, N, D]`` and
+    token ids ``[B, N]`` drawn from the stream ``tokens``; one row per variant and size."""
     rows = []
     for dtype in dtypes:
         for D in head_dims:
@@ -154,10 +208,11 @@ def run_sweep(device, dtypes, head_dims, lengths, B, H, variants, backend, rep, 
             for N in lengths:
                 g = torch.Generator(device="cpu").manual_seed(N * 7 + D)
                 q, k, v = (torch.randn(B, H, N, D, generator=g).to(device=device, dtype=dtype) for _ in range(3))
-                tok = torch.randint(0, 50000, (B, N), generator=g).to(device)
+                tok = token_batch(tokens, B, N, g).to(device)
                 ref_sink = None
                 for name in variants:
-                    row = {"variant": name, "dtype": str(dtype).replace("torch.", ""), "D": D, "N": N, "B": B, "H": H}
+                    row = {"variant": name, "dtype": str(dtype).replace("torch.", ""), "D": D, "N": N, "B": B, "H": H,
+                           "tokens": tokens}
                     if name == "eager" and eager_dead:
                         rows.append({**row, "status": "oom (at a smaller N)"})
                         continue
@@ -172,7 +227,7 @@ def run_sweep(device, dtypes, head_dims, lengths, B, H, variants, backend, rep, 
                         mem = peak_memory(fn, device)
                         row.update(median_ms=ms, tflops=causal_flops(B, H, N, D) / (ms * 1e-3) / 1e12,
                                    peak_mem_mib=None if mem is None else mem / 2**20, status="ok")
-                        if sink is not None and ref_sink is not None and name != "ours-all":
+                        if sink is not None and ref_sink is not None and name not in ("ours-all", *MODIFIED_SCORES):
                             row["sink_err"] = float((sink - ref_sink).abs().max())
                     except Exception as err:  # noqa: BLE001 - a benchmark row records what happened
                         if is_oom(err):
@@ -198,6 +253,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default=None)
     p.add_argument("--out-dir", default=None)
     p.add_argument("--name", default="kernel")
+    p.add_argument("--tokens", default="uniform", choices=list(STREAMS_AND_UNIFORM),
+                   help="how the token ids are drawn (token matching's work depends on it)")
     a = p.parse_args(argv)
     if a.quick:
         defaults = dict(dtypes="float32", head_dims="16,32", lengths="64,96", B=1, H=2, rep=3,
@@ -219,7 +276,7 @@ def main(argv=None) -> int:
     backend = "triton" if a.device.startswith("cuda") else "torch"
     rows = run_sweep(a.device, dtypes, [int(x) for x in (a.head_dims or defaults["head_dims"]).split(",")],
                      [int(x) for x in (a.lengths or defaults["lengths"]).split(",")], defaults["B"], defaults["H"],
-                     variants, backend, defaults["rep"])
+                     variants, backend, defaults["rep"], tokens=a.tokens)
     env = environment(a.device)
     jpath, mpath = write_results(a.name + ("-quick" if a.quick else ""), env, rows, COLUMNS, a.out_dir,
                                  extra={"backend": backend, "quick": a.quick, "offsets": list(OFFSETS)})

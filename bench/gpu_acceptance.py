@@ -129,7 +129,12 @@ def optional_steps(seed: int, workers: int) -> list[Step]:
             # (interpreter), a check of the machine's transformers release, not of the GPU.
             Step("model-tests", "HF conformance/generate/recording tests on the CPU (as CI)",
                  pytest_command(MODEL_TEST_FILES, workers), estimate_s=150, budget_s=200,
-                 env={**tests_env, "TRITON_INTERPRET": "1"})]
+                 env={**tests_env, "TRITON_INTERPRET": "1"}),
+            # Not yet run on a GPU: the estimate counts compiles (D = 128 bf16: six launch kinds,
+            # 21 kept configs at 3-9 s each, and the band kernel), then 20 timed rows.
+            Step("bench-statistics", "issue 23: statistics over plain attention, band vs in-loop token matching, "
+                 "per token stream (bf16 D=128, N 4k/16k)", bench_command("bench.acceptance_statistics"),
+                 estimate_s=170, budget_s=240, env={"PYTHONUNBUFFERED": "1"})]
 
 
 def select_steps(names: Optional[str], seed: int, workers: int) -> list[Step]:

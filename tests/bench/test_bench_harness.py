@@ -42,6 +42,30 @@ def test_the_extra_variants_run_on_request_and_pointer_loads_leave_the_switch_al
     assert "--variants: unknown ['ours-fast']" in capsys.readouterr().err
 
 
+def test_the_issue_23_variants_run_and_in_loop_matching_is_switched_for_its_call_only(tmp_path, monkeypatch):
+    from circuit_stats.kernels import triton_token_match
+
+    calls = []
+    real = bench_kernel.attention_with_stats
+    monkeypatch.setattr(bench_kernel, "attention_with_stats", lambda *a, **kw: calls.append(
+        (triton_token_match.TOKEN_MATCH, sorted(kw))) or real(*a, **kw))
+    argv = ["--quick", "--lengths", "48", "--head-dims", "16", "--out-dir", str(tmp_path), "--tokens", "code",
+            "--variants", "ours-all,ours-all-loop,ours-long,ours-capped,ours-full"]
+    assert bench_kernel.main(argv) == 0
+    (path,) = tmp_path.glob("kernel-quick-*.json")
+    rows = {r["variant"]: r for r in json.loads(path.read_text())["results"]}
+    assert all(r["status"] == "ok" and r["tokens"] == "code" for r in rows.values())
+    # the sink cross-check only where the probabilities are ours-all's (no window, softcap, sinks)
+    assert rows["ours-all-loop"]["sink_err"] < 1e-6 and rows["ours-long"]["sink_err"] < 1e-6
+    assert "sink_err" not in rows["ours-capped"] and "sink_err" not in rows["ours-full"]
+    modes = {mode for mode, kw in calls}
+    assert modes == {"band", "loop"} and triton_token_match.TOKEN_MATCH == "band"
+    assert {mode for mode, kw in calls if "token_ids" in kw and "distance" not in kw} == {"band", "loop"}
+    full = {tuple(kw) for mode, kw in calls if "distance" in kw and "token_ids" in kw}
+    assert full == {("backend", "distance", "entropy", "local_window", "offsets", "sinks", "softcap", "span", "token_ids",
+                     "top1", "window")}
+
+
 def test_full_sweep_refuses_to_run_without_a_gpu(capsys):
     import torch
 

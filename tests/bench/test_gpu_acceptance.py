@@ -122,6 +122,9 @@ def test_optional_steps_are_selectable_but_not_in_the_default_plan():
     names = [s.name for s in gpu_acceptance.select_steps("kernel-tests-more,environment", 1, 1)]
     assert names == ["environment", "kernel-tests-more"]
     assert "kernel-tests-more" not in [s.name for s in gpu_acceptance.default_steps(1, 1)]
+    assert "bench-statistics" not in [s.name for s in gpu_acceptance.default_steps(1, 1)]
+    (statistics,) = gpu_acceptance.select_steps("bench-statistics", 1, 1)
+    assert "bench.acceptance_statistics" in statistics.command and statistics.estimate_s <= statistics.budget_s
     (model_tests,) = gpu_acceptance.select_steps("model-tests", 1, 1)
     assert model_tests.env["TRITON_INTERPRET"] == "1"  # their models stay on the CPU
 
