@@ -13,14 +13,13 @@ bf16, B = 4, H = 16, causal; autotuned (the first call of each length bucket tun
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Optional, Sequence
 
 import torch
 
 from bench.bench_kernel import COLUMNS, OFFSETS, VARIANTS, run_sweep
-from bench.common import environment, write_results
+from bench.common import environment, refuses_cpu, timing_arguments, write_results
 
 MAIN_HEAD_DIM = 128
 PLAIN_HEAD_DIMS = (64, 256)
@@ -33,14 +32,10 @@ SIZES = {"gpu": dict(dtype="bfloat16", lengths="2048,8192", B=4, H=16, rep=20, m
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny CPU-sized sizes (harness check)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p = timing_arguments(__doc__.splitlines()[0])
     p.add_argument("--lengths", default=None, help="comma list (default 2048,8192)")
-    p.add_argument("--out-dir", default=None)
     a = p.parse_args(argv)
-    if not a.quick and not a.device.startswith("cuda"):
-        print("the acceptance kernel benchmark needs a CUDA GPU; use --quick for a CPU harness check", file=sys.stderr)
+    if refuses_cpu(a, "the acceptance kernel benchmark"):
         return 2
     s = SIZES["quick" if a.quick else "gpu"]
     dtype, lengths = [getattr(torch, s["dtype"])], [int(x) for x in (a.lengths or s["lengths"]).split(",")]

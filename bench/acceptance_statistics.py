@@ -21,7 +21,6 @@ are re-scored in the epilogue, and with no structure they are many distinct tile
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -29,7 +28,7 @@ from typing import Optional, Sequence
 import torch
 
 from bench.bench_kernel import COLUMNS, run_sweep
-from bench.common import environment, markdown_table, write_results
+from bench.common import environment, markdown_table, refuses_cpu, timing_arguments, write_results
 
 # (token stream, variants timed on it): token matching's work depends on the stream, the rest not
 SWEEPS = (("uniform", ("ours-plain", "ours-long", "ours-capped")),
@@ -57,15 +56,11 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny CPU-sized sizes (harness check)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p = timing_arguments(__doc__.splitlines()[0])
     p.add_argument("--head-dims", default=None, help="comma list (default 128)")
     p.add_argument("--lengths", default=None, help="comma list (default 4096,16384)")
-    p.add_argument("--out-dir", default=None)
     a = p.parse_args(argv)
-    if not a.quick and not a.device.startswith("cuda"):
-        print("the statistics timing needs a CUDA GPU; use --quick for a CPU harness check", file=sys.stderr)
+    if refuses_cpu(a, "the statistics timing"):
         return 2
     s = SIZES["quick" if a.quick else "gpu"]
     try:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
+import sys
 import platform
 import statistics
 import time
@@ -34,6 +36,23 @@ def environment(device: str) -> dict:
         "date": dt.date.today().isoformat(),
         "python": platform.python_version(),
     }
+
+
+def timing_arguments(description: str) -> argparse.ArgumentParser:
+    """A GPU benchmark's parser with ``--quick`` (tiny CPU-sized sizes), ``--device`` and ``--out-dir``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="tiny CPU-sized sizes (harness check)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out-dir", default=None)
+    return p
+
+
+def refuses_cpu(args: argparse.Namespace, what: str) -> bool:
+    """True (after saying so on stderr) when ``what`` would run its GPU sizes without a CUDA device."""
+    if args.quick or args.device.startswith("cuda"):
+        return False
+    print(f"{what} needs a CUDA GPU; use --quick for a CPU harness check", file=sys.stderr)
+    return True
 
 
 def median_ms(fn: Callable[[], object], device: str, warmup: int = 5, rep: int = 20) -> float:
