@@ -61,6 +61,9 @@ HF_PINS = {"CIRCUIT_STATS_TRITON_CONFIG": "BLOCK_M=64,BLOCK_N=32,num_warps=4,num
 MULTI_GPU_PINS = {"CIRCUIT_STATS_TRITON_CONFIG": HF_PINS["CIRCUIT_STATS_TRITON_CONFIG"]}
 MODEL_BENCH_PINS = {"CIRCUIT_STATS_TRITON_CONFIG": "BLOCK_M=64,BLOCK_N=32,num_warps=8,num_stages=2"}
 MODEL_TEST_FILES = ("tests/models/test_conformance.py", "tests/models/test_recording.py")
+# Every config the autotuner may choose, at D = 64/128/256, every loop level, prefill and decode,
+# with and without padding, bf16, against float64 (60 tests; each compiles its level's 1-4 configs).
+TILE_TEST_FILES = ("tests/kernels/test_every_kept_tile.py",)
 
 
 def pytest_command(files: Sequence[str], workers: int) -> tuple[str, ...]:
@@ -125,6 +128,9 @@ def optional_steps(seed: int, workers: int) -> list[Step]:
     tests_env = {"CIRCUIT_STATS_SEED": str(seed), "PYTHONUNBUFFERED": "1"}
     return [Step("kernel-tests-more", "score modifiers, padded head dims, plain path, NaN inputs",
                  pytest_command(MORE_KERNEL_TEST_FILES, workers), estimate_s=150, budget_s=200, env=tests_env),
+            # Not yet run on a GPU: about 200 compiles at 3-9 s on every core but two.
+            Step("kernel-tiles", "every tile the autotuner may choose (D 64/128/256, every loop level, bf16) vs float64",
+                 pytest_command(TILE_TEST_FILES, workers), estimate_s=120, budget_s=170, env=tests_env),
             # tests/models build their models on the CPU: on a GPU machine they run as in CI
             # (interpreter), a check of the machine's transformers release, not of the GPU.
             Step("model-tests", "HF conformance/generate/recording tests on the CPU (as CI)",

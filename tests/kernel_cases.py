@@ -164,3 +164,15 @@ def first_top_key(q, k, mask, window=None, softcap=None):
     pos = torch.arange(Nk, device=q.device).expand(Nq, Nk)
     first = torch.where((s == best) & torch.isfinite(best), pos, Nk).min(-1).values
     return torch.where(first == Nk, -1, first)
+
+
+class Launches:
+    """Stands in for a jit kernel (as ``triton.heuristics`` wraps it): records each launch's
+    keywords, then runs the real kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.calls, self.arg_names = kernel, [], kernel.arg_names
+
+    def run(self, *args, grid, warmup, **kwargs):
+        self.calls.append(kwargs)
+        return self.kernel.run(*args, grid=grid, warmup=warmup, **kwargs)

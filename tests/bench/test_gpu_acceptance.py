@@ -48,9 +48,9 @@ def test_workers_are_every_core_but_two(monkeypatch):
 
 
 def test_the_kernel_test_steps_name_existing_tests():
-    """Every file and test id of the two kernel-test steps collects (a renamed test would
+    """Every file and test id of the three kernel-test steps collects (a renamed test would
     otherwise make pytest exit 4 on the GPU), and the default step holds the fused-kernel file."""
-    ids = [*gpu_acceptance.KERNEL_TEST_FILES, *gpu_acceptance.MORE_KERNEL_TEST_FILES]
+    ids = [*gpu_acceptance.KERNEL_TEST_FILES, *gpu_acceptance.MORE_KERNEL_TEST_FILES, *gpu_acceptance.TILE_TEST_FILES]
     proc = subprocess.run([PY, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *ids],
                           capture_output=True, text=True, cwd=acceptance_runner.REPO, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
@@ -122,7 +122,9 @@ def test_optional_steps_are_selectable_but_not_in_the_default_plan():
     names = [s.name for s in gpu_acceptance.select_steps("kernel-tests-more,environment", 1, 1)]
     assert names == ["environment", "kernel-tests-more"]
     assert "kernel-tests-more" not in [s.name for s in gpu_acceptance.default_steps(1, 1)]
-    assert "bench-statistics" not in [s.name for s in gpu_acceptance.default_steps(1, 1)]
+    assert not {"bench-statistics", "kernel-tiles"} & {s.name for s in gpu_acceptance.default_steps(1, 1)}
+    assert gpu_acceptance.plan_seconds(gpu_acceptance.select_steps(  # the next GPU session's plan (README)
+        "environment,install,kernel-tiles,bench-statistics", 1, 1))["budget_s"] <= gpu_acceptance.LIMIT_S
     (statistics,) = gpu_acceptance.select_steps("bench-statistics", 1, 1)
     assert "bench.acceptance_statistics" in statistics.command and statistics.estimate_s <= statistics.budget_s
     (model_tests,) = gpu_acceptance.select_steps("model-tests", 1, 1)

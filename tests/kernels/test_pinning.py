@@ -9,7 +9,7 @@ from circuit_stats.kernels.autotune import SPLIT_CONFIGS, tile_of
 from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels.side_inputs import SideInputs
 from devices import DEVICE
-from kernel_cases import OUT_TOL, STAT_TOL, make_inputs
+from kernel_cases import OUT_TOL, STAT_TOL, Launches, make_inputs
 
 
 @pytest.fixture
@@ -111,18 +111,6 @@ def test_a_pin_over_shared_memory_says_so(no_pins):
 
 # ----------------------------------------------------------------------------------------------
 # The launchers run the pinned config, and check it before any launch.
-
-class Launches:
-    """Stands in for a jit kernel (as ``triton.heuristics`` wraps it): records each launch's
-    keywords, then runs the real kernel."""
-
-    def __init__(self, kernel):
-        self.kernel, self.calls, self.arg_names = kernel, [], kernel.arg_names
-
-    def run(self, *args, grid, warmup, **kwargs):
-        self.calls.append(kwargs)
-        return self.kernel.run(*args, grid=grid, warmup=warmup, **kwargs)
-
 
 def assert_matches(got, want, dtype, what):
     (out, stats), (ref_out, ref) = got, want
