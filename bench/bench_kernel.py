@@ -22,7 +22,11 @@ On request (``--variants``):
   c* ours-all-loop      ours-all with token matching inside the fused key loop
                         (``triton_token_match.TOKEN_MATCH = "loop"``: the kernel before issue 23's band)
   g  ours-long          sink + 3 offsets + the long-context statistics: distance, local (64 keys),
-                        top1, span (the first eighth of the keys)
+                        top1, span (the first eighth of the keys); on i.i.d. scores, the worst case
+                        of top1's re-scoring (each query block's winning key tiles are re-scored)
+  g' ours-long-sink     the same on an attention-sink head's scores: key 0 scores SINK_BONUS (6)
+                        above the i.i.d. rest (``bench.top1_rescore_cost``'s "sink" model), so
+                        that key wins most rows and a block re-scores 1-3 tiles
   h  ours-capped        no statistics, with a sliding window (4096), the softcap and learned sinks (a
                         Gemma 2 local / gpt-oss layer outside record())
   i  ours-full          everything at once: ours-all + ours-long + ours-capped's window, softcap, sinks
@@ -30,8 +34,8 @@ On request (``--variants``):
 uniform (default), prose, code, repeated-random or 4-tokens (``bench.token_streams``).
 
 Each row: median ms, TFLOP/s with FLOPs = 2 * 2 * B * H * N * N * D / 2 (the causal scores, whatever
-the window), peak extra memory, and for the variants with ours-all's probabilities (b, c', c*, e, f,
-g) the max |sink - sink_ours-all| as a correctness cross-check.
+the window), peak extra memory, and for the variants with ours-all's scores (b, c', c*, e, f, g)
+the max |sink - sink_ours-all| as a correctness cross-check.
 """
 
 from __future__ import annotations
@@ -49,16 +53,17 @@ from circuit_stats.kernels.triton_common import TMA_SWITCH
 
 from bench.common import environment, is_oom, median_ms, peak_memory, write_results
 from bench.token_streams import STREAMS_AND_UNIFORM, token_batch
+from bench.top1_rescore_cost import SINK_BONUS
 
 OFFSETS = (1, 2, 3)
 VARIANTS = ["ours-plain", "ours-sink-offsets", "ours-all", "ours-all-side", "sdpa-flash", "flex-lse-gather", "eager"]
 EXTRA_VARIANTS = ["ours-plain-pointers", "ours-softcap", "ours-all-softcap", "ours-all-loop", "ours-long",
-                  "ours-capped", "ours-full"]
+                  "ours-long-sink", "ours-capped", "ours-full"]
 SOFTCAP = 50.0  # Gemma 2's attn_logit_softcapping
 WINDOW = 4096  # Gemma 2's sliding window
 LOCAL_WINDOW = 64  # the local statistic's keys (as the compile reports' "long" set)
 # variants whose probabilities differ from ours-all's (softcap, window, sinks): no sink cross-check
-MODIFIED_SCORES = ("ours-softcap", "ours-all-softcap", "ours-capped", "ours-full")
+MODIFIED_SCORES = ("ours-softcap", "ours-all-softcap", "ours-capped", "ours-full", "ours-long-sink")
 COLUMNS = ["variant", "dtype", "D", "N", "tokens", "median_ms", "tflops", "peak_mem_mib", "sink_err", "status"]
 
 
@@ -85,6 +90,9 @@ def make_variant(name: str, q, k, v, tok, backend: str):
             with in_loop_token_matching():
                 return attention_with_stats(q, k, v, offsets=OFFSETS, token_ids=tok, entropy=True, backend=backend)
         return run
+    if name == "ours-long-sink":
+        q_sink, k_sink = sink_dominated(q, k)
+        return lambda: attention_with_stats(q_sink, k_sink, v, backend=backend, **long_kwargs(q))
     if name in ("ours-long", "ours-capped", "ours-full"):
         kwargs = {**(long_kwargs(q) if name != "ours-capped" else {}),
                   **(modifier_kwargs(q) if name != "ours-long" else {}),
@@ -128,6 +136,16 @@ def long_kwargs(q) -> dict:
     B, N = q.shape[0], q.shape[2]
     span = torch.tensor([[0, max(1, N // 8)]] * B, device=q.device)
     return dict(offsets=OFFSETS, distance=True, local_window=LOCAL_WINDOW, top1=True, span=span)
+
+
+def sink_dominated(q, k, bonus: float = SINK_BONUS):
+    """``q, k`` ``[B, H, N, D]`` changed so that every query's scaled score on key 0 is ``bonus``
+    above its i.i.d. N(0, 1) scores on the others: feature 0 is 1 in every query and
+    ``bonus * sqrt(D)`` in key 0."""
+    q, k = q.clone(), k.clone()
+    q[..., 0] = 1.0
+    k[:, :, 0, 0] = bonus * q.shape[-1] ** 0.5
+    return q, k
 
 
 def modifier_kwargs(q) -> dict:
