@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bench import acceptance_multi_gpu, acceptance_runner, autotune_report, gpu_acceptance
+from bench import acceptance_multi_gpu, acceptance_runner, acceptance_statistics, autotune_report, gpu_acceptance
 from bench.acceptance_env import environment
 from bench.acceptance_runner import Step, run_plan
 
@@ -248,6 +248,20 @@ def test_bench_steps_plumbing_on_cpu(tmp_path):
     assert "ours-all" in summary and "xu2026 end to end" in summary
     assert "| bench-model | fused (pinned) | every launch | BLOCK_M=64,BLOCK_N=32,num_warps=8,num_stages=2 |" in summary
     assert len(list(out.iterdir())) <= 8
+
+
+def test_statistics_step_plumbing_on_cpu(tmp_path):
+    """Issue 23's timing step, run with its --quick CPU sizes: its rows and ratio table reach
+    acceptance.json and summary.md."""
+    step = Step("bench-statistics", "quick", gpu_acceptance.bench_command("bench.acceptance_statistics", "--quick"),
+                1, 120, False)
+    out = tmp_path / "out"
+    assert gpu_acceptance.run([step], out, seed=3) == 0
+    doc = json.loads((out / "acceptance.json").read_text())
+    ratios = doc["benchmarks"]["statistics-quick"]["ratios"]
+    assert {r["variant"] for r in ratios} == {v for _, variants in acceptance_statistics.SWEEPS for v in variants} - {
+        "ours-plain"}
+    assert "Statistics over plain attention (median time ratios)" in (out / "summary.md").read_text()
 
 
 def test_hf_families_step_on_cpu(tmp_path):

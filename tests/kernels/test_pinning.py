@@ -8,7 +8,6 @@ from circuit_stats.kernels import triton_attention, triton_decode
 from circuit_stats.kernels.autotune import SPLIT_CONFIGS, tile_of
 from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels.side_inputs import SideInputs
-from devices import DEVICE
 from kernel_cases import OUT_TOL, STAT_TOL, Launches, make_inputs
 
 
