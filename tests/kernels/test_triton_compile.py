@@ -21,6 +21,7 @@ from dataclasses import asdict
 
 import pytest
 import triton
+from filelock import FileLock
 from circuit_stats.kernels.request import StatsRequest
 from circuit_stats.kernels import aot
 from circuit_stats.kernels.triton_common import SMEM_LIMIT_BYTES, head_block, smem_bytes
@@ -105,17 +106,33 @@ def compile_in_child(arch: int, variants: list, cache_dir: str) -> list[dict]:
     return rows
 
 
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory) -> dict:
-    """Figures per (arch, variant name); sm_90 and sm_80 compile in two child processes."""
-    if not os.path.exists(os.path.join(BIN, "ptxas")):
-        pytest.skip(f"this triton build ships no NVIDIA ptxas ({BIN})")
+def compile_all(tmp_path_factory) -> list:
+    """``[arch, variant name, figures]`` of every variant; sm_90 and sm_80 compile in two child
+    processes."""
     by_arch = {arch: [v for a, v in VARIANTS if a == arch] for arch in aot.ARCHS}
     with ThreadPoolExecutor(len(by_arch)) as pool:
         futures = {arch: pool.submit(compile_in_child, arch, vs, str(tmp_path_factory.mktemp(f"triton-cache-sm{arch}")))
                    for arch, vs in by_arch.items()}
         results = {arch: f.result() for arch, f in futures.items()}
-    return {(arch, v.name): row for arch, vs in by_arch.items() for v, row in zip(vs, results[arch])}
+    return [[arch, v.name, row] for arch, vs in by_arch.items() for v, row in zip(vs, results[arch])]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict:
+    """Figures per (arch, variant name). Under pytest-xdist the first worker to need them compiles
+    and the others read its file (pytest-xdist's recipe for a fixture run once: the workers share
+    the base temporary directory's parent, one per run); a compile takes minutes of both cores."""
+    if not os.path.exists(os.path.join(BIN, "ptxas")):
+        pytest.skip(f"this triton build ships no NVIDIA ptxas ({BIN})")
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        rows = compile_all(tmp_path_factory)
+    else:
+        path = tmp_path_factory.getbasetemp().parent / "triton-compile-figures.json"
+        with FileLock(f"{path}.lock"):
+            if not path.is_file():
+                path.write_text(json.dumps(compile_all(tmp_path_factory)))
+            rows = json.loads(path.read_text())
+    return {(arch, name): row for arch, name, row in rows}
 
 
 @pytest.mark.parametrize("arch, variant", VARIANTS, ids=[f"sm{a}-{v.name}".replace(" ", "-") for a, v in VARIANTS])
