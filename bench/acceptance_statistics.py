@@ -4,7 +4,7 @@ One result file, ``statistics-<device>-<date>.{json,md}``.
 
     python -m bench.acceptance_statistics --out-dir OUT [--head-dims 128] [--lengths 4096,16384]
     python -m bench.acceptance_statistics --quick --out-dir OUT   # tiny sizes on the CPU (harness check)
-    python -m bench.gpu_acceptance --steps environment,bench-statistics   # the same, as an acceptance step
+    python -m bench.gpu_acceptance --steps environment,install,bench-statistics   # as an acceptance step
 
 Rows (``bench.bench_kernel``'s variants, bf16, B = 4, H = 16, causal, autotuned): ours-plain,
 ours-long, ours-long-sink and ours-capped on uniform tokens; ours-all (band) and ours-all-loop (in-loop) on prose-,

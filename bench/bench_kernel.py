@@ -45,6 +45,7 @@ import contextlib
 import math
 import os
 import sys
+from unittest import mock
 
 import torch
 
@@ -154,15 +155,9 @@ def modifier_kwargs(q) -> dict:
     return dict(window=WINDOW, softcap=SOFTCAP, sinks=sinks)
 
 
-@contextlib.contextmanager
-def in_loop_token_matching():
+def in_loop_token_matching() -> contextlib.AbstractContextManager:
     """Token matching inside the fused kernel's key loop, as before the band kernel."""
-    before = triton_token_match.TOKEN_MATCH
-    triton_token_match.TOKEN_MATCH = "loop"
-    try:
-        yield
-    finally:
-        triton_token_match.TOKEN_MATCH = before
+    return mock.patch.object(triton_token_match, "TOKEN_MATCH", "loop")
 
 
 @contextlib.contextmanager
